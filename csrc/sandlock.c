@@ -1,0 +1,420 @@
+/*
+ * sandlock's C boundary. See sandlock.h: syscalls only, -errno on failure.
+ */
+#define _GNU_SOURCE
+#include "sandlock.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+
+/* Debian 12's headers predate some of what we use: define it ourselves. */
+#ifndef SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+#define SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (1UL << 5)
+#endif
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL
+#endif
+
+#define NEG_ERRNO (-errno)
+
+/* ---- spawn ------------------------------------------------------------------ */
+
+/* The child's report: what happened and a value (an fd number or an errno). */
+struct report {
+    int stage; /* 0: listener number follows; else a SANDLOCK_STAGE_* failure */
+    int value;
+};
+
+static void child_fail(int wfd, int stage, int err)
+{
+    struct report r = {stage, err};
+    ssize_t n = write(wfd, &r, sizeof r);
+    (void)n;
+    _exit(127);
+}
+
+/* Runs between fork and exec: async-signal-safe calls only. */
+static void child_main(int rfd, int wfd, const char *path, char *const argv[],
+                       char *const envp[], const char *cwd,
+                       const struct sock_fprog *prog, unsigned int flags,
+                       const int *keep, int nkeep, const int *unblock, int nunblock)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    for (int i = 0; i < nunblock; i++)
+        sigaddset(&set, unblock[i]);
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
+    /* Python ignores these; a command expects the defaults (as subprocess does). */
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGXFSZ, SIG_DFL);
+
+    if (cwd && chdir(cwd) < 0)
+        child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
+    /* Everything above stderr closes at exec, except what the caller keeps. */
+    if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+        child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
+    for (int i = 0; i < nkeep; i++)
+        if (keep[i] != rfd && keep[i] != wfd && fcntl(keep[i], F_SETFD, 0) < 0)
+            child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
+
+    long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                            flags | SECCOMP_FILTER_FLAG_NEW_LISTENER, prog);
+    if (listener < 0)
+        child_fail(wfd, SANDLOCK_STAGE_FILTER, errno);
+
+    /* From here connect/sendmsg would wait for a supervisor that has no listener
+     * yet; write and read are not trapped. Hand the number over, wait for the ack. */
+    struct report r = {0, (int)listener};
+    if (write(wfd, &r, sizeof r) != (ssize_t)sizeof r)
+        _exit(127);
+    char ack;
+    if (read(rfd, &ack, 1) != 1)
+        _exit(127); /* the parent went away: never exec unsupervised */
+    close((int)listener);
+    execve(path, argv, envp);
+    child_fail(wfd, SANDLOCK_STAGE_EXEC, errno);
+}
+
+static int read_report(int fd, struct report *r)
+{
+    ssize_t n;
+    do
+        n = read(fd, r, sizeof *r);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return NEG_ERRNO;
+    return (int)n; /* 0: end of file (exec happened), sizeof *r: a report */
+}
+
+int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
+                   const char *cwd, const void *bpf, size_t bpf_len,
+                   unsigned int filter_flags, const int *keep, int nkeep,
+                   const int *unblock, int nunblock,
+                   int *listener, int *pidfd, int *stage)
+{
+    struct sock_fprog prog = {
+        .len = (unsigned short)(bpf_len / sizeof(struct sock_filter)),
+        .filter = (struct sock_filter *)bpf,
+    };
+    int up[2], down[2]; /* child -> parent reports, parent -> child ack */
+    struct report r;
+    int err;
+
+    *stage = SANDLOCK_STAGE_PARENT;
+    *listener = *pidfd = -1;
+    if (pipe2(up, O_CLOEXEC) < 0)
+        return NEG_ERRNO;
+    if (pipe2(down, O_CLOEXEC) < 0) {
+        err = NEG_ERRNO;
+        close(up[0]);
+        close(up[1]);
+        return err;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        err = NEG_ERRNO;
+        goto close_all;
+    }
+    if (pid == 0) {
+        close(up[0]);
+        close(down[1]);
+        child_main(down[0], up[1], path, argv, envp, cwd, &prog, filter_flags,
+                   keep, nkeep, unblock, nunblock);
+    }
+    close(up[1]);
+    close(down[0]);
+    up[1] = down[0] = -1;
+
+    /* The child waits for our ack, so it cannot be reaped (and its pid reused) yet. */
+    *pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (*pidfd < 0) {
+        err = NEG_ERRNO;
+        goto kill_child;
+    }
+    int n = read_report(up[0], &r);
+    if (n != (int)sizeof r) {
+        err = n < 0 ? n : -EPIPE;
+        goto kill_child;
+    }
+    if (r.stage != 0) {
+        *stage = r.stage;
+        err = -r.value;
+        goto reap_child;
+    }
+    *listener = (int)syscall(SYS_pidfd_getfd, *pidfd, r.value, 0);
+    if (*listener < 0) {
+        *stage = SANDLOCK_STAGE_LISTENER;
+        err = NEG_ERRNO;
+        goto kill_child;
+    }
+    if (write(down[1], "x", 1) != 1) {
+        err = NEG_ERRNO;
+        goto kill_child;
+    }
+    /* End of file: the exec happened (the pipe is close-on-exec). */
+    n = read_report(up[0], &r);
+    if (n == (int)sizeof r) {
+        *stage = r.stage;
+        err = -r.value;
+        goto reap_child;
+    }
+    close(up[0]);
+    close(down[1]);
+    return pid;
+
+kill_child:
+    kill(pid, SIGKILL);
+reap_child:
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    if (*listener >= 0)
+        close(*listener);
+    if (*pidfd >= 0)
+        close(*pidfd);
+    *listener = *pidfd = -1;
+close_all:
+    for (int i = 0; i < 2; i++) {
+        if (up[i] >= 0)
+            close(up[i]);
+        if (down[i] >= 0)
+            close(down[i]);
+    }
+    return err;
+}
+
+/* ---- the listener ------------------------------------------------------------ */
+
+int sandlock_notif_recv(int listener, struct sandlock_notif *out)
+{
+    struct pollfd p = {.fd = listener, .events = POLLIN};
+    int n = poll(&p, 1, 0);
+    if (n < 0)
+        return NEG_ERRNO;
+    if (n == 0)
+        return -EAGAIN;
+    if (!(p.revents & POLLIN))
+        return (p.revents & (POLLHUP | POLLERR)) ? -EPIPE : -EAGAIN;
+
+    struct seccomp_notif req;
+    memset(&req, 0, sizeof req); /* the kernel insists */
+    if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0)
+        return NEG_ERRNO;
+    out->id = req.id;
+    out->pid = req.pid;
+    out->nr = req.data.nr;
+    out->arch = req.data.arch;
+    for (int i = 0; i < 6; i++)
+        out->args[i] = req.data.args[i];
+    return 0;
+}
+
+int sandlock_notif_send(int listener, uint64_t id, int64_t val, int32_t error, uint32_t flags)
+{
+    struct seccomp_notif_resp resp = {.id = id, .val = val, .error = error, .flags = flags};
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0 ? NEG_ERRNO : 0;
+}
+
+int sandlock_notif_id_valid(int listener, uint64_t id)
+{
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0 ? NEG_ERRNO : 0;
+}
+
+int sandlock_notif_set_flags(int listener, uint64_t flags)
+{
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, flags) < 0 ? NEG_ERRNO : 0;
+}
+
+/* ---- pidfds ------------------------------------------------------------------ */
+
+int sandlock_pidfd_open(int pid, unsigned int flags)
+{
+    long fd = syscall(SYS_pidfd_open, pid, flags);
+    return fd < 0 ? NEG_ERRNO : (int)fd;
+}
+
+int sandlock_pidfd_send_signal(int pidfd, int sig)
+{
+    return syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) < 0 ? NEG_ERRNO : 0;
+}
+
+int sandlock_getfd(int tid, int fd)
+{
+    /* A thread's own pidfd (kernel >= 6.9) reaches its own descriptor table even
+     * when it was cloned without CLONE_FILES; older kernels want the leader. */
+    long pidfd = syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+    if (pidfd < 0 && errno == EINVAL)
+        pidfd = syscall(SYS_pidfd_open, tid, 0);
+    if (pidfd < 0)
+        return NEG_ERRNO;
+    long dup = syscall(SYS_pidfd_getfd, (int)pidfd, fd, 0);
+    int err = NEG_ERRNO;
+    close((int)pidfd);
+    return dup < 0 ? err : (int)dup;
+}
+
+/* ---- sockets ----------------------------------------------------------------- */
+
+static int sockopt_int(int fd, int opt, int *out)
+{
+    socklen_t len = sizeof *out;
+    return getsockopt(fd, SOL_SOCKET, opt, out, &len) < 0 ? NEG_ERRNO : 0;
+}
+
+int sandlock_sock_info(int fd, int *domain, int *type, int *protocol, int *status_flags)
+{
+    int err;
+    if ((err = sockopt_int(fd, SO_DOMAIN, domain)) < 0)
+        return err;
+    if ((err = sockopt_int(fd, SO_TYPE, type)) < 0)
+        return err;
+    if ((err = sockopt_int(fd, SO_PROTOCOL, protocol)) < 0)
+        return err;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+        return NEG_ERRNO;
+    *status_flags = fl;
+    return 0;
+}
+
+int sandlock_sock_error(int fd)
+{
+    int value = 0;
+    int err = sockopt_int(fd, SO_ERROR, &value);
+    return err < 0 ? err : value;
+}
+
+int sandlock_connect(int fd, const void *addr, uint32_t addrlen, int nonblock)
+{
+    int fl = -1;
+    if (nonblock) {
+        fl = fcntl(fd, F_GETFL);
+        if (fl < 0)
+            return NEG_ERRNO;
+        if (fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+            return NEG_ERRNO;
+    }
+    int rc = connect(fd, (const struct sockaddr *)addr, addrlen);
+    int err = rc < 0 ? NEG_ERRNO : 0;
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl);
+    return err;
+}
+
+int64_t sandlock_sendmsg(int fd, const void *name, uint32_t namelen,
+                         const void *data, size_t len,
+                         const void *control, size_t controllen, int flags)
+{
+    struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+    struct msghdr msg = {
+        .msg_name = (void *)name,
+        .msg_namelen = name ? namelen : 0,
+        .msg_iov = &iov,
+        .msg_iovlen = 1,
+        .msg_control = controllen ? (void *)control : NULL,
+        .msg_controllen = controllen,
+    };
+    ssize_t n = sendmsg(fd, &msg, flags);
+    return n < 0 ? NEG_ERRNO : (int64_t)n;
+}
+
+int sandlock_poll1(int fd, int events, int timeout_ms)
+{
+    struct pollfd p = {.fd = fd, .events = (short)events};
+    int n = poll(&p, 1, timeout_ms);
+    if (n < 0)
+        return NEG_ERRNO;
+    return n == 0 ? 0 : p.revents;
+}
+
+/* ---- child memory ------------------------------------------------------------- */
+
+static int64_t proc_mem(int tid, uint64_t addr, void *buf, size_t len, int writing)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/mem", tid);
+    int fd = open(path, (writing ? O_WRONLY : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0)
+        return NEG_ERRNO;
+    ssize_t n = writing ? pwrite(fd, buf, len, (off_t)addr) : pread(fd, buf, len, (off_t)addr);
+    int64_t res = n < 0 ? NEG_ERRNO : (int64_t)n;
+    close(fd);
+    return res == -EIO ? -EFAULT : res;
+}
+
+int64_t sandlock_read_mem(int tid, uint64_t addr, void *buf, size_t len)
+{
+    struct iovec local = {.iov_base = buf, .iov_len = len};
+    struct iovec remote = {.iov_base = (void *)(uintptr_t)addr, .iov_len = len};
+    if (len == 0)
+        return 0;
+    ssize_t n = process_vm_readv(tid, &local, 1, &remote, 1, 0);
+    if (n >= 0)
+        return n;
+    if (errno == ENOSYS || errno == EPERM)
+        return proc_mem(tid, addr, buf, len, 0);
+    return NEG_ERRNO;
+}
+
+int64_t sandlock_write_mem(int tid, uint64_t addr, const void *buf, size_t len)
+{
+    struct iovec local = {.iov_base = (void *)buf, .iov_len = len};
+    struct iovec remote = {.iov_base = (void *)(uintptr_t)addr, .iov_len = len};
+    if (len == 0)
+        return 0;
+    ssize_t n = process_vm_writev(tid, &local, 1, &remote, 1, 0);
+    if (n >= 0)
+        return n;
+    if (errno == ENOSYS || errno == EPERM)
+        return proc_mem(tid, addr, (void *)buf, len, 1);
+    return NEG_ERRNO;
+}
+
+/* ---- signals ------------------------------------------------------------------ */
+
+int sandlock_signalfd(const int *sigs, int nsigs)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    for (int i = 0; i < nsigs; i++)
+        sigaddset(&set, sigs[i]);
+    int err = pthread_sigmask(SIG_BLOCK, &set, NULL);
+    if (err)
+        return -err;
+    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    return fd < 0 ? NEG_ERRNO : fd;
+}

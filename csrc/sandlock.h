@@ -1,0 +1,83 @@
+/*
+ * sandlock's C boundary: syscalls only, one job each, no policy and no messages.
+ *
+ * Every function returns a non-negative result on success and -errno on failure.
+ * The block between the cdef markers is read verbatim by build_ffi.py as the cffi
+ * cdef, so it holds only declarations cffi can parse (no macros, no includes).
+ */
+#ifndef SANDLOCK_H
+#define SANDLOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* cdef-begin */
+
+/* A seccomp notification, flattened (struct seccomp_notif + struct seccomp_data). */
+struct sandlock_notif {
+    uint64_t id;
+    uint32_t pid;      /* a thread id, not a process id */
+    int32_t nr;        /* syscall number */
+    uint32_t arch;     /* AUDIT_ARCH_* */
+    uint64_t args[6];
+};
+
+/* What the spawned child reports when a step before exec fails. */
+enum {
+    SANDLOCK_STAGE_PARENT = 1,   /* pipe/fork/pidfd in the parent */
+    SANDLOCK_STAGE_SETUP = 2,    /* chdir, no_new_privs, close_range in the child */
+    SANDLOCK_STAGE_FILTER = 3,   /* seccomp(2) refused the filter */
+    SANDLOCK_STAGE_LISTENER = 4, /* pidfd_getfd of the listener */
+    SANDLOCK_STAGE_EXEC = 5      /* execve failed */
+};
+
+/*
+ * Fork a child that installs the BPF filter (flags: SECCOMP_FILTER_FLAG_*), hands its
+ * listener to us by fd number over a pipe, waits for our ack, then execs path.
+ * Descriptors >= 3 not in keep[] are closed at exec; keep[] lose close-on-exec.
+ * unblock[] are signals to unblock in the child. cwd may be NULL.
+ * On success returns the pid and fills *listener and *pidfd (both close-on-exec).
+ * On failure returns -errno and sets *stage to a SANDLOCK_STAGE_* value.
+ */
+int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
+                   const char *cwd, const void *bpf, size_t bpf_len,
+                   unsigned int filter_flags, const int *keep, int nkeep,
+                   const int *unblock, int nunblock,
+                   int *listener, int *pidfd, int *stage);
+
+/* SECCOMP_IOCTL_NOTIF_RECV, but -EAGAIN instead of blocking when nothing is
+ * pending, and -EPIPE once every task of the filter is gone (POLLHUP). */
+int sandlock_notif_recv(int listener, struct sandlock_notif *out);
+int sandlock_notif_send(int listener, uint64_t id, int64_t val, int32_t error, uint32_t flags);
+int sandlock_notif_id_valid(int listener, uint64_t id);
+int sandlock_notif_set_flags(int listener, uint64_t flags);
+
+int sandlock_pidfd_open(int pid, unsigned int flags);
+int sandlock_pidfd_send_signal(int pidfd, int sig);
+/* A duplicate of descriptor fd of thread tid (pidfd_open + pidfd_getfd). */
+int sandlock_getfd(int tid, int fd);
+
+/* SO_DOMAIN, SO_TYPE, SO_PROTOCOL and the file status flags (O_NONBLOCK) at once. */
+int sandlock_sock_info(int fd, int *domain, int *type, int *protocol, int *status_flags);
+int sandlock_sock_error(int fd);
+
+/* Copy len bytes at addr out of / into thread tid; returns bytes copied (maybe short). */
+int64_t sandlock_read_mem(int tid, uint64_t addr, void *buf, size_t len);
+int64_t sandlock_write_mem(int tid, uint64_t addr, const void *buf, size_t len);
+
+/* The on-behalf calls, on our duplicate and our copies. With nonblock set, connect
+ * runs with O_NONBLOCK for this one call (restored before returning). */
+int sandlock_connect(int fd, const void *addr, uint32_t addrlen, int nonblock);
+int64_t sandlock_sendmsg(int fd, const void *name, uint32_t namelen,
+                         const void *data, size_t len,
+                         const void *control, size_t controllen, int flags);
+
+/* poll() on one descriptor; returns revents, 0 on timeout. */
+int sandlock_poll1(int fd, int events, int timeout_ms);
+
+/* Block sigs[] in the calling thread and return a non-blocking signalfd for them. */
+int sandlock_signalfd(const int *sigs, int nsigs);
+
+/* cdef-end */
+
+#endif

@@ -1,0 +1,5 @@
+"""``python -m sandlock`` is the ``sandlock`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,191 @@
+"""The seccomp filter, built with pyseccomp and exported as raw BPF.
+
+The filter does not depend on the policy (policies are swapped live), so it is built
+once per process and cached. What it does, for x86-64:
+
+* connect, sendmsg, sendmmsg, and sendto with a non-NULL destination go to the
+  supervisor (SECCOMP_RET_USER_NOTIF). sendto with a NULL destination — every
+  ``send()`` on a connected socket — is decided on a register and never trapped.
+* socket() is refused for families other than UNIX/INET/INET6/NETLINK
+  (EAFNOSUPPORT), for INET types other than stream and datagram (EPERM: raw,
+  packet-like, seqpacket) and for protocols other than TCP, UDP, ICMP/ICMPv6
+  (EPROTONOSUPPORT: SCTP, MPTCP, UDP-Lite, ...). These are decided on registers only.
+* setsockopt() of IP source-routing options (IP_OPTIONS, IPV6_RTHDR and the RFC 2292
+  forms) is refused: a source route sends the packet to its first hop, not to the
+  destination we checked.
+* io_uring_setup is refused (ENOSYS): io_uring connects and sends without syscalls.
+* seccomp() with SECCOMP_FILTER_FLAG_NEW_LISTENER is refused (EPERM): a listener
+  installed by the child sits above ours, receives the same notifications first and
+  could answer CONTINUE.
+* The IA-32 entry (int 0x80: socketcall and the direct i386 socket calls) is closed
+  (ENOSYS), and so is every foreign architecture, including x32 syscall numbers
+  (libseccomp treats them as a bad architecture).
+
+Integer arguments are compared through a 32-bit mask (or with ``>`` on the whole 64-bit
+register, which catches stray upper bits) because the kernel truncates them to int.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+
+import pyseccomp as sc
+
+_INT = 0xFFFF_FFFF
+_FULL = 0xFFFF_FFFF_FFFF_FFFF
+
+IPPROTO_MPTCP = 262
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+
+# IP options that reroute a packet: refused at setsockopt.
+_SOURCE_ROUTES = (
+    (socket.IPPROTO_IP, 4),  # IP_OPTIONS (LSRR/SSRR)
+    (socket.IPPROTO_IPV6, 5),  # IPV6_2292RTHDR
+    (socket.IPPROTO_IPV6, 6),  # IPV6_2292PKTOPTIONS (may carry a routing header)
+    (socket.IPPROTO_IPV6, 57),  # IPV6_RTHDR
+)
+
+_ALLOWED_FAMILIES = {socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK}
+_ALLOWED_TYPES = {socket.SOCK_STREAM, socket.SOCK_DGRAM}
+_ALLOWED_PROTOCOLS = {
+    (socket.AF_INET, socket.SOCK_STREAM): {0, socket.IPPROTO_TCP},
+    (socket.AF_INET6, socket.SOCK_STREAM): {0, socket.IPPROTO_TCP},
+    (socket.AF_INET, socket.SOCK_DGRAM): {0, socket.IPPROTO_UDP, socket.IPPROTO_ICMP},
+    (socket.AF_INET6, socket.SOCK_DGRAM): {0, socket.IPPROTO_UDP, socket.IPPROTO_ICMPV6},
+}
+_I386_SOCKET_CALLS = (
+    "socketcall",
+    "socket",
+    "connect",
+    "sendto",
+    "sendmsg",
+    "sendmmsg",
+    "setsockopt",
+    "io_uring_setup",
+)
+
+
+def _blocks(lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """Cover [lo, hi] with aligned power-of-two blocks, as (mask, value) pairs."""
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 62
+        while size > hi - lo + 1:
+            size >>= 1
+        yield _FULL & ~(size - 1), lo
+        lo += size
+
+
+def _outside(allowed: set[int], top: int) -> Iterator[tuple[int, int]]:
+    """(mask, value) pairs matching every value in [0, top] that is not allowed."""
+    run_start = None
+    for v in range(top + 1):
+        if v in allowed:
+            if run_start is not None:
+                yield from _blocks(run_start, v - 1)
+                run_start = None
+        elif run_start is None:
+            run_start = v
+    if run_start is not None:
+        yield from _blocks(run_start, top)
+
+
+def _refuse(f: sc.SyscallFilter, err: int, name: str, arg: int, allowed: set[int],
+            *fixed: sc.Arg) -> None:
+    """Refuse ``name`` whenever argument ``arg`` is not in ``allowed`` (given ``fixed``)."""
+    top = max(allowed)
+    action = sc.ERRNO(err)
+    f.add_rule(action, name, *fixed, sc.Arg(arg, sc.GT, top))
+    for mask, value in _outside(allowed, top):
+        f.add_rule(action, name, *fixed, sc.Arg(arg, sc.MASKED_EQ, mask, value))
+
+
+def _add_socket_rules(f: sc.SyscallFilter) -> None:
+    _refuse(f, errno.EAFNOSUPPORT, "socket", 0, _ALLOWED_FAMILIES)
+    for family in (socket.AF_INET, socket.AF_INET6):
+        fam = sc.Arg(0, sc.MASKED_EQ, _INT, family)
+        for t in range(16):
+            if t not in _ALLOWED_TYPES:  # the type's low four bits; the rest are flags
+                f.add_rule(sc.ERRNO(errno.EPERM), "socket", fam, sc.Arg(1, sc.MASKED_EQ, 0xF, t))
+        for sock_type in _ALLOWED_TYPES:
+            typ = sc.Arg(1, sc.MASKED_EQ, 0xF, sock_type)
+            allowed = _ALLOWED_PROTOCOLS[(family, sock_type)]
+            _refuse(f, errno.EPROTONOSUPPORT, "socket", 2, allowed, fam, typ)
+
+
+def _add_common_refusals(f: sc.SyscallFilter) -> None:
+    f.add_rule(
+        sc.ERRNO(errno.EPERM),
+        "seccomp",
+        sc.Arg(0, sc.MASKED_EQ, _INT, SECCOMP_SET_MODE_FILTER),
+        sc.Arg(1, sc.MASKED_EQ, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER),
+    )
+
+
+def _build_native() -> sc.SyscallFilter:
+    """The x86-64 rules (see the module docstring)."""
+    f = sc.SyscallFilter(sc.ALLOW)
+    f.set_attr(sc.Attr.ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
+    # The hot calls first: they are tested before everything else.
+    f.add_rule(sc.NOTIFY, "connect")
+    f.add_rule(sc.NOTIFY, "sendto", sc.Arg(4, sc.NE, 0))
+    f.add_rule(sc.NOTIFY, "sendmsg")
+    f.add_rule(sc.NOTIFY, "sendmmsg")
+    for name in ("connect", "sendto", "sendmsg", "sendmmsg"):
+        f.syscall_priority(name, 255)
+    _add_socket_rules(f)
+    for level, opt in _SOURCE_ROUTES:
+        f.add_rule(
+            sc.ERRNO(errno.EPERM),
+            "setsockopt",
+            sc.Arg(1, sc.MASKED_EQ, _INT, level),
+            sc.Arg(2, sc.MASKED_EQ, _INT, opt),
+        )
+    f.add_rule(sc.ERRNO(errno.ENOSYS), "io_uring_setup")
+    _add_common_refusals(f)
+    return f
+
+
+def _i386_refusals(f: sc.SyscallFilter) -> None:
+    """The IA-32 socket calls are closed outright (ENOSYS)."""
+    for name in _I386_SOCKET_CALLS:
+        f.add_rule(sc.ERRNO(errno.ENOSYS), name)
+
+
+def build_filter() -> sc.SyscallFilter:
+    """The whole filter: the native rules merged with the closed IA-32 entry."""
+    f = _build_native()
+    x86 = sc.SyscallFilter(sc.ALLOW)
+    x86.set_attr(sc.Attr.ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
+    x86.remove_arch(sc.system_arch())
+    x86.add_arch(sc.Arch.X86)
+    _i386_refusals(x86)
+    _add_common_refusals(x86)
+    f.merge(x86)
+    return f
+
+
+@functools.cache
+def filter_bpf() -> bytes:
+    """The filter as BPF bytes for seccomp(2), built once per process."""
+    f = build_filter()
+    with tempfile.TemporaryFile() as out:
+        f.export_bpf(out)
+        out.seek(0)
+        data = out.read()
+    if not data or len(data) % 8:
+        raise OSError(errno.EINVAL, "seccomp filter export produced no program")
+    return data
+
+
+if __name__ == "__main__":  # pragma: no cover - a debugging aid: print the filter
+    import sys
+
+    build_filter().export_pfc(sys.stdout)
+    print(f"{len(filter_bpf()) // 8} BPF instructions", file=sys.stderr)
+    os._exit(0)

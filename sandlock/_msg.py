@@ -1,0 +1,136 @@
+"""Copying a sendmsg/sendmmsg request out of a child, checked and capped.
+
+Every length is checked before anything is copied (the kernel checks them only when the
+real syscall runs, which is after our trap), and every read either yields exactly the
+bytes asked for or an errno. The layouts are x86-64's.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from dataclasses import dataclass
+
+from . import _syscalls as sys_
+
+MSGHDR_SIZE = 56  # struct msghdr
+MMSGHDR_SIZE = 64  # struct mmsghdr: a msghdr and its unsigned msg_len (+4 padding)
+MSG_LEN_OFFSET = 56
+SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
+UIO_MAXIOV = 1024
+MAX_DATA = 64 << 20  # our cap on one message's payload: EMSGSIZE above
+MAX_CONTROL = 64 << 10  # the kernel's optmem_max is far smaller: ENOBUFS above
+
+_MSGHDR = struct.Struct("<QI4xQQQQ")  # name, namelen, iov, iovlen, control, controllen
+_CMSGHDR = struct.Struct("<Qii")  # cmsg_len, cmsg_level, cmsg_type
+
+# Control messages that reroute a packet (a source route): refused like the socket options.
+_REROUTING_CMSGS = frozenset({(0, 7), (41, 5), (41, 57)})  # IP_RETOPTS, IPV6_[2292]RTHDR
+
+
+@dataclass(slots=True)
+class Message:
+    """Our copy of one message: what we decide on and what we send."""
+
+    name: bytes | None
+    data: bytes
+    control: bytes
+
+
+def int32(value: int) -> int:
+    """A syscall argument register read as the C int the kernel sees."""
+    value &= 0xFFFF_FFFF
+    return value - (1 << 32) if value & 0x8000_0000 else value
+
+
+def read_exact(tid: int, addr: int, size: int) -> bytes | int:
+    """``size`` bytes of the child's memory, or a negative errno (EFAULT for a short read)."""
+    return sys_.read_mem(tid, addr, size)
+
+
+def read_name(tid: int, addr: int, length: int) -> bytes | None | int:
+    """A destination address (``None`` for NULL/empty), or a negative errno."""
+    if length < 0 or length > SOCKADDR_MAX:
+        return -errno.EINVAL
+    if addr == 0 or length == 0:
+        return None
+    return read_exact(tid, addr, length)
+
+
+def read_msghdr(tid: int, raw: bytes) -> Message | int:
+    """Copy the name, iovecs and control data a struct msghdr points at."""
+    name_p, namelen, iov_p, iovlen, ctl_p, ctllen = _MSGHDR.unpack_from(raw)
+    namelen = int32(namelen)
+    if name_p and namelen < 0:
+        return -errno.EINVAL
+    if iovlen > UIO_MAXIOV:
+        return -errno.EMSGSIZE
+    if ctllen > MAX_CONTROL:
+        return -errno.ENOBUFS
+    # The kernel clamps an oversized name length to sockaddr_storage.
+    name = read_name(tid, name_p, min(namelen, SOCKADDR_MAX)) if name_p else None
+    if isinstance(name, int):
+        return name
+    data = read_iovecs(tid, iov_p, iovlen)
+    if isinstance(data, int):
+        return data
+    control = read_exact(tid, ctl_p, ctllen) if ctllen else b""
+    if isinstance(control, int):
+        return control
+    return Message(name, data, control)
+
+
+def read_iovecs(tid: int, iov_p: int, iovlen: int) -> bytes | int:
+    """The bytes an iovec array describes, concatenated (capped at MAX_DATA)."""
+    if iovlen == 0:
+        return b""
+    vec = read_exact(tid, iov_p, 16 * iovlen)
+    if isinstance(vec, int):
+        return vec
+    pairs = struct.unpack_from(f"<{2 * iovlen}Q", vec)
+    total = 0
+    for length in pairs[1::2]:
+        if length > 0x7FFF_FFFF_FFFF_FFFF:
+            return -errno.EINVAL
+        total += length
+    if total > MAX_DATA:
+        return -errno.EMSGSIZE
+    parts = []
+    for base, length in zip(pairs[::2], pairs[1::2], strict=True):
+        if length:
+            part = read_exact(tid, base, length)
+            if isinstance(part, int):
+                return part
+            parts.append(part)
+    return b"".join(parts)
+
+
+def read_mmsg_vector(tid: int, vec_p: int, vlen: int) -> list[bytes] | int:
+    """The readable prefix of an mmsghdr vector: one msghdr's bytes per entry.
+
+    An unreadable first entry is EFAULT; a fault later ends the vector there, as the
+    kernel's sendmmsg stops at the first entry it cannot read.
+    """
+    raw = read_exact(tid, vec_p, MMSGHDR_SIZE * vlen)
+    if isinstance(raw, bytes):
+        return [raw[i * MMSGHDR_SIZE : i * MMSGHDR_SIZE + MSGHDR_SIZE] for i in range(vlen)]
+    entries: list[bytes] = []
+    for i in range(vlen):
+        one = read_exact(tid, vec_p + i * MMSGHDR_SIZE, MSGHDR_SIZE)
+        if isinstance(one, int):
+            return entries if entries else one
+        entries.append(one)
+    return entries
+
+
+def check_control(control: bytes) -> int:
+    """0, or -EPERM when the control data carries a source route, -EINVAL when malformed."""
+    off = 0
+    while off + _CMSGHDR.size <= len(control):
+        length, level, kind = _CMSGHDR.unpack_from(control, off)
+        if length < _CMSGHDR.size or off + length > len(control):
+            return -errno.EINVAL
+        if (level, kind) in _REROUTING_CMSGS:
+            return -errno.EPERM
+        off += (length + 7) & ~7
+    return 0

@@ -1,0 +1,259 @@
+"""The only module that touches the compiled ``sandlock._native`` (cffi).
+
+Two kinds of wrapper live here:
+
+* control-path calls (spawning, pidfds, signalfd) raise ``OSError`` naming the
+  syscall, like psutil does;
+* hot-path calls made on behalf of a sandboxed child return a negative errno
+  instead of raising, because that errno is *data*: it goes back to the child as the
+  result of its own syscall.
+
+Everything else in the package stays free of ``ffi``/``lib``, so ``Any`` lives here.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._native import ffi, lib
+
+_lib: Any = lib
+_ffi: Any = ffi
+
+USER_NOTIF_FLAG_CONTINUE = 1
+FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
+NOTIF_FD_SYNC_WAKE_UP = 1
+
+STAGE_PARENT = 1
+STAGE_SETUP = 2
+STAGE_FILTER = 3
+STAGE_LISTENER = 4
+STAGE_EXEC = 5
+
+
+def _oserror(name: str, neg_errno: int) -> OSError:
+    code = -neg_errno
+    return OSError(code, f"{name}: {os.strerror(code)}")
+
+
+# ---- spawning ----------------------------------------------------------------------
+
+
+class SpawnError(OSError):
+    """sandlock_spawn failed; ``stage`` says where (a STAGE_* value)."""
+
+    def __init__(self, code: int, stage: int) -> None:
+        super().__init__(code, os.strerror(code))
+        self.stage = stage
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    pid: int
+    pidfd: int
+    listener: int
+
+
+def spawn(
+    path: bytes,
+    argv: Sequence[bytes],
+    envp: Sequence[bytes],
+    *,
+    cwd: bytes | None,
+    bpf: bytes,
+    filter_flags: int,
+    keep_fds: Sequence[int],
+    unblock: Sequence[int],
+) -> Spawned:
+    """Fork, install the filter in the child, take its listener, exec ``path``."""
+    keep_c = [_ffi.new("char[]", a) for a in argv]
+    argv_c = _ffi.new("char *[]", [*keep_c, _ffi.NULL])
+    env_keep = [_ffi.new("char[]", e) for e in envp]
+    envp_c = _ffi.new("char *[]", [*env_keep, _ffi.NULL])
+    listener = _ffi.new("int *")
+    pidfd = _ffi.new("int *")
+    stage = _ffi.new("int *")
+    rc = _lib.sandlock_spawn(
+        path,
+        argv_c,
+        envp_c,
+        cwd if cwd is not None else _ffi.NULL,
+        bpf,
+        len(bpf),
+        filter_flags,
+        list(keep_fds),
+        len(keep_fds),
+        list(unblock),
+        len(unblock),
+        listener,
+        pidfd,
+        stage,
+    )
+    if rc < 0:
+        raise SpawnError(-rc, stage[0])
+    return Spawned(pid=rc, pidfd=pidfd[0], listener=listener[0])
+
+
+# ---- the listener --------------------------------------------------------------------
+
+
+class Notif:
+    """One seccomp notification, copied out of the C struct (the C struct is reused)."""
+
+    __slots__ = ("args", "arch", "id", "nr", "pid")
+
+    def __init__(self, id: int, pid: int, nr: int, arch: int, args: tuple[int, ...]) -> None:
+        self.id = id
+        self.pid = pid
+        self.nr = nr
+        self.arch = arch
+        self.args = args
+
+    def __repr__(self) -> str:
+        return f"Notif(id={self.id}, pid={self.pid}, nr={self.nr})"
+
+
+class Receiver:
+    """Receives notifications from one listener without ever blocking."""
+
+    __slots__ = ("_buf", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buf = _ffi.new("struct sandlock_notif *")
+
+    def recv(self) -> Notif | int:
+        """A notification, or -EAGAIN (none pending), -ENOENT (withdrawn), -EPIPE (gone)."""
+        b = self._buf
+        rc: int = _lib.sandlock_notif_recv(self.fd, b)
+        if rc < 0:
+            return rc
+        a = b.args
+        return Notif(b.id, b.pid, b.nr, b.arch, (a[0], a[1], a[2], a[3], a[4], a[5]))
+
+
+def notif_send(listener: int, notif_id: int, val: int, error: int, flags: int = 0) -> int:
+    """Answer a notification; -ENOENT when the thread is gone or was interrupted."""
+    rc: int = _lib.sandlock_notif_send(listener, notif_id, val, error, flags)
+    return rc
+
+
+def notif_id_valid(listener: int, notif_id: int) -> bool:
+    """True while the notifying thread still waits for this answer (the pid is its own)."""
+    return bool(_lib.sandlock_notif_id_valid(listener, notif_id) == 0)
+
+
+def notif_set_flags(listener: int, flags: int) -> None:
+    rc = _lib.sandlock_notif_set_flags(listener, flags)
+    if rc < 0:
+        raise _oserror("SECCOMP_IOCTL_NOTIF_SET_FLAGS", rc)
+
+
+# ---- pidfds and descriptors ------------------------------------------------------------
+
+
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    rc = _lib.sandlock_pidfd_send_signal(pidfd, sig)
+    if rc < 0:
+        raise _oserror("pidfd_send_signal", rc)
+
+
+def getfd(tid: int, fd: int) -> int:
+    """A duplicate of the thread's descriptor, or a negative errno."""
+    rc: int = _lib.sandlock_getfd(tid, fd)
+    return rc
+
+
+@dataclass(frozen=True, slots=True)
+class SockInfo:
+    domain: int
+    type: int
+    protocol: int
+    nonblocking: bool
+
+
+_info_bufs = _ffi.new("int[4]")
+
+
+def sock_info(fd: int) -> SockInfo | int:
+    """Family, type and protocol as the kernel has them, or a negative errno."""
+    b = _info_bufs
+    rc: int = _lib.sandlock_sock_info(fd, b, b + 1, b + 2, b + 3)
+    if rc < 0:
+        return rc
+    return SockInfo(b[0], b[1], b[2], bool(b[3] & os.O_NONBLOCK))
+
+
+def sock_error(fd: int) -> int:
+    """SO_ERROR as a negative errno (0 when the socket has none)."""
+    rc: int = _lib.sandlock_sock_error(fd)
+    return -rc if rc > 0 else rc
+
+
+# ---- child memory -----------------------------------------------------------------------
+
+
+def read_mem(tid: int, addr: int, size: int) -> bytes | int:
+    """Exactly ``size`` bytes at ``addr`` in the thread, or -EFAULT/-ESRCH/..."""
+    if size == 0:
+        return b""
+    if addr == 0:
+        return -_errno.EFAULT
+    buf = _ffi.new("char[]", size)
+    n: int = _lib.sandlock_read_mem(tid, addr, buf, size)
+    if n < 0:
+        return n
+    if n != size:
+        return -_errno.EFAULT
+    data: bytes = _ffi.buffer(buf, size)[:]
+    return data
+
+
+def write_mem(tid: int, addr: int, data: bytes) -> int:
+    """Write ``data`` at ``addr`` in the thread; bytes written or a negative errno."""
+    n: int = _lib.sandlock_write_mem(tid, addr, data, len(data))
+    return n
+
+
+# ---- the on-behalf syscalls ---------------------------------------------------------------
+
+
+def connect(fd: int, addr: bytes, *, nonblock: bool) -> int:
+    """connect(2) on our duplicate with our copy of the address: 0 or a negative errno."""
+    rc: int = _lib.sandlock_connect(fd, addr, len(addr), 1 if nonblock else 0)
+    return rc
+
+
+def sendmsg(fd: int, name: bytes | None, data: bytes, control: bytes, flags: int) -> int:
+    """sendmsg(2) with one iovec: bytes sent or a negative errno."""
+    n: int = _lib.sandlock_sendmsg(
+        fd,
+        name if name is not None else _ffi.NULL,
+        len(name) if name is not None else 0,
+        data,
+        len(data),
+        control if control else _ffi.NULL,
+        len(control),
+        flags,
+    )
+    return n
+
+
+def poll1(fd: int, events: int, timeout_ms: int = 0) -> int:
+    rc: int = _lib.sandlock_poll1(fd, events, timeout_ms)
+    return rc
+
+
+# ---- signals --------------------------------------------------------------------------------
+
+
+def signalfd(signals: Sequence[int]) -> int:
+    """Block ``signals`` in this thread and read them from the returned descriptor."""
+    rc: int = _lib.sandlock_signalfd(list(signals), len(signals))
+    if rc < 0:
+        raise _oserror("signalfd", rc)
+    return rc

@@ -1,0 +1,144 @@
+"""The command line: ``sandlock run [rules] -- CMD [ARGS...]``.
+
+Thin by design: arguments in, the policy built (every mistake is one line on stderr and
+exit status 2, before anything starts), the command started, its exit status out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from .errors import LaunchError, PolicyError, SandlockError
+
+EXIT_USAGE = 2
+
+RUN_DESCRIPTION = """\
+Run CMD with its network egress limited to the destinations the rules allow.
+connect, sendto, sendmsg and sendmmsg of CMD, its threads and all its descendants are
+checked; a refused call fails with ECONNREFUSED and nothing leaves the machine.
+
+A rule is  [SCHEME://]TARGET[:PORTS]
+  SCHEME   tcp (the default), udp or icmp
+  TARGET   *  (any address), an IP (127.0.0.1, ::1), a CIDR (10.0.0.0/8, fc00::/7)
+           or a hostname (resolved once at start to all its A and AAAA addresses;
+           --net-allow only). Write IPv6 with a port in brackets: [::1]:443
+  PORTS    22,80,443 or * (all ports; also what no port means). icmp takes no port.
+
+Each protocol is decided on its own: with no --net-allow rule for a protocol, that
+protocol is denied. --net-deny is checked first and always wins. ::ffff:a.b.c.d is
+a.b.c.d; 0.0.0.0 and :: count as loopback. AF_UNIX and netlink are not egress.
+"""
+
+RUN_EPILOG = """\
+examples:
+  sandlock run --net-allow example.com:443 -- curl https://example.com/
+  sandlock run --net-allow 127.0.0.1:8080 --net-allow udp://127.0.0.1:53 \\
+               --net-deny 127.0.0.2 -- curl http://127.0.0.1:8080/
+  sandlock run --net-allow '*:443' --net-deny 10.0.0.0/8 -- ./build.sh
+  sandlock run --net-allow 'icmp://*' -- ping -c1 127.0.0.1
+  sandlock run -- ./offline-step          # no rule: no network at all
+
+exit status: CMD's own, 128+N if signal N killed it, 2 for a bad rule or usage,
+126/127 when CMD cannot be run.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line, never a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{self.prog}: {message} (see '{self.prog} --help')", EXIT_USAGE)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"sandlock: {message}" if not message.startswith("sandlock") else message, file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _fd_list(text: str) -> list[int]:
+    try:
+        fds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected descriptor numbers like 3,4: `{text}`") from None
+    if not fds or any(fd < 0 for fd in fds):
+        raise argparse.ArgumentTypeError(f"expected descriptor numbers like 3,4: `{text}`")
+    return fds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sandlock",
+        description="An egress firewall for one command (seccomp user notification).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser(
+        "run",
+        help="run a command under --net-allow / --net-deny rules",
+        description=RUN_DESCRIPTION,
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--net-allow", action="append", default=[], metavar="RULE",
+                     help="allow egress to RULE (repeatable)")
+    run.add_argument("--net-deny", action="append", default=[], metavar="RULE",
+                     help="refuse egress to RULE even where an allow rule matches (repeatable; "
+                          "IPs and CIDRs only)")
+    run.add_argument("--keep-fds", type=_fd_list, default=[], metavar="N[,N...]",
+                     help="pass these inherited descriptors (above 2) to CMD; the rest are "
+                          "closed, since an inherited socket would be an unchecked channel")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
+                     help="the command to run")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``sandlock`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help(sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    try:
+        code = _run(args)
+    except PolicyError as err:
+        _fail(str(err), EXIT_USAGE)
+    except LaunchError as err:
+        _fail(str(err), err.exit_code)
+    except SandlockError as err:
+        _fail(str(err), 1)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    raise SystemExit(code)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cmd = list(args.argv)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise LaunchError("run: no command given (usage: sandlock run [RULES] -- CMD [ARGS...])",
+                          exit_code=EXIT_USAGE)
+    from .policy import Policy
+
+    policy = Policy.from_specs(args.net_allow, args.net_deny)
+    for fd in args.keep_fds:
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise LaunchError(f"--keep-fds: descriptor {fd} is not open", exit_code=EXIT_USAGE) from None
+
+    from . import _syscalls as sys_
+    from .launch import start
+    from .runner import FORWARDED_SIGNALS, supervise
+
+    signal_fd = sys_.signalfd(FORWARDED_SIGNALS)
+    child = start(cmd, keep_fds=args.keep_fds, unblock_signals=FORWARDED_SIGNALS)
+    try:
+        import trio
+
+        return trio.run(lambda: supervise(child, policy, signal_fd=signal_fd))
+    finally:
+        child.close()

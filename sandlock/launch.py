@@ -1,0 +1,109 @@
+"""Starting a command under the filter, with its listener in our hands before it execs.
+
+The fork/exec path is in C (``sandlock_spawn``): the child installs the filter itself
+(we cannot install one in another process), writes the listener's fd number into a pipe
+and waits; we take the listener with pidfd_getfd and ack; only then does it exec. The
+listener is close-on-exec, and the child cannot pass it with sendmsg(SCM_RIGHTS) because
+sendmsg is already trapped. Nothing here imports trio: this module is the lean part of
+the launch path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from . import _syscalls as sys_
+from ._filter import filter_bpf
+from .errors import LaunchError, SupervisorError
+
+_FILTER_FLAGS = sys_.FILTER_FLAG_WAIT_KILLABLE_RECV
+
+
+@dataclass(frozen=True, slots=True)
+class Child:
+    """A started command: its pid, a pidfd for it, and the listener of its filter."""
+
+    pid: int
+    pidfd: int
+    listener: int
+
+    def close(self) -> None:
+        for fd in (self.pidfd, self.listener):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def find_executable(name: str, env: Mapping[str, str]) -> str:
+    """The path execve should get for ``name``, searched in the child's own PATH."""
+    if "/" in name:
+        return name
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise LaunchError(f"{name}: command not found", exit_code=127)
+    return found
+
+
+def start(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    keep_fds: Sequence[int] = (),
+    unblock_signals: Sequence[int] = (),
+) -> Child:
+    """Start ``argv`` under the filter; raise LaunchError or SupervisorError if it cannot."""
+    if not argv:
+        raise LaunchError("no command given", exit_code=2)
+    environ = dict(os.environ if env is None else env)
+    path = find_executable(argv[0], environ)
+    try:
+        spawned = sys_.spawn(
+            os.fsencode(path),
+            [os.fsencode(a) for a in argv],
+            [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in environ.items()],
+            cwd=os.fsencode(cwd) if cwd is not None else None,
+            bpf=filter_bpf(),
+            filter_flags=_FILTER_FLAGS,
+            keep_fds=keep_fds,
+            unblock=unblock_signals,
+        )
+    except sys_.SpawnError as err:
+        raise _launch_error(argv[0], cwd, err) from err
+    return Child(spawned.pid, spawned.pidfd, spawned.listener)
+
+
+def _launch_error(name: str, cwd: str | None, err: sys_.SpawnError) -> Exception:
+    reason = os.strerror(err.errno)
+    if err.stage == sys_.STAGE_EXEC:
+        code = 127 if err.errno == errno.ENOENT else 126
+        return LaunchError(f"cannot run {name}: {reason}", exit_code=code)
+    if err.stage == sys_.STAGE_SETUP and cwd is not None and err.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+        return LaunchError(f"cannot change directory to {cwd}: {reason}", exit_code=126)
+    what = {
+        sys_.STAGE_PARENT: "starting the child",
+        sys_.STAGE_SETUP: "preparing the child",
+        sys_.STAGE_FILTER: "installing the seccomp filter",
+        sys_.STAGE_LISTENER: "taking the seccomp listener (pidfd_getfd)",
+    }.get(err.stage, "starting the child")
+    return SupervisorError(f"{what} failed: {reason}")
+
+
+def exit_status(pidfd: int) -> int:
+    """Reap the exited child: its exit code, or 128+N when signal N killed it."""
+    while True:
+        try:
+            info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries already
+            continue
+    if info is None:  # pragma: no cover - only with WNOHANG
+        raise SupervisorError("waitid found no exited child")
+    if info.si_code == os.CLD_EXITED:
+        return info.si_status
+    return 128 + info.si_status
