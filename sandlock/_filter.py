@@ -51,9 +51,11 @@ _SOURCE_ROUTES = (
     (socket.IPPROTO_IPV6, 57),  # IPV6_RTHDR
 )
 
-_ALLOWED_FAMILIES = {socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK}
-_ALLOWED_TYPES = {socket.SOCK_STREAM, socket.SOCK_DGRAM}
-_ALLOWED_PROTOCOLS = {
+_ALLOWED_FAMILIES = {
+    int(f) for f in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK)
+}
+_ALLOWED_TYPES = {int(socket.SOCK_STREAM), int(socket.SOCK_DGRAM)}
+_ALLOWED_PROTOCOLS: dict[tuple[int, int], set[int]] = {
     (socket.AF_INET, socket.SOCK_STREAM): {0, socket.IPPROTO_TCP},
     (socket.AF_INET6, socket.SOCK_STREAM): {0, socket.IPPROTO_TCP},
     (socket.AF_INET, socket.SOCK_DGRAM): {0, socket.IPPROTO_UDP, socket.IPPROTO_ICMP},
@@ -95,8 +97,9 @@ def _outside(allowed: set[int], top: int) -> Iterator[tuple[int, int]]:
         yield from _blocks(run_start, top)
 
 
-def _refuse(f: sc.SyscallFilter, err: int, name: str, arg: int, allowed: set[int],
-            *fixed: sc.Arg) -> None:
+def _refuse(
+    f: sc.SyscallFilter, err: int, name: str, arg: int, allowed: set[int], *fixed: sc.Arg
+) -> None:
     """Refuse ``name`` whenever argument ``arg`` is not in ``allowed`` (given ``fixed``)."""
     top = max(allowed)
     action = sc.ERRNO(err)

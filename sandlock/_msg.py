@@ -48,7 +48,7 @@ def read_exact(tid: int, addr: int, size: int) -> bytes | int:
     return sys_.read_mem(tid, addr, size)
 
 
-def read_name(tid: int, addr: int, length: int) -> bytes | None | int:
+def read_name(tid: int, addr: int, length: int) -> bytes | int | None:
     """A destination address (``None`` for NULL/empty), or a negative errno."""
     if length < 0 or length > SOCKADDR_MAX:
         return -errno.EINVAL

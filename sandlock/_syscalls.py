@@ -104,7 +104,7 @@ def spawn(
 class Notif:
     """One seccomp notification, copied out of the C struct (the C struct is reused)."""
 
-    __slots__ = ("args", "arch", "id", "nr", "pid")
+    __slots__ = ("arch", "args", "id", "nr", "pid")
 
     def __init__(self, id: int, pid: int, nr: int, arch: int, args: tuple[int, ...]) -> None:
         self.id = id

@@ -55,7 +55,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    print(f"sandlock: {message}" if not message.startswith("sandlock") else message, file=sys.stderr)
+    print(
+        f"sandlock: {message}" if not message.startswith("sandlock") else message, file=sys.stderr
+    )
     raise SystemExit(code)
 
 
@@ -63,7 +65,9 @@ def _fd_list(text: str) -> list[int]:
     try:
         fds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected descriptor numbers like 3,4: `{text}`") from None
+        raise argparse.ArgumentTypeError(
+            f"expected descriptor numbers like 3,4: `{text}`"
+        ) from None
     if not fds or any(fd < 0 for fd in fds):
         raise argparse.ArgumentTypeError(f"expected descriptor numbers like 3,4: `{text}`")
     return fds
@@ -82,16 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--net-allow", action="append", default=[], metavar="RULE",
-                     help="allow egress to RULE (repeatable)")
-    run.add_argument("--net-deny", action="append", default=[], metavar="RULE",
-                     help="refuse egress to RULE even where an allow rule matches (repeatable; "
-                          "IPs and CIDRs only)")
-    run.add_argument("--keep-fds", type=_fd_list, default=[], metavar="N[,N...]",
-                     help="pass these inherited descriptors (above 2) to CMD; the rest are "
-                          "closed, since an inherited socket would be an unchecked channel")
-    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
-                     help="the command to run")
+    run.add_argument(
+        "--net-allow",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="allow egress to RULE (repeatable)",
+    )
+    run.add_argument(
+        "--net-deny",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="refuse egress to RULE even where an allow rule matches (repeatable; "
+        "IPs and CIDRs only)",
+    )
+    run.add_argument(
+        "--keep-fds",
+        type=_fd_list,
+        default=[],
+        metavar="N[,N...]",
+        help="pass these inherited descriptors (above 2) to CMD; the rest are "
+        "closed, since an inherited socket would be an unchecked channel",
+    )
+    run.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run"
+    )
     return parser
 
 
@@ -119,8 +139,10 @@ def _run(args: argparse.Namespace) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        raise LaunchError("run: no command given (usage: sandlock run [RULES] -- CMD [ARGS...])",
-                          exit_code=EXIT_USAGE)
+        raise LaunchError(
+            "run: no command given (usage: sandlock run [RULES] -- CMD [ARGS...])",
+            exit_code=EXIT_USAGE,
+        )
     from .policy import Policy
 
     policy = Policy.from_specs(args.net_allow, args.net_deny)
@@ -128,17 +150,21 @@ def _run(args: argparse.Namespace) -> int:
         try:
             os.fstat(fd)
         except OSError:
-            raise LaunchError(f"--keep-fds: descriptor {fd} is not open", exit_code=EXIT_USAGE) from None
+            raise LaunchError(
+                f"--keep-fds: descriptor {fd} is not open", exit_code=EXIT_USAGE
+            ) from None
 
     from . import _syscalls as sys_
     from .launch import start
     from .runner import FORWARDED_SIGNALS, supervise
+    from .supervisor import Supervisor
 
     signal_fd = sys_.signalfd(FORWARDED_SIGNALS)
     child = start(cmd, keep_fds=args.keep_fds, unblock_signals=FORWARDED_SIGNALS)
     try:
         import trio
 
-        return trio.run(lambda: supervise(child, policy, signal_fd=signal_fd))
+        sup = Supervisor(child.listener, policy)
+        return trio.run(lambda: supervise(child, sup, signal_fd=signal_fd))
     finally:
         child.close()

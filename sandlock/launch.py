@@ -79,11 +79,15 @@ def start(
 
 
 def _launch_error(name: str, cwd: str | None, err: sys_.SpawnError) -> Exception:
-    reason = os.strerror(err.errno)
+    reason = os.strerror(err.errno or 0)
     if err.stage == sys_.STAGE_EXEC:
         code = 127 if err.errno == errno.ENOENT else 126
         return LaunchError(f"cannot run {name}: {reason}", exit_code=code)
-    if err.stage == sys_.STAGE_SETUP and cwd is not None and err.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+    if (
+        err.stage == sys_.STAGE_SETUP
+        and cwd is not None
+        and err.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES)
+    ):
         return LaunchError(f"cannot change directory to {cwd}: {reason}", exit_code=126)
     what = {
         sys_.STAGE_PARENT: "starting the child",

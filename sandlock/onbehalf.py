@@ -9,7 +9,9 @@ child's memory is never read again, so it cannot swap the address after the chec
 What decides is the *socket*, as the kernel reports it on our duplicate (SO_DOMAIN,
 SO_TYPE, SO_PROTOCOL), never what the child claims:
 
-* a non-IP socket (AF_UNIX, AF_NETLINK) is not egress: the call continues untouched;
+* a non-IP socket (AF_UNIX, AF_NETLINK) is not egress: no decision, but the call is
+  still performed here (see _local.py for why "continue" would be a hole); sockets
+  of any other family (only reachable if passed in from outside) are refused;
 * a TCP socket ignores a destination unless MSG_FASTOPEN is set (a connect in
   disguise), so only then is the name decided;
 * UDP and ICMP sends with a name are decided per message, sendmmsg per entry.
@@ -24,6 +26,7 @@ connect never delays the others.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import select
 import socket
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 
 import trio
 
-from . import _msg
+from . import _local, _msg
 from . import _syscalls as sys_
 from ._msg import Message, int32
 from .policy import Decision, Policy
@@ -53,21 +56,16 @@ SYSCALL_NAMES = {
 MSG_DONTWAIT = socket.MSG_DONTWAIT
 MSG_FASTOPEN = 0x2000_0000
 _IP_DOMAINS = (socket.AF_INET, socket.AF_INET6)
+_LOCAL_DOMAINS = (socket.AF_UNIX, socket.AF_NETLINK)
 _STREAM = socket.SOCK_STREAM
-_PROTOS = {
+_PROTOS: dict[tuple[int, int], str] = {
     (socket.SOCK_STREAM, socket.IPPROTO_TCP): "tcp",
     (socket.SOCK_DGRAM, socket.IPPROTO_UDP): "udp",
     (socket.SOCK_DGRAM, socket.IPPROTO_ICMP): "icmp",
     (socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6): "icmp",
 }
 _WATCHDOG = 1.0  # seconds between "is the child still waiting?" checks while we wait
-
-
-class Continue:
-    """Let the kernel run the call itself: only for non-IP sockets."""
-
-
-CONTINUE = Continue()
+_BACKOFF_MAX = 0.05  # retry interval ceiling when readiness cannot be polled (AF_UNIX)
 
 
 @dataclass(slots=True)
@@ -77,7 +75,7 @@ class Pending:
     finish: Callable[[], Awaitable[int]]
 
 
-Result = int | Continue | Pending
+Result = int | Pending
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +91,20 @@ class Event:
 
 
 Listener = Callable[[Event], None]
+
+
+class _Call:
+    """One notification in hand: the thread, our duplicate of its socket, what the kernel
+    says the socket is, and every descriptor we opened for the call (closed at the end)."""
+
+    __slots__ = ("dup", "info", "ip", "n", "owned")
+
+    def __init__(self, n: sys_.Notif, dup: int, info: sys_.SockInfo) -> None:
+        self.n = n
+        self.dup = dup
+        self.info = info
+        self.ip = info.domain in _IP_DOMAINS
+        self.owned = [dup]
 
 
 class Handlers:
@@ -116,17 +128,17 @@ class Handlers:
             return -errno.ENOSYS
         return handler(n)
 
-    # ---- the syscalls -----------------------------------------------------------------
+    # ---- the four syscalls -------------------------------------------------------------
 
     def connect(self, n: sys_.Notif) -> Result:
         fd, addr_p, addrlen = int32(n.args[0]), n.args[1], int32(n.args[2])
-        return self._with_socket(n, fd, lambda dup, info: self._connect(n, dup, info, addr_p, addrlen))
+        return self._on_socket(n, fd, lambda c: self._connect(c, addr_p, addrlen))
 
     def sendto(self, n: sys_.Notif) -> Result:
         fd, buf_p, length, flags = int32(n.args[0]), n.args[1], n.args[2], int32(n.args[3])
         addr_p, addrlen = n.args[4], int32(n.args[5])
 
-        def act(dup: int, info: sys_.SockInfo) -> Result:
+        def act(c: _Call) -> Result:
             if length > _msg.MAX_DATA:
                 return -errno.EMSGSIZE
             # A non-NULL name of length 0 is still a name to the kernel (EINVAL on UDP).
@@ -138,14 +150,14 @@ class Handlers:
                 return data
             if not self._still_waiting(n):
                 return -errno.ENOENT
-            return self._send(n, dup, info, "sendto", Message(name, data, b""), flags)
+            return self._send(c, "sendto", Message(name, data, b""), flags)
 
-        return self._with_socket(n, fd, act)
+        return self._on_socket(n, fd, act)
 
     def sendmsg(self, n: sys_.Notif) -> Result:
         fd, msg_p, flags = int32(n.args[0]), n.args[1], int32(n.args[2])
 
-        def act(dup: int, info: sys_.SockInfo) -> Result:
+        def act(c: _Call) -> Result:
             hdr = _msg.read_exact(n.pid, msg_p, _msg.MSGHDR_SIZE)
             if isinstance(hdr, int):
                 return hdr
@@ -154,15 +166,15 @@ class Handlers:
                 return msg
             if not self._still_waiting(n):
                 return -errno.ENOENT
-            return self._send(n, dup, info, "sendmsg", msg, flags)
+            return self._send(c, "sendmsg", msg, flags)
 
-        return self._with_socket(n, fd, act)
+        return self._on_socket(n, fd, act)
 
     def sendmmsg(self, n: sys_.Notif) -> Result:
-        fd, vec_p, vlen, flags = int32(n.args[0]), n.args[1], n.args[2] & 0xFFFF_FFFF, int32(n.args[3])
-        vlen = min(vlen, _msg.UIO_MAXIOV)  # the kernel clamps it too
+        fd, vec_p, flags = int32(n.args[0]), n.args[1], int32(n.args[3])
+        vlen = min(n.args[2] & 0xFFFF_FFFF, _msg.UIO_MAXIOV)  # the kernel clamps it too
 
-        def act(dup: int, info: sys_.SockInfo) -> Result:
+        def act(c: _Call) -> Result:
             if vlen == 0:
                 return 0
             entries = _msg.read_mmsg_vector(n.pid, vec_p, vlen)
@@ -179,237 +191,252 @@ class Handlers:
             if not self._still_waiting(n):
                 return -errno.ENOENT
             if not msgs:
-                return first_error or -errno.EFAULT
-            return self._sendmmsg(n, dup, info, vec_p, msgs, flags)
+                return first_error
+            return self._sendmmsg(c, vec_p, msgs, flags)
 
-        return self._with_socket(n, fd, act)
+        return self._on_socket(n, fd, act)
 
-    # ---- the shared steps -----------------------------------------------------------------
+    # ---- the shared steps ------------------------------------------------------------------
 
-    def _with_socket(
-        self, n: sys_.Notif, fd: int, act: Callable[[int, sys_.SockInfo], Result]
-    ) -> Result:
-        """Run ``act`` on a duplicate of the child's descriptor, closing it afterwards
-        (or handing it to the Pending, which closes it when done)."""
+    def _on_socket(self, n: sys_.Notif, fd: int, act: Callable[[_Call], Result]) -> Result:
+        """Run ``act`` on a duplicate of the child's descriptor; close what the call
+        opened when it is answered (a Pending closes it when it finishes)."""
         dup = sys_.getfd(n.pid, fd)
         if dup < 0:
-            return -errno.EBADF if dup == -errno.EBADF else dup
+            return dup
+        info = sys_.sock_info(dup)
+        if isinstance(info, int):
+            os.close(dup)
+            return info
+        c = _Call(n, dup, info)
         handed_over = False
         try:
-            info = sys_.sock_info(dup)
-            if isinstance(info, int):
-                return -errno.ENOTSOCK if info == -errno.ENOTSOCK else info
-            if info.domain not in _IP_DOMAINS:
-                return CONTINUE
-            result = act(dup, info)
+            if not c.ip and info.domain not in _LOCAL_DOMAINS:
+                return -errno.ECONNREFUSED  # a family the filter never lets be created
+            result = act(c)
             if isinstance(result, Pending):
                 handed_over = True
-                result = Pending(_closing(dup, result.finish))
+                return Pending(_closing(c.owned, result.finish))
             return result
         finally:
             if not handed_over:
-                os.close(dup)
+                _close_all(c.owned)
 
     def _still_waiting(self, n: sys_.Notif) -> bool:
         return sys_.notif_id_valid(self.listener, n.id)
 
-    def _decide(self, n: sys_.Notif, syscall: str, info: sys_.SockInfo, dest: Dest) -> Event:
-        proto = _PROTOS.get((info.type, info.protocol))
+    def _decide(self, c: _Call, syscall: str, dest: Dest) -> Event:
+        proto = _PROTOS.get((c.info.type, c.info.protocol))
         if proto is None:  # the filter lets no such socket be made; fail closed anyway
             decision = Decision(allowed=False, rule=None, host=None)
-            proto = f"proto-{info.protocol}"
+            proto = f"proto-{c.info.protocol}"
         else:
             decision = self.policy.decide(proto, dest.addr, dest.port)
-        return Event(n.pid, syscall, proto, dest, decision, 0 if decision.allowed else errno.ECONNREFUSED)
+        refused = 0 if decision.allowed else errno.ECONNREFUSED
+        event = Event(c.n.pid, syscall, proto, dest, decision, refused)
+        if refused:
+            self._report(event, -refused)
+        return event
 
-    def _report(self, event: Event, result: int) -> None:
-        if self.on_event is not None:
-            if event.decision.allowed and result < 0:
-                event = Event(event.pid, event.syscall, event.proto, event.dest, event.decision, -result)
-            self.on_event(event)
+    def _report(self, event: Event | None, result: int) -> None:
+        if event is None or self.on_event is None:
+            return
+        if event.decision.allowed and result < 0 and result != -errno.EINPROGRESS:
+            event = Event(
+                event.pid, event.syscall, event.proto, event.dest, event.decision, -result
+            )
+        self.on_event(event)
 
-    def _check_name(
-        self, n: sys_.Notif, info: sys_.SockInfo, syscall: str, msg: Message, flags: int
-    ) -> Event | int | None:
-        """Decide a message's destination: an allowed Event, a negative errno, or None
-        when the message has no destination the kernel would use."""
+    async def _wait_writable(self, c: _Call) -> int:
+        """0 once our duplicate is writable; -ENOENT if the child stopped waiting."""
+        while True:
+            with trio.move_on_after(_WATCHDOG):
+                await trio.lowlevel.wait_writable(c.dup)
+                return 0
+            if not self._still_waiting(c.n):
+                return -errno.ENOENT
+
+    async def _backoff(self, c: _Call, attempt: int) -> int:
+        """Sleep before a retry where readiness cannot be polled (a full AF_UNIX peer)."""
+        await trio.sleep(min(0.001 * 2**attempt, _BACKOFF_MAX))
+        return 0 if self._still_waiting(c.n) else -errno.ENOENT
+
+    # ---- connect ---------------------------------------------------------------------------
+
+    def _connect(self, c: _Call, addr_p: int, addrlen: int) -> Result:
+        name = _msg.read_name(c.n.pid, addr_p, addrlen)
+        if isinstance(name, int):
+            return name
+        if name is None:
+            return -errno.EFAULT if addr_p == 0 and addrlen else -errno.EINVAL
+        if not self._still_waiting(c.n):
+            return -errno.ENOENT
+        event = None
+        if c.ip:
+            dest = parse_sockaddr(name)
+            if isinstance(dest, Invalid):
+                return -dest.errno
+            if isinstance(dest, Dest):  # (AF_UNSPEC dissolves an association: not egress)
+                event = self._decide(c, "connect", dest)
+                if not event.decision.allowed:
+                    return -errno.ECONNREFUSED
+        elif c.info.domain == socket.AF_UNIX:
+            name = _local.unix_name(c.n.pid, name, c.owned)
+            if isinstance(name, int):
+                return name
+        if c.info.nonblocking or c.info.type == socket.SOCK_DGRAM:
+            rc = sys_.connect(c.dup, name, nonblock=False)  # returns at once
+            self._report(event, rc)
+            return rc
+        # A blocking connect: start it non-blocking, finish it off the loop if it waits.
+        rc = sys_.connect(c.dup, name, nonblock=True)
+        if rc == -errno.EINPROGRESS and sys_.poll1(c.dup, select.POLLOUT) != 0:
+            rc = sys_.sock_error(c.dup)
+        if rc in (-errno.EINPROGRESS, -errno.EAGAIN):
+            return Pending(lambda: self._finish_connect(c, name, event, rc))
+        self._report(event, rc)
+        return rc
+
+    async def _finish_connect(self, c: _Call, name: bytes, event: Event | None, rc: int) -> int:
+        attempt = 0
+        while rc in (-errno.EINPROGRESS, -errno.EAGAIN):
+            if rc == -errno.EINPROGRESS:  # a TCP handshake: wait for its end
+                rc = await self._wait_writable(c) or sys_.sock_error(c.dup)
+            else:  # AF_UNIX with a full backlog: the kernel would wait for room; retry
+                rc = await self._backoff(c, attempt) or sys_.connect(c.dup, name, nonblock=True)
+                attempt += 1
+        self._report(event, rc)
+        return rc
+
+    # ---- sends ------------------------------------------------------------------------------
+
+    def _prepare(self, c: _Call, syscall: str, msg: Message, flags: int) -> Event | int | None:
+        """Make ``msg`` ready to send: decide its destination (IP), or translate its path
+        and descriptors (AF_UNIX). An allowed Event, None (nothing to decide), or -errno."""
+        if not c.ip:
+            if c.info.domain == socket.AF_UNIX:
+                if msg.name is not None:
+                    name = _local.unix_name(c.n.pid, msg.name, c.owned)
+                    if isinstance(name, int):
+                        return name
+                    msg.name = name
+                control = _local.translate_rights(c.n.pid, msg.control, c.owned)
+                if isinstance(control, int):
+                    return control
+                msg.control = control
+            return None
+        rc = _msg.check_control(msg.control)
+        if rc < 0:
+            return rc
         if msg.name is None:
             return None
-        if info.type == _STREAM and not flags & MSG_FASTOPEN:
-            return None  # a TCP socket ignores the name unless it is a fast-open connect
-        udp4 = info.domain == socket.AF_INET and info.protocol == socket.IPPROTO_UDP
+        if c.info.type == _STREAM and not flags & MSG_FASTOPEN:
+            return None  # TCP ignores the name unless it is a fast-open connect
+        udp4 = c.info.domain == socket.AF_INET and c.info.protocol == socket.IPPROTO_UDP
         dest = parse_sockaddr(msg.name, unspec_as_inet=udp4)
         if isinstance(dest, Invalid):
             return -dest.errno
         if isinstance(dest, NoDest):  # AF_UNSPEC on UDPv6: "no name", as the kernel reads it
             msg.name = None
             return None
-        event = self._decide(n, syscall, info, dest)
-        if not event.decision.allowed:
-            self._report(event, -errno.ECONNREFUSED)
-            return -errno.ECONNREFUSED
-        return event
+        event = self._decide(c, syscall, dest)
+        return event if event.decision.allowed else -errno.ECONNREFUSED
 
-    # ---- connect ------------------------------------------------------------------------------
-
-    def _connect(self, n: sys_.Notif, dup: int, info: sys_.SockInfo, addr_p: int, addrlen: int) -> Result:
-        name = _msg.read_name(n.pid, addr_p, addrlen)
-        if isinstance(name, int):
-            return name
-        if name is None:
-            return -errno.EFAULT if addr_p == 0 and addrlen else -errno.EINVAL
-        if not self._still_waiting(n):
-            return -errno.ENOENT
-        dest = parse_sockaddr(name)
-        if isinstance(dest, Invalid):
-            return -dest.errno
-        if isinstance(dest, NoDest):  # AF_UNSPEC dissolves an association: not egress
-            return sys_.connect(dup, name, nonblock=False)
-        event = self._decide(n, "connect", info, dest)
-        if not event.decision.allowed:
-            self._report(event, -errno.ECONNREFUSED)
-            return -errno.ECONNREFUSED
-        if info.type != _STREAM or info.nonblocking:
-            rc = sys_.connect(dup, name, nonblock=False)
-            self._report(event, rc if rc != -errno.EINPROGRESS else 0)
-            return rc
-        # A blocking TCP connect: start it non-blocking, then wait off the loop.
-        rc = sys_.connect(dup, name, nonblock=True)
-        if rc == -errno.EINPROGRESS:
-            if sys_.poll1(dup, select.POLLOUT) == 0:
-                return Pending(lambda: self._finish_connect(n, dup, event))
-            rc = sys_.sock_error(dup)
-        self._report(event, rc)
-        return rc
-
-    async def _finish_connect(self, n: sys_.Notif, dup: int, event: Event) -> int:
-        rc = await self._wait_writable(n, dup)
-        if rc == 0:
-            rc = sys_.sock_error(dup)
-        self._report(event, rc)
-        return rc
-
-    async def _wait_writable(self, n: sys_.Notif, dup: int) -> int:
-        """0 once ``dup`` is writable; -ENOENT if the child stopped waiting meanwhile."""
-        while True:
-            with trio.move_on_after(_WATCHDOG):
-                await trio.lowlevel.wait_writable(dup)
-                return 0
-            if not self._still_waiting(n):
-                return -errno.ENOENT
-
-    # ---- sends ---------------------------------------------------------------------------------
-
-    def _send(self, n: sys_.Notif, dup: int, info: sys_.SockInfo, syscall: str, msg: Message, flags: int) -> Result:
-        rc = _msg.check_control(msg.control)
-        if rc < 0:
-            return rc
-        event = self._check_name(n, info, syscall, msg, flags)
+    def _send(self, c: _Call, syscall: str, msg: Message, flags: int) -> Result:
+        event = self._prepare(c, syscall, msg, flags)
         if isinstance(event, int):
             return event
-        blocking = not info.nonblocking and not flags & MSG_DONTWAIT
-        rc = sys_.sendmsg(dup, msg.name, msg.data, msg.control, flags | MSG_DONTWAIT)
-        if blocking and _must_wait(info, msg, rc):
-            return Pending(lambda: self._finish_send(n, dup, info, msg, flags, rc, event))
-        if event is not None:
-            self._report(event, rc)
+        rc = sys_.sendmsg(c.dup, msg.name, msg.data, msg.control, flags | MSG_DONTWAIT)
+        blocking = not c.info.nonblocking and not flags & MSG_DONTWAIT
+        if blocking and _must_wait(c, len(msg.data), rc, max(rc, 0)):
+            return Pending(lambda: self._finish_send(c, msg, flags, rc, event))
+        self._report(event, rc)
         return rc
 
     async def _finish_send(
-        self, n: sys_.Notif, dup: int, info: sys_.SockInfo, msg: Message, flags: int,
-        first: int, event: Event | None,
-    ) -> int:
-        rc = await self._send_blocking(n, dup, info, msg, flags, first)
-        if event is not None:
-            self._report(event, rc)
-        return rc
-
-    async def _send_blocking(
-        self, n: sys_.Notif, dup: int, info: sys_.SockInfo, msg: Message, flags: int, rc: int
+        self, c: _Call, msg: Message, flags: int, rc: int, event: Event | None
     ) -> int:
         """Finish a send the child made on a blocking socket: wait, then send the rest.
 
         A stream socket sends everything (as a blocking send does); a datagram is sent
         once. A fast-open connect that answered EINPROGRESS sends its data once the
         handshake is done."""
-        stream = info.type == _STREAM
         sent = max(rc, 0)
         name, control = msg.name, msg.control
-        while True:
-            if rc >= 0 and (not stream or sent >= len(msg.data)):
-                return sent if stream else rc
-            if rc < 0 and rc not in (-errno.EAGAIN, -errno.EINPROGRESS):
-                return sent or rc
-            waited = await self._wait_writable(n, dup)
+        attempt = 0
+        while _must_wait(c, len(msg.data), rc, sent):
+            polled = c.ip or attempt == 0
+            waited = await (self._wait_writable(c) if polled else self._backoff(c, attempt))
+            attempt += 1
             if waited < 0:
-                return sent or waited
-            if rc == -errno.EINPROGRESS:
-                err = sys_.sock_error(dup)
-                if err < 0:
-                    return sent or err
+                rc = waited
+                break
+            if rc == -errno.EINPROGRESS:  # the fast-open handshake ended
+                rc = sys_.sock_error(c.dup)
+                if rc < 0:
+                    break
                 flags &= ~MSG_FASTOPEN
                 name = None
-            rc = sys_.sendmsg(dup, name, msg.data[sent:], control, flags | MSG_DONTWAIT)
+            rc = sys_.sendmsg(c.dup, name, msg.data[sent:], control, flags | MSG_DONTWAIT)
             if rc > 0:
                 sent += rc
                 control = b""
+        if c.info.type == _STREAM and sent:
+            rc = sent  # bytes already sent are the result, whatever came after
+        self._report(event, rc)
+        return rc
 
-    def _sendmmsg(
-        self, n: sys_.Notif, dup: int, info: sys_.SockInfo, vec_p: int, msgs: list[Message], flags: int
-    ) -> Result:
+    def _sendmmsg(self, c: _Call, vec_p: int, msgs: list[Message], flags: int) -> Result:
         """Each entry decided on its own; stop at the first refused or failed one."""
         for i, msg in enumerate(msgs):
-            rc = self._send(n, dup, info, "sendmmsg", msg, flags)
+            rc = self._send(c, "sendmmsg", msg, flags)
             if isinstance(rc, Pending):
-                return Pending(
-                    lambda i=i, rc=rc: self._finish_mmsg(n, dup, info, vec_p, msgs, flags, i, rc)
-                )
-            if isinstance(rc, Continue) or rc < 0:
-                return i or (rc if isinstance(rc, int) else -errno.EINVAL)
-            _write_msg_len(n.pid, vec_p, i, rc)
+                return Pending(functools.partial(self._finish_mmsg, c, vec_p, msgs, flags, i, rc))
+            if rc < 0:
+                return i or rc
+            _write_msg_len(c.n.pid, vec_p, i, rc)
         return len(msgs)
 
     async def _finish_mmsg(
-        self, n: sys_.Notif, dup: int, info: sys_.SockInfo, vec_p: int, msgs: list[Message],
-        flags: int, start: int, pending: Pending,
+        self, c: _Call, vec_p: int, msgs: list[Message], flags: int, i: int, pending: Pending
     ) -> int:
         rc = await pending.finish()
-        i = start
-        while True:
-            if rc < 0:
-                return i or rc
-            _write_msg_len(n.pid, vec_p, i, rc)
+        while rc >= 0:
+            _write_msg_len(c.n.pid, vec_p, i, rc)
             i += 1
             if i == len(msgs):
                 return i
-            nxt = self._send(n, dup, info, "sendmmsg", msgs[i], flags)
-            if isinstance(nxt, Pending):
-                rc = await nxt.finish()
-            elif isinstance(nxt, Continue):
-                return i
-            else:
-                rc = nxt
+            nxt = self._send(c, "sendmmsg", msgs[i], flags)
+            rc = await nxt.finish() if isinstance(nxt, Pending) else nxt
+        return i or rc
 
 
-def _must_wait(info: sys_.SockInfo, msg: Message, rc: int) -> bool:
+def _must_wait(c: _Call, total: int, rc: int, sent: int) -> bool:
     """Would a blocking socket still be waiting after this non-blocking attempt?"""
     if rc in (-errno.EAGAIN, -errno.EINPROGRESS):
         return True
-    return info.type == _STREAM and 0 <= rc < len(msg.data)
+    return rc >= 0 and c.info.type == _STREAM and sent < total
 
 
 def _write_msg_len(tid: int, vec_p: int, index: int, sent: int) -> None:
-    sys_.write_mem(tid, vec_p + index * _msg.MMSGHDR_SIZE + _msg.MSG_LEN_OFFSET, struct.pack("<I", sent))
+    addr = vec_p + index * _msg.MMSGHDR_SIZE + _msg.MSG_LEN_OFFSET
+    sys_.write_mem(tid, addr, struct.pack("<I", sent))
 
 
-def _closing(dup: int, finish: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:
-    """Wrap a Pending's coroutine so that it closes the duplicate when it ends."""
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _closing(fds: list[int], finish: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:
+    """Wrap a Pending's coroutine so that it closes the call's descriptors when it ends."""
 
     async def run() -> int:
         try:
             return await finish()
         finally:
-            trio.lowlevel.notify_closing(dup)
-            os.close(dup)
+            for fd in fds:
+                trio.lowlevel.notify_closing(fd)
+            _close_all(fds)
 
     return run

@@ -18,8 +18,6 @@ import trio
 
 from . import _syscalls as sys_
 from .launch import Child, exit_status
-from .onbehalf import Listener
-from .policy import Policy
 from .supervisor import Supervisor
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -28,18 +26,10 @@ _SIGINFO = struct.Struct("<IiiI")  # ssi_signo, ssi_errno, ssi_code, ssi_pid
 _SIGINFO_SIZE = 128
 
 
-async def supervise(
-    child: Child,
-    policy: Policy,
-    *,
-    on_event: Listener | None = None,
-    signal_fd: int | None = None,
-    supervisor: list[Supervisor] | None = None,
-) -> int:
-    """Serve the child's notifications until it exits; return its exit status."""
-    sup = Supervisor(child.listener, policy, on_event)
-    if supervisor is not None:
-        supervisor.append(sup)
+async def supervise(child: Child, sup: Supervisor, *, signal_fd: int | None = None) -> int:
+    """Serve the child's notifications until it exits; return its exit status.
+
+    ``sup`` answers for ``child.listener``; its policy may be replaced meanwhile."""
     async with trio.open_nursery() as nursery:
         await nursery.start(sup.serve)
         if signal_fd is not None:

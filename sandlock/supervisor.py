@@ -22,7 +22,7 @@ import sys
 import trio
 
 from . import _syscalls as sys_
-from .onbehalf import CONTINUE, Handlers, Listener, Pending
+from .onbehalf import Handlers, Listener, Pending
 from .policy import Policy
 
 _DRAIN_BATCH = 64  # notifications answered before yielding to other tasks
@@ -78,10 +78,8 @@ class Supervisor:
             result = -errno.ECONNREFUSED
         if isinstance(result, Pending):
             nursery.start_soon(self._finish, n, result)
-        elif result is CONTINUE:
-            sys_.notif_send(self.listener, n.id, 0, 0, sys_.USER_NOTIF_FLAG_CONTINUE)
         else:
-            self._answer(n, result)  # type: ignore[arg-type]
+            self._answer(n, result)
 
     async def _finish(self, n: sys_.Notif, pending: Pending) -> None:
         try:
@@ -100,5 +98,8 @@ class Supervisor:
 
 
 def _internal_error(n: sys_.Notif, err: Exception) -> None:
-    print(f"sandlock: internal error on syscall {n.nr} of pid {n.pid}: {err!r} "
-          "(the call was refused)", file=sys.stderr)
+    print(
+        f"sandlock: internal error on syscall {n.nr} of pid {n.pid}: {err!r} "
+        "(the call was refused)",
+        file=sys.stderr,
+    )
