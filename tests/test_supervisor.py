@@ -1,0 +1,215 @@
+"""The supervisor in-process: live policy swaps, lifetimes, descriptors, fail-closed.
+
+These drive ``launch.start`` and ``runner.supervise`` directly (as the Python API and
+the daemon do), with real children on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from sandlock import launch
+from sandlock.onbehalf import Event
+from sandlock.policy import Policy
+from sandlock.runner import supervise
+from sandlock.supervisor import Supervisor
+
+from .conftest import SANDLOCK, Sinks
+
+PY = sys.executable
+
+
+def _own_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+async def _run(argv: list[str], sup_for: Callable[[int], Supervisor]) -> int:
+    child = launch.start(argv)
+    try:
+        return await supervise(child, sup_for(child.listener))
+    finally:
+        child.close()
+
+
+async def test_policy_swap_takes_effect_on_the_next_call(sinks: Sinks, tmp_path: Path) -> None:
+    """Replacing Supervisor.policy while the child runs decides its very next connect."""
+    sink = sinks.tcp("127.0.0.1")
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    script = textwrap.dedent(f"""
+        import os, socket, time
+        def attempt():
+            s = socket.socket()
+            try:
+                s.connect(("127.0.0.1", {sink.port})); return "ok"
+            except OSError as e:
+                return str(e.errno)
+            finally:
+                s.close()
+        first = attempt()
+        open({str(ready)!r}, "w").close()
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.01)
+        print(first, attempt())
+    """)
+    out = tmp_path / "out"
+    argv = ["/bin/sh", "-c", f'exec "$0" -c "$1" > {out}', PY, script]
+    events: list[Event] = []
+    allow = Policy.from_specs([sink.spec], [])
+    sups: list[Supervisor] = []
+
+    def make(listener: int) -> Supervisor:
+        sups.append(Supervisor(listener, allow, events.append))
+        return sups[0]
+
+    async def swap() -> None:
+        while not ready.exists():
+            await trio.sleep(0.01)
+        sups[0].policy = Policy.from_specs([], [])
+        go.touch()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(swap)
+            code = await _run(argv, make)
+    assert code == 0
+    assert out.read_text().split() == ["ok", "111"]
+    assert sink.settle().count == 1
+    assert [e.decision.allowed for e in events] == [True, False]
+    assert events[1].decision.reason == "default-deny"
+
+
+async def test_killed_child_mid_connect_leaks_no_descriptor(full_listener: str) -> None:
+    """A child killed while its blocking connect is pending leaves no fd behind."""
+    host, port = full_listener.rsplit(":", 1)
+    script = f"import socket; socket.create_connection(({host!r}, {port}))"
+    before = _own_fds()
+    policy = Policy.from_specs([full_listener], [])
+    child = launch.start([PY, "-c", script])
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                sup = Supervisor(child.listener, policy)
+                codes: list[int] = []
+
+                async def run() -> None:
+                    codes.append(await supervise(child, sup))
+
+                nursery.start_soon(run)
+                # the connect is pending once our duplicate of its socket exists
+                while len(_own_fds()) <= len(before) + 2:
+                    await trio.sleep(0.01)
+                await trio.sleep(0.2)
+                os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.close()
+    assert codes == [128 + signal.SIGKILL]
+    assert _own_fds() == before
+
+
+async def test_many_calls_leak_no_descriptor(sinks: Sinks) -> None:
+    """Hundreds of allowed and refused calls leave the supervisor's fd table as it was."""
+    sink = sinks.udp("127.0.0.1")
+    script = textwrap.dedent(f"""
+        import socket
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(200):
+            u.sendto(b"x", ("127.0.0.1", {sink.port}))
+            try:
+                t.sendto(b"x", ("127.0.0.2", {sink.port}))
+            except OSError:
+                pass
+    """)
+    before = _own_fds()
+    policy = Policy.from_specs([sink.spec], [])
+    with trio.fail_after(60):
+        code = await _run([PY, "-c", script], lambda fd: Supervisor(fd, policy))
+    assert code == 0
+    assert sink.settle().count == 200
+    assert _own_fds() == before
+
+
+def test_unix_sockets_work_relative_paths_and_fd_passing(tmp_path: Path) -> None:
+    """AF_UNIX is not egress: connects by relative path and SCM_RIGHTS still work."""
+    script = textwrap.dedent("""
+        import os, socket
+        from multiprocessing import reduction
+        os.chdir(os.environ["WORK"])
+        server = socket.socket(socket.AF_UNIX)
+        server.bind("rel.sock")
+        server.listen()
+        client = socket.socket(socket.AF_UNIX)
+        client.connect("rel.sock")
+        peer, _ = server.accept()
+        reduction.sendfds(client, [1])
+        (fd,) = reduction.recvfds(peer, 1)
+        os.write(fd, b"passed\\n")
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind("dgram.sock")
+        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sender.sendto(b"dgram", "dgram.sock")
+        print(receiver.recv(10).decode())
+    """)
+    env = {**os.environ, "WORK": str(tmp_path)}
+    res = subprocess.run([*SANDLOCK, "--", PY, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["passed", "dgram"]
+
+
+def test_killed_supervisor_fails_closed(sinks: Sinks, tmp_path: Path) -> None:
+    """With the supervisor SIGKILLed, the orphaned child's connect fails (ENOSYS), and
+    nothing reaches the allowed sink either: the network closes, it never opens."""
+    sink = sinks.tcp("127.0.0.1")
+    go, out = tmp_path / "go", tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import os, socket, time
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.01)
+        try:
+            socket.create_connection(("127.0.0.1", {sink.port}), timeout=5)
+            result = "connected"
+        except OSError as e:
+            result = str(e.errno)
+        open({str(out)!r}, "w").write(result)
+    """)
+    proc = subprocess.Popen([*SANDLOCK, "--net-allow", sink.spec, "--", PY, "-c", script])
+    time.sleep(1.0)  # the child is up and polling for `go`
+    proc.kill()
+    proc.wait(timeout=30)
+    go.touch()
+    deadline = time.monotonic() + 30
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert out.read_text() == "38"  # ENOSYS: the kernel answers for a missing supervisor
+    assert sink.settle().count == 0
+
+
+@pytest.mark.parametrize("flags", ["", "--keep-fds"])
+def test_inherited_descriptors_are_closed_unless_kept(flags: str) -> None:
+    """An inherited fd above 2 (here a socket) is closed in the command unless kept."""
+    import socket
+
+    a, b = socket.socketpair()
+    try:
+        keep = [flags, str(a.fileno())] if flags else []
+        script = f"import os; os.fstat({a.fileno()}); print('open')"
+        res = subprocess.run([*SANDLOCK, *keep, "--", PY, "-c", script], pass_fds=[a.fileno()],
+                             capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        a.close()
+        b.close()
+    if flags:
+        assert (res.returncode, res.stdout.strip()) == (0, "open")
+    else:
+        assert res.returncode == 1 and "Bad file descriptor" in res.stderr
