@@ -1,0 +1,328 @@
+"""The egress decision: may this (protocol, address, port) leave the sandbox?
+
+The model, as in ``net-rules.md``:
+
+- **Per protocol.** Rules of each protocol (tcp, udp, icmp) form their own
+  policy; a protocol with no allow rule at all is denied by default. An unknown
+  protocol is denied.
+- **Deny wins.** ``--net-deny`` rules of that protocol are checked first; a match
+  refuses the call even where an allow rule would match. Then the allow rules:
+  the first one that matches (in the order given) allows the call.
+- **Mapped addresses are IPv4.** ``::ffff:a.b.c.d`` is the IPv4 address
+  ``a.b.c.d`` for every rule, allow and deny alike; rules written in mapped form
+  are already IPv4 (see :mod:`sandlock.rules`).
+- **Unspecified addresses are loopback.** Connecting to ``0.0.0.0`` (or
+  ``::ffff:0.0.0.0``) reaches ``127.0.0.1``, and ``::`` reaches ``::1``; they are
+  matched as such, so a deny on loopback stops them too. A *rule* written as
+  exactly ``0.0.0.0`` or ``::`` is read the same way (as ``127.0.0.1`` / ``::1``),
+  so that ``--net-deny 0.0.0.0`` is not silently dead. Addresses a hostname
+  resolves to are not rewritten: a sinkholed name (``0.0.0.0``) grants nothing.
+
+A :class:`Policy` is immutable: the supervisor swaps whole objects. Building one
+compiles the rules into per-protocol tables of plain integers so that
+:meth:`Policy.decide` does no allocation and no ``ipaddress`` work per call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple
+
+from .errors import PolicyError
+from .rules import PROTOS, Rule, parse_rule
+
+__all__ = ["Decision", "HostAddrs", "IPAddress", "Policy", "Resolver", "resolve_host"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str], Sequence[str]]
+HostAddrs = Mapping[str, Iterable[str | IPAddress]]
+
+_ALLOW_FLAG = "--net-allow"
+_DENY_FLAG = "--net-deny"
+_ALL4 = (1 << 32) - 1
+_ALL6 = (1 << 128) - 1
+_LOOPBACK4 = int(ipaddress.IPv4Address("127.0.0.1"))
+_LOOPBACK6 = 1
+_MAPPED_TAG = 0xFFFF  # the 96 bits above a mapped address: ::ffff:0:0/96
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The verdict on one destination.
+
+    ``rule`` is the spec text of the rule that decided, ``None`` for the default
+    deny; ``host`` is the hostname whose resolved address matched, if any.
+    """
+
+    allowed: bool
+    rule: str | None
+    host: str | None
+
+    @property
+    def reason(self) -> str:
+        """``"default-deny"`` or the text of the deciding rule, for logs."""
+        return "default-deny" if self.rule is None else self.rule
+
+
+_DEFAULT_DENY = Decision(allowed=False, rule=None, host=None)
+
+
+class _Entry(NamedTuple):
+    """One compiled match: ``addr & mask == net`` and the port in ``ports``."""
+
+    net: int
+    mask: int
+    ports: frozenset[int] | None
+    decision: Decision
+
+
+class _Table(NamedTuple):
+    """The compiled rules of one protocol, split by IP version."""
+
+    deny4: tuple[_Entry, ...]
+    deny6: tuple[_Entry, ...]
+    allow4: tuple[_Entry, ...]
+    allow6: tuple[_Entry, ...]
+
+
+def resolve_host(host: str) -> list[str]:
+    """The system resolver: every A and AAAA address of ``host``, deduplicated."""
+    found: dict[str, None] = {}
+    for family, _type, _proto, _canon, sockaddr in socket.getaddrinfo(host, None):
+        if family in (socket.AF_INET, socket.AF_INET6):
+            found[str(sockaddr[0])] = None
+    return list(found)
+
+
+class Policy:
+    """An immutable, compiled set of allow and deny rules.
+
+    Build it with :meth:`from_specs` (parses and resolves) or :meth:`from_rules`
+    (the caller resolved the hostnames), then call :meth:`decide`.
+    """
+
+    __slots__ = ("_allow", "_deny", "_hosts", "_tables")
+
+    _allow: tuple[Rule, ...]
+    _deny: tuple[Rule, ...]
+    _hosts: Mapping[str, tuple[str, ...]]
+    _tables: dict[str, _Table]
+
+    def __init__(self, allow: Sequence[Rule], deny: Sequence[Rule], host_addrs: HostAddrs) -> None:
+        """Same as :meth:`from_rules`."""
+        allow, deny = tuple(allow), tuple(deny)
+        hosts = _check_hosts(allow, deny, host_addrs)
+        object.__setattr__(self, "_allow", allow)
+        object.__setattr__(self, "_deny", deny)
+        object.__setattr__(self, "_hosts", MappingProxyType(hosts))
+        object.__setattr__(self, "_tables", _compile(allow, deny, hosts))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Policy is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Policy is immutable (cannot delete {name!r})")
+
+    @classmethod
+    def from_specs(
+        cls,
+        allow: Sequence[str],
+        deny: Sequence[str],
+        *,
+        resolver: Resolver | None = None,
+    ) -> Policy:
+        """Parse ``--net-allow``/``--net-deny`` specs and resolve each hostname once.
+
+        The first bad spec raises :class:`PolicyError`, and so does a hostname
+        that does not resolve (or resolves to nothing). ``resolver`` defaults to
+        :func:`resolve_host`; tests pass a fake.
+        """
+        allow_rules = [parse_rule(spec, flag=_ALLOW_FLAG) for spec in allow]
+        deny_rules = [parse_rule(spec, flag=_DENY_FLAG) for spec in deny]
+        lookup = resolve_host if resolver is None else resolver
+        first_spec: dict[str, str] = {}
+        for rule in allow_rules:
+            if rule.host is not None:
+                first_spec.setdefault(rule.host, rule.spec)
+        hosts = {host: _resolve(lookup, host, spec) for host, spec in first_spec.items()}
+        return cls(allow_rules, deny_rules, hosts)
+
+    @classmethod
+    def from_rules(
+        cls, allow: Sequence[Rule], deny: Sequence[Rule], host_addrs: HostAddrs
+    ) -> Policy:
+        """Build from parsed rules and the addresses of every allow hostname.
+
+        ``host_addrs`` must name exactly the hostnames of the allow rules (an empty
+        address list is allowed and matches nothing); a deny rule may not carry a
+        hostname. Addresses are strings or ``ipaddress`` objects; mapped IPv6
+        addresses are stored as IPv4. Raises ValueError otherwise.
+        """
+        return cls(allow, deny, host_addrs)
+
+    def with_host_addresses(self, host: str, addrs: Iterable[str | IPAddress]) -> Policy:
+        """A new Policy where ``host``'s addresses are ``addrs``; this one is unchanged."""
+        if host not in self._hosts:
+            raise ValueError(f"no --net-allow rule names the host {host!r}")
+        hosts: dict[str, Iterable[str | IPAddress]] = dict(self._hosts)
+        hosts[host] = addrs
+        return type(self)(self._allow, self._deny, hosts)
+
+    @property
+    def allow_rules(self) -> tuple[Rule, ...]:
+        """The allow rules, in the order given."""
+        return self._allow
+
+    @property
+    def deny_rules(self) -> tuple[Rule, ...]:
+        """The deny rules, in the order given."""
+        return self._deny
+
+    @property
+    def host_addresses(self) -> Mapping[str, tuple[str, ...]]:
+        """Each allow hostname and its addresses (read-only), for a virtual /etc/hosts."""
+        return self._hosts
+
+    def decide(self, proto: str, addr: bytes, port: int) -> Decision:
+        """Decide on a destination: ``addr`` is the packed 4- or 16-byte address."""
+        table = self._tables.get(proto)
+        if table is None:
+            return _DEFAULT_DENY
+        size = len(addr)
+        if size == 4:
+            value = int.from_bytes(addr, "big")
+            v4 = True
+        elif size == 16:
+            value = int.from_bytes(addr, "big")
+            v4 = value >> 32 == _MAPPED_TAG
+            if v4:
+                value &= _ALL4
+            elif value == 0:
+                value = _LOOPBACK6
+        else:
+            return _DEFAULT_DENY
+        if v4:
+            if value == 0:
+                value = _LOOPBACK4
+            deny, allow = table.deny4, table.allow4
+        else:
+            deny, allow = table.deny6, table.allow6
+        for net, mask, ports, decision in deny:
+            if value & mask == net and (ports is None or port in ports):
+                return decision
+        for net, mask, ports, decision in allow:
+            if value & mask == net and (ports is None or port in ports):
+                return decision
+        return _DEFAULT_DENY
+
+    def describe(self) -> str:
+        """A one-line summary: rule counts per protocol and the resolved hosts."""
+        parts = []
+        for proto in PROTOS:
+            n_allow = sum(rule.proto == proto for rule in self._allow)
+            n_deny = sum(rule.proto == proto for rule in self._deny)
+            if n_allow:
+                parts.append(f"{proto}: {n_allow} allow, {n_deny} deny")
+            else:
+                parts.append(f"{proto}: default deny")
+        n_addrs = sum(len(addrs) for addrs in self._hosts.values())
+        parts.append(f"hostnames: {len(self._hosts)}, addresses: {n_addrs}")
+        return "; ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"<Policy {self.describe()}>"
+
+
+def _resolve(lookup: Resolver, host: str, spec: str) -> tuple[str, ...]:
+    def fail(reason: str) -> PolicyError:
+        message = f"{_ALLOW_FLAG}: cannot resolve `{host}` in `{spec}`: {reason}"
+        return PolicyError(message, flag=_ALLOW_FLAG, spec=spec)
+
+    try:
+        found = lookup(host)
+    except (OSError, UnicodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise fail(reason) from err
+    try:
+        addrs = _canonical_addrs(found)
+    except ValueError as err:
+        raise fail(str(err)) from err
+    if not addrs:
+        raise fail("no addresses")
+    return addrs
+
+
+def _canonical_addrs(addrs: Iterable[str | IPAddress]) -> tuple[str, ...]:
+    """Deduplicated address strings, mapped IPv6 as IPv4, zone indexes dropped."""
+    seen: dict[str, None] = {}
+    for value in addrs:
+        if isinstance(value, str):
+            ip = ipaddress.ip_address(value.partition("%")[0])
+        else:
+            ip = ipaddress.ip_address(value.packed)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        seen[str(ip)] = None
+    return tuple(seen)
+
+
+def _check_hosts(
+    allow: tuple[Rule, ...], deny: tuple[Rule, ...], host_addrs: HostAddrs
+) -> dict[str, tuple[str, ...]]:
+    if any(rule.host is not None for rule in deny):
+        raise ValueError("a --net-deny rule cannot name a hostname")
+    named = {rule.host: None for rule in allow if rule.host is not None}
+    missing = [host for host in named if host not in host_addrs]
+    extra = [host for host in host_addrs if host not in named]
+    if missing or extra:
+        raise ValueError(f"host addresses do not match the rules: missing {missing}, extra {extra}")
+    return {host: _canonical_addrs(host_addrs[host]) for host in named}
+
+
+def _compile(
+    allow: tuple[Rule, ...], deny: tuple[Rule, ...], hosts: Mapping[str, tuple[str, ...]]
+) -> dict[str, _Table]:
+    tables: dict[str, _Table] = {}
+    for proto in PROTOS:
+        deny4, deny6 = _entries([r for r in deny if r.proto == proto], hosts, allowed=False)
+        allow4, allow6 = _entries([r for r in allow if r.proto == proto], hosts, allowed=True)
+        tables[proto] = _Table(deny4, deny6, allow4, allow6)
+    return tables
+
+
+def _entries(
+    rules: list[Rule], hosts: Mapping[str, tuple[str, ...]], *, allowed: bool
+) -> tuple[tuple[_Entry, ...], tuple[_Entry, ...]]:
+    """Compile rules into (IPv4 entries, IPv6 entries), keeping the rules' order."""
+    v4: list[_Entry] = []
+    v6: list[_Entry] = []
+    for rule in rules:
+        decision = Decision(allowed=allowed, rule=rule.spec, host=None)
+        if rule.host is not None:
+            host_decision = Decision(allowed=allowed, rule=rule.spec, host=rule.host)
+            for text in hosts[rule.host]:
+                ip = ipaddress.ip_address(text)
+                is_v4 = ip.version == 4
+                full = _ALL4 if is_v4 else _ALL6
+                (v4 if is_v4 else v6).append(_Entry(int(ip), full, rule.ports, host_decision))
+        elif rule.network is None:
+            v4.append(_Entry(0, 0, rule.ports, decision))
+            v6.append(_Entry(0, 0, rule.ports, decision))
+        else:
+            net, mask = _network_ints(rule.network)
+            target = v4 if rule.network.version == 4 else v6
+            target.append(_Entry(net, mask, rule.ports, decision))
+    return tuple(v4), tuple(v6)
+
+
+def _network_ints(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]:
+    """(network, mask) as integers; exactly ``0.0.0.0``/``::`` is read as loopback."""
+    net, mask = int(network.network_address), int(network.netmask)
+    full = _ALL4 if network.version == 4 else _ALL6
+    if net == 0 and mask == full:
+        net = _LOOPBACK4 if network.version == 4 else _LOOPBACK6
+    return net, mask

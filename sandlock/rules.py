@@ -1,0 +1,243 @@
+"""Parse one ``--net-allow`` / ``--net-deny`` rule spec into a :class:`Rule`.
+
+The grammar is the contract in ``net-rules.md``::
+
+    [scheme://] target [:ports]
+
+Pure: no I/O, no DNS. A hostname is only validated and lower-cased here; the
+policy resolves it. Every error is a :class:`~sandlock.errors.PolicyError` whose
+message names the flag and quotes the spec in backticks.
+
+Decisions where the reference is silent (keep in sync with the tests):
+
+- Whitespace around the whole spec and around each port is ignored
+  (``" h:80, 443 "``); anywhere else it makes the target invalid.
+- The scheme is case-insensitive (``TCP://`` is ``tcp://``); hostnames are
+  lower-cased and one trailing dot is dropped (``Example.COM.`` is ``example.com``).
+- A CIDR with host bits (``10.1.2.3/8``) is accepted and masked to its network
+  (``10.0.0.0/8``), as the original does; only the prefix is parsed strictly, and
+  it must be decimal (no netmask form ``/255.0.0.0``).
+- A target made only of digits and dots must be a dotted-quad IPv4 address:
+  ``1.2.3`` or ``010.0.0.1`` is an error, never a hostname (the resolver would
+  read them as ``1.2.0.3`` and ``8.0.0.1``).
+- Brackets hold an IPv6 address or CIDR only; ``[::1]`` without a port means all
+  ports. IPv6 zone indexes (``fe80::1%eth0``) are not accepted.
+- An IPv4-mapped rule is stored as IPv4 (``::ffff:10.0.0.0/104`` is
+  ``10.0.0.0/8``); an IPv6 network wider than ``/96`` keeps its IPv6 form and so
+  never matches IPv4(-mapped) destinations.
+- ``icmp://`` takes no port suffix at all, not even ``:*``.
+- Ports are decimal, 1-65535, at most five digits; ranges (``80-90``) are not part
+  of the grammar. Duplicate ports collapse.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Literal, NoReturn
+
+from .errors import PolicyError
+
+__all__ = ["PROTOS", "Network", "Proto", "Rule", "parse_rule"]
+
+Proto = Literal["tcp", "udp", "icmp"]
+PROTOS: tuple[Proto, ...] = ("tcp", "udp", "icmp")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_DENY_FLAG = "--net-deny"
+_PORTS_HINT = "(ports are 1-65535, comma-separated, or `*`)"
+# One label of RFC 1123, after lower-casing; underscores are tolerated (SRV-style
+# and some internal names use them), hyphens may not start or end a label.
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_NUMERIC = re.compile(r"\.*[0-9][0-9.]*")  # digits and dots, at least one digit
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One parsed rule.
+
+    ``network`` and ``host`` are never both set; both ``None`` means any IP.
+    ``ports`` is ``None`` for all ports (always ``None`` for icmp).
+    """
+
+    spec: str
+    proto: Proto
+    network: Network | None
+    host: str | None
+    ports: frozenset[int] | None
+
+
+def parse_rule(spec: str, *, flag: str) -> Rule:
+    """Parse ``spec`` as written after ``flag`` (``--net-allow`` or ``--net-deny``).
+
+    Raises :class:`PolicyError` with ``flag`` and ``spec`` set on any mistake.
+    """
+    body = spec.strip()
+    proto: Proto = "tcp"
+    scheme, sep, rest = body.partition("://")
+    if sep:
+        proto = _parse_scheme(scheme, flag, spec)
+        body = rest
+    if not body:
+        if proto == "icmp":
+            _fail(flag, spec, f"icmp rule needs a host/IP or `*`: `{spec}`")
+        _fail(flag, spec, f"empty rule `{spec}` (write `*` to mean everything)")
+    network, host, ports_text = _split_target(body, flag, spec)
+    ports = None
+    if ports_text is not None:
+        if proto == "icmp":
+            _fail(flag, spec, f"icmp rule takes no port: `{spec}`")
+        ports = _parse_ports(ports_text, flag, spec)
+    return Rule(spec=spec, proto=proto, network=network, host=host, ports=ports)
+
+
+def _fail(flag: str, spec: str, message: str) -> NoReturn:
+    raise PolicyError(f"{flag}: {message}", flag=flag, spec=spec)
+
+
+def _parse_scheme(scheme: str, flag: str, spec: str) -> Proto:
+    name = scheme.lower()
+    for proto in PROTOS:
+        if name == proto:
+            return proto
+    _fail(flag, spec, f"unknown scheme `{scheme}://` in `{spec}` (expected {', '.join(PROTOS)})")
+
+
+def _split_target(body: str, flag: str, spec: str) -> tuple[Network | None, str | None, str | None]:
+    """Split a scheme-less body into (network, host, ports text or None)."""
+    if body.startswith("["):
+        return _split_bracketed(body, flag, spec)
+    if body.count(":") > 1:
+        # A hostname or `*` has no colon and a port list has none either, so two
+        # or more colons can only be a bare IPv6 address or CIDR: all ports.
+        return _parse_ipv6_body(body, flag, spec), None, None
+    target, colon, ports_text = body.partition(":")
+    network, host = _parse_target(target, flag, spec)
+    return network, host, ports_text if colon else None
+
+
+def _split_bracketed(body: str, flag: str, spec: str) -> tuple[Network, None, str | None]:
+    inside, close, after = body[1:].partition("]")
+    if not close:
+        _fail(flag, spec, f"unclosed `[` in `{spec}`")
+    if after and not after.startswith(":"):
+        _fail(flag, spec, f"expected `:ports` after `]` in `{spec}`")
+    network = _parse_ipv6_body(inside, flag, spec)
+    return network, None, after[1:] if after else None
+
+
+def _parse_ipv6_body(text: str, flag: str, spec: str) -> Network:
+    """Parse an IPv6 address or CIDR (bare, or from inside brackets)."""
+    if "/" in text:
+        network = _parse_cidr(text, flag, spec, ipv6_only=True)
+    else:
+        address = _ip_address(text)
+        if not isinstance(address, ipaddress.IPv6Address):
+            _fail(
+                flag,
+                spec,
+                f"invalid IPv6 address `{text}` in `{spec}` "
+                "(an IPv6 address with ports is written `[addr]:ports`)",
+            )
+        network = ipaddress.ip_network(address)
+    return _unmap(network)
+
+
+def _parse_target(target: str, flag: str, spec: str) -> tuple[Network | None, str | None]:
+    """Parse a target that has no colon: `*`/empty, IPv4, CIDR or hostname."""
+    if target in ("", "*"):
+        return None, None
+    if "/" in target:
+        return _unmap(_parse_cidr(target, flag, spec, ipv6_only=False)), None
+    address = _ip_address(target)
+    if address is not None:
+        return _unmap(ipaddress.ip_network(address)), None
+    if _NUMERIC.fullmatch(target):
+        _fail(flag, spec, f"invalid IP address `{target}` in `{spec}`")
+    if target.startswith("*."):
+        return None, _wildcard_host(target, flag, spec)
+    host = _parse_hostname(target, flag, spec)
+    if flag == _DENY_FLAG:
+        _fail(flag, spec, f"hostnames are not allowed in {flag} (use an IP or CIDR): `{spec}`")
+    return None, host
+
+
+def _wildcard_host(target: str, flag: str, spec: str) -> str:
+    """The one place that decides on ``*.example.com``.
+
+    Not supported yet from either flag. When it is, --net-allow will validate
+    ``target[2:]`` as a hostname and return the wildcard form, and --net-deny will
+    keep rejecting it as a hostname.
+    """
+    _fail(flag, spec, f"wildcard hostnames are not supported yet: `{spec}`")
+
+
+def _parse_hostname(target: str, flag: str, spec: str) -> str:
+    # isascii() is checked on the text as written: "\u212a".lower() is an ASCII "k".
+    name = target.lower()[:-1] if target.endswith(".") else target.lower()
+    labels = name.split(".")
+    valid = (
+        target.isascii()
+        and 0 < len(name) <= 253
+        and all(_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()
+    )
+    if not valid:
+        _fail(flag, spec, f"invalid hostname `{target}` in `{spec}`")
+    return name
+
+
+def _parse_cidr(text: str, flag: str, spec: str, *, ipv6_only: bool) -> Network:
+    address_text, _, prefix_text = text.partition("/")
+    address = _ip_address(address_text)
+    if address is None or (ipv6_only and address.version != 6):
+        kind = "IPv6 network" if ipv6_only else "network"
+        _fail(flag, spec, f"invalid {kind} address `{address_text}` in `{spec}`")
+    limit = address.max_prefixlen
+    if not (prefix_text.isascii() and prefix_text.isdigit() and len(prefix_text) <= 3) or (
+        int(prefix_text) > limit
+    ):
+        _fail(
+            flag,
+            spec,
+            f"invalid prefix `/{prefix_text}` in `{spec}` "
+            f"(IPv{address.version} prefixes are 0-{limit})",
+        )
+    # Host bits are masked off (strict=False): `10.1.2.3/8` means `10.0.0.0/8`.
+    return ipaddress.ip_network((address, int(prefix_text)), strict=False)
+
+
+def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address written in ``text``, or None; a zone index (``%eth0``) is refused."""
+    if "%" in text:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _unmap(network: Network) -> Network:
+    """Turn an IPv4-mapped IPv6 network (``::ffff:0:0/96`` or narrower) into IPv4."""
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
+def _parse_ports(text: str, flag: str, spec: str) -> frozenset[int] | None:
+    items = [item.strip() for item in text.split(",")]
+    if "*" in items:
+        if any(item != "*" for item in items):
+            _fail(flag, spec, f"cannot mix `*` with port numbers in `{spec}`")
+        return None
+    ports: set[int] = set()
+    for item in items:
+        if not (item.isascii() and item.isdigit() and len(item) <= 5 and 0 < int(item) <= 65535):
+            shown = f"`{item}`" if item else "(empty)"
+            _fail(flag, spec, f"invalid port {shown} in `{spec}` {_PORTS_HINT}")
+        ports.add(int(item))
+    return frozenset(ports)
