@@ -280,6 +280,7 @@ class Handlers:
                 event = self._decide(c, "connect", dest)
                 if not event.decision.allowed:
                     return -errno.ECONNREFUSED
+                name = pin_unspecified(name, dest)
         elif c.info.domain == socket.AF_UNIX:
             name = _local.unix_name(c.n.pid, name, c.owned)
             if isinstance(name, int):
@@ -340,7 +341,10 @@ class Handlers:
             msg.name = None
             return None
         event = self._decide(c, syscall, dest)
-        return event if event.decision.allowed else -errno.ECONNREFUSED
+        if not event.decision.allowed:
+            return -errno.ECONNREFUSED
+        msg.name = pin_unspecified(msg.name, dest)
+        return event
 
     def _send(self, c: _Call, syscall: str, msg: Message, flags: int) -> Result:
         event = self._prepare(c, syscall, msg, flags)
@@ -409,6 +413,27 @@ class Handlers:
             nxt = self._send(c, "sendmmsg", msgs[i], flags)
             rc = await nxt.finish() if isinstance(nxt, Pending) else nxt
         return i or rc
+
+
+_ZERO4 = bytes(4)
+_ZERO16 = bytes(16)
+_MAPPED_ZERO = bytes(10) + b"\xff\xff" + bytes(4)
+
+
+def pin_unspecified(name: bytes, dest: Dest) -> bytes:
+    """Our copy of a name, with an unspecified destination made the loopback address the
+    policy decided on (0.0.0.0 -> 127.0.0.1, :: -> ::1, ::ffff:0.0.0.0 -> ::ffff:127.0.0.1).
+
+    The kernel sends "unspecified" to the socket's own bound address, or to 127.0.0.1 from
+    a v4-mapped IPv6 socket: not necessarily the loopback the decision was about."""
+    addr = dest.addr
+    if addr == _ZERO4:
+        return name[:4] + b"\x7f\x00\x00\x01" + name[8:]
+    if addr == _ZERO16:
+        return name[:8] + bytes(15) + b"\x01" + name[24:]
+    if addr == _MAPPED_ZERO:
+        return name[:8] + _MAPPED_ZERO[:12] + b"\x7f\x00\x00\x01" + name[24:]
+    return name
 
 
 def _must_wait(c: _Call, total: int, rc: int, sent: int) -> bool:
