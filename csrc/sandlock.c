@@ -68,7 +68,7 @@ static void child_fail(int wfd, int stage, int err)
 
 /* Runs between fork and exec: async-signal-safe calls only. */
 static void child_main(int rfd, int wfd, const char *path, char *const argv[],
-                       char *const envp[], const char *cwd,
+                       char *const envp[], const char *cwd, const int stdio[3], int new_pgrp,
                        const struct sock_fprog *prog, unsigned int flags,
                        const int *keep, int nkeep, const int *unblock, int nunblock)
 {
@@ -81,6 +81,16 @@ static void child_main(int rfd, int wfd, const char *path, char *const argv[],
     signal(SIGPIPE, SIG_DFL);
     signal(SIGXFSZ, SIG_DFL);
 
+    if (new_pgrp && setpgid(0, 0) < 0)
+        child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
+    /* dup2 clears close-on-exec on the copy; a descriptor already in place keeps its
+     * flag, so clear it by hand. */
+    for (int i = 0; i < 3; i++) {
+        if (stdio[i] < 0)
+            continue;
+        if (stdio[i] == i ? fcntl(i, F_SETFD, 0) < 0 : dup2(stdio[i], i) < 0)
+            child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
+    }
     if (cwd && chdir(cwd) < 0)
         child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
     /* Everything above stderr closes at exec, except what the caller keeps. */
@@ -122,7 +132,8 @@ static int read_report(int fd, struct report *r)
 }
 
 int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
-                   const char *cwd, const void *bpf, size_t bpf_len,
+                   const char *cwd, const int stdio[3], int new_pgrp,
+                   const void *bpf, size_t bpf_len,
                    unsigned int filter_flags, const int *keep, int nkeep,
                    const int *unblock, int nunblock,
                    int *listener, int *pidfd, int *stage)
@@ -153,8 +164,8 @@ int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
     if (pid == 0) {
         close(up[0]);
         close(down[1]);
-        child_main(down[0], up[1], path, argv, envp, cwd, &prog, filter_flags,
-                   keep, nkeep, unblock, nunblock);
+        child_main(down[0], up[1], path, argv, envp, cwd, stdio, new_pgrp, &prog,
+                   filter_flags, keep, nkeep, unblock, nunblock);
     }
     close(up[1]);
     close(down[0]);

@@ -34,13 +34,16 @@ enum {
 /*
  * Fork a child that installs the BPF filter (flags: SECCOMP_FILTER_FLAG_*), hands its
  * listener to us by fd number over a pipe, waits for our ack, then execs path.
+ * stdio[i] >= 0 becomes descriptor i of the child (-1: inherit).
  * Descriptors >= 3 not in keep[] are closed at exec; keep[] lose close-on-exec.
- * unblock[] are signals to unblock in the child. cwd may be NULL.
+ * unblock[] are signals to unblock in the child. cwd may be NULL. With new_pgrp the
+ * child leads a process group of its own (so that its whole tree can be signalled).
  * On success returns the pid and fills *listener and *pidfd (both close-on-exec).
  * On failure returns -errno and sets *stage to a SANDLOCK_STAGE_* value.
  */
 int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
-                   const char *cwd, const void *bpf, size_t bpf_len,
+                   const char *cwd, const int stdio[3], int new_pgrp,
+                   const void *bpf, size_t bpf_len,
                    unsigned int filter_flags, const int *keep, int nkeep,
                    const int *unblock, int nunblock,
                    int *listener, int *pidfd, int *stage);

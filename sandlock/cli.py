@@ -10,9 +10,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .errors import LaunchError, PolicyError, SandlockError
+
+if TYPE_CHECKING:
+    from .learn import Learner
+    from .report import Observer
 
 EXIT_USAGE = 2
 
@@ -47,6 +51,18 @@ exit status: CMD's own, 128+N if signal N killed it, 2 for a bad rule or usage,
 """
 
 
+LEARN_DESCRIPTION = """\
+Run CMD with all egress allowed (--net-deny rules still apply), then print on stderr
+the smallest --net-allow list that covers what it did, grouped per protocol: the
+hostname of a --net-allow rule where the address came from one, the IP otherwise.
+Rules given with --net-allow are kept in the output.
+
+example:
+  sandlock learn --profile-out build.toml -- ./build.sh
+  sandlock run --profile build.toml -- ./build.sh
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line, never a usage dump."""
 
@@ -73,6 +89,43 @@ def _fd_list(text: str) -> list[int]:
     return fds
 
 
+def _add_rule_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--net-allow",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="allow egress to RULE (repeatable)",
+    )
+    p.add_argument(
+        "--net-deny",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="refuse egress to RULE even where an allow rule matches "
+        "(repeatable; IPs and CIDRs only)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="read net_allow/net_deny lists from a TOML profile (added to the flags)",
+    )
+
+
+def _add_command_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keep-fds",
+        type=_fd_list,
+        default=[],
+        metavar="N[,N...]",
+        help="pass these inherited descriptors (above 2) to CMD; the rest are "
+        "closed, since an inherited socket would be an unchecked channel",
+    )
+    p.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sandlock",
@@ -86,32 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_rule_args(run)
     run.add_argument(
-        "--net-allow",
-        action="append",
-        default=[],
-        metavar="RULE",
-        help="allow egress to RULE (repeatable)",
+        "--audit", metavar="PATH", help="append every decision to PATH as one JSON object per line"
     )
     run.add_argument(
-        "--net-deny",
-        action="append",
-        default=[],
-        metavar="RULE",
-        help="refuse egress to RULE even where an allow rule matches (repeatable; "
-        "IPs and CIDRs only)",
+        "--quiet", action="store_true", help="do not report denied destinations on stderr"
     )
     run.add_argument(
-        "--keep-fds",
-        type=_fd_list,
-        default=[],
-        metavar="N[,N...]",
-        help="pass these inherited descriptors (above 2) to CMD; the rest are "
-        "closed, since an inherited socket would be an unchecked channel",
+        "--summary",
+        action="store_true",
+        help="at exit, print a table of destinations, call counts and actions",
     )
-    run.add_argument(
-        "argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run"
+    _add_command_args(run)
+
+    learn = sub.add_parser(
+        "learn",
+        help="run a command with everything allowed and print the rules it needed",
+        description=LEARN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_rule_args(learn)
+    learn.add_argument(
+        "--profile-out",
+        metavar="FILE",
+        help="also write the rules as a TOML profile (for --profile)",
+    )
+    _add_command_args(learn)
     return parser
 
 
@@ -145,7 +199,20 @@ def _run(args: argparse.Namespace) -> int:
         )
     from .policy import Policy
 
-    policy = Policy.from_specs(args.net_allow, args.net_deny)
+    allow, deny = list(args.net_allow), list(args.net_deny)
+    if args.profile:
+        from .profile import load_profile
+
+        more_allow, more_deny = load_profile(args.profile)
+        allow, deny = more_allow + allow, more_deny + deny
+    learner = None
+    if args.command == "learn":
+        from .learn import Learner
+
+        learner = Learner(allow, deny)
+        policy = learner.policy
+    else:
+        policy = Policy.from_specs(allow, deny)
     for fd in args.keep_fds:
         try:
             os.fstat(fd)
@@ -159,12 +226,69 @@ def _run(args: argparse.Namespace) -> int:
     from .runner import FORWARDED_SIGNALS, supervise
     from .supervisor import Supervisor
 
+    observer = _observer(args, learner)
     signal_fd = sys_.signalfd(FORWARDED_SIGNALS)
     child = start(cmd, keep_fds=args.keep_fds, unblock_signals=FORWARDED_SIGNALS)
     try:
         import trio
 
-        sup = Supervisor(child.listener, policy)
-        return trio.run(lambda: supervise(child, sup, signal_fd=signal_fd))
+        sup = Supervisor(child.listener, policy, observer)
+        code = trio.run(lambda: supervise(child, sup, signal_fd=signal_fd))
     finally:
         child.close()
+        _finish_observer(observer)
+    if learner is not None:
+        _finish_learning(learner, args.profile_out)
+    return code
+
+
+def _finish_learning(learner: Learner, profile_out: str | None) -> None:
+    print(learner.render(), file=sys.stderr)
+    if profile_out:
+        from .profile import dump_profile
+
+        text = dump_profile(learner.rules(), comment="written by sandlock learn")
+        try:
+            with open(profile_out, "w") as f:
+                f.write(text)
+        except OSError as err:
+            raise LaunchError(
+                f"--profile-out: cannot write {profile_out}: {err.strerror}", exit_code=1
+            ) from None
+        print(f"sandlock learn: wrote {profile_out}", file=sys.stderr)
+
+
+def _observer(args: argparse.Namespace, learner: Learner | None) -> Observer | None:
+    """The listener for this run's decisions (None when nobody wants them)."""
+    from .report import DenialReport, Observer, Summary
+
+    if learner is not None:
+        return Observer("learn", also=learner)
+    audit = None
+    if args.audit:
+        from .audit import AuditLog
+
+        try:
+            audit = AuditLog(args.audit)
+        except OSError as err:
+            raise LaunchError(
+                f"--audit: cannot open {args.audit}: {err.strerror}", exit_code=EXIT_USAGE
+            ) from None
+    report = None if args.quiet else DenialReport()
+    summary = Summary() if args.summary else None
+    if audit is None and report is None and summary is None:
+        return None
+    import uuid
+
+    return Observer(uuid.uuid4().hex[:8], audit=audit, report=report, summary=summary)
+
+
+def _finish_observer(observer: Observer | None) -> None:
+    if observer is None:
+        return
+    if observer.report is not None:
+        observer.report.close()
+    if observer.summary is not None:
+        print(observer.summary.render(), file=sys.stderr)
+    if observer.audit is not None:
+        observer.audit.close()

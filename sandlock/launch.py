@@ -56,8 +56,13 @@ def start(
     cwd: str | None = None,
     keep_fds: Sequence[int] = (),
     unblock_signals: Sequence[int] = (),
+    stdio: Sequence[int] = (-1, -1, -1),
+    new_pgrp: bool = False,
 ) -> Child:
-    """Start ``argv`` under the filter; raise LaunchError or SupervisorError if it cannot."""
+    """Start ``argv`` under the filter; raise LaunchError or SupervisorError if it cannot.
+
+    ``stdio`` gives descriptors for the child's 0, 1, 2 (-1: inherit ours); with
+    ``new_pgrp`` the child leads its own process group (its pid is the group id)."""
     if not argv:
         raise LaunchError("no command given", exit_code=2)
     environ = dict(os.environ if env is None else env)
@@ -68,6 +73,8 @@ def start(
             [os.fsencode(a) for a in argv],
             [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in environ.items()],
             cwd=os.fsencode(cwd) if cwd is not None else None,
+            stdio=stdio,
+            new_pgrp=new_pgrp,
             bpf=filter_bpf(),
             filter_flags=_FILTER_FLAGS,
             keep_fds=keep_fds,

@@ -1,0 +1,327 @@
+"""The Python API: ``Sandbox(net_allow=..., net_deny=...).run(cmd) -> Result``.
+
+``run`` blocks and needs no trio (it runs its own loop, so any thread may call it);
+``run_async`` is the same for trio callers and is cancellable: cancelling kills the
+command's whole process tree, waits for it, and re-raises ``Cancelled``.
+
+A sandbox started by the API leads a process group of its own, so a timeout or a
+cancellation can kill every process of it (the group, and any descendant that left it).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from . import launch
+from .audit import AuditLog, DecisionRecord
+from .errors import SandlockError
+from .policy import Policy, Resolver
+from .profile import load_profile
+from .report import Observer
+from .supervisor import Supervisor
+
+__all__ = ["Result", "Sandbox", "TimeoutExpired"]
+
+StrPath = str | os.PathLike[str]
+
+
+class TimeoutExpired(SandlockError):
+    """The command ran past ``timeout``; its whole tree was killed.
+
+    ``stdout`` and ``stderr`` hold what was captured until then (None if not captured)."""
+
+    def __init__(
+        self, cmd: Sequence[str], timeout: float, stdout: bytes | None, stderr: bytes | None
+    ) -> None:
+        super().__init__(f"{cmd[0] if cmd else 'command'} timed out after {timeout:g} s")
+        self.cmd = list(cmd)
+        self.timeout = timeout
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+@dataclass(slots=True)
+class Result:
+    """What a sandboxed run came to."""
+
+    exit_code: int
+    """The command's exit status; 128+N when signal N killed it."""
+    signal: int | None
+    """The signal that killed the command, if one did."""
+    stdout: bytes | None
+    """Captured standard output (None unless ``capture_output``)."""
+    stderr: bytes | None
+    """Captured standard error (None unless ``capture_output``)."""
+    denied: list[DecisionRecord] = field(default_factory=list)
+    """Every refused call, in order."""
+    duration: float = 0.0
+    """Wall time of the run, in seconds."""
+
+    @property
+    def success(self) -> bool:
+        """True when the command exited with status 0."""
+        return self.exit_code == 0
+
+
+class Sandbox:
+    """An egress policy to run commands under. Build once, ``run`` many times.
+
+    The rules are the CLI's (``--net-allow``/``--net-deny`` strings); hostnames are
+    resolved here, so a bad rule raises :class:`~sandlock.PolicyError` before anything
+    runs. ``audit`` names a JSON-lines file that receives every decision.
+    """
+
+    def __init__(
+        self,
+        net_allow: Sequence[str] = (),
+        net_deny: Sequence[str] = (),
+        audit: StrPath | None = None,
+        *,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.policy = Policy.from_specs(list(net_allow), list(net_deny), resolver=resolver)
+        self.audit = os.fspath(audit) if audit is not None else None
+
+    @classmethod
+    def from_profile(cls, path: StrPath, *, audit: StrPath | None = None) -> Sandbox:
+        """A sandbox from a TOML profile with ``net_allow`` and ``net_deny`` lists."""
+        allow, deny = load_profile(path)
+        return cls(allow, deny, audit)
+
+    def run(
+        self,
+        cmd: Sequence[StrPath],
+        *,
+        timeout: float | None = None,
+        capture_output: bool = False,
+        input: bytes | None = None,
+        cwd: StrPath | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Result:
+        """Run ``cmd`` under this sandbox and wait for it (see ``run_async``)."""
+        call = functools.partial(
+            self.run_async,
+            cmd,
+            timeout=timeout,
+            capture_output=capture_output,
+            input=input,
+            cwd=cwd,
+            env=env,
+        )
+        return trio.run(call)
+
+    async def run_async(
+        self,
+        cmd: Sequence[StrPath],
+        *,
+        timeout: float | None = None,
+        capture_output: bool = False,
+        input: bytes | None = None,
+        cwd: StrPath | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Result:
+        """Run ``cmd`` and wait for it, from trio. Raises TimeoutExpired after ``timeout``
+        seconds (the tree killed, partial output attached), LaunchError if it cannot start."""
+        argv = [os.fspath(c) for c in cmd]
+        run = _Run(argv, self.policy, self.audit)
+        return await run.execute(timeout, capture_output, input, cwd, env)
+
+
+class _Run:
+    """One run of one command: its pipes, its supervisor, its records."""
+
+    def __init__(self, argv: list[str], policy: Policy, audit: str | None) -> None:
+        self.argv = argv
+        self.policy = policy
+        self.audit_path = audit
+        self.sandbox_id = uuid.uuid4().hex[:8]
+        self.out = bytearray()
+        self.err = bytearray()
+
+    async def execute(
+        self,
+        timeout: float | None,
+        capture: bool,
+        input: bytes | None,
+        cwd: StrPath | None,
+        env: Mapping[str, str] | None,
+    ) -> Result:
+        started = time.monotonic()
+        pipes = _Pipes(capture, input is not None)
+        audit = AuditLog(self.audit_path) if self.audit_path is not None else None
+        try:
+            child = launch.start(
+                self.argv,
+                env=env,
+                cwd=os.fspath(cwd) if cwd is not None else None,
+                stdio=pipes.child_ends(),
+                new_pgrp=True,
+            )
+        except BaseException:
+            pipes.close()
+            if audit is not None:
+                audit.close()
+            raise
+        pipes.close_child_ends()
+        try:
+            status, timed_out = await self._supervise(child, pipes, input, timeout, audit)
+        finally:
+            child.close()
+            pipes.close()
+            if audit is not None:
+                audit.close()
+        out = bytes(self.out) if capture else None
+        err = bytes(self.err) if capture else None
+        if timed_out:
+            assert timeout is not None
+            raise TimeoutExpired(self.argv, timeout, out, err)
+        killed_by = status - 128 if status > 128 else None
+        denied = self.observer.denied or []
+        return Result(status, killed_by, out, err, denied, time.monotonic() - started)
+
+    async def _supervise(
+        self,
+        child: launch.Child,
+        pipes: _Pipes,
+        input: bytes | None,
+        timeout: float | None,
+        audit: AuditLog | None,
+    ) -> tuple[int, bool]:
+        self.observer = Observer(self.sandbox_id, audit=audit, keep_denied=True)
+        sup = Supervisor(child.listener, self.policy, self.observer)
+        timed_out = reaped = False
+        try:
+            async with trio.open_nursery() as outer:
+                await outer.start(sup.serve)
+                async with trio.open_nursery() as io:
+                    if pipes.stdin >= 0 and input is not None:
+                        io.start_soon(_feed, pipes.take_stdin(), input)
+                    if pipes.stdout >= 0:
+                        io.start_soon(_drain, pipes.stdout, self.out)
+                        io.start_soon(_drain, pipes.stderr, self.err)
+                    with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                        await trio.lowlevel.wait_readable(child.pidfd)
+                    if scope.cancelled_caught:
+                        timed_out = True
+                        kill_tree(child.pid)
+                        await trio.lowlevel.wait_readable(child.pidfd)
+                    status = launch.exit_status(child.pidfd)
+                    reaped = True
+                outer.cancel_scope.cancel()
+        except BaseException:
+            if not reaped:  # never signal a pid that may already belong to someone else
+                with trio.CancelScope(shield=True):
+                    kill_tree(child.pid)
+                    await trio.lowlevel.wait_readable(child.pidfd)
+                    launch.exit_status(child.pidfd)
+            raise
+        return status, timed_out
+
+
+class _Pipes:
+    """The parent's and the child's ends of the stdio pipes a run asked for."""
+
+    def __init__(self, capture: bool, feed: bool) -> None:
+        self.stdin = self.stdout = self.stderr = -1
+        self._child = [-1, -1, -1]
+        if feed:
+            self._child[0], self.stdin = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(self.stdin, False)
+        if capture:
+            self.stdout, self._child[1] = os.pipe2(os.O_CLOEXEC)
+            self.stderr, self._child[2] = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(self.stdout, False)
+            os.set_blocking(self.stderr, False)
+
+    def take_stdin(self) -> int:
+        """Our end of the child's stdin, now owned by the caller (who closes it)."""
+        fd, self.stdin = self.stdin, -1
+        return fd
+
+    def child_ends(self) -> list[int]:
+        return list(self._child)
+
+    def close_child_ends(self) -> None:
+        for i, fd in enumerate(self._child):
+            if fd >= 0:
+                os.close(fd)
+                self._child[i] = -1
+
+    def close(self) -> None:
+        self.close_child_ends()
+        for name in ("stdin", "stdout", "stderr"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+
+async def _feed(fd: int, data: bytes) -> None:
+    """Write ``data`` to the child's stdin, then close it (the child sees end of file)."""
+    view = memoryview(data)
+    try:
+        while view:
+            try:
+                n = os.write(fd, view)
+                view = view[n:]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(fd)
+    except BrokenPipeError:
+        pass  # the command stopped reading: like subprocess, not an error
+    finally:
+        trio.lowlevel.notify_closing(fd)
+        os.close(fd)
+
+
+async def _drain(fd: int, into: bytearray) -> None:
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(fd)
+            continue
+        if not chunk:
+            return
+        into += chunk
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL the process group led by ``pid`` and every descendant of ``pid``."""
+    for target in [pid, *_descendants(pid)]:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for kid in children.get(todo.pop(), []):
+            found.append(kid)
+            todo.append(kid)
+    return found

@@ -1,0 +1,101 @@
+"""Decisions as records: the JSON-lines audit log, and what ``Result.denied`` holds.
+
+One line per decision, written with a single ``write(2)`` on an ``O_APPEND`` descriptor
+as it happens, so a crash loses nothing already written and several sandboxes may share
+one file without tearing lines::
+
+    {"ts": "2026-11-23T10:00:00.123456Z", "sandbox": "4f1c9a2e", "pid": 1234,
+     "syscall": "connect", "proto": "tcp", "dst": "127.0.0.2", "port": 443,
+     "host": null, "action": "deny", "rule": "default-deny", "errno": 111}
+
+``dst`` is the address as the rules saw it: an IPv4-mapped address is shown as IPv4 and
+an unspecified one as the loopback address it was decided as.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import json
+import os
+from dataclasses import asdict, dataclass
+
+from .onbehalf import Event
+
+__all__ = ["AuditLog", "DecisionRecord", "seen_address"]
+
+_UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def seen_address(addr: bytes) -> str:
+    """The packed address as the rules saw it (mapped as IPv4, unspecified as loopback)."""
+    ip = ipaddress.ip_address(addr)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    text = str(ip)
+    return _UNSPECIFIED.get(text, text)
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One decision of a sandbox, as the audit log writes it."""
+
+    ts: str
+    sandbox: str
+    pid: int
+    syscall: str
+    proto: str
+    dst: str
+    port: int
+    host: str | None
+    action: str
+    rule: str
+    errno: int
+
+    @classmethod
+    def from_event(cls, event: Event, sandbox: str) -> DecisionRecord:
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+        d = event.decision
+        return cls(
+            ts=now.replace("+00:00", "Z"),
+            sandbox=sandbox,
+            pid=event.pid,
+            syscall=event.syscall,
+            proto=event.proto,
+            dst=seen_address(event.dest.addr),
+            port=event.dest.port,
+            host=d.host,
+            action="allow" if d.allowed else "deny",
+            rule=d.reason,
+            errno=event.errno,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(", ", ": "))
+
+    def describe(self) -> str:
+        """``tcp 127.0.0.2:443 (pid 1234, connect)``"""
+        dst = f"[{self.dst}]" if ":" in self.dst else self.dst
+        return f"{self.proto} {dst}:{self.port} (pid {self.pid}, {self.syscall})"
+
+
+class AuditLog:
+    """Appends each decision to a JSON-lines file, one write per line."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def write(self, record: DecisionRecord) -> None:
+        os.write(self._fd, (record.to_json() + "\n").encode())
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,53 @@
+"""TOML profiles: the rules of a sandbox in a file.
+
+    # agent.toml
+    net_allow = ["api.example.com:443", "udp://127.0.0.1:53"]
+    net_deny = ["10.0.0.0/8"]
+
+``sandlock run --profile agent.toml`` and ``Sandbox.from_profile("agent.toml")`` read it;
+``sandlock learn --profile-out FILE`` writes one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Sequence
+
+from .errors import PolicyError
+
+_KEYS = ("net_allow", "net_deny")
+
+
+def load_profile(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """The (net_allow, net_deny) lists of a profile; PolicyError names what is wrong."""
+    where = os.fspath(path)
+    try:
+        with open(where, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as err:
+        raise PolicyError(f"--profile: cannot read {where}: {err.strerror}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise PolicyError(f"--profile: {where} is not valid TOML: {err}") from err
+    unknown = sorted(set(data) - set(_KEYS))
+    if unknown:
+        raise PolicyError(
+            f"--profile: {where}: unknown key `{unknown[0]}` (expected net_allow, net_deny)"
+        )
+    lists = []
+    for key in _KEYS:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise PolicyError(f"--profile: {where}: `{key}` must be a list of strings")
+        lists.append(value)
+    return lists[0], lists[1]
+
+
+def dump_profile(allow: Sequence[str], deny: Sequence[str] = (), comment: str = "") -> str:
+    """A profile's TOML text (strings written as JSON strings, which TOML accepts)."""
+    lines = [f"# {line}" for line in comment.splitlines()]
+    for key, values in (("net_allow", allow), ("net_deny", deny)):
+        items = "".join(f"    {json.dumps(v)},\n" for v in values)
+        lines.append(f"{key} = [\n{items}]" if values else f"{key} = []")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,127 @@
+"""What a person sees of the decisions: denial lines on stderr and an exit summary.
+
+``Observer`` is the one listener a supervisor gets; it fans each decision out to the
+audit log, the run's list of denials, the stderr report and the summary, and does
+nothing more than a dictionary update for an allowed call nobody asked to hear about.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TextIO
+
+from .audit import AuditLog, DecisionRecord, seen_address
+from .onbehalf import Event
+
+__all__ = ["DenialReport", "Observer", "Summary"]
+
+
+class DenialReport:
+    """``sandlock: denied tcp 127.0.0.2:443 (pid 1234, connect) — no rule allows it``.
+
+    Each destination is reported once; at most ``rate`` lines a second (a burst of
+    ``rate``), the rest counted and mentioned at the end."""
+
+    def __init__(self, stream: TextIO | None = None, rate: float = 5.0) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.rate = rate
+        self._tokens = rate
+        self._last = time.monotonic()
+        self._seen: set[tuple[str, str, int]] = set()
+        self.suppressed = 0
+
+    def __call__(self, record: DecisionRecord) -> None:
+        key = (record.proto, record.dst, record.port)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        now = time.monotonic()
+        self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1:
+            self.suppressed += 1
+            return
+        self._tokens -= 1
+        why = "no rule allows it" if record.rule == "default-deny" else f"--net-deny {record.rule}"
+        print(f"sandlock: denied {record.describe()} — {why}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.suppressed:
+            print(
+                f"sandlock: {self.suppressed} more denied destinations not shown "
+                "(use --audit FILE for all)",
+                file=self.stream,
+                flush=True,
+            )
+
+
+class Summary:
+    """Counts per (proto, destination, action), printed as a table at exit."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str, int, str]] = Counter()
+
+    def add(self, event: Event) -> None:
+        action = "allow" if event.decision.allowed else "deny"
+        self.counts[(event.proto, seen_address(event.dest.addr), event.dest.port, action)] += 1
+
+    def render(self) -> str:
+        rows = [("PROTO", "DESTINATION", "CALLS", "ACTION")]
+        for (proto, dst, port, action), n in sorted(self.counts.items()):
+            host = f"[{dst}]" if ":" in dst else dst
+            rows.append((proto, f"{host}:{port}", str(n), action))
+        if len(rows) == 1:
+            return "sandlock: no network calls were decided"
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        return "\n".join(
+            "  ".join(
+                cell.ljust(w) if i != 2 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(r, widths, strict=True))
+            ).rstrip()
+            for r in rows
+        )
+
+
+class Observer:
+    """Fans one decision out to whoever listens."""
+
+    def __init__(
+        self,
+        sandbox: str,
+        *,
+        audit: AuditLog | None = None,
+        report: DenialReport | None = None,
+        summary: Summary | None = None,
+        keep_denied: bool = False,
+        also: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.sandbox = sandbox
+        self.also = also
+        self.audit = audit
+        self.report = report
+        self.summary = summary
+        self.denied: list[DecisionRecord] | None = [] if keep_denied else None
+        self.allowed_count = 0
+        self.denied_count = 0
+
+    def __call__(self, event: Event) -> None:
+        if self.also is not None:
+            self.also(event)
+        if self.summary is not None:
+            self.summary.add(event)
+        if event.decision.allowed:
+            self.allowed_count += 1
+            if self.audit is not None:
+                self.audit.write(DecisionRecord.from_event(event, self.sandbox))
+            return
+        self.denied_count += 1
+        record = DecisionRecord.from_event(event, self.sandbox)
+        if self.audit is not None:
+            self.audit.write(record)
+        if self.denied is not None:
+            self.denied.append(record)
+        if self.report is not None:
+            self.report(record)
