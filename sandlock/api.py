@@ -120,7 +120,7 @@ class Sandbox:
         )
         return trio.run(call)
 
-    async def run_async(  # noqa: ASYNC109 - the same keywords as run(), by design
+    async def run_async(
         self,
         cmd: Sequence[StrPath],
         *,
@@ -148,7 +148,7 @@ class _Run:
         self.out = bytearray()
         self.err = bytearray()
 
-    async def execute(  # noqa: ASYNC109
+    async def execute(
         self,
         timeout: float | None,
         capture: bool,
@@ -189,7 +189,7 @@ class _Run:
         denied = self.observer.denied or []
         return Result(status, killed_by, out, err, denied, time.monotonic() - started)
 
-    async def _supervise(  # noqa: ASYNC109
+    async def _supervise(
         self,
         child: launch.Child,
         pipes: _Pipes,
