@@ -1,0 +1,162 @@
+"""The Python API: Sandbox.run / run_async, Result, errors, profiles."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+import sandlock
+from sandlock import PolicyError, Result, Sandbox, SandlockError, TimeoutExpired
+
+from .conftest import Sinks
+
+PY = sys.executable
+
+
+def _dead(pid: int, timeout: float = 10) -> bool:
+    """True once ``pid`` is gone or a zombie (killed, not yet reaped by its new parent)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _connect_script(host: str, port: int) -> str:
+    return textwrap.dedent(f"""
+        import socket, sys
+        s = socket.socket()
+        try:
+            s.connect(({host!r}, {port}))
+        except OSError as e:
+            sys.exit(e.errno)
+    """)
+
+
+def test_run_allows_and_denies(sinks: Sinks) -> None:
+    """run() enforces the rules and reports each refusal in Result.denied."""
+    ok, bad = sinks.tcp("127.0.0.1"), sinks.tcp("127.0.0.2")
+    sb = Sandbox(net_allow=[ok.spec])
+    assert sb.run([PY, "-c", _connect_script("127.0.0.1", ok.port)]).success
+    res = sb.run([PY, "-c", _connect_script("127.0.0.2", bad.port)])
+    assert res.exit_code == 111 and not res.success
+    assert [(d.dst, d.port, d.action, d.rule, d.errno) for d in res.denied] == [
+        ("127.0.0.2", bad.port, "deny", "default-deny", 111)
+    ]
+    assert (ok.settle().count, bad.settle().count) == (1, 0)
+
+
+def test_result_fields_capture_input_cwd_env(tmp_path: Path) -> None:
+    """capture_output, input, cwd and env behave as in subprocess.run."""
+    script = "import os,sys; d=sys.stdin.read(); print(d, os.getcwd(), os.environ['X']); " \
+             "print('e', file=sys.stderr); sys.exit(3)"
+    res = Sandbox().run([PY, "-c", script], capture_output=True, input=b"fed",
+                        cwd=tmp_path, env={**os.environ, "X": "y"})
+    assert isinstance(res, Result)
+    assert (res.exit_code, res.signal, res.success) == (3, None, False)
+    assert res.stdout == f"fed {tmp_path} y\n".encode()
+    assert res.stderr == b"e\n"
+    assert res.denied == [] and res.duration > 0
+
+
+def test_not_captured_means_none() -> None:
+    """Without capture_output, stdout and stderr are None (the caller's are inherited)."""
+    res = Sandbox().run(["/bin/true"])
+    assert (res.stdout, res.stderr, res.exit_code) == (None, None, 0)
+
+
+def test_signal_death_is_reported() -> None:
+    """A command killed by signal N: exit_code 128+N, signal N."""
+    res = Sandbox().run(["/bin/sh", "-c", "kill -TERM $$"])
+    assert (res.exit_code, res.signal) == (128 + 15, 15)
+
+
+def test_timeout_kills_the_tree_and_keeps_partial_output(tmp_path: Path) -> None:
+    """A timeout kills every process of the sandbox and carries the output so far."""
+    pidfile = tmp_path / "pid"
+    script = f"sleep 60 & echo $! > {pidfile}; echo partial; sleep 60"
+    with pytest.raises(TimeoutExpired) as info:
+        Sandbox().run(["/bin/sh", "-c", script], timeout=1, capture_output=True)
+    assert info.value.stdout == b"partial\n"
+    assert isinstance(info.value, SandlockError)
+    assert _dead(int(pidfile.read_text()))
+
+
+async def test_run_async_cancellation_kills_the_tree(tmp_path: Path) -> None:
+    """Cancelling run_async kills the command and its children, then re-raises."""
+    pidfile = tmp_path / "pid"
+    script = f"sleep 60 & echo $! > {pidfile}; sleep 60"
+    with trio.move_on_after(1.5) as scope:
+        await Sandbox().run_async(["/bin/sh", "-c", script])
+    assert scope.cancelled_caught
+    assert _dead(int(pidfile.read_text()))
+
+
+def test_policy_errors_raise_before_anything_runs(tmp_path: Path) -> None:
+    """A bad rule raises PolicyError (a ValueError and a SandlockError) at construction."""
+    with pytest.raises(PolicyError) as info:
+        Sandbox(net_allow=["udp://127.0.0.1:0"])
+    assert "--net-allow" in str(info.value) and "`udp://127.0.0.1:0`" in str(info.value)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, SandlockError)
+
+
+def test_launch_errors() -> None:
+    """A missing command raises LaunchError with the shell's exit code."""
+    with pytest.raises(sandlock.LaunchError) as info:
+        Sandbox().run(["no-such-command-sandlock"])
+    assert info.value.exit_code == 127
+
+
+def test_run_from_threads_concurrently(sinks: Sinks) -> None:
+    """run() needs no trio: eight threads run sandboxes at once."""
+    ok = sinks.tcp("127.0.0.1")
+    sb = Sandbox(net_allow=[ok.spec])
+    results: list[int] = []
+
+    def work() -> None:
+        results.append(sb.run([PY, "-c", _connect_script("127.0.0.1", ok.port)]).exit_code)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results == [0] * 8
+    assert ok.settle().count == 8
+
+
+def test_profile_round_trip(tmp_path: Path, sinks: Sinks) -> None:
+    """Sandbox.from_profile reads net_allow/net_deny from TOML."""
+    ok = sinks.tcp("127.0.0.1")
+    prof = tmp_path / "p.toml"
+    prof.write_text(f'net_allow = ["{ok.spec}"]\nnet_deny = ["127.0.0.2"]\n')
+    sb = Sandbox.from_profile(prof)
+    assert sb.run([PY, "-c", _connect_script("127.0.0.1", ok.port)]).success
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("net_allow = [1]", "`net_allow` must be a list of strings"),
+        ("net_alow = []", "unknown key `net_alow`"),
+        ("net_allow = [", "is not valid TOML"),
+    ],
+)
+def test_bad_profiles(tmp_path: Path, text: str, message: str) -> None:
+    """A malformed profile is a PolicyError that says what is wrong."""
+    prof = tmp_path / "p.toml"
+    prof.write_text(text)
+    with pytest.raises(PolicyError, match=message):
+        Sandbox.from_profile(prof)

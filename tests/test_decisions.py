@@ -1,0 +1,122 @@
+"""Decisions a person can read: --audit, the stderr report, --summary, learn mode."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from .conftest import Sinks, describe, run_sandboxed
+
+PY = sys.executable
+
+
+def _traffic(tcp_ok: int, udp_ok: int, denied_ports: range) -> str:
+    return textwrap.dedent(f"""
+        import socket
+        socket.create_connection(("127.0.0.1", {tcp_ok})).close()
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.sendto(b"x", ("127.0.0.1", {udp_ok}))
+        for port in {list(denied_ports)!r}:
+            try:
+                u.sendto(b"x", ("127.0.0.2", port))
+            except OSError:
+                pass
+    """)
+
+
+def test_audit_log_has_one_line_per_decision(sinks: Sinks, tmp_path: Path) -> None:
+    """--audit writes every decision as a JSON object with the documented fields."""
+    tcp, udp = sinks.tcp("127.0.0.1"), sinks.udp("127.0.0.1")
+    log = tmp_path / "audit.jsonl"
+    script = _traffic(tcp.port, udp.port, range(40000, 40003))
+    res = run_sandboxed(["--audit", str(log), "--quiet", "--net-allow", tcp.spec,
+                         "--net-allow", udp.spec], [PY, "-c", script])
+    assert res.returncode == 0, describe(res)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(lines) == 5
+    fields = {"ts", "sandbox", "pid", "syscall", "proto", "dst", "port", "host", "action",
+              "rule", "errno"}
+    assert all(set(line) == fields for line in lines)
+    assert len({line["sandbox"] for line in lines}) == 1
+    first = lines[0]
+    assert (first["syscall"], first["proto"], first["dst"], first["port"], first["action"],
+            first["rule"], first["errno"]) == ("connect", "tcp", "127.0.0.1", tcp.port, "allow",
+                                               tcp.spec, 0)
+    assert dt.datetime.fromisoformat(first["ts"]).tzinfo is not None
+    denied = [line for line in lines if line["action"] == "deny"]
+    assert [(d["port"], d["rule"], d["errno"]) for d in denied] == [
+        (p, "default-deny", 111) for p in range(40000, 40003)
+    ]
+
+
+def test_denials_reported_once_each_and_rate_limited(tmp_path: Path) -> None:
+    """stderr names each refused destination once, at most a burst, then counts the rest."""
+    script = textwrap.dedent("""
+        import socket
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for rep in range(3):
+            for port in range(41000, 41030):
+                try:
+                    u.sendto(b"x", ("127.0.0.2", port))
+                except OSError:
+                    pass
+    """)
+    res = run_sandboxed([], [PY, "-c", script])
+    assert res.returncode == 0, describe(res)
+    lines = res.stderr.splitlines()
+    shown = [line for line in lines if line.startswith("sandlock: denied udp 127.0.0.2:")]
+    assert 1 <= len(shown) <= 10
+    assert len(set(shown)) == len(shown)
+    assert shown[0].endswith("sendto) — no rule allows it")
+    hidden = 30 - len(shown)
+    assert f"sandlock: {hidden} more denied destinations not shown (use --audit FILE for all)" in lines
+
+
+def test_quiet_and_summary(sinks: Sinks) -> None:
+    """--quiet silences the report; --summary prints a table of destinations at exit."""
+    tcp, udp = sinks.tcp("127.0.0.1"), sinks.udp("127.0.0.1")
+    script = _traffic(tcp.port, udp.port, range(42000, 42002))
+    res = run_sandboxed(["--quiet", "--summary", "--net-allow", tcp.spec, "--net-allow",
+                         udp.spec], [PY, "-c", script])
+    assert res.returncode == 0, describe(res)
+    assert "sandlock: denied" not in res.stderr
+    table = res.stderr.splitlines()
+    assert table[0].split() == ["PROTO", "DESTINATION", "CALLS", "ACTION"]
+    assert f"tcp    127.0.0.1:{tcp.port}" in res.stderr
+    assert ["udp", "127.0.0.2:42001", "1", "deny"] in [row.split() for row in table]
+
+
+def test_learn_prints_rules_and_writes_a_profile_run_accepts(sinks: Sinks, tmp_path: Path) -> None:
+    """learn allows everything, prints the minimal rules, and --profile reads them back."""
+    tcp, udp = sinks.tcp("127.0.0.1"), sinks.udp("127.0.0.1")
+    script = _traffic(tcp.port, udp.port, range(0))
+    prof = tmp_path / "learned.toml"
+    argv = [sys.executable, "-m", "sandlock", "learn", "--profile-out", str(prof), "--",
+            PY, "-c", script]
+    from .conftest import run_command, sandlock_env
+
+    res = run_command(argv, env=sandlock_env())
+    assert res.returncode == 0, describe(res)
+    assert f"  --net-allow 127.0.0.1:{tcp.port}" in res.stderr
+    assert f"  --net-allow udp://127.0.0.1:{udp.port}" in res.stderr
+    assert (tcp.settle().count, udp.settle().count) == (1, 1)
+    again = run_sandboxed(["--profile", str(prof)], [PY, "-c", script])
+    assert again.returncode == 0, describe(again)
+    assert (tcp.settle().count, udp.settle().count) == (2, 2)
+
+
+def test_learn_still_applies_deny_rules(sinks: Sinks) -> None:
+    """learn keeps --net-deny: a denied destination is refused and not learned."""
+    bad = sinks.tcp("127.0.0.2")
+    script = _traffic(1, 1, range(0)).replace("127.0.0.1", "127.0.0.2")
+    from .conftest import run_command, sandlock_env
+
+    argv = [sys.executable, "-m", "sandlock", "learn", "--net-deny", "127.0.0.2", "--",
+            PY, "-c", script]
+    res = run_command(argv, env=sandlock_env())
+    assert res.returncode != 0
+    assert "127.0.0.2" not in res.stderr.split("the command needs", 1)[-1]
+    assert bad.settle().count == 0
