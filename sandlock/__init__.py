@@ -5,16 +5,29 @@
 The command runs under a seccomp filter that sends connect, sendto, sendmsg and
 sendmmsg to a supervisor, which decides each on its own copy of the destination and
 performs the call itself on a duplicate of the command's socket.
+
+    from sandlock import Sandbox
+    result = Sandbox(net_allow=["127.0.0.1:8080"]).run(["curl", "http://127.0.0.1:8080/"])
+
+The public names are imported on first use, so that ``sandlock`` the command starts
+without loading trio unless it needs it.
 """
 
-from .api import Result as Result
-from .api import Sandbox as Sandbox
-from .api import TimeoutExpired as TimeoutExpired
-from .audit import DecisionRecord as DecisionRecord
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import LaunchError as LaunchError
 from .errors import PolicyError as PolicyError
 from .errors import SandlockError as SandlockError
 from .errors import SupervisorError as SupervisorError
+
+if TYPE_CHECKING:
+    from .api import Result as Result
+    from .api import Sandbox as Sandbox
+    from .api import TimeoutExpired as TimeoutExpired
+    from .audit import DecisionRecord as DecisionRecord
 
 __all__ = [
     "DecisionRecord",
@@ -26,3 +39,19 @@ __all__ = [
     "SupervisorError",
     "TimeoutExpired",
 ]
+
+_LAZY = {
+    "Result": ".api",
+    "Sandbox": ".api",
+    "TimeoutExpired": ".api",
+    "DecisionRecord": ".audit",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sandlock' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -86,6 +86,14 @@ class AuditLog:
         self.path = os.fspath(path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
+    @classmethod
+    def from_fd(cls, fd: int) -> AuditLog:
+        """A log on a descriptor opened elsewhere (the daemon gets the client's)."""
+        log = cls.__new__(cls)
+        log.path = f"fd:{fd}"
+        log._fd = fd
+        return log
+
     def write(self, record: DecisionRecord) -> None:
         os.write(self._fd, (record.to_json() + "\n").encode())
 

@@ -16,6 +16,7 @@ from .errors import LaunchError, PolicyError, SandlockError
 
 if TYPE_CHECKING:
     from .learn import Learner
+    from .policy import Policy
     from .report import Observer
 
 EXIT_USAGE = 2
@@ -151,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="at exit, print a table of destinations, call counts and actions",
     )
+    run.add_argument(
+        "--daemon",
+        metavar="PATH",
+        default=os.environ.get("SANDLOCK_DAEMON"),
+        help="let the daemon listening on PATH supervise CMD (default: $SANDLOCK_DAEMON; "
+        "unset: supervise here)",
+    )
     _add_command_args(run)
 
     learn = sub.add_parser(
@@ -166,6 +174,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the rules as a TOML profile (for --profile)",
     )
     _add_command_args(learn)
+    serve = sub.add_parser(
+        "serve",
+        help="run one supervisor for many sandboxes (see run --daemon)",
+        description="Serve sandboxes started with `sandlock run --daemon PATH` until "
+        "SIGINT or SIGTERM. The socket is created 0600; a client may supervise only its "
+        "own processes. If the daemon dies, its sandboxes' network calls fail (ENOSYS).",
+    )
+    serve.add_argument("--socket", required=True, metavar="PATH", help="where to listen")
+    ps = sub.add_parser("ps", help="list the sandboxes a daemon supervises")
+    ps.add_argument(
+        "--daemon",
+        metavar="PATH",
+        default=os.environ.get("SANDLOCK_DAEMON"),
+        help="the daemon's socket (default: $SANDLOCK_DAEMON)",
+    )
+    pol = sub.add_parser(
+        "policy",
+        help="replace the rules of a running sandbox",
+        description="Replace the policy of sandbox ID (see `sandlock ps`) atomically; it "
+        "decides from the sandbox's next call. The new rules replace all old ones.",
+    )
+    pol.add_argument(
+        "--daemon",
+        metavar="PATH",
+        default=os.environ.get("SANDLOCK_DAEMON"),
+        help="the daemon's socket (default: $SANDLOCK_DAEMON)",
+    )
+    pol.add_argument("id", metavar="ID", help="the sandbox, as `sandlock ps` shows it")
+    _add_rule_args(pol)
     return parser
 
 
@@ -175,8 +212,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if args.command is None:
         build_parser().print_help(sys.stderr)
         raise SystemExit(EXIT_USAGE)
+    handlers = {"run": _run, "learn": _run, "serve": _serve, "ps": _ps, "policy": _policy}
     try:
-        code = _run(args)
+        code = handlers[args.command](args)
     except PolicyError as err:
         _fail(str(err), EXIT_USAGE)
     except LaunchError as err:
@@ -197,22 +235,19 @@ def _run(args: argparse.Namespace) -> int:
             "run: no command given (usage: sandlock run [RULES] -- CMD [ARGS...])",
             exit_code=EXIT_USAGE,
         )
-    from .policy import Policy
-
-    allow, deny = list(args.net_allow), list(args.net_deny)
-    if args.profile:
-        from .profile import load_profile
-
-        more_allow, more_deny = load_profile(args.profile)
-        allow, deny = more_allow + allow, more_deny + deny
     learner = None
     if args.command == "learn":
         from .learn import Learner
+        from .profile import load_profile
 
+        allow, deny = list(args.net_allow), list(args.net_deny)
+        if args.profile:
+            more_allow, more_deny = load_profile(args.profile)
+            allow, deny = more_allow + allow, more_deny + deny
         learner = Learner(allow, deny)
         policy = learner.policy
     else:
-        policy = Policy.from_specs(allow, deny)
+        policy = _rules_policy(args)
     for fd in args.keep_fds:
         try:
             os.fstat(fd)
@@ -221,13 +256,26 @@ def _run(args: argparse.Namespace) -> int:
                 f"--keep-fds: descriptor {fd} is not open", exit_code=EXIT_USAGE
             ) from None
 
-    from . import _syscalls as sys_
+    if learner is None and args.daemon:
+        from .client import run_via_daemon
+
+        return run_via_daemon(
+            args.daemon,
+            cmd,
+            policy,
+            keep_fds=args.keep_fds,
+            audit=args.audit,
+            quiet=args.quiet,
+            summary=args.summary,
+        )
+
+    from ._signals import FORWARDED_SIGNALS, open_signalfd
     from .launch import start
-    from .runner import FORWARDED_SIGNALS, supervise
+    from .runner import supervise
     from .supervisor import Supervisor
 
     observer = _observer(args, learner)
-    signal_fd = sys_.signalfd(FORWARDED_SIGNALS)
+    signal_fd = open_signalfd()
     child = start(cmd, keep_fds=args.keep_fds, unblock_signals=FORWARDED_SIGNALS)
     try:
         import trio
@@ -240,6 +288,66 @@ def _run(args: argparse.Namespace) -> int:
     if learner is not None:
         _finish_learning(learner, args.profile_out)
     return code
+
+
+def _rules_policy(args: argparse.Namespace) -> Policy:
+    from .policy import Policy
+
+    allow, deny = list(args.net_allow), list(args.net_deny)
+    if args.profile:
+        from .profile import load_profile
+
+        more_allow, more_deny = load_profile(args.profile)
+        allow, deny = more_allow + allow, more_deny + deny
+    return Policy.from_specs(allow, deny)
+
+
+def _need_daemon(args: argparse.Namespace) -> str:
+    if not args.daemon:
+        raise LaunchError(
+            f"{args.command}: no daemon given (--daemon PATH or $SANDLOCK_DAEMON)",
+            exit_code=EXIT_USAGE,
+        )
+    return str(args.daemon)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from .daemon import serve
+
+    trio.run(serve, args.socket)
+    return 0
+
+
+def _ps(args: argparse.Namespace) -> int:
+    from .client import ps
+
+    rows = [("ID", "PID", "RULES", "ALLOWED", "DENIED", "COMMAND")]
+    for box in ps(_need_daemon(args)):
+        rows.append(
+            (
+                box["id"],
+                str(box["pid"]),
+                str(box["rules"]),
+                str(box["allowed"]),
+                str(box["denied"]),
+                " ".join(box["cmd"]),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+    return 0
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from .client import set_policy
+
+    path = _need_daemon(args)
+    set_policy(path, args.id, _rules_policy(args))
+    print(f"sandlock: policy of {args.id} replaced", file=sys.stderr)
+    return 0
 
 
 def _finish_learning(learner: Learner, profile_out: str | None) -> None:

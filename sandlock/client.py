@@ -1,0 +1,149 @@
+"""The daemon's clients: ``run --daemon``, ``ps`` and ``policy``. No trio here.
+
+``run_via_daemon`` keeps the command exactly as standalone mode would: it starts it
+itself (same stdio, process group and environment), hands the listener to the daemon,
+closes its own copy, then only waits for the command and forwards signals. Closing our
+copy matters: if the daemon dies, the listener must die with it, so that the kernel
+fails the sandbox's calls instead of leaving them waiting for nobody.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import _wire
+from ._signals import FORWARDED_SIGNALS, forward_pending, open_signalfd
+from .errors import SandlockError
+from .launch import exit_status, start
+from .policy import Policy
+
+_REPLY_TIMEOUT = 30.0
+_EXIT_NOTICE_TIMEOUT = 5.0
+
+__all__ = ["DaemonError", "connect", "ps", "run_via_daemon", "set_policy"]
+
+
+class DaemonError(SandlockError):
+    """The daemon cannot be reached, or refused a request."""
+
+
+def connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+    except OSError as err:
+        sock.close()
+        raise DaemonError(f"--daemon: cannot reach a daemon at {path}: {err.strerror}") from None
+    return sock
+
+
+def request(
+    sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()
+) -> dict[str, Any]:
+    """Send one request and wait for its reply (an error reply raises DaemonError)."""
+    try:
+        _wire.send(sock, message, list(fds))
+        sock.settimeout(_REPLY_TIMEOUT)
+        got = _wire.recv(sock)
+    except (OSError, _wire.WireError) as err:
+        raise DaemonError(f"--daemon: the daemon did not answer: {err}") from None
+    if got is None:
+        raise DaemonError("--daemon: the daemon closed the connection")
+    reply, extra = got
+    _wire.close_all(extra)
+    if not reply.get("ok"):
+        raise DaemonError(f"--daemon: {reply.get('error', 'request refused')}")
+    return reply
+
+
+def _policy_message(policy: Policy) -> dict[str, Any]:
+    return {
+        "allow": [r.spec for r in policy.allow_rules],
+        "deny": [r.spec for r in policy.deny_rules],
+        "hosts": {h: list(a) for h, a in policy.host_addresses.items()},
+    }
+
+
+def run_via_daemon(
+    path: str,
+    cmd: Sequence[str],
+    policy: Policy,
+    *,
+    keep_fds: Sequence[int] = (),
+    audit: str | None = None,
+    quiet: bool = False,
+    summary: bool = False,
+) -> int:
+    """Run ``cmd`` supervised by the daemon at ``path``; return its exit status."""
+    sock = connect(path)
+    audit_fd = -1
+    if audit is not None:
+        try:
+            audit_fd = os.open(audit, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise DaemonError(f"--audit: cannot open {audit}: {err.strerror}") from None
+    signal_fd = open_signalfd()
+    child = start(cmd, keep_fds=keep_fds, unblock_signals=FORWARDED_SIGNALS)
+    try:
+        message = {
+            "op": "supervise",
+            "cmd": list(cmd),
+            "quiet": quiet,
+            "summary": summary,
+            **_policy_message(policy),
+        }
+        fds = [child.listener, child.pidfd, sys.stderr.fileno()]
+        if audit_fd >= 0:
+            fds.append(audit_fd)
+        try:
+            request(sock, message, fds)
+        except DaemonError:
+            os.kill(child.pid, 9)
+            exit_status(child.pidfd)
+            raise
+        os.close(child.listener)  # the daemon's copy must be the last one
+        status = _wait(child.pidfd, signal_fd)
+        _await_exit_notice(sock)
+        return status
+    finally:
+        for fd in (child.pidfd, signal_fd, audit_fd):
+            if fd >= 0:
+                os.close(fd)
+        sock.close()
+
+
+def _wait(pidfd: int, signal_fd: int) -> int:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.register(signal_fd, select.POLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == signal_fd:
+                forward_pending(signal_fd, pidfd)
+            else:
+                return exit_status(pidfd)
+
+
+def _await_exit_notice(sock: socket.socket) -> None:
+    """Wait (briefly) for the daemon to finish its reports for this sandbox."""
+    sock.settimeout(_EXIT_NOTICE_TIMEOUT)
+    try:
+        _wire.recv(sock)
+    except (OSError, _wire.WireError):
+        pass
+
+
+def ps(path: str) -> list[dict[str, Any]]:
+    with connect(path) as sock:
+        sandboxes: list[dict[str, Any]] = request(sock, {"op": "ps"})["sandboxes"]
+        return sandboxes
+
+
+def set_policy(path: str, sandbox_id: str, policy: Policy) -> None:
+    with connect(path) as sock:
+        request(sock, {"op": "policy", "id": sandbox_id, **_policy_message(policy)})

@@ -1,0 +1,309 @@
+"""``sandlock serve``: one long-lived supervisor for many sandboxes.
+
+A client (``sandlock run --daemon PATH``) starts its command itself, then hands the
+daemon the command's seccomp listener and pidfd (and its own stderr and audit-log
+descriptors, so reports land where they would in standalone mode) over an AF_UNIX
+SOCK_SEQPACKET socket, and closes its own copy of the listener. From then on the daemon
+answers the sandbox's notifications until the command exits; the client only waits.
+
+If the daemon dies, the last reference to each listener goes with it and the kernel
+fails every pending and later call of those sandboxes with ENOSYS: closed, never open.
+
+Requests (one JSON object per record, see _wire.py), each answered with
+``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``:
+
+* ``{"op": "supervise", "cmd": [...], "allow": [...], "deny": [...], "hosts": {...},
+  "quiet": bool, "summary": bool}`` with descriptors [listener, pidfd, stderr, audit?];
+  later, when the command has exited, the daemon sends ``{"event": "exit"}``.
+* ``{"op": "ps"}``: the caller's live sandboxes (root sees all).
+* ``{"op": "policy", "id": ..., "allow": [...], "deny": [...], "hosts": {...}}``:
+  replace a sandbox's policy; it decides from the sandbox's next call.
+
+The socket is created 0600, and every request is checked against the peer's credentials
+(SO_PEERCRED): a client may supervise and change only processes of its own uid.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import sys
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from . import _wire
+from .audit import AuditLog
+from .errors import PolicyError, SandlockError
+from .policy import Policy
+from .report import DenialReport, Observer, Summary
+from .rules import parse_rule
+from .supervisor import Supervisor
+
+__all__ = ["Daemon", "serve"]
+
+
+class RequestError(Exception):
+    """A request the daemon refuses; the message goes back to the client."""
+
+
+@dataclass
+class _Sandbox:
+    id: str
+    pid: int
+    uid: int
+    cmd: list[str]
+    supervisor: Supervisor
+    observer: Observer
+    rules: int
+    stderr: Any = field(default=None)
+
+
+def policy_from_request(req: dict[str, Any]) -> Policy:
+    """The Policy a client described (its rules, and the addresses it resolved)."""
+    allow, deny, hosts = req.get("allow", []), req.get("deny", []), req.get("hosts", {})
+    if not (_strings(allow) and _strings(deny) and isinstance(hosts, dict)):
+        raise RequestError("allow and deny must be lists of strings, hosts an object")
+    try:
+        return Policy.from_rules(
+            [parse_rule(s, flag="--net-allow") for s in allow],
+            [parse_rule(s, flag="--net-deny") for s in deny],
+            {str(h): list(a) for h, a in hosts.items()},
+        )
+    except (PolicyError, ValueError, TypeError) as err:
+        raise RequestError(str(err)) from None
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _peer_uid(sock: trio.socket.SocketType) -> int:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", raw)
+    return int(uid)
+
+
+def _pidfd_owner(pidfd: int) -> tuple[int, int]:
+    """(pid, real uid) of the process a pidfd refers to."""
+    pid = uid = -1
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    pid = int(line.split()[1])
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    uid = int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    if pid <= 0 or uid < 0:
+        raise RequestError("the pidfd does not name a live process")
+    return pid, uid
+
+
+class Daemon:
+    """The daemon's state: its live sandboxes."""
+
+    def __init__(self) -> None:
+        self.sandboxes: dict[str, _Sandbox] = {}
+
+    async def serve(
+        self, path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listener = await _bind(path)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            try:
+                while True:
+                    conn, _ = await listener.accept()
+                    nursery.start_soon(self._client, conn, nursery)
+            finally:
+                listener.close()
+
+    async def _client(self, conn: trio.socket.SocketType, nursery: trio.Nursery) -> None:
+        with conn:
+            try:
+                uid = _peer_uid(conn)
+            except OSError:
+                return
+            while True:
+                try:
+                    data, anc, flags, _ = await conn.recvmsg(
+                        _wire.MAX_RECORD, _wire.ANC_SIZE, socket.MSG_CMSG_CLOEXEC
+                    )
+                except OSError:
+                    return
+                if not data and not anc:
+                    return  # the client went away (mid-handshake is fine)
+                try:
+                    req, fds = _wire.decode(data, anc, flags)
+                    reply = self._handle(req, fds, uid, conn, nursery)
+                except (_wire.WireError, RequestError) as err:
+                    reply = {"ok": False, "error": str(err)}
+                try:
+                    await conn.sendmsg([_wire.encode(reply)])
+                except OSError:
+                    return
+
+    def _handle(
+        self,
+        req: dict[str, Any],
+        fds: list[int],
+        uid: int,
+        conn: trio.socket.SocketType,
+        nursery: trio.Nursery,
+    ) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "supervise":
+            return self._supervise(req, fds, uid, conn, nursery)
+        _wire.close_all(fds)
+        if op == "ps":
+            return {"ok": True, "sandboxes": [self._describe(s) for s in self._visible(uid)]}
+        if op == "policy":
+            box = self.sandboxes.get(str(req.get("id")))
+            if box is None or box not in self._visible(uid):
+                raise RequestError(f"no sandbox {req.get('id')!r} of yours is running")
+            box.supervisor.policy = policy_from_request(req)
+            box.rules = len(req.get("allow", [])) + len(req.get("deny", []))
+            return {"ok": True, "id": box.id}
+        raise RequestError(f"unknown op {op!r} (expected supervise, ps, policy)")
+
+    def _visible(self, uid: int) -> list[_Sandbox]:
+        return [s for s in self.sandboxes.values() if uid == 0 or s.uid == uid]
+
+    @staticmethod
+    def _describe(s: _Sandbox) -> dict[str, Any]:
+        return {
+            "id": s.id,
+            "pid": s.pid,
+            "cmd": s.cmd,
+            "rules": s.rules,
+            "allowed": s.observer.allowed_count,
+            "denied": s.observer.denied_count,
+        }
+
+    def _supervise(
+        self,
+        req: dict[str, Any],
+        fds: list[int],
+        uid: int,
+        conn: trio.socket.SocketType,
+        nursery: trio.Nursery,
+    ) -> dict[str, Any]:
+        try:
+            if len(fds) not in (3, 4):
+                raise RequestError("supervise needs descriptors: listener, pidfd, stderr[, audit]")
+            listener, pidfd, err_fd = fds[0], fds[1], fds[2]
+            pid, owner = _pidfd_owner(pidfd)
+            if uid != 0 and owner != uid:
+                raise RequestError(f"process {pid} is not yours")
+            cmd = req.get("cmd", [])
+            if not _strings(cmd):
+                raise RequestError("cmd must be a list of strings")
+            policy = policy_from_request(req)
+        except BaseException:
+            _wire.close_all(fds)
+            raise
+        box_id = uuid.uuid4().hex[:8]
+        stderr = os.fdopen(err_fd, "w", buffering=1, closefd=True)
+        audit = AuditLog.from_fd(fds[3]) if len(fds) == 4 else None
+        observer = Observer(
+            box_id,
+            audit=audit,
+            report=None if req.get("quiet") else DenialReport(stderr),
+            summary=Summary() if req.get("summary") else None,
+        )
+        box = _Sandbox(
+            box_id,
+            pid,
+            owner,
+            cmd,
+            Supervisor(listener, policy, observer),
+            observer,
+            len(req.get("allow", [])) + len(req.get("deny", [])),
+            stderr,
+        )
+        self.sandboxes[box_id] = box
+        nursery.start_soon(self._run_sandbox, box, pidfd, conn)
+        return {"ok": True, "id": box_id}
+
+    async def _run_sandbox(self, box: _Sandbox, pidfd: int, conn: trio.socket.SocketType) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(box.supervisor.serve)
+                await trio.lowlevel.wait_readable(pidfd)  # the command exited
+                nursery.cancel_scope.cancel()
+        finally:
+            del self.sandboxes[box.id]
+            _finish(box)
+            for fd in (box.supervisor.listener, pidfd):
+                trio.lowlevel.notify_closing(fd)
+                os.close(fd)
+            try:
+                await conn.sendmsg([_wire.encode({"event": "exit", "id": box.id})])
+            except OSError:
+                pass
+
+
+def _finish(box: _Sandbox) -> None:
+    obs = box.observer
+    try:
+        if obs.report is not None:
+            obs.report.close()
+        if obs.summary is not None:
+            print(obs.summary.render(), file=box.stderr)
+        box.stderr.close()
+    except OSError:
+        pass  # the client's stderr is gone: nothing to tell
+    if obs.audit is not None:
+        obs.audit.close()
+
+
+async def _bind(path: str) -> trio.socket.SocketType:
+    """A listening socket at ``path``, mode 0600; a stale socket file is replaced."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(path)
+    except FileNotFoundError:
+        pass
+    except ConnectionRefusedError:
+        os.unlink(path)  # a daemon died here: its socket file is stale
+    except OSError as err:
+        if err.errno != errno.ENOTSOCK:
+            raise SandlockError(f"serve: cannot use {path}: {err.strerror}") from None
+        raise SandlockError(f"serve: {path} exists and is not a socket") from None
+    else:
+        raise SandlockError(f"serve: a daemon is already listening on {path}")
+    finally:
+        probe.close()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    old = os.umask(0o177)  # the socket file is born 0600: no window with wider access
+    try:
+        await sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+async def serve(path: str) -> None:
+    """Run a daemon on ``path`` until cancelled (SIGINT/SIGTERM end it)."""
+    daemon = Daemon()
+    with trio.open_signal_receiver(2, 15) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.serve, path)
+            print(f"sandlock: serving on {path}", file=sys.stderr, flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
