@@ -329,6 +329,15 @@ int sandlock_sock_error(int fd)
     return err < 0 ? err : value;
 }
 
+int64_t sandlock_sock_sndtimeo(int fd)
+{
+    struct timeval tv;
+    socklen_t len = sizeof tv;
+    if (getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, &len) < 0)
+        return NEG_ERRNO;
+    return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
+}
+
 int sandlock_connect(int fd, const void *addr, uint32_t addrlen, int nonblock)
 {
     int fl = -1;

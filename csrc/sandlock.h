@@ -63,6 +63,8 @@ int sandlock_getfd(int tid, int fd);
 /* SO_DOMAIN, SO_TYPE, SO_PROTOCOL and the file status flags (O_NONBLOCK) at once. */
 int sandlock_sock_info(int fd, int *domain, int *type, int *protocol, int *status_flags);
 int sandlock_sock_error(int fd);
+/* SO_SNDTIMEO in microseconds (0: none), or -errno. */
+int64_t sandlock_sock_sndtimeo(int fd);
 
 /* Copy len bytes at addr out of / into thread tid; returns bytes copied (maybe short). */
 int64_t sandlock_read_mem(int tid, uint64_t addr, void *buf, size_t len);

@@ -198,6 +198,12 @@ def sock_error(fd: int) -> int:
     return -rc if rc > 0 else rc
 
 
+def sock_sndtimeo(fd: int) -> float:
+    """The socket's SO_SNDTIMEO in seconds; 0.0 when it has none (or on error)."""
+    us: int = _lib.sandlock_sock_sndtimeo(fd)
+    return us / 1e6 if us > 0 else 0.0
+
+
 # ---- child memory -----------------------------------------------------------------------
 
 

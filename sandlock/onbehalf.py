@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
 import select
 import socket
@@ -300,12 +301,15 @@ class Handlers:
 
     async def _finish_connect(self, c: _Call, name: bytes, event: Event | None, rc: int) -> int:
         attempt = 0
-        while rc in (-errno.EINPROGRESS, -errno.EAGAIN):
-            if rc == -errno.EINPROGRESS:  # a TCP handshake: wait for its end
-                rc = await self._wait_writable(c) or sys_.sock_error(c.dup)
-            else:  # AF_UNIX with a full backlog: the kernel would wait for room; retry
-                rc = await self._backoff(c, attempt) or sys_.connect(c.dup, name, nonblock=True)
-                attempt += 1
+        # A blocking connect gives up after SO_SNDTIMEO with the error it has then
+        # (EINPROGRESS for TCP, EAGAIN for a full AF_UNIX backlog); the attempt goes on.
+        with trio.move_on_after(sys_.sock_sndtimeo(c.dup) or math.inf):
+            while rc in (-errno.EINPROGRESS, -errno.EAGAIN):
+                if rc == -errno.EINPROGRESS:  # a TCP handshake: wait for its end
+                    rc = await self._wait_writable(c) or sys_.sock_error(c.dup)
+                else:  # AF_UNIX with a full backlog: the kernel would wait for room; retry
+                    rc = await self._backoff(c, attempt) or sys_.connect(c.dup, name, nonblock=True)
+                    attempt += 1
         self._report(event, rc)
         return rc
 
@@ -365,30 +369,37 @@ class Handlers:
         A stream socket sends everything (as a blocking send does); a datagram is sent
         once. A fast-open connect that answered EINPROGRESS sends its data once the
         handshake is done."""
-        sent = max(rc, 0)
-        name, control = msg.name, msg.control
+        p = _Progress(rc, max(rc, 0), msg.name, msg.control, flags)
+        with trio.move_on_after(sys_.sock_sndtimeo(c.dup) or math.inf) as scope:
+            await self._send_loop(c, msg.data, p)
+        rc = p.rc
+        if scope.cancelled_caught and not p.sent:
+            rc = -errno.EAGAIN  # SO_SNDTIMEO expired with nothing sent
+        if c.info.type == _STREAM and p.sent:
+            rc = p.sent  # bytes already sent are the result, whatever came after
+        self._report(event, rc)
+        return rc
+
+    async def _send_loop(self, c: _Call, data: bytes, p: _Progress) -> None:
+        """Wait and resend until done; ``p`` holds the progress even if cancelled."""
         attempt = 0
-        while _must_wait(c, len(msg.data), rc, sent):
+        while _must_wait(c, len(data), p.rc, p.sent):
             polled = c.ip or attempt == 0
             waited = await (self._wait_writable(c) if polled else self._backoff(c, attempt))
             attempt += 1
             if waited < 0:
-                rc = waited
-                break
-            if rc == -errno.EINPROGRESS:  # the fast-open handshake ended
-                rc = sys_.sock_error(c.dup)
-                if rc < 0:
-                    break
-                flags &= ~MSG_FASTOPEN
-                name = None
-            rc = sys_.sendmsg(c.dup, name, msg.data[sent:], control, flags | MSG_DONTWAIT)
-            if rc > 0:
-                sent += rc
-                control = b""
-        if c.info.type == _STREAM and sent:
-            rc = sent  # bytes already sent are the result, whatever came after
-        self._report(event, rc)
-        return rc
+                p.rc = waited
+                return
+            if p.rc == -errno.EINPROGRESS:  # the fast-open handshake ended
+                p.rc = sys_.sock_error(c.dup)
+                if p.rc < 0:
+                    return
+                p.flags &= ~MSG_FASTOPEN
+                p.name = None
+            p.rc = sys_.sendmsg(c.dup, p.name, data[p.sent :], p.control, p.flags | MSG_DONTWAIT)
+            if p.rc > 0:
+                p.sent += p.rc
+                p.control = b""
 
     def _sendmmsg(self, c: _Call, vec_p: int, msgs: list[Message], flags: int) -> Result:
         """Each entry decided on its own; stop at the first refused or failed one."""
@@ -434,6 +445,17 @@ def pin_unspecified(name: bytes, dest: Dest) -> bytes:
     if addr == _MAPPED_ZERO:
         return name[:8] + _MAPPED_ZERO[:12] + b"\x7f\x00\x00\x01" + name[24:]
     return name
+
+
+@dataclass(slots=True)
+class _Progress:
+    """Where a blocking send stands: last result, bytes sent, what the next try sends."""
+
+    rc: int
+    sent: int
+    name: bytes | None
+    control: bytes
+    flags: int
 
 
 def _must_wait(c: _Call, total: int, rc: int, sent: int) -> bool:
