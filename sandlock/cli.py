@@ -270,13 +270,15 @@ def _run(args: argparse.Namespace) -> int:
         )
 
     from ._signals import FORWARDED_SIGNALS, open_signalfd
-    from .launch import start
+    from .launch import original_environ, start
     from .runner import supervise
     from .supervisor import Supervisor
 
     observer = _observer(args, learner)
     signal_fd = open_signalfd()
-    child = start(cmd, keep_fds=args.keep_fds, unblock_signals=FORWARDED_SIGNALS)
+    child = start(
+        cmd, env=original_environ(), keep_fds=args.keep_fds, unblock_signals=FORWARDED_SIGNALS
+    )
     try:
         import trio
 

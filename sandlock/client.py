@@ -19,7 +19,7 @@ from typing import Any
 from . import _wire
 from ._signals import FORWARDED_SIGNALS, forward_pending, open_signalfd
 from .errors import SandlockError
-from .launch import exit_status, start
+from .launch import exit_status, original_environ, start
 from .policy import Policy
 
 _REPLY_TIMEOUT = 30.0
@@ -88,7 +88,9 @@ def run_via_daemon(
         except OSError as err:
             raise DaemonError(f"--audit: cannot open {audit}: {err.strerror}") from None
     signal_fd = open_signalfd()
-    child = start(cmd, keep_fds=keep_fds, unblock_signals=FORWARDED_SIGNALS)
+    child = start(
+        cmd, env=original_environ(), keep_fds=keep_fds, unblock_signals=FORWARDED_SIGNALS
+    )
     try:
         message = {
             "op": "supervise",

@@ -39,6 +39,24 @@ class Child:
                 pass
 
 
+def original_environ() -> dict[str, str]:
+    """The environment this process was started with, before Python touched it.
+
+    Python may add LC_CTYPE at start-up (PEP 538 locale coercion); a command run by the
+    CLI must get the caller's environment exactly, so read it from /proc/self/environ."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return dict(os.environ)
+    env = {}
+    for entry in raw.split(b"\0"):
+        key, sep, value = entry.partition(b"=")
+        if sep and key:
+            env[os.fsdecode(key)] = os.fsdecode(value)
+    return env
+
+
 def find_executable(name: str, env: Mapping[str, str]) -> str:
     """The path execve should get for ``name``, searched in the child's own PATH."""
     if "/" in name:
