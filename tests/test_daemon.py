@@ -1,0 +1,255 @@
+"""The supervisor daemon: run --daemon, ps, policy, and its faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandlock import _wire
+
+from .conftest import Sinks, describe, run_command, sandlock_env
+
+PY = sys.executable
+DAEMON = [PY, "-m", "sandlock"]
+
+
+class Daemon:
+    def __init__(self, path: Path, user: int | None = None) -> None:
+        self.path = path
+        kw = {"user": user} if user is not None else {}
+        self.proc = subprocess.Popen([*DAEMON, "serve", "--socket", str(path)],
+                                     env=sandlock_env(), stderr=subprocess.PIPE, text=True, **kw)
+        deadline = time.monotonic() + 30
+        while not self._accepting():
+            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
+            assert time.monotonic() < deadline, "the daemon did not start"
+            time.sleep(0.02)
+
+    def _accepting(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            try:
+                s.connect(str(self.path))
+            except OSError:
+                return False
+            return True
+
+    def run(self, args: list[str], cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        return run_command([*DAEMON, "run", "--daemon", str(self.path), *args, "--", *cmd],
+                           env=sandlock_env(), **kw)  # type: ignore[arg-type]
+
+    def raw(self) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(str(self.path))
+        s.settimeout(30)
+        return s
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path / "d.sock")
+    yield d
+    d.stop()
+
+
+def _connect(host: str, port: int) -> str:
+    return textwrap.dedent(f"""
+        import socket, sys
+        try:
+            socket.create_connection(({host!r}, {port}), timeout=20).close()
+        except OSError as e:
+            sys.exit(e.errno or 1)
+    """)
+
+
+def test_run_through_the_daemon_enforces_and_keeps_stdio(daemon: Daemon, sinks: Sinks) -> None:
+    """run --daemon: the policy holds, exit status and stdout/stderr are the command's."""
+    ok, bad = sinks.tcp("127.0.0.1"), sinks.tcp("127.0.0.2")
+    res = daemon.run(["--net-allow", ok.spec], [PY, "-c", _connect("127.0.0.1", ok.port)])
+    assert res.returncode == 0, describe(res)
+    res = daemon.run(["--net-allow", ok.spec], [PY, "-c", _connect("127.0.0.2", bad.port)])
+    assert res.returncode == 111, describe(res)
+    assert f"sandlock: denied tcp 127.0.0.2:{bad.port}" in res.stderr
+    res = daemon.run([], ["/bin/sh", "-c", "read x; echo out:$x; echo err >&2; exit 7"],
+                     input="in\n")
+    assert (res.returncode, res.stdout, res.stderr) == (7, "out:in\n", "err\n")
+    assert (ok.settle().count, bad.settle().count) == (1, 0)
+
+
+def test_socket_is_private(daemon: Daemon) -> None:
+    """The daemon's socket is created mode 0600."""
+    assert stat.S_IMODE(daemon.path.stat().st_mode) == 0o600
+
+
+def test_ps_and_live_policy_swap(daemon: Daemon, sinks: Sinks, tmp_path: Path) -> None:
+    """ps lists a live sandbox; policy replaces its rules from its next call on."""
+    ok = sinks.tcp("127.0.0.1")
+    go = tmp_path / "go"
+    script = textwrap.dedent(f"""
+        import os, socket, time
+        def attempt():
+            try:
+                socket.create_connection(("127.0.0.1", {ok.port}), timeout=10).close()
+                return "ok"
+            except OSError as e:
+                return str(e.errno)
+        first = attempt()
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.02)
+        print(first, attempt())
+    """)
+    proc = subprocess.Popen([*DAEMON, "run", "--daemon", str(daemon.path), "--quiet",
+                             "--net-allow", ok.spec, "--", PY, "-c", script],
+                            env=sandlock_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            ps = run_command([*DAEMON, "ps", "--daemon", str(daemon.path)], env=sandlock_env())
+            rows = [line.split() for line in ps.stdout.splitlines()[1:]]
+            if rows and rows[0][3] == "1":  # the first connect was allowed
+                break
+            assert time.monotonic() < deadline, ps.stdout
+            time.sleep(0.05)
+        box_id, _pid, rules, allowed, denied = rows[0][:5]
+        assert (rules, allowed, denied) == ("1", "1", "0")
+        pol = run_command([*DAEMON, "policy", "--daemon", str(daemon.path), box_id,
+                           "--net-deny", "127.0.0.1"], env=sandlock_env())
+        assert pol.returncode == 0, describe(pol)
+        go.touch()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert out.split() == ["ok", "111"]
+    assert ok.settle().count == 1
+
+
+def test_killed_daemon_fails_closed_and_a_new_one_serves(tmp_path: Path, sinks: Sinks) -> None:
+    """SIGKILL the daemon mid-run: the sandbox's calls fail (never pass, never hang);
+    a daemon restarted on the same path serves new sandboxes."""
+    ok = sinks.tcp("127.0.0.1")
+    d = Daemon(tmp_path / "d.sock")
+    go = tmp_path / "go"
+    script = textwrap.dedent(f"""
+        import os, socket, sys, time
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.02)
+        try:
+            socket.create_connection(("127.0.0.1", {ok.port}), timeout=10).close()
+        except OSError as e:
+            print(e.errno)
+    """)
+    proc = subprocess.Popen([*DAEMON, "run", "--daemon", str(d.path), "--net-allow", ok.spec,
+                             "--", PY, "-c", script], env=sandlock_env(),
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    d.proc.kill()
+    d.stop()
+    go.touch()
+    out, _ = proc.communicate(timeout=60)
+    assert out.strip() == "38"  # ENOSYS: nobody supervises, the kernel refuses
+    assert ok.settle().count == 0
+    again = Daemon(d.path)
+    try:
+        res = again.run(["--net-allow", ok.spec], [PY, "-c", _connect("127.0.0.1", ok.port)])
+        assert res.returncode == 0, describe(res)
+        assert ok.settle().count == 1
+    finally:
+        again.stop()
+
+
+def test_bad_requests_get_errors_and_the_daemon_keeps_serving(daemon: Daemon) -> None:
+    """Garbage, oversized records, unknown ops and a client that leaves mid-handshake
+    get an error (or nothing) and do not disturb the daemon."""
+    with daemon.raw() as s:
+        s.send(b"not json")
+        reply = json.loads(s.recv(65536))
+        assert reply["ok"] is False and "not JSON" in reply["error"]
+        s.send(b"x" * (_wire.MAX_RECORD + 10))
+        reply = json.loads(s.recv(65536))
+        assert reply["ok"] is False and "too large" in reply["error"]
+        s.send(b'{"op": "fly"}')
+        assert "unknown op" in json.loads(s.recv(65536))["error"]
+        s.send(b'{"op": "supervise", "cmd": ["x"]}')
+        assert "needs descriptors" in json.loads(s.recv(65536))["error"]
+        s.send(b"[1, 2]")
+        assert "JSON object" in json.loads(s.recv(65536))["error"]
+    with daemon.raw() as s:  # a client that connects and disappears mid-handshake
+        s.send(b'{"op": "supervise"')
+    with daemon.raw() as s:
+        s.send(b'{"op": "ps"}')
+        assert json.loads(s.recv(65536)) == {"ok": True, "sandboxes": []}
+    res = daemon.run([], ["/bin/true"])
+    assert res.returncode == 0, describe(res)
+
+
+def test_a_client_may_only_supervise_its_own_processes() -> None:
+    """The daemon refuses to supervise a process of another uid than the client's."""
+    from sandlock.daemon import Daemon as RealDaemon
+    from sandlock.daemon import RequestError
+
+    victim = subprocess.Popen(["sleep", "30"])  # root's, and the client claims uid 65534
+    try:
+        fds = [os.open("/dev/null", os.O_RDONLY), os.pidfd_open(victim.pid), os.dup(2)]
+        with pytest.raises(RequestError, match=f"process {victim.pid} is not yours"):
+            RealDaemon()._handle({"op": "supervise", "cmd": ["sleep"]}, fds, 65534, None, None)  # type: ignore[arg-type]
+        for fd in fds:  # the refused request's descriptors were closed
+            with pytest.raises(OSError):
+                os.fstat(fd)
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_other_users_cannot_reach_the_socket() -> None:
+    """A client of another uid cannot even connect: the socket is 0600."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="sandlock-daemon-"))
+    base.chmod(0o755)
+    d = Daemon(base / "d.sock")
+    try:
+        code = f"import socket; socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET).connect({str(d.path)!r})"
+        res = subprocess.run(["/usr/bin/python3", "-c", code], user=65534, capture_output=True,
+                             text=True, timeout=30)
+        assert res.returncode == 1 and "PermissionError" in res.stderr
+    finally:
+        d.stop()
+        (base / "d.sock").unlink(missing_ok=True)
+        base.rmdir()
+
+
+def test_sixty_four_sandboxes_at_once(daemon: Daemon, sinks: Sinks) -> None:
+    """64 sandboxes through one daemon, each connecting, all succeed."""
+    ok = sinks.tcp("127.0.0.1")
+    procs = [
+        subprocess.Popen([*DAEMON, "run", "--daemon", str(daemon.path), "--net-allow", ok.spec,
+                          "--", PY, "-c", _connect("127.0.0.1", ok.port)], env=sandlock_env())
+        for _ in range(64)
+    ]
+    codes = [p.wait(timeout=300) for p in procs]
+    assert codes == [0] * 64
+    assert ok.settle().count == 64
+
+
+def test_unreachable_daemon_is_one_line(tmp_path: Path) -> None:
+    """A daemon path with nobody listening: one line, exit 1, the command never ran."""
+    marker = tmp_path / "ran"
+    res = run_command([*DAEMON, "run", "--daemon", str(tmp_path / "none.sock"), "--",
+                       "touch", str(marker)], env=sandlock_env())
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and "cannot reach a daemon" in res.stderr
+    assert not marker.exists()
