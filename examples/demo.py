@@ -47,13 +47,26 @@ def main() -> int:
     print(f"$ sandlock run --net-allow {rule} -- python -c <fetch> URL")
     codes = []
     for host in ("127.0.0.1", "127.0.0.2"):
-        cmd = [sys.executable, "-m", "sandlock", "run", "--net-allow", rule, "--",
-               sys.executable, "-c", FETCH, f"http://{host}:{port}/"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sandlock",
+            "run",
+            "--net-allow",
+            rule,
+            "--",
+            sys.executable,
+            "-c",
+            FETCH,
+            f"http://{host}:{port}/",
+        ]
         codes.append(subprocess.run(cmd, check=False).returncode)
     for server in (allowed, denied):
         server.shutdown()
     ok = codes == [0, 1]
-    print("demo:", "as expected (allowed, then refused)" if ok else f"unexpected exit codes {codes}")
+    print(
+        "demo:", "as expected (allowed, then refused)" if ok else f"unexpected exit codes {codes}"
+    )
     return 0 if ok else 1
 
 

@@ -60,10 +60,17 @@ def test_run_allows_and_denies(sinks: Sinks) -> None:
 
 def test_result_fields_capture_input_cwd_env(tmp_path: Path) -> None:
     """capture_output, input, cwd and env behave as in subprocess.run."""
-    script = "import os,sys; d=sys.stdin.read(); print(d, os.getcwd(), os.environ['X']); " \
-             "print('e', file=sys.stderr); sys.exit(3)"
-    res = Sandbox().run([PY, "-c", script], capture_output=True, input=b"fed",
-                        cwd=tmp_path, env={**os.environ, "X": "y"})
+    script = (
+        "import os,sys; d=sys.stdin.read(); print(d, os.getcwd(), os.environ['X']); "
+        "print('e', file=sys.stderr); sys.exit(3)"
+    )
+    res = Sandbox().run(
+        [PY, "-c", script],
+        capture_output=True,
+        input=b"fed",
+        cwd=tmp_path,
+        env={**os.environ, "X": "y"},
+    )
     assert isinstance(res, Result)
     assert (res.exit_code, res.signal, res.success) == (3, None, False)
     assert res.stdout == f"fed {tmp_path} y\n".encode()

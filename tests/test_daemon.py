@@ -27,8 +27,13 @@ class Daemon:
     def __init__(self, path: Path, user: int | None = None) -> None:
         self.path = path
         kw = {"user": user} if user is not None else {}
-        self.proc = subprocess.Popen([*DAEMON, "serve", "--socket", str(path)],
-                                     env=sandlock_env(), stderr=subprocess.PIPE, text=True, **kw)
+        self.proc = subprocess.Popen(
+            [*DAEMON, "serve", "--socket", str(path)],
+            env=sandlock_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+            **kw,
+        )
         deadline = time.monotonic() + 30
         while not self._accepting():
             assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
@@ -43,9 +48,14 @@ class Daemon:
                 return False
             return True
 
-    def run(self, args: list[str], cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-        return run_command([*DAEMON, "run", "--daemon", str(self.path), *args, "--", *cmd],
-                           env=sandlock_env(), **kw)  # type: ignore[arg-type]
+    def run(
+        self, args: list[str], cmd: list[str], **kw: object
+    ) -> subprocess.CompletedProcess[str]:
+        return run_command(
+            [*DAEMON, "run", "--daemon", str(self.path), *args, "--", *cmd],
+            env=sandlock_env(),
+            **kw,
+        )  # type: ignore[arg-type]
 
     def raw(self) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -84,8 +94,9 @@ def test_run_through_the_daemon_enforces_and_keeps_stdio(daemon: Daemon, sinks: 
     res = daemon.run(["--net-allow", ok.spec], [PY, "-c", _connect("127.0.0.2", bad.port)])
     assert res.returncode == 111, describe(res)
     assert f"sandlock: denied tcp 127.0.0.2:{bad.port}" in res.stderr
-    res = daemon.run([], ["/bin/sh", "-c", "read x; echo out:$x; echo err >&2; exit 7"],
-                     input="in\n")
+    res = daemon.run(
+        [], ["/bin/sh", "-c", "read x; echo out:$x; echo err >&2; exit 7"], input="in\n"
+    )
     assert (res.returncode, res.stdout, res.stderr) == (7, "out:in\n", "err\n")
     assert (ok.settle().count, bad.settle().count) == (1, 0)
 
@@ -112,9 +123,24 @@ def test_ps_and_live_policy_swap(daemon: Daemon, sinks: Sinks, tmp_path: Path) -
             time.sleep(0.02)
         print(first, attempt())
     """)
-    proc = subprocess.Popen([*DAEMON, "run", "--daemon", str(daemon.path), "--quiet",
-                             "--net-allow", ok.spec, "--", PY, "-c", script],
-                            env=sandlock_env(), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *DAEMON,
+            "run",
+            "--daemon",
+            str(daemon.path),
+            "--quiet",
+            "--net-allow",
+            ok.spec,
+            "--",
+            PY,
+            "-c",
+            script,
+        ],
+        env=sandlock_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -126,8 +152,10 @@ def test_ps_and_live_policy_swap(daemon: Daemon, sinks: Sinks, tmp_path: Path) -
             time.sleep(0.05)
         box_id, _pid, rules, allowed, denied = rows[0][:5]
         assert (rules, allowed, denied) == ("1", "1", "0")
-        pol = run_command([*DAEMON, "policy", "--daemon", str(daemon.path), box_id,
-                           "--net-deny", "127.0.0.1"], env=sandlock_env())
+        pol = run_command(
+            [*DAEMON, "policy", "--daemon", str(daemon.path), box_id, "--net-deny", "127.0.0.1"],
+            env=sandlock_env(),
+        )
         assert pol.returncode == 0, describe(pol)
         go.touch()
         out, _ = proc.communicate(timeout=60)
@@ -152,9 +180,12 @@ def test_killed_daemon_fails_closed_and_a_new_one_serves(tmp_path: Path, sinks: 
         except OSError as e:
             print(e.errno)
     """)
-    proc = subprocess.Popen([*DAEMON, "run", "--daemon", str(d.path), "--net-allow", ok.spec,
-                             "--", PY, "-c", script], env=sandlock_env(),
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*DAEMON, "run", "--daemon", str(d.path), "--net-allow", ok.spec, "--", PY, "-c", script],
+        env=sandlock_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.0)
     d.proc.kill()
     d.stop()
@@ -222,9 +253,13 @@ def test_other_users_cannot_reach_the_socket() -> None:
     base.chmod(0o755)
     d = Daemon(base / "d.sock")
     try:
-        code = f"import socket; socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET).connect({str(d.path)!r})"
-        res = subprocess.run(["/usr/bin/python3", "-c", code], user=65534, capture_output=True,
-                             text=True, timeout=30)
+        code = (
+            "import socket; s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); "
+            f"s.connect({str(d.path)!r})"
+        )
+        res = subprocess.run(
+            ["/usr/bin/python3", "-c", code], user=65534, capture_output=True, text=True, timeout=30
+        )
         assert res.returncode == 1 and "PermissionError" in res.stderr
     finally:
         d.stop()
@@ -236,8 +271,21 @@ def test_sixty_four_sandboxes_at_once(daemon: Daemon, sinks: Sinks) -> None:
     """64 sandboxes through one daemon, each connecting, all succeed."""
     ok = sinks.tcp("127.0.0.1")
     procs = [
-        subprocess.Popen([*DAEMON, "run", "--daemon", str(daemon.path), "--net-allow", ok.spec,
-                          "--", PY, "-c", _connect("127.0.0.1", ok.port)], env=sandlock_env())
+        subprocess.Popen(
+            [
+                *DAEMON,
+                "run",
+                "--daemon",
+                str(daemon.path),
+                "--net-allow",
+                ok.spec,
+                "--",
+                PY,
+                "-c",
+                _connect("127.0.0.1", ok.port),
+            ],
+            env=sandlock_env(),
+        )
         for _ in range(64)
     ]
     codes = [p.wait(timeout=300) for p in procs]
@@ -248,8 +296,10 @@ def test_sixty_four_sandboxes_at_once(daemon: Daemon, sinks: Sinks) -> None:
 def test_unreachable_daemon_is_one_line(tmp_path: Path) -> None:
     """A daemon path with nobody listening: one line, exit 1, the command never ran."""
     marker = tmp_path / "ran"
-    res = run_command([*DAEMON, "run", "--daemon", str(tmp_path / "none.sock"), "--",
-                       "touch", str(marker)], env=sandlock_env())
+    res = run_command(
+        [*DAEMON, "run", "--daemon", str(tmp_path / "none.sock"), "--", "touch", str(marker)],
+        env=sandlock_env(),
+    )
     assert res.returncode == 1
     assert res.stderr.count("\n") == 1 and "cannot reach a daemon" in res.stderr
     assert not marker.exists()

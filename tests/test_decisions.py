@@ -32,19 +32,38 @@ def test_audit_log_has_one_line_per_decision(sinks: Sinks, tmp_path: Path) -> No
     tcp, udp = sinks.tcp("127.0.0.1"), sinks.udp("127.0.0.1")
     log = tmp_path / "audit.jsonl"
     script = _traffic(tcp.port, udp.port, range(40000, 40003))
-    res = run_sandboxed(["--audit", str(log), "--quiet", "--net-allow", tcp.spec,
-                         "--net-allow", udp.spec], [PY, "-c", script])
+    res = run_sandboxed(
+        ["--audit", str(log), "--quiet", "--net-allow", tcp.spec, "--net-allow", udp.spec],
+        [PY, "-c", script],
+    )
     assert res.returncode == 0, describe(res)
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(lines) == 5
-    fields = {"ts", "sandbox", "pid", "syscall", "proto", "dst", "port", "host", "action",
-              "rule", "errno"}
+    fields = {
+        "ts",
+        "sandbox",
+        "pid",
+        "syscall",
+        "proto",
+        "dst",
+        "port",
+        "host",
+        "action",
+        "rule",
+        "errno",
+    }
     assert all(set(line) == fields for line in lines)
     assert len({line["sandbox"] for line in lines}) == 1
     first = lines[0]
-    assert (first["syscall"], first["proto"], first["dst"], first["port"], first["action"],
-            first["rule"], first["errno"]) == ("connect", "tcp", "127.0.0.1", tcp.port, "allow",
-                                               tcp.spec, 0)
+    assert (
+        first["syscall"],
+        first["proto"],
+        first["dst"],
+        first["port"],
+        first["action"],
+        first["rule"],
+        first["errno"],
+    ) == ("connect", "tcp", "127.0.0.1", tcp.port, "allow", tcp.spec, 0)
     assert dt.datetime.fromisoformat(first["ts"]).tzinfo is not None
     denied = [line for line in lines if line["action"] == "deny"]
     assert [(d["port"], d["rule"], d["errno"]) for d in denied] == [
@@ -72,15 +91,19 @@ def test_denials_reported_once_each_and_rate_limited(tmp_path: Path) -> None:
     assert len(set(shown)) == len(shown)
     assert shown[0].endswith("sendto) — no rule allows it")
     hidden = 30 - len(shown)
-    assert f"sandlock: {hidden} more denied destinations not shown (use --audit FILE for all)" in lines
+    assert (
+        f"sandlock: {hidden} more denied destinations not shown (use --audit FILE for all)" in lines
+    )
 
 
 def test_quiet_and_summary(sinks: Sinks) -> None:
     """--quiet silences the report; --summary prints a table of destinations at exit."""
     tcp, udp = sinks.tcp("127.0.0.1"), sinks.udp("127.0.0.1")
     script = _traffic(tcp.port, udp.port, range(42000, 42002))
-    res = run_sandboxed(["--quiet", "--summary", "--net-allow", tcp.spec, "--net-allow",
-                         udp.spec], [PY, "-c", script])
+    res = run_sandboxed(
+        ["--quiet", "--summary", "--net-allow", tcp.spec, "--net-allow", udp.spec],
+        [PY, "-c", script],
+    )
     assert res.returncode == 0, describe(res)
     assert "sandlock: denied" not in res.stderr
     table = res.stderr.splitlines()
@@ -94,8 +117,18 @@ def test_learn_prints_rules_and_writes_a_profile_run_accepts(sinks: Sinks, tmp_p
     tcp, udp = sinks.tcp("127.0.0.1"), sinks.udp("127.0.0.1")
     script = _traffic(tcp.port, udp.port, range(0))
     prof = tmp_path / "learned.toml"
-    argv = [sys.executable, "-m", "sandlock", "learn", "--profile-out", str(prof), "--",
-            PY, "-c", script]
+    argv = [
+        sys.executable,
+        "-m",
+        "sandlock",
+        "learn",
+        "--profile-out",
+        str(prof),
+        "--",
+        PY,
+        "-c",
+        script,
+    ]
     from .conftest import run_command, sandlock_env
 
     res = run_command(argv, env=sandlock_env())
@@ -114,8 +147,18 @@ def test_learn_still_applies_deny_rules(sinks: Sinks) -> None:
     script = _traffic(1, 1, range(0)).replace("127.0.0.1", "127.0.0.2")
     from .conftest import run_command, sandlock_env
 
-    argv = [sys.executable, "-m", "sandlock", "learn", "--net-deny", "127.0.0.2", "--",
-            PY, "-c", script]
+    argv = [
+        sys.executable,
+        "-m",
+        "sandlock",
+        "learn",
+        "--net-deny",
+        "127.0.0.2",
+        "--",
+        PY,
+        "-c",
+        script,
+    ]
     res = run_command(argv, env=sandlock_env())
     assert res.returncode != 0
     assert "127.0.0.2" not in res.stderr.split("the command needs", 1)[-1]

@@ -33,6 +33,12 @@ def _own_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+async def _until(condition: Callable[[], bool]) -> None:
+    """Poll an outside condition (a file, our fd table) that no trio event can signal."""
+    while not condition():  # noqa: ASYNC110 - the condition lives outside trio
+        await trio.sleep(0.01)
+
+
 async def _run(argv: list[str], sup_for: Callable[[int], Supervisor]) -> int:
     child = launch.start(argv)
     try:
@@ -72,8 +78,7 @@ async def test_policy_swap_takes_effect_on_the_next_call(sinks: Sinks, tmp_path:
         return sups[0]
 
     async def swap() -> None:
-        while not ready.exists():
-            await trio.sleep(0.01)
+        await _until(ready.exists)
         sups[0].policy = Policy.from_specs([], [])
         go.touch()
 
@@ -106,8 +111,7 @@ async def test_killed_child_mid_connect_leaks_no_descriptor(full_listener: str) 
 
                 nursery.start_soon(run)
                 # the connect is pending once our duplicate of its socket exists
-                while len(_own_fds()) <= len(before) + 2:
-                    await trio.sleep(0.01)
+                await _until(lambda: len(_own_fds()) > len(before) + 2)
                 await trio.sleep(0.2)
                 os.kill(child.pid, signal.SIGKILL)
     finally:
@@ -161,8 +165,14 @@ def test_unix_sockets_work_relative_paths_and_fd_passing(tmp_path: Path) -> None
         print(receiver.recv(10).decode())
     """)
     env = {**os.environ, "WORK": str(tmp_path)}
-    res = subprocess.run([*SANDLOCK, "--", PY, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=60, check=False)
+    res = subprocess.run(
+        [*SANDLOCK, "--", PY, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["passed", "dgram"]
 
@@ -204,8 +214,14 @@ def test_inherited_descriptors_are_closed_unless_kept(flags: str) -> None:
     try:
         keep = [flags, str(a.fileno())] if flags else []
         script = f"import os; os.fstat({a.fileno()}); print('open')"
-        res = subprocess.run([*SANDLOCK, *keep, "--", PY, "-c", script], pass_fds=[a.fileno()],
-                             capture_output=True, text=True, timeout=60, check=False)
+        res = subprocess.run(
+            [*SANDLOCK, *keep, "--", PY, "-c", script],
+            pass_fds=[a.fileno()],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     finally:
         a.close()
         b.close()
