@@ -63,6 +63,16 @@ class Daemon:
         s.settimeout(30)
         return s
 
+    def wait_for_sandboxes(self, count: int) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            with self.raw() as s:
+                s.send(b'{"op": "ps"}')
+                if len(json.loads(s.recv(65536))["sandboxes"]) >= count:
+                    return
+            assert time.monotonic() < deadline, "the sandbox never reached the daemon"
+            time.sleep(0.02)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -186,7 +196,7 @@ def test_killed_daemon_fails_closed_and_a_new_one_serves(tmp_path: Path, sinks: 
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)
+    d.wait_for_sandboxes(1)  # the daemon has taken the sandbox over
     d.proc.kill()
     d.stop()
     go.touch()

@@ -33,6 +33,13 @@ def _own_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+def _wait_for(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.02)
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     """Poll an outside condition (a file, our fd table) that no trio event can signal."""
     while not condition():  # noqa: ASYNC110 - the condition lives outside trio
@@ -181,9 +188,10 @@ def test_killed_supervisor_fails_closed(sinks: Sinks, tmp_path: Path) -> None:
     """With the supervisor SIGKILLed, the orphaned child's connect fails (ENOSYS), and
     nothing reaches the allowed sink either: the network closes, it never opens."""
     sink = sinks.tcp("127.0.0.1")
-    go, out = tmp_path / "go", tmp_path / "out"
+    ready, go, out = tmp_path / "ready", tmp_path / "go", tmp_path / "out"
     script = textwrap.dedent(f"""
         import os, socket, time
+        open({str(ready)!r}, "w").close()
         while not os.path.exists({str(go)!r}):
             time.sleep(0.01)
         try:
@@ -194,13 +202,11 @@ def test_killed_supervisor_fails_closed(sinks: Sinks, tmp_path: Path) -> None:
         open({str(out)!r}, "w").write(result)
     """)
     proc = subprocess.Popen([*SANDLOCK, "--net-allow", sink.spec, "--", PY, "-c", script])
-    time.sleep(1.0)  # the child is up and polling for `go`
+    _wait_for(ready)  # the child runs under the supervisor
     proc.kill()
     proc.wait(timeout=30)
     go.touch()
-    deadline = time.monotonic() + 30
-    while not out.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for(out)
     assert out.read_text() == "38"  # ENOSYS: the kernel answers for a missing supervisor
     assert sink.settle().count == 0
 
