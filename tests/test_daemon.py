@@ -111,6 +111,29 @@ def test_run_through_the_daemon_enforces_and_keeps_stdio(daemon: Daemon, sinks: 
     assert (ok.settle().count, bad.settle().count) == (1, 0)
 
 
+def test_sandlock_daemon_variable_selects_the_daemon(daemon: Daemon, sinks: Sinks) -> None:
+    """With SANDLOCK_DAEMON set, a plain `sandlock run` is supervised by that daemon."""
+    ok = sinks.tcp("127.0.0.1")
+    go = daemon.path.parent / "go"
+    script = textwrap.dedent(f"""
+        import os, socket, time
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.02)
+        socket.create_connection(("127.0.0.1", {ok.port}), timeout=20).close()
+    """)
+    env = {**sandlock_env(), "SANDLOCK_DAEMON": str(daemon.path)}
+    proc = subprocess.Popen(
+        [*DAEMON, "run", "--net-allow", ok.spec, "--", PY, "-c", script], env=env
+    )
+    try:
+        daemon.wait_for_sandboxes(1)  # the daemon, not the client, supervises it
+        go.touch()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert ok.settle().count == 1
+
+
 def test_socket_is_private(daemon: Daemon) -> None:
     """The daemon's socket is created mode 0600."""
     assert stat.S_IMODE(daemon.path.stat().st_mode) == 0o600
