@@ -28,7 +28,6 @@ register, which catches stray upper bits) because the kernel truncates them to i
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import socket
 import tempfile
@@ -173,9 +172,8 @@ def build_filter() -> sc.SyscallFilter:
     return f
 
 
-@functools.cache
-def filter_bpf() -> bytes:
-    """The filter as BPF bytes for seccomp(2), built once per process."""
+def build_bpf() -> bytes:
+    """The filter as BPF bytes for seccomp(2) (sandlock._bpf caches them)."""
     f = build_filter()
     with tempfile.TemporaryFile() as out:
         f.export_bpf(out)
@@ -190,5 +188,5 @@ if __name__ == "__main__":  # pragma: no cover - a debugging aid: print the filt
     import sys
 
     build_filter().export_pfc(sys.stdout)
-    print(f"{len(filter_bpf()) // 8} BPF instructions", file=sys.stderr)
+    print(f"{len(build_bpf()) // 8} BPF instructions", file=sys.stderr)
     os._exit(0)

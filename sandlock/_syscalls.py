@@ -16,8 +16,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._native import ffi, lib
 
@@ -51,8 +50,7 @@ class SpawnError(OSError):
         self.stage = stage
 
 
-@dataclass(frozen=True, slots=True)
-class Spawned:
+class Spawned(NamedTuple):
     pid: int
     pidfd: int
     listener: int
@@ -172,8 +170,7 @@ def getfd(tid: int, fd: int) -> int:
     return rc
 
 
-@dataclass(frozen=True, slots=True)
-class SockInfo:
+class SockInfo(NamedTuple):
     domain: int
     type: int
     protocol: int

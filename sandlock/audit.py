@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from .onbehalf import Event
+from .events import Event
 
 __all__ = ["AuditLog", "DecisionRecord", "seen_address"]
 
@@ -54,6 +54,7 @@ class DecisionRecord:
 
     @classmethod
     def from_event(cls, event: Event, sandbox: str) -> DecisionRecord:
+        """The record of one supervisor event, stamped now."""
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
         d = event.decision
         return cls(
@@ -71,6 +72,7 @@ class DecisionRecord:
         )
 
     def to_json(self) -> str:
+        """The record as one line of JSON (no newline)."""
         return json.dumps(asdict(self), separators=(", ", ": "))
 
     def describe(self) -> str:
@@ -95,9 +97,11 @@ class AuditLog:
         return log
 
     def write(self, record: DecisionRecord) -> None:
+        """Append one line: a single write(2), so lines never tear."""
         os.write(self._fd, (record.to_json() + "\n").encode())
 
     def close(self) -> None:
+        """Close the log (idempotent)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

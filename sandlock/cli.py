@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 from .errors import LaunchError, PolicyError, SandlockError
 
 if TYPE_CHECKING:
+    from .audit import AuditLog
     from .learn import Learner
     from .policy import Policy
     from .report import Observer
@@ -128,6 +129,7 @@ def _add_command_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser for every `sandlock` subcommand."""
     parser = _Parser(
         prog="sandlock",
         description="An egress firewall for one command (seccomp user notification).",
@@ -270,23 +272,33 @@ def _run(args: argparse.Namespace) -> int:
         )
 
     from ._signals import FORWARDED_SIGNALS, open_signalfd
-    from .launch import original_environ, start
-    from .runner import supervise
-    from .supervisor import Supervisor
+    from .launch import original_environ, start, wait_child
 
-    observer = _observer(args, learner)
+    audit = _open_audit(args) if learner is None else None  # a bad path fails before start
     signal_fd = open_signalfd()
     child = start(
         cmd, env=original_environ(), keep_fds=args.keep_fds, unblock_signals=FORWARDED_SIGNALS
     )
+    observer = None
     try:
-        import trio
+        # The supervisor (and trio) start only when the command first makes a trapped
+        # call: until then the notification simply waits in the kernel.
+        status = wait_child(child, signal_fd, until_notified=True)
+        if status is None:
+            import trio
 
-        sup = Supervisor(child.listener, policy, observer)
-        code = trio.run(lambda: supervise(child, sup, signal_fd=signal_fd))
+            from .runner import supervise
+            from .supervisor import Supervisor
+
+            observer = _observer(args, learner, audit)
+            sup = Supervisor(child.listener, policy, observer)
+            status = trio.run(lambda: supervise(child, sup, signal_fd=signal_fd))
+        code = status
     finally:
         child.close()
-        _finish_observer(observer)
+        _finish_observer(observer, audit)
+        if observer is None and getattr(args, "summary", False):
+            print("sandlock: no network calls were decided", file=sys.stderr)
     if learner is not None:
         _finish_learning(learner, args.profile_out)
     return code
@@ -368,22 +380,27 @@ def _finish_learning(learner: Learner, profile_out: str | None) -> None:
         print(f"sandlock learn: wrote {profile_out}", file=sys.stderr)
 
 
-def _observer(args: argparse.Namespace, learner: Learner | None) -> Observer | None:
+def _open_audit(args: argparse.Namespace) -> AuditLog | None:
+    if not args.audit:
+        return None
+    from .audit import AuditLog
+
+    try:
+        return AuditLog(args.audit)
+    except OSError as err:
+        raise LaunchError(
+            f"--audit: cannot open {args.audit}: {err.strerror}", exit_code=EXIT_USAGE
+        ) from None
+
+
+def _observer(
+    args: argparse.Namespace, learner: Learner | None, audit: AuditLog | None
+) -> Observer | None:
     """The listener for this run's decisions (None when nobody wants them)."""
     from .report import DenialReport, Observer, Summary
 
     if learner is not None:
         return Observer("learn", also=learner)
-    audit = None
-    if args.audit:
-        from .audit import AuditLog
-
-        try:
-            audit = AuditLog(args.audit)
-        except OSError as err:
-            raise LaunchError(
-                f"--audit: cannot open {args.audit}: {err.strerror}", exit_code=EXIT_USAGE
-            ) from None
     report = None if args.quiet else DenialReport()
     summary = Summary() if args.summary else None
     if audit is None and report is None and summary is None:
@@ -393,12 +410,12 @@ def _observer(args: argparse.Namespace, learner: Learner | None) -> Observer | N
     return Observer(uuid.uuid4().hex[:8], audit=audit, report=report, summary=summary)
 
 
-def _finish_observer(observer: Observer | None) -> None:
+def _finish_observer(observer: Observer | None, audit: AuditLog | None) -> None:
+    if audit is not None:
+        audit.close()
     if observer is None:
         return
     if observer.report is not None:
         observer.report.close()
     if observer.summary is not None:
         print(observer.summary.render(), file=sys.stderr)
-    if observer.audit is not None:
-        observer.audit.close()

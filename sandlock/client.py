@@ -10,16 +10,15 @@ fails the sandbox's calls instead of leaving them waiting for nobody.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from . import _wire
-from ._signals import FORWARDED_SIGNALS, forward_pending, open_signalfd
+from ._signals import FORWARDED_SIGNALS, open_signalfd
 from .errors import SandlockError
-from .launch import exit_status, original_environ, start
+from .launch import exit_status, original_environ, start, wait_child
 from .policy import Policy
 
 _REPLY_TIMEOUT = 30.0
@@ -33,6 +32,7 @@ class DaemonError(SandlockError):
 
 
 def connect(path: str) -> socket.socket:
+    """A connection to the daemon at ``path``, or DaemonError saying why not."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
         sock.connect(path)
@@ -88,9 +88,7 @@ def run_via_daemon(
         except OSError as err:
             raise DaemonError(f"--audit: cannot open {audit}: {err.strerror}") from None
     signal_fd = open_signalfd()
-    child = start(
-        cmd, env=original_environ(), keep_fds=keep_fds, unblock_signals=FORWARDED_SIGNALS
-    )
+    child = start(cmd, env=original_environ(), keep_fds=keep_fds, unblock_signals=FORWARDED_SIGNALS)
     try:
         message = {
             "op": "supervise",
@@ -109,7 +107,8 @@ def run_via_daemon(
             exit_status(child.pidfd)
             raise
         os.close(child.listener)  # the daemon's copy must be the last one
-        status = _wait(child.pidfd, signal_fd)
+        status = wait_child(child, signal_fd, until_notified=False)
+        assert status is not None
         _await_exit_notice(sock)
         return status
     finally:
@@ -117,18 +116,6 @@ def run_via_daemon(
             if fd >= 0:
                 os.close(fd)
         sock.close()
-
-
-def _wait(pidfd: int, signal_fd: int) -> int:
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    poller.register(signal_fd, select.POLLIN)
-    while True:
-        for fd, _ in poller.poll():
-            if fd == signal_fd:
-                forward_pending(signal_fd, pidfd)
-            else:
-                return exit_status(pidfd)
 
 
 def _await_exit_notice(sock: socket.socket) -> None:
@@ -141,11 +128,13 @@ def _await_exit_notice(sock: socket.socket) -> None:
 
 
 def ps(path: str) -> list[dict[str, Any]]:
+    """The caller's live sandboxes, as the daemon describes them."""
     with connect(path) as sock:
         sandboxes: list[dict[str, Any]] = request(sock, {"op": "ps"})["sandboxes"]
         return sandboxes
 
 
 def set_policy(path: str, sandbox_id: str, policy: Policy) -> None:
+    """Replace the policy of a running sandbox (DaemonError if refused)."""
     with connect(path) as sock:
         request(sock, {"op": "policy", "id": sandbox_id, **_policy_message(policy)})

@@ -116,6 +116,7 @@ class Daemon:
     async def serve(
         self, path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        """Accept clients on ``path`` until cancelled; each client gets its own task."""
         listener = await _bind(path)
         async with trio.open_nursery() as nursery:
             task_status.started()

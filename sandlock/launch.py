@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
+import select
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import _syscalls as sys_
-from ._filter import filter_bpf
+from ._bpf import filter_bpf
 from .errors import LaunchError, SupervisorError
 
 _FILTER_FLAGS = sys_.FILTER_FLAG_WAIT_KILLABLE_RECV
 
 
-@dataclass(frozen=True, slots=True)
-class Child:
+class Child(NamedTuple):
     """A started command: its pid, a pidfd for it, and the listener of its filter."""
 
     pid: int
@@ -32,6 +31,7 @@ class Child:
     listener: int
 
     def close(self) -> None:
+        """Close our descriptors of the child (the listener and the pidfd)."""
         for fd in (self.pidfd, self.listener):
             try:
                 os.close(fd)
@@ -61,10 +61,11 @@ def find_executable(name: str, env: Mapping[str, str]) -> str:
     """The path execve should get for ``name``, searched in the child's own PATH."""
     if "/" in name:
         return name
-    found = shutil.which(name, path=env.get("PATH", os.defpath))
-    if found is None:
-        raise LaunchError(f"{name}: command not found", exit_code=127)
-    return found
+    for directory in env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    raise LaunchError(f"{name}: command not found", exit_code=127)
 
 
 def start(
@@ -132,6 +133,29 @@ def _launch_error(name: str, cwd: str | None, err: sys_.SpawnError) -> Exception
         sys_.STAGE_LISTENER: "taking the seccomp listener (pidfd_getfd)",
     }.get(err.stage, "starting the child")
     return SupervisorError(f"{what} failed: {reason}")
+
+
+def wait_child(child: Child, signal_fd: int, *, until_notified: bool) -> int | None:
+    """Wait for the child without trio, forwarding signals from ``signal_fd``.
+
+    Returns its exit status; or, with ``until_notified``, None as soon as a notification
+    waits on its listener (the caller then starts the supervisor). A command that never
+    touches the network thus never pays for the supervisor's start-up."""
+    from ._signals import forward_pending
+
+    poller = select.poll()
+    poller.register(child.pidfd, select.POLLIN)
+    poller.register(signal_fd, select.POLLIN)
+    if until_notified:
+        poller.register(child.listener, select.POLLIN)
+    while True:
+        ready = dict(poller.poll())
+        if until_notified and ready.get(child.listener, 0) & select.POLLIN:
+            return None
+        if signal_fd in ready:
+            forward_pending(signal_fd, child.pidfd)
+        if child.pidfd in ready:
+            return exit_status(child.pidfd)
 
 
 def exit_status(pidfd: int) -> int:

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from .audit import seen_address
-from .onbehalf import Event
+from .events import Event
 from .policy import Policy, Resolver
 
 __all__ = ["Learner"]
@@ -32,6 +32,7 @@ class Learner:
         self._ports: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
 
     def __call__(self, event: Event) -> None:
+        """Record a call that only the allow-everything rules allowed."""
         d = event.decision
         if not d.allowed or d.rule not in _EVERYTHING:
             return

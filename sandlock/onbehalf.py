@@ -40,6 +40,7 @@ import trio
 from . import _local, _msg
 from . import _syscalls as sys_
 from ._msg import Message, int32
+from .events import Event, Listener
 from .policy import Decision, Policy
 from .sockaddr import Dest, Invalid, NoDest, parse_sockaddr
 
@@ -77,21 +78,6 @@ class Pending:
 
 
 Result = int | Pending
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One decision, for whoever listens (the audit log, the denial report)."""
-
-    pid: int
-    syscall: str
-    proto: str
-    dest: Dest
-    decision: Decision
-    errno: int  # what the child got back: 0 on success
-
-
-Listener = Callable[[Event], None]
 
 
 class _Call:
@@ -132,10 +118,12 @@ class Handlers:
     # ---- the four syscalls -------------------------------------------------------------
 
     def connect(self, n: sys_.Notif) -> Result:
+        """connect(fd, addr, addrlen) on our duplicate with our copy of addr."""
         fd, addr_p, addrlen = int32(n.args[0]), n.args[1], int32(n.args[2])
         return self._on_socket(n, fd, lambda c: self._connect(c, addr_p, addrlen))
 
     def sendto(self, n: sys_.Notif) -> Result:
+        """sendto(fd, buf, len, flags, addr, addrlen) with copies of buf and addr."""
         fd, buf_p, length, flags = int32(n.args[0]), n.args[1], n.args[2], int32(n.args[3])
         addr_p, addrlen = n.args[4], int32(n.args[5])
 
@@ -156,6 +144,7 @@ class Handlers:
         return self._on_socket(n, fd, act)
 
     def sendmsg(self, n: sys_.Notif) -> Result:
+        """sendmsg(fd, msg, flags): the msghdr, name, iovecs and control copied."""
         fd, msg_p, flags = int32(n.args[0]), n.args[1], int32(n.args[2])
 
         def act(c: _Call) -> Result:
@@ -172,6 +161,7 @@ class Handlers:
         return self._on_socket(n, fd, act)
 
     def sendmmsg(self, n: sys_.Notif) -> Result:
+        """sendmmsg(fd, vec, vlen, flags): each entry decided and sent on its own."""
         fd, vec_p, flags = int32(n.args[0]), n.args[1], int32(n.args[3])
         vlen = min(n.args[2] & 0xFFFF_FFFF, _msg.UIO_MAXIOV)  # the kernel clamps it too
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -50,8 +49,7 @@ _LOOPBACK6 = 1
 _MAPPED_TAG = 0xFFFF  # the 96 bits above a mapped address: ::ffff:0:0/96
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The verdict on one destination.
 
     ``rule`` is the spec text of the rule that decided, ``None`` for the default

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from .audit import AuditLog, DecisionRecord, seen_address
-from .onbehalf import Event
+from .events import Event
 
 __all__ = ["DenialReport", "Observer", "Summary"]
 
@@ -34,6 +34,7 @@ class DenialReport:
         self.suppressed = 0
 
     def __call__(self, record: DecisionRecord) -> None:
+        """Report a refused destination, unless already reported or over the rate."""
         key = (record.proto, record.dst, record.port)
         if key in self._seen:
             return
@@ -49,6 +50,7 @@ class DenialReport:
         print(f"sandlock: denied {record.describe()} — {why}", file=self.stream, flush=True)
 
     def close(self) -> None:
+        """Say how many destinations the rate limit kept quiet."""
         if self.suppressed:
             print(
                 f"sandlock: {self.suppressed} more denied destinations not shown "
@@ -65,10 +67,12 @@ class Summary:
         self.counts: Counter[tuple[str, str, int, str]] = Counter()
 
     def add(self, event: Event) -> None:
+        """Count one decision."""
         action = "allow" if event.decision.allowed else "deny"
         self.counts[(event.proto, seen_address(event.dest.addr), event.dest.port, action)] += 1
 
     def render(self) -> str:
+        """The table, one row per (protocol, destination, action)."""
         rows = [("PROTO", "DESTINATION", "CALLS", "ACTION")]
         for (proto, dst, port, action), n in sorted(self.counts.items()):
             host = f"[{dst}]" if ":" in dst else dst
@@ -108,6 +112,7 @@ class Observer:
         self.denied_count = 0
 
     def __call__(self, event: Event) -> None:
+        """Hand one decision to every listener that wants it."""
         if self.also is not None:
             self.also(event)
         if self.summary is not None:

@@ -34,8 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
-from typing import Literal, NoReturn
+from typing import Literal, NamedTuple, NoReturn
 
 from .errors import PolicyError
 
@@ -54,8 +53,7 @@ _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _NUMERIC = re.compile(r"\.*[0-9][0-9.]*")  # digits and dots, at least one digit
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
+class Rule(NamedTuple):
     """One parsed rule.
 
     ``network`` and ``host`` are never both set; both ``None`` means any IP.

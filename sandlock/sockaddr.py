@@ -27,7 +27,7 @@ import errno
 import ipaddress
 import socket
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Dest", "Invalid", "NoDest", "ParsedSockaddr", "format_dest", "parse_sockaddr"]
 
@@ -42,8 +42,7 @@ _FAMILY = struct.Struct("=H")  # sa_family_t, host byte order
 _PORT = struct.Struct("!H")  # sin_port / sin6_port, network byte order
 
 
-@dataclass(frozen=True, slots=True)
-class Dest:
+class Dest(NamedTuple):
     """An IP destination: ``addr`` is the packed 4- or 16-byte address, as sent."""
 
     family: int
@@ -51,13 +50,11 @@ class Dest:
     port: int
 
 
-@dataclass(frozen=True, slots=True)
-class NoDest:
+class NoDest(NamedTuple):
     """``AF_UNSPEC``: no destination (``connect`` dissolves the association)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Invalid:
+class Invalid(NamedTuple):
     """The kernel would refuse these bytes with ``errno``."""
 
     errno: int

@@ -22,7 +22,8 @@ import sys
 import trio
 
 from . import _syscalls as sys_
-from .onbehalf import Handlers, Listener, Pending
+from .events import Listener
+from .onbehalf import Handlers, Pending
 from .policy import Policy
 
 _DRAIN_BATCH = 64  # notifications answered before yielding to other tasks
@@ -38,6 +39,7 @@ class Supervisor:
 
     @property
     def policy(self) -> Policy:
+        """The policy deciding this sandbox's calls now."""
         return self.handlers.policy
 
     @policy.setter

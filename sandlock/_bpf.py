@@ -1,0 +1,79 @@
+"""The filter's BPF program, cached on disk so that a launch need not load libseccomp.
+
+Building the program means importing pyseccomp (ctypes, libseccomp: ~10 ms of a launch
+that should cost little more than a fork). The program depends only on _filter.py, so it
+is cached under a checksum of that file's source (it tells versions apart; trust comes
+from the file's ownership and mode below, not from the checksum):
+
+    $XDG_CACHE_HOME/sandlock/filter-<crc32>-<size>.bpf   (default ~/.cache/sandlock/)
+
+A cached file is used only if it belongs to us, is not writable by group or others, and
+holds a whole number of BPF instructions; anything else is ignored and the program is
+built again. Writing is atomic (a temporary file renamed into place) and best effort:
+an unwritable cache only costs the build.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import stat
+import zlib
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_filter.py")
+_INSN = 8  # sizeof(struct sock_filter)
+
+
+def cache_path() -> str:
+    with open(_SOURCE, "rb") as f:
+        source = f.read()
+    key = f"{zlib.crc32(source):08x}-{len(source)}"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "sandlock", f"filter-{key}.bpf")
+
+
+@functools.cache
+def filter_bpf() -> bytes:
+    """The program: from the cache when it can be trusted, else built (and cached)."""
+    path = cache_path()
+    cached = _read_trusted(path)
+    if cached is not None:
+        return cached
+    from ._filter import build_bpf
+
+    program = build_bpf()
+    _write(path, program)
+    return program
+
+
+def _read_trusted(path: str) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return None
+        if not stat.S_ISREG(st.st_mode) or not st.st_size or st.st_size % _INSN:
+            return None
+        data = os.read(fd, st.st_size)
+        return data if len(data) == st.st_size else None
+    finally:
+        os.close(fd)
+
+
+def _write(path: str, program: bytes) -> None:
+    import tempfile
+
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".filter-")
+        try:
+            os.write(fd, program)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # no cache: the next launch builds it again
