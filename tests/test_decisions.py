@@ -163,3 +163,30 @@ def test_learn_still_applies_deny_rules(sinks: Sinks) -> None:
     assert res.returncode != 0
     assert "127.0.0.2" not in res.stderr.split("the command needs", 1)[-1]
     assert bad.settle().count == 0
+
+
+def test_hostname_rule_allows_its_addresses_and_names_itself(sinks: Sinks, tmp_path: Path) -> None:
+    """A hostname rule allows the addresses it resolved to at start (localhost: from
+    /etc/hosts, no DNS query leaves), and the audit log names the host it came from."""
+    ok, other = sinks.tcp("127.0.0.1"), sinks.tcp("127.0.0.2")
+    log = tmp_path / "audit.jsonl"
+    script = textwrap.dedent(f"""
+        import socket, sys
+        socket.create_connection(("127.0.0.1", {ok.port})).close()
+        try:
+            socket.create_connection(("127.0.0.2", {other.port}))
+        except OSError as e:
+            sys.exit(0 if e.errno == 111 else 1)
+        sys.exit(1)
+    """)
+    res = run_sandboxed(
+        ["--quiet", "--audit", str(log), "--net-allow", f"localhost:{ok.port}"], [PY, "-c", script]
+    )
+    assert res.returncode == 0, describe(res)
+    first = json.loads(log.read_text().splitlines()[0])
+    assert (first["host"], first["rule"], first["action"]) == (
+        "localhost",
+        f"localhost:{ok.port}",
+        "allow",
+    )
+    assert (ok.settle().count, other.settle().count) == (1, 0)
