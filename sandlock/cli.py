@@ -17,7 +17,6 @@ from .errors import LaunchError, PolicyError, SandlockError
 if TYPE_CHECKING:
     from .audit import AuditLog
     from .learn import Learner
-    from .policy import Policy
     from .report import Observer
 
 EXIT_USAGE = 2
@@ -237,19 +236,7 @@ def _run(args: argparse.Namespace) -> int:
             "run: no command given (usage: sandlock run [RULES] -- CMD [ARGS...])",
             exit_code=EXIT_USAGE,
         )
-    learner = None
-    if args.command == "learn":
-        from .learn import Learner
-        from .profile import load_profile
-
-        allow, deny = list(args.net_allow), list(args.net_deny)
-        if args.profile:
-            more_allow, more_deny = load_profile(args.profile)
-            allow, deny = more_allow + allow, more_deny + deny
-        learner = Learner(allow, deny)
-        policy = learner.policy
-    else:
-        policy = _rules_policy(args)
+    allow, deny = _rule_specs(args)
     for fd in args.keep_fds:
         try:
             os.fstat(fd)
@@ -258,18 +245,30 @@ def _run(args: argparse.Namespace) -> int:
                 f"--keep-fds: descriptor {fd} is not open", exit_code=EXIT_USAGE
             ) from None
 
-    if learner is None and args.daemon:
-        from .client import run_via_daemon
+    if args.command == "run" and args.daemon:
+        from .client import run_via_daemon  # the daemon checks the rules: no policy here
 
         return run_via_daemon(
             args.daemon,
             cmd,
-            policy,
+            allow,
+            deny,
             keep_fds=args.keep_fds,
             audit=args.audit,
             quiet=args.quiet,
             summary=args.summary,
         )
+
+    learner = None
+    if args.command == "learn":
+        from .learn import Learner
+
+        learner = Learner(allow, deny)
+        policy = learner.policy
+    else:
+        from .policy import Policy
+
+        policy = Policy.from_specs(allow, deny)
 
     from ._signals import FORWARDED_SIGNALS, open_signalfd
     from .launch import original_environ, start, wait_child
@@ -304,16 +303,15 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
-def _rules_policy(args: argparse.Namespace) -> Policy:
-    from .policy import Policy
-
+def _rule_specs(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The --net-allow and --net-deny specs, a --profile's first."""
     allow, deny = list(args.net_allow), list(args.net_deny)
     if args.profile:
         from .profile import load_profile
 
         more_allow, more_deny = load_profile(args.profile)
         allow, deny = more_allow + allow, more_deny + deny
-    return Policy.from_specs(allow, deny)
+    return allow, deny
 
 
 def _need_daemon(args: argparse.Namespace) -> str:
@@ -359,7 +357,7 @@ def _policy(args: argparse.Namespace) -> int:
     from .client import set_policy
 
     path = _need_daemon(args)
-    set_policy(path, args.id, _rules_policy(args))
+    set_policy(path, args.id, *_rule_specs(args))
     print(f"sandlock: policy of {args.id} replaced", file=sys.stderr)
     return 0
 

@@ -17,9 +17,8 @@ from typing import Any
 
 from . import _wire
 from ._signals import FORWARDED_SIGNALS, open_signalfd
-from .errors import SandlockError
+from .errors import PolicyError, SandlockError
 from .launch import exit_status, original_environ, start, wait_child
-from .policy import Policy
 
 _REPLY_TIMEOUT = 30.0
 _EXIT_NOTICE_TIMEOUT = 5.0
@@ -57,30 +56,29 @@ def request(
     reply, extra = got
     _wire.close_all(extra)
     if not reply.get("ok"):
+        if reply.get("policy_error"):
+            raise PolicyError(str(reply.get("error")))
         raise DaemonError(f"--daemon: {reply.get('error', 'request refused')}")
     return reply
-
-
-def _policy_message(policy: Policy) -> dict[str, Any]:
-    return {
-        "allow": [r.spec for r in policy.allow_rules],
-        "deny": [r.spec for r in policy.deny_rules],
-        "hosts": {h: list(a) for h, a in policy.host_addresses.items()},
-    }
 
 
 def run_via_daemon(
     path: str,
     cmd: Sequence[str],
-    policy: Policy,
+    allow: Sequence[str],
+    deny: Sequence[str],
     *,
     keep_fds: Sequence[int] = (),
     audit: str | None = None,
     quiet: bool = False,
     summary: bool = False,
 ) -> int:
-    """Run ``cmd`` supervised by the daemon at ``path``; return its exit status."""
+    """Run ``cmd`` supervised by the daemon at ``path``; return its exit status.
+
+    The daemon checks the rules first (a bad one raises PolicyError before anything is
+    started); this process never loads the policy code, which keeps its start-up short."""
     sock = connect(path)
+    request(sock, {"op": "rules", "allow": list(allow), "deny": list(deny)})
     audit_fd = -1
     if audit is not None:
         try:
@@ -90,13 +88,7 @@ def run_via_daemon(
     signal_fd = open_signalfd()
     child = start(cmd, env=original_environ(), keep_fds=keep_fds, unblock_signals=FORWARDED_SIGNALS)
     try:
-        message = {
-            "op": "supervise",
-            "cmd": list(cmd),
-            "quiet": quiet,
-            "summary": summary,
-            **_policy_message(policy),
-        }
+        message = {"op": "supervise", "cmd": list(cmd), "quiet": quiet, "summary": summary}
         fds = [child.listener, child.pidfd, sys.stderr.fileno()]
         if audit_fd >= 0:
             fds.append(audit_fd)
@@ -134,7 +126,7 @@ def ps(path: str) -> list[dict[str, Any]]:
         return sandboxes
 
 
-def set_policy(path: str, sandbox_id: str, policy: Policy) -> None:
-    """Replace the policy of a running sandbox (DaemonError if refused)."""
+def set_policy(path: str, sandbox_id: str, allow: Sequence[str], deny: Sequence[str]) -> None:
+    """Replace the policy of a running sandbox (PolicyError or DaemonError if refused)."""
     with connect(path) as sock:
-        request(sock, {"op": "policy", "id": sandbox_id, **_policy_message(policy)})
+        request(sock, {"op": "policy", "id": sandbox_id, "allow": list(allow), "deny": list(deny)})

@@ -12,12 +12,16 @@ fails every pending and later call of those sandboxes with ENOSYS: closed, never
 Requests (one JSON object per record, see _wire.py), each answered with
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``:
 
-* ``{"op": "supervise", "cmd": [...], "allow": [...], "deny": [...], "hosts": {...},
-  "quiet": bool, "summary": bool}`` with descriptors [listener, pidfd, stderr, audit?];
-  later, when the command has exited, the daemon sends ``{"event": "exit"}``.
+* ``{"op": "rules", "allow": [...], "deny": [...]}``: build (parse, resolve) the policy
+  for this connection's next sandbox. A bad rule is answered with ``"policy_error":
+  true`` and the client's one-line message, before the client starts anything: so the
+  client never loads the policy code itself, which keeps its start-up short.
+* ``{"op": "supervise", "cmd": [...], "quiet": bool, "summary": bool}`` with descriptors
+  [listener, pidfd, stderr, audit?], after "rules"; later, when the command has exited,
+  the daemon sends ``{"event": "exit"}``.
 * ``{"op": "ps"}``: the caller's live sandboxes (root sees all).
-* ``{"op": "policy", "id": ..., "allow": [...], "deny": [...], "hosts": {...}}``:
-  replace a sandbox's policy; it decides from the sandbox's next call.
+* ``{"op": "policy", "id": ..., "allow": [...], "deny": [...]}``: replace a sandbox's
+  policy; it decides from the sandbox's next call.
 
 The socket is created 0600, and every request is checked against the peer's credentials
 (SO_PEERCRED): a client may supervise and change only processes of its own uid.
@@ -41,7 +45,6 @@ from .audit import AuditLog
 from .errors import PolicyError, SandlockError
 from .policy import Policy
 from .report import DenialReport, Observer, Summary
-from .rules import parse_rule
 from .supervisor import Supervisor
 
 __all__ = ["Daemon", "serve"]
@@ -49,6 +52,10 @@ __all__ = ["Daemon", "serve"]
 
 class RequestError(Exception):
     """A request the daemon refuses; the message goes back to the client."""
+
+    def __init__(self, message: str, *, policy_error: bool = False) -> None:
+        super().__init__(message)
+        self.policy_error = policy_error
 
 
 @dataclass
@@ -63,19 +70,15 @@ class _Sandbox:
     stderr: Any = field(default=None)
 
 
-def policy_from_request(req: dict[str, Any]) -> Policy:
-    """The Policy a client described (its rules, and the addresses it resolved)."""
-    allow, deny, hosts = req.get("allow", []), req.get("deny", []), req.get("hosts", {})
-    if not (_strings(allow) and _strings(deny) and isinstance(hosts, dict)):
-        raise RequestError("allow and deny must be lists of strings, hosts an object")
+async def build_policy(req: dict[str, Any]) -> Policy:
+    """The policy a request's rule specs describe; hostnames are resolved off the loop."""
+    allow, deny = req.get("allow", []), req.get("deny", [])
+    if not (_strings(allow) and _strings(deny)):
+        raise RequestError("allow and deny must be lists of strings")
     try:
-        return Policy.from_rules(
-            [parse_rule(s, flag="--net-allow") for s in allow],
-            [parse_rule(s, flag="--net-deny") for s in deny],
-            {str(h): list(a) for h, a in hosts.items()},
-        )
-    except (PolicyError, ValueError, TypeError) as err:
-        raise RequestError(str(err)) from None
+        return await trio.to_thread.run_sync(Policy.from_specs, allow, deny)
+    except PolicyError as err:
+        raise RequestError(str(err), policy_error=True) from None
 
 
 def _strings(value: object) -> bool:
@@ -133,6 +136,7 @@ class Daemon:
                 uid = _peer_uid(conn)
             except OSError:
                 return
+            checked: list[Policy] = []  # the policy "rules" built for the next sandbox
             while True:
                 try:
                     data, anc, flags, _ = await conn.recvmsg(
@@ -144,36 +148,47 @@ class Daemon:
                     return  # the client went away (mid-handshake is fine)
                 try:
                     req, fds = _wire.decode(data, anc, flags)
-                    reply = self._handle(req, fds, uid, conn, nursery)
-                except (_wire.WireError, RequestError) as err:
+                    reply = await self._handle(req, fds, uid, conn, nursery, checked)
+                except _wire.WireError as err:
                     reply = {"ok": False, "error": str(err)}
+                except RequestError as err:
+                    reply = {"ok": False, "error": str(err), "policy_error": err.policy_error}
                 try:
                     await conn.sendmsg([_wire.encode(reply)])
                 except OSError:
                     return
 
-    def _handle(
+    async def _handle(
         self,
         req: dict[str, Any],
         fds: list[int],
         uid: int,
         conn: trio.socket.SocketType,
         nursery: trio.Nursery,
+        checked: list[Policy],
     ) -> dict[str, Any]:
         op = req.get("op")
         if op == "supervise":
-            return self._supervise(req, fds, uid, conn, nursery)
+            if not checked:
+                _wire.close_all(fds)
+                raise RequestError("supervise comes after a rules request")
+            return self._supervise(req, fds, uid, conn, nursery, checked.pop())
         _wire.close_all(fds)
+        if op == "rules":
+            checked[:] = [await build_policy(req)]
+            return {"ok": True}
         if op == "ps":
             return {"ok": True, "sandboxes": [self._describe(s) for s in self._visible(uid)]}
         if op == "policy":
             box = self.sandboxes.get(str(req.get("id")))
             if box is None or box not in self._visible(uid):
                 raise RequestError(f"no sandbox {req.get('id')!r} of yours is running")
-            box.supervisor.policy = policy_from_request(req)
-            box.rules = len(req.get("allow", [])) + len(req.get("deny", []))
+            box.supervisor.policy = await build_policy(req)
+            box.rules = len(box.supervisor.policy.allow_rules) + len(
+                box.supervisor.policy.deny_rules
+            )
             return {"ok": True, "id": box.id}
-        raise RequestError(f"unknown op {op!r} (expected supervise, ps, policy)")
+        raise RequestError(f"unknown op {op!r} (expected rules, supervise, ps, policy)")
 
     def _visible(self, uid: int) -> list[_Sandbox]:
         return [s for s in self.sandboxes.values() if uid == 0 or s.uid == uid]
@@ -196,6 +211,7 @@ class Daemon:
         uid: int,
         conn: trio.socket.SocketType,
         nursery: trio.Nursery,
+        policy: Policy,
     ) -> dict[str, Any]:
         try:
             if len(fds) not in (3, 4):
@@ -207,7 +223,6 @@ class Daemon:
             cmd = req.get("cmd", [])
             if not _strings(cmd):
                 raise RequestError("cmd must be a list of strings")
-            policy = policy_from_request(req)
         except BaseException:
             _wire.close_all(fds)
             raise
@@ -227,7 +242,7 @@ class Daemon:
             cmd,
             Supervisor(listener, policy, observer),
             observer,
-            len(req.get("allow", [])) + len(req.get("deny", [])),
+            len(policy.allow_rules) + len(policy.deny_rules),
             stderr,
         )
         self.sandboxes[box_id] = box

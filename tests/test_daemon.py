@@ -248,6 +248,13 @@ def test_bad_requests_get_errors_and_the_daemon_keeps_serving(daemon: Daemon) ->
         s.send(b'{"op": "fly"}')
         assert "unknown op" in json.loads(s.recv(65536))["error"]
         s.send(b'{"op": "supervise", "cmd": ["x"]}')
+        assert "after a rules request" in json.loads(s.recv(65536))["error"]
+        s.send(b'{"op": "rules", "allow": ["udp://h:0"]}')
+        reply = json.loads(s.recv(65536))
+        assert reply["policy_error"] is True and "`udp://h:0`" in reply["error"]
+        s.send(b'{"op": "rules", "allow": []}')
+        assert json.loads(s.recv(65536)) == {"ok": True}
+        s.send(b'{"op": "supervise", "cmd": ["x"]}')
         assert "needs descriptors" in json.loads(s.recv(65536))["error"]
         s.send(b"[1, 2]")
         assert "JSON object" in json.loads(s.recv(65536))["error"]
@@ -262,20 +269,38 @@ def test_bad_requests_get_errors_and_the_daemon_keeps_serving(daemon: Daemon) ->
 
 def test_a_client_may_only_supervise_its_own_processes() -> None:
     """The daemon refuses to supervise a process of another uid than the client's."""
+    import trio
+
     from sandlock.daemon import Daemon as RealDaemon
     from sandlock.daemon import RequestError
+    from sandlock.policy import Policy
 
     victim = subprocess.Popen(["sleep", "30"])  # root's, and the client claims uid 65534
     try:
         fds = [os.open("/dev/null", os.O_RDONLY), os.pidfd_open(victim.pid), os.dup(2)]
+        checked = [Policy.from_specs([], [])]
+        req = {"op": "supervise", "cmd": ["sleep"]}
+        handle = RealDaemon()._handle
         with pytest.raises(RequestError, match=f"process {victim.pid} is not yours"):
-            RealDaemon()._handle({"op": "supervise", "cmd": ["sleep"]}, fds, 65534, None, None)  # type: ignore[arg-type]
+            trio.run(handle, req, fds, 65534, None, None, checked)
         for fd in fds:  # the refused request's descriptors were closed
             with pytest.raises(OSError):
                 os.fstat(fd)
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_bad_rule_through_the_daemon_is_one_line_and_nothing_runs(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """The daemon checks the rules before the client starts the command."""
+    marker = tmp_path / "ran"
+    res = daemon.run(["--net-allow", "udp://127.0.0.1:0"], ["touch", str(marker)])
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "--net-allow" in res.stderr
+    assert "`udp://127.0.0.1:0`" in res.stderr
+    assert not marker.exists()
 
 
 def test_other_users_cannot_reach_the_socket() -> None:
