@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -190,3 +191,42 @@ def test_hostname_rule_allows_its_addresses_and_names_itself(sinks: Sinks, tmp_p
         "allow",
     )
     assert (ok.settle().count, other.settle().count) == (1, 0)
+
+
+def test_audit_lines_are_on_disk_as_they_happen(tmp_path: Path) -> None:
+    """Each decision is written when it is made: it is in the file while the command still
+    runs, and a SIGKILLed sandlock loses none of it."""
+    import subprocess
+    import time
+
+    from .conftest import SANDLOCK, sandlock_env
+
+    log = tmp_path / "audit.jsonl"
+    script = textwrap.dedent("""
+        import socket, time
+        try:
+            socket.create_connection(("127.0.0.2", 9), timeout=5)
+        except OSError:
+            pass
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen(
+        [*SANDLOCK, "--quiet", "--audit", str(log), "--", PY, "-c", script],
+        env=sandlock_env(),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and log.read_text().endswith("\n")):
+            assert time.monotonic() < deadline, "no audit line while the command runs"
+            time.sleep(0.02)
+        proc.kill()  # sandlock itself, mid-run
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, 9)  # the orphaned command, still sleeping
+        except ProcessLookupError:
+            pass
+    (line,) = log.read_text().splitlines()
+    record = json.loads(line)
+    assert (record["dst"], record["port"], record["action"]) == ("127.0.0.2", 9, "deny")
