@@ -109,6 +109,15 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
     ) -> Result:
         """Run ``cmd`` under this sandbox and wait for it (see ``run_async``)."""
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            pass  # no trio loop in this thread: the normal case
+        else:
+            raise SandlockError(
+                "Sandbox.run() blocks and cannot be called from a trio task; "
+                "use `await sandbox.run_async(...)`"
+            )
         call = functools.partial(
             self.run_async,
             cmd,

@@ -167,3 +167,9 @@ def test_bad_profiles(tmp_path: Path, text: str, message: str) -> None:
     prof.write_text(text)
     with pytest.raises(PolicyError, match=message):
         Sandbox.from_profile(prof)
+
+
+async def test_blocking_run_inside_trio_says_what_to_use() -> None:
+    """Sandbox.run() from a trio task raises a SandlockError pointing to run_async."""
+    with pytest.raises(SandlockError, match="run_async"):
+        Sandbox().run(["/bin/true"])
