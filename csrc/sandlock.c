@@ -19,6 +19,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 
@@ -52,6 +53,42 @@
 
 /* ---- spawn ------------------------------------------------------------------ */
 
+/* Capabilities that reach around the checks: trace the supervisor (SYS_PTRACE), rewrite
+ * where packets go (NET_ADMIN: nftables DNAT, routes; BPF and SYS_ADMIN: cgroup connect
+ * hooks), raw packets (NET_RAW), or the kernel itself (SYS_MODULE). A root command loses
+ * them; anyone else never had them. */
+static const int dropped_caps[] = {
+    CAP_SYS_PTRACE, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, CAP_SYS_MODULE,
+#ifdef CAP_BPF
+    CAP_BPF,
+#else
+    39,
+#endif
+};
+
+static int drop_caps(void)
+{
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    int n = (int)(sizeof dropped_caps / sizeof dropped_caps[0]);
+
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    if (syscall(SYS_capget, &hdr, data) < 0)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        int cap = dropped_caps[i];
+        /* EINVAL: a capability this kernel does not know; EPERM: no CAP_SETPCAP, so
+         * nothing to drop from the bounding set that exec could grant back anyway. */
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL && errno != EPERM)
+            return -1;
+        unsigned int bit = 1U << (cap % 32);
+        data[cap / 32].effective &= ~bit;
+        data[cap / 32].permitted &= ~bit;
+        data[cap / 32].inheritable &= ~bit;
+    }
+    return (int)syscall(SYS_capset, &hdr, data);
+}
+
 /* The child's report: what happened and a value (an fd number or an errno). */
 struct report {
     int stage; /* 0: listener number follows; else a SANDLOCK_STAGE_* failure */
@@ -72,6 +109,11 @@ static void child_main(int rfd, int wfd, const char *path, char *const argv[],
                        const struct sock_fprog *prog, unsigned int flags,
                        const int *keep, int nkeep, const int *unblock, int nunblock)
 {
+    /* The supervisor made itself non-dumpable; the child inherited that, and a parent
+     * without CAP_SYS_PTRACE could not take its listener (pidfd_getfd). exec would reset
+     * it anyway: reset it now. */
+    if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
+        child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
     sigset_t set;
     sigemptyset(&set);
     for (int i = 0; i < nunblock; i++)
@@ -99,6 +141,8 @@ static void child_main(int rfd, int wfd, const char *path, char *const argv[],
     for (int i = 0; i < nkeep; i++)
         if (keep[i] != rfd && keep[i] != wfd && fcntl(keep[i], F_SETFD, 0) < 0)
             child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
+    if (drop_caps() < 0)
+        child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
 
@@ -226,6 +270,11 @@ close_all:
             close(down[i]);
     }
     return err;
+}
+
+int sandlock_protect_self(void)
+{
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 ? NEG_ERRNO : 0;
 }
 
 /* ---- the listener ------------------------------------------------------------ */

@@ -48,6 +48,10 @@ int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
                    const int *unblock, int nunblock,
                    int *listener, int *pidfd, int *stage);
 
+/* Make the calling process non-dumpable: processes of the same uid (the sandbox) can then
+ * neither ptrace it nor read or write its memory. */
+int sandlock_protect_self(void);
+
 /* SECCOMP_IOCTL_NOTIF_RECV, but -EAGAIN instead of blocking when nothing is
  * pending, and -EPIPE once every task of the filter is gone (POLLHUP). */
 int sandlock_notif_recv(int listener, struct sandlock_notif *out);

@@ -100,6 +100,13 @@ def spawn(
     return Spawned(pid=rc, pidfd=pidfd[0], listener=listener[0])
 
 
+def protect_self() -> None:
+    """Make this process non-dumpable (no ptrace or memory access by its own uid)."""
+    rc = _lib.sandlock_protect_self()
+    if rc < 0:
+        raise _oserror("prctl(PR_SET_DUMPABLE)", rc)
+
+
 # ---- the listener --------------------------------------------------------------------
 
 

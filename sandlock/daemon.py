@@ -311,6 +311,9 @@ async def _bind(path: str) -> trio.socket.SocketType:
 
 async def serve(path: str) -> None:
     """Run a daemon on ``path`` until cancelled (SIGINT/SIGTERM end it)."""
+    from . import _syscalls
+
+    _syscalls.protect_self()  # sandboxes of our uid must not ptrace their supervisor
     daemon = Daemon()
     with trio.open_signal_receiver(2, 15) as signals:
         async with trio.open_nursery() as nursery:

@@ -86,6 +86,9 @@ def start(
         raise LaunchError("no command given", exit_code=2)
     environ = dict(os.environ if env is None else env)
     path = find_executable(argv[0], environ)
+    # The supervisor is this process (or a daemon that does the same): the sandbox, which
+    # runs under our uid, must not be able to ptrace it or write its memory.
+    sys_.protect_self()
     try:
         spawned = sys_.spawn(
             os.fsencode(path),
