@@ -16,9 +16,13 @@ from __future__ import annotations
 import errno as _errno
 import os
 from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 from ._native import ffi, lib
+
+# typing costs a launch ~7 ms; the daemon client's path does without it at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _lib: Any = lib
 _ffi: Any = ffi
@@ -50,10 +54,15 @@ class SpawnError(OSError):
         self.stage = stage
 
 
-class Spawned(NamedTuple):
-    pid: int
-    pidfd: int
-    listener: int
+class Spawned:
+    """What sandlock_spawn returns: the child's pid, a pidfd for it, its listener."""
+
+    __slots__ = ("listener", "pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: int, listener: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.listener = listener
 
 
 def spawn(
@@ -97,7 +106,7 @@ def spawn(
     )
     if rc < 0:
         raise SpawnError(-rc, stage[0])
-    return Spawned(pid=rc, pidfd=pidfd[0], listener=listener[0])
+    return Spawned(rc, pidfd[0], listener[0])
 
 
 def protect_self() -> None:
@@ -177,11 +186,16 @@ def getfd(tid: int, fd: int) -> int:
     return rc
 
 
-class SockInfo(NamedTuple):
-    domain: int
-    type: int
-    protocol: int
-    nonblocking: bool
+class SockInfo:
+    """A socket as the kernel has it: SO_DOMAIN, SO_TYPE, SO_PROTOCOL, O_NONBLOCK."""
+
+    __slots__ = ("domain", "nonblocking", "protocol", "type")
+
+    def __init__(self, domain: int, type: int, protocol: int, nonblocking: bool) -> None:
+        self.domain = domain
+        self.type = type
+        self.protocol = protocol
+        self.nonblocking = nonblocking
 
 
 _info_bufs = _ffi.new("int[4]")

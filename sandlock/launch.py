@@ -14,7 +14,6 @@ import errno
 import os
 import select
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 from . import _syscalls as sys_
 from ._bpf import filter_bpf
@@ -23,12 +22,15 @@ from .errors import LaunchError, SupervisorError
 _FILTER_FLAGS = sys_.FILTER_FLAG_WAIT_KILLABLE_RECV
 
 
-class Child(NamedTuple):
+class Child:
     """A started command: its pid, a pidfd for it, and the listener of its filter."""
 
-    pid: int
-    pidfd: int
-    listener: int
+    __slots__ = ("listener", "pid", "pidfd")
+
+    def __init__(self, pid: int, pidfd: int, listener: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.listener = listener
 
     def close(self) -> None:
         """Close our descriptors of the child (the listener and the pidfd)."""

@@ -32,10 +32,16 @@ def test_netprobe_reaches_every_sink(probe, sinks, run_plain, op, proto):
 def test_flip_reaches_both_sinks(probe, sinks, run_plain):
     """The flip race, unsandboxed, connects to both the allowed and the denied sink."""
     allow, deny = sinks.tcp("127.0.0.1"), sinks.tcp("127.0.0.2")
-    res = run_plain([probe("flip"), allow.target, deny.target, "3000"])
-    kv = probe_kv(res.stdout)
-    allow.settle(), deny.settle()
-    assert kv["ok"] == allow.count + deny.count, describe(res)
+    # A race: on a quiet 2-core machine one run of 3000 may happen to land on one side
+    # only. A few runs show that both can be reached, which is all this baseline claims.
+    total = 0
+    for _ in range(5):
+        res = run_plain([probe("flip"), allow.target, deny.target, "3000"])
+        total += probe_kv(res.stdout)["ok"]
+        allow.settle(), deny.settle()
+        if allow.count > 0 and deny.count > 0:
+            break
+    assert total == allow.count + deny.count, describe(res)
     assert allow.count > 0 and deny.count > 0, describe(res)
 
 
