@@ -198,12 +198,11 @@ class SockInfo:
         self.nonblocking = nonblocking
 
 
-_info_bufs = _ffi.new("int[4]")
-
-
 def sock_info(fd: int) -> SockInfo | int:
     """Family, type and protocol as the kernel has them, or a negative errno."""
-    b = _info_bufs
+    # A buffer per call: cffi releases the GIL during the call, and supervisors in other
+    # threads (Sandbox.run from threads) call this concurrently.
+    b = _ffi.new("int[4]")
     rc: int = _lib.sandlock_sock_info(fd, b, b + 1, b + 2, b + 3)
     if rc < 0:
         return rc
