@@ -32,6 +32,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 import struct
 import sys
 import uuid
@@ -289,7 +290,11 @@ async def _bind(path: str) -> trio.socket.SocketType:
     except FileNotFoundError:
         pass
     except ConnectionRefusedError:
-        os.unlink(path)  # a daemon died here: its socket file is stale
+        # Nobody listens: a stale socket of a dead daemon, which we replace -- or any
+        # other file (connecting to a regular file is refused too), which we never touch.
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise SandlockError(f"serve: {path} exists and is not a socket") from None
+        os.unlink(path)
     except OSError as err:
         if err.errno != errno.ENOTSOCK:
             raise SandlockError(f"serve: cannot use {path}: {err.strerror}") from None

@@ -351,6 +351,16 @@ def test_sixty_four_sandboxes_at_once(daemon: Daemon, sinks: Sinks) -> None:
     assert ok.settle().count == 64
 
 
+def test_serve_never_replaces_a_file_that_is_not_a_socket(tmp_path: Path) -> None:
+    """`serve --socket FILE` on an existing regular file refuses, and the file survives."""
+    precious = tmp_path / "notes.txt"
+    precious.write_text("keep me")
+    res = run_command([*DAEMON, "serve", "--socket", str(precious)], env=sandlock_env())
+    assert res.returncode == 1
+    assert res.stderr == f"sandlock: serve: {precious} exists and is not a socket\n"
+    assert precious.read_text() == "keep me"
+
+
 def test_unreachable_daemon_is_one_line(tmp_path: Path) -> None:
     """A daemon path with nobody listening: one line, exit 1, the command never ran."""
     marker = tmp_path / "ran"
