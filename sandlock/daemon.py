@@ -118,10 +118,12 @@ class Daemon:
         self.sandboxes: dict[str, _Sandbox] = {}
 
     async def serve(
-        self, path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        listener: trio.socket.SocketType,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept clients on ``path`` until cancelled; each client gets its own task."""
-        listener = await _bind(path)
+        """Accept clients on ``listener`` until cancelled; each gets its own task."""
         async with trio.open_nursery() as nursery:
             task_status.started()
             try:
@@ -319,10 +321,11 @@ async def serve(path: str) -> None:
     from . import _syscalls
 
     _syscalls.protect_self()  # sandboxes of our uid must not ptrace their supervisor
+    listener = await _bind(path)  # outside any nursery: its errors stay one line
     daemon = Daemon()
     with trio.open_signal_receiver(2, 15) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(daemon.serve, path)
+            await nursery.start(daemon.serve, listener)
             print(f"sandlock: serving on {path}", file=sys.stderr, flush=True)
             async for _ in signals:
                 nursery.cancel_scope.cancel()

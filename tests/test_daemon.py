@@ -361,6 +361,14 @@ def test_serve_never_replaces_a_file_that_is_not_a_socket(tmp_path: Path) -> Non
     assert precious.read_text() == "keep me"
 
 
+def test_a_second_daemon_on_the_same_path_is_one_line(daemon: Daemon) -> None:
+    """A path a live daemon listens on is refused in one line, and that daemon survives."""
+    res = run_command([*DAEMON, "serve", "--socket", str(daemon.path)], env=sandlock_env())
+    assert res.returncode == 1
+    assert res.stderr == f"sandlock: serve: a daemon is already listening on {daemon.path}\n"
+    assert daemon.run([], ["/bin/true"]).returncode == 0
+
+
 def test_unreachable_daemon_is_one_line(tmp_path: Path) -> None:
     """A daemon path with nobody listening: one line, exit 1, the command never ran."""
     marker = tmp_path / "ran"
