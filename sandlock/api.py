@@ -168,6 +168,7 @@ class _Run:
         started = time.monotonic()
         pipes = _Pipes(capture, input is not None)
         audit = AuditLog(self.audit_path) if self.audit_path is not None else None
+        observer = Observer(self.sandbox_id, audit=audit, keep_denied=True)
         try:
             child = launch.start(
                 self.argv,
@@ -176,16 +177,13 @@ class _Run:
                 stdio=pipes.child_ends(),
                 new_pgrp=True,
             )
-        except BaseException:
-            pipes.close()
-            if audit is not None:
-                audit.close()
-            raise
-        pipes.close_child_ends()
-        try:
-            status, timed_out = await self._supervise(child, pipes, input, timeout, audit)
+            try:
+                pipes.close_child_ends()
+                sup = Supervisor(child.listener, self.policy, observer)
+                status, timed_out = await self._supervise(child, sup, pipes, input, timeout)
+            finally:
+                child.close()
         finally:
-            child.close()
             pipes.close()
             if audit is not None:
                 audit.close()
@@ -195,37 +193,38 @@ class _Run:
             assert timeout is not None
             raise TimeoutExpired(self.argv, timeout, out, err)
         killed_by = status - 128 if status > 128 else None
-        denied = self.observer.denied or []
+        denied = observer.denied or []
         return Result(status, killed_by, out, err, denied, time.monotonic() - started)
 
     async def _supervise(
         self,
         child: launch.Child,
+        sup: Supervisor,
         pipes: _Pipes,
         input: bytes | None,
         timeout: float | None,
-        audit: AuditLog | None,
     ) -> tuple[int, bool]:
-        self.observer = Observer(self.sandbox_id, audit=audit, keep_denied=True)
-        sup = Supervisor(child.listener, self.policy, self.observer)
-        timed_out = reaped = False
+        """Serve the sandbox until the command has exited and its output is drained.
+
+        The timeout covers both: a descendant that keeps the output pipe open after the
+        command exited cannot stretch a run past it."""
+        reaped = False
         try:
             async with trio.open_nursery() as outer:
                 await outer.start(sup.serve)
-                async with trio.open_nursery() as io:
-                    if pipes.stdin >= 0 and input is not None:
-                        io.start_soon(_feed, pipes.take_stdin(), input)
-                    if pipes.stdout >= 0:
-                        io.start_soon(_drain, pipes.stdout, self.out)
-                        io.start_soon(_drain, pipes.stderr, self.err)
-                    with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                with trio.move_on_after(math.inf if timeout is None else timeout) as deadline:
+                    async with trio.open_nursery() as io:
+                        if pipes.stdin >= 0 and input is not None:
+                            io.start_soon(_feed, pipes.take_stdin(), input)
+                        if pipes.stdout >= 0:
+                            io.start_soon(_drain, pipes.stdout, self.out)
+                            io.start_soon(_drain, pipes.stderr, self.err)
                         await trio.lowlevel.wait_readable(child.pidfd)
-                    if scope.cancelled_caught:
-                        timed_out = True
-                        kill_tree(child.pid)
-                        await trio.lowlevel.wait_readable(child.pidfd)
-                    status = launch.exit_status(child.pidfd)
-                    reaped = True
+                if deadline.cancelled_caught:
+                    kill_tree(child.pid)  # exited or not, it is not reaped yet: still ours
+                    await trio.lowlevel.wait_readable(child.pidfd)
+                status = launch.exit_status(child.pidfd)
+                reaped = True
                 outer.cancel_scope.cancel()
         except BaseException:
             if not reaped:  # never signal a pid that may already belong to someone else
@@ -234,7 +233,7 @@ class _Run:
                     await trio.lowlevel.wait_readable(child.pidfd)
                     launch.exit_status(child.pidfd)
             raise
-        return status, timed_out
+        return status, deadline.cancelled_caught
 
 
 class _Pipes:

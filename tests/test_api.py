@@ -101,6 +101,22 @@ def test_timeout_kills_the_tree_and_keeps_partial_output(tmp_path: Path) -> None
     assert _dead(int(pidfile.read_text()))
 
 
+def test_timeout_covers_output_held_open_by_a_descendant(tmp_path: Path) -> None:
+    """The command exits at once but a background child keeps its stdout open: the run
+    still ends at the timeout (with the output so far), and the child is killed."""
+    pidfile = tmp_path / "pid"
+    started = time.monotonic()
+    with pytest.raises(TimeoutExpired) as info:
+        Sandbox().run(
+            ["/bin/sh", "-c", f"sleep 60 & echo $! > {pidfile}; echo hi"],
+            timeout=1,
+            capture_output=True,
+        )
+    assert time.monotonic() - started < 30
+    assert info.value.stdout == b"hi\n"
+    assert _dead(int(pidfile.read_text()))
+
+
 async def test_run_async_cancellation_kills_the_tree(tmp_path: Path) -> None:
     """Cancelling run_async kills the command and its children, then re-raises."""
     pidfile = tmp_path / "pid"
