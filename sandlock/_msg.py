@@ -43,18 +43,13 @@ def int32(value: int) -> int:
     return value - (1 << 32) if value & 0x8000_0000 else value
 
 
-def read_exact(tid: int, addr: int, size: int) -> bytes | int:
-    """``size`` bytes of the child's memory, or a negative errno (EFAULT for a short read)."""
-    return sys_.read_mem(tid, addr, size)
-
-
 def read_name(tid: int, addr: int, length: int) -> bytes | int | None:
     """A destination address (``None`` for NULL/empty), or a negative errno."""
     if length < 0 or length > SOCKADDR_MAX:
         return -errno.EINVAL
     if addr == 0 or length == 0:
         return None
-    return read_exact(tid, addr, length)
+    return sys_.read_mem(tid, addr, length)
 
 
 def read_msghdr(tid: int, raw: bytes) -> Message | int:
@@ -74,7 +69,7 @@ def read_msghdr(tid: int, raw: bytes) -> Message | int:
     data = read_iovecs(tid, iov_p, iovlen)
     if isinstance(data, int):
         return data
-    control = read_exact(tid, ctl_p, ctllen) if ctllen else b""
+    control = sys_.read_mem(tid, ctl_p, ctllen) if ctllen else b""
     if isinstance(control, int):
         return control
     return Message(name, data, control)
@@ -84,7 +79,7 @@ def read_iovecs(tid: int, iov_p: int, iovlen: int) -> bytes | int:
     """The bytes an iovec array describes, concatenated (capped at MAX_DATA)."""
     if iovlen == 0:
         return b""
-    vec = read_exact(tid, iov_p, 16 * iovlen)
+    vec = sys_.read_mem(tid, iov_p, 16 * iovlen)
     if isinstance(vec, int):
         return vec
     pairs = struct.unpack_from(f"<{2 * iovlen}Q", vec)
@@ -98,7 +93,7 @@ def read_iovecs(tid: int, iov_p: int, iovlen: int) -> bytes | int:
     parts = []
     for base, length in zip(pairs[::2], pairs[1::2], strict=True):
         if length:
-            part = read_exact(tid, base, length)
+            part = sys_.read_mem(tid, base, length)
             if isinstance(part, int):
                 return part
             parts.append(part)
@@ -111,12 +106,12 @@ def read_mmsg_vector(tid: int, vec_p: int, vlen: int) -> list[bytes] | int:
     An unreadable first entry is EFAULT; a fault later ends the vector there, as the
     kernel's sendmmsg stops at the first entry it cannot read.
     """
-    raw = read_exact(tid, vec_p, MMSGHDR_SIZE * vlen)
+    raw = sys_.read_mem(tid, vec_p, MMSGHDR_SIZE * vlen)
     if isinstance(raw, bytes):
         return [raw[i * MMSGHDR_SIZE : i * MMSGHDR_SIZE + MSGHDR_SIZE] for i in range(vlen)]
     entries: list[bytes] = []
     for i in range(vlen):
-        one = read_exact(tid, vec_p + i * MMSGHDR_SIZE, MSGHDR_SIZE)
+        one = sys_.read_mem(tid, vec_p + i * MMSGHDR_SIZE, MSGHDR_SIZE)
         if isinstance(one, int):
             return entries if entries else one
         entries.append(one)

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 _lib: Any = lib
 _ffi: Any = ffi
 
-USER_NOTIF_FLAG_CONTINUE = 1
 FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 NOTIF_FD_SYNC_WAKE_UP = 1
 
@@ -54,17 +53,6 @@ class SpawnError(OSError):
         self.stage = stage
 
 
-class Spawned:
-    """What sandlock_spawn returns: the child's pid, a pidfd for it, its listener."""
-
-    __slots__ = ("listener", "pid", "pidfd")
-
-    def __init__(self, pid: int, pidfd: int, listener: int) -> None:
-        self.pid = pid
-        self.pidfd = pidfd
-        self.listener = listener
-
-
 def spawn(
     path: bytes,
     argv: Sequence[bytes],
@@ -77,10 +65,12 @@ def spawn(
     filter_flags: int,
     keep_fds: Sequence[int],
     unblock: Sequence[int],
-) -> Spawned:
-    """Fork, install the filter in the child, take its listener, exec ``path``."""
-    keep_c = [_ffi.new("char[]", a) for a in argv]
-    argv_c = _ffi.new("char *[]", [*keep_c, _ffi.NULL])
+) -> tuple[int, int, int]:
+    """Fork, install the filter in the child, take its listener, exec ``path``.
+
+    Returns (pid, pidfd, listener)."""
+    argv_keep = [_ffi.new("char[]", a) for a in argv]
+    argv_c = _ffi.new("char *[]", [*argv_keep, _ffi.NULL])
     env_keep = [_ffi.new("char[]", e) for e in envp]
     envp_c = _ffi.new("char *[]", [*env_keep, _ffi.NULL])
     listener = _ffi.new("int *")
@@ -106,7 +96,7 @@ def spawn(
     )
     if rc < 0:
         raise SpawnError(-rc, stage[0])
-    return Spawned(rc, pidfd[0], listener[0])
+    return rc, pidfd[0], listener[0]
 
 
 def protect_self() -> None:
@@ -154,9 +144,9 @@ class Receiver:
         return Notif(b.id, b.pid, b.nr, b.arch, (a[0], a[1], a[2], a[3], a[4], a[5]))
 
 
-def notif_send(listener: int, notif_id: int, val: int, error: int, flags: int = 0) -> int:
+def notif_send(listener: int, notif_id: int, val: int, error: int) -> int:
     """Answer a notification; -ENOENT when the thread is gone or was interrupted."""
-    rc: int = _lib.sandlock_notif_send(listener, notif_id, val, error, flags)
+    rc: int = _lib.sandlock_notif_send(listener, notif_id, val, error, 0)
     return rc
 
 

@@ -106,8 +106,9 @@ def start(
         )
     except sys_.SpawnError as err:
         raise _launch_error(argv[0], cwd, err) from err
-    _sync_wake_up(spawned.listener)
-    return Child(spawned.pid, spawned.pidfd, spawned.listener)
+    pid, pidfd, listener = spawned
+    _sync_wake_up(listener)
+    return Child(pid, pidfd, listener)
 
 
 def _sync_wake_up(listener: int) -> None:
@@ -165,12 +166,7 @@ def wait_child(child: Child, signal_fd: int, *, until_notified: bool) -> int | N
 
 def exit_status(pidfd: int) -> int:
     """Reap the exited child: its exit code, or 128+N when signal N killed it."""
-    while True:
-        try:
-            info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries already
-            continue
+    info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
     if info is None:  # pragma: no cover - only with WNOHANG
         raise SupervisorError("waitid found no exited child")
     if info.si_code == os.CLD_EXITED:

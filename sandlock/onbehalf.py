@@ -48,12 +48,6 @@ SYS_CONNECT = 42
 SYS_SENDTO = 44
 SYS_SENDMSG = 46
 SYS_SENDMMSG = 307
-SYSCALL_NAMES = {
-    SYS_CONNECT: "connect",
-    SYS_SENDTO: "sendto",
-    SYS_SENDMSG: "sendmsg",
-    SYS_SENDMMSG: "sendmmsg",
-}
 
 MSG_DONTWAIT = socket.MSG_DONTWAIT
 MSG_FASTOPEN = 0x2000_0000
@@ -134,7 +128,7 @@ class Handlers:
             name = b"" if addr_p and addrlen == 0 else _msg.read_name(n.pid, addr_p, addrlen)
             if isinstance(name, int):
                 return name
-            data = _msg.read_exact(n.pid, buf_p, length)
+            data = sys_.read_mem(n.pid, buf_p, length)
             if isinstance(data, int):
                 return data
             if not self._still_waiting(n):
@@ -148,7 +142,7 @@ class Handlers:
         fd, msg_p, flags = int32(n.args[0]), n.args[1], int32(n.args[2])
 
         def act(c: _Call) -> Result:
-            hdr = _msg.read_exact(n.pid, msg_p, _msg.MSGHDR_SIZE)
+            hdr = sys_.read_mem(n.pid, msg_p, _msg.MSGHDR_SIZE)
             if isinstance(hdr, int):
                 return hdr
             msg = _msg.read_msghdr(n.pid, hdr)
