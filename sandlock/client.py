@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from . import _wire
 from ._signals import FORWARDED_SIGNALS, open_signalfd
-from .errors import PolicyError, SandlockError
+from .errors import LaunchError, PolicyError, SandlockError
 from .launch import exit_status, original_environ, start, wait_child
 
 # typing costs a launch ~7 ms; the daemon client's path does without it at run time.
@@ -88,7 +88,9 @@ def run_via_daemon(
         try:
             audit_fd = os.open(audit, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as err:
-            raise DaemonError(f"--audit: cannot open {audit}: {err.strerror}") from None
+            raise LaunchError(
+                f"--audit: cannot open {audit}: {err.strerror}", exit_code=2
+            ) from None
     signal_fd = open_signalfd()
     child = start(cmd, env=original_environ(), keep_fds=keep_fds, unblock_signals=FORWARDED_SIGNALS)
     try:

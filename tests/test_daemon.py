@@ -369,6 +369,16 @@ def test_a_second_daemon_on_the_same_path_is_one_line(daemon: Daemon) -> None:
     assert daemon.run([], ["/bin/true"]).returncode == 0
 
 
+def test_unwritable_audit_path_through_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    """The same --audit mistake gives the same line and status through the daemon."""
+    marker = tmp_path / "ran"
+    bad = tmp_path / "no-such-dir" / "audit.jsonl"
+    res = daemon.run(["--audit", str(bad)], ["touch", str(marker)])
+    assert res.returncode == 2
+    assert res.stderr == f"sandlock: --audit: cannot open {bad}: No such file or directory\n"
+    assert not marker.exists()
+
+
 def test_unreachable_daemon_is_one_line(tmp_path: Path) -> None:
     """A daemon path with nobody listening: one line, exit 1, the command never ran."""
     marker = tmp_path / "ran"

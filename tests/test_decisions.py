@@ -230,3 +230,13 @@ def test_audit_lines_are_on_disk_as_they_happen(tmp_path: Path) -> None:
     (line,) = log.read_text().splitlines()
     record = json.loads(line)
     assert (record["dst"], record["port"], record["action"]) == ("127.0.0.2", 9, "deny")
+
+
+def test_unwritable_audit_path_is_one_line_and_nothing_runs(tmp_path: Path) -> None:
+    """--audit to a path that cannot be opened: one line, exit 2, the command never ran."""
+    marker = tmp_path / "ran"
+    bad = tmp_path / "no-such-dir" / "audit.jsonl"
+    res = run_sandboxed(["--audit", str(bad)], ["touch", str(marker)])
+    assert res.returncode == 2
+    assert res.stderr == f"sandlock: --audit: cannot open {bad}: No such file or directory\n"
+    assert not marker.exists()
