@@ -24,10 +24,10 @@ import socket
 import struct
 
 from . import _syscalls as sys_
+from ._msg import CMSG_HEADER, cmsgs
 
 SUN_PATH_MAX = 108
 _SUN_OFFSET = 2  # sun_path follows sa_family
-_CMSGHDR = struct.Struct("<Qii")
 _SOL_SOCKET = socket.SOL_SOCKET
 _SCM_RIGHTS = socket.SCM_RIGHTS
 
@@ -68,22 +68,19 @@ def _root_is_ours(tid: int) -> bool:
 
 def translate_rights(tid: int, control: bytes, keep: list[int]) -> bytes | int:
     """Control data with every SCM_RIGHTS descriptor replaced by our duplicate of it."""
-    if not control:
-        return control
+    found = cmsgs(control)
+    if isinstance(found, int):
+        return found
     out = bytearray(control)
-    off = 0
-    while off + _CMSGHDR.size <= len(control):
-        length, level, kind = _CMSGHDR.unpack_from(control, off)
-        if length < _CMSGHDR.size or off + length > len(control):
-            return -errno.EINVAL
-        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
-            count = (length - _CMSGHDR.size) // 4
-            start = off + _CMSGHDR.size
-            for i, fd in enumerate(struct.unpack_from(f"<{count}i", control, start)):
-                dup = sys_.getfd(tid, fd)
-                if dup < 0:
-                    return -errno.EBADF
-                keep.append(dup)
-                struct.pack_into("<i", out, start + 4 * i, dup)
-        off += (length + 7) & ~7
+    for m in found:
+        if m.level != _SOL_SOCKET or m.kind != _SCM_RIGHTS:
+            continue
+        start = m.offset + CMSG_HEADER
+        count = (m.length - CMSG_HEADER) // 4
+        for i, fd in enumerate(struct.unpack_from(f"<{count}i", control, start)):
+            dup = sys_.getfd(tid, fd)
+            if dup < 0:
+                return -errno.EBADF
+            keep.append(dup)
+            struct.pack_into("<i", out, start + 4 * i, dup)
     return bytes(out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import _syscalls as sys_
 
@@ -118,14 +119,37 @@ def read_mmsg_vector(tid: int, vec_p: int, vlen: int) -> list[bytes] | int:
     return entries
 
 
-def check_control(control: bytes) -> int:
-    """0, or -EPERM when the control data carries a source route, -EINVAL when malformed."""
+CMSG_HEADER = _CMSGHDR.size
+
+
+class Cmsg(NamedTuple):
+    """One control message: where it starts in the buffer, its length, level and type."""
+
+    offset: int
+    length: int
+    level: int
+    kind: int
+
+
+def cmsgs(control: bytes) -> list[Cmsg] | int:
+    """The control messages of a buffer, or -EINVAL when one is malformed (as the kernel
+    would answer). Trailing bytes too short for a header are ignored, as it does."""
+    out = []
     off = 0
     while off + _CMSGHDR.size <= len(control):
         length, level, kind = _CMSGHDR.unpack_from(control, off)
         if length < _CMSGHDR.size or off + length > len(control):
             return -errno.EINVAL
-        if (level, kind) in _REROUTING_CMSGS:
-            return -errno.EPERM
+        out.append(Cmsg(off, length, level, kind))
         off += (length + 7) & ~7
+    return out
+
+
+def check_control(control: bytes) -> int:
+    """0, or -EPERM when the control data carries a source route, -EINVAL when malformed."""
+    found = cmsgs(control)
+    if isinstance(found, int):
+        return found
+    if any((m.level, m.kind) in _REROUTING_CMSGS for m in found):
+        return -errno.EPERM
     return 0
