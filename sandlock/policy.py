@@ -17,6 +17,11 @@ The model, as in ``net-rules.md``:
   exactly ``0.0.0.0`` or ``::`` is read the same way (as ``127.0.0.1`` / ``::1``),
   so that ``--net-deny 0.0.0.0`` is not silently dead. Addresses a hostname
   resolves to are not rewritten: a sinkholed name (``0.0.0.0``) grants nothing.
+- **Host keys.** Addresses are kept per host key: an exact hostname, or a wildcard
+  pattern (``*.example.com``). Exact names are resolved at start; wildcards start
+  with no address and match nothing until the DNS-following mode
+  (:mod:`sandlock.dns`) learns addresses for them (:meth:`Policy.with_hosts`).
+  :meth:`Policy.host_for_name` says which key covers a name the command looks up.
 
 A :class:`Policy` is immutable: the supervisor swaps whole objects. Building one
 compiles the rules into per-protocol tables of plain integers so that
@@ -32,7 +37,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from .errors import PolicyError
-from .rules import PROTOS, Rule, parse_rule
+from .rules import PROTOS, WILDCARD_PREFIX, Rule, is_wildcard, parse_rule
 
 __all__ = ["Decision", "HostAddrs", "IPAddress", "Policy", "Resolver", "resolve_host"]
 
@@ -53,7 +58,8 @@ class Decision(NamedTuple):
     """The verdict on one destination.
 
     ``rule`` is the spec text of the rule that decided, ``None`` for the default
-    deny; ``host`` is the hostname whose resolved address matched, if any.
+    deny; ``host`` is the host key (hostname or wildcard pattern) whose address
+    matched, if any.
     """
 
     allowed: bool
@@ -103,10 +109,11 @@ class Policy:
     (the caller resolved the hostnames), then call :meth:`decide`.
     """
 
-    __slots__ = ("_allow", "_deny", "_hosts", "_tables")
+    __slots__ = ("_allow", "_deny", "_domains", "_hosts", "_tables")
 
     _allow: tuple[Rule, ...]
     _deny: tuple[Rule, ...]
+    _domains: frozenset[str]
     _hosts: Mapping[str, tuple[str, ...]]
     _tables: dict[str, _Table]
 
@@ -117,6 +124,10 @@ class Policy:
         object.__setattr__(self, "_allow", allow)
         object.__setattr__(self, "_deny", deny)
         object.__setattr__(self, "_hosts", MappingProxyType(hosts))
+        domains = frozenset(
+            host.removeprefix(WILDCARD_PREFIX) for host in hosts if is_wildcard(host)
+        )
+        object.__setattr__(self, "_domains", domains)
         object.__setattr__(self, "_tables", _compile(allow, deny, hosts))
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -137,7 +148,9 @@ class Policy:
 
         The first bad spec raises :class:`PolicyError`, and so does a hostname
         that does not resolve (or resolves to nothing). ``resolver`` defaults to
-        :func:`resolve_host`; tests pass a fake.
+        :func:`resolve_host`; tests pass a fake, and the DNS-following mode passes
+        one that asks its upstream (:func:`sandlock.dns.resolver_for`). Wildcard
+        patterns are never resolved: they start with no address.
         """
         allow_rules = [parse_rule(spec, flag=_ALLOW_FLAG) for spec in allow]
         deny_rules = [parse_rule(spec, flag=_DENY_FLAG) for spec in deny]
@@ -146,7 +159,10 @@ class Policy:
         for rule in allow_rules:
             if rule.host is not None:
                 first_spec.setdefault(rule.host, rule.spec)
-        hosts = {host: _resolve(lookup, host, spec) for host, spec in first_spec.items()}
+        hosts = {
+            host: () if is_wildcard(host) else _resolve(lookup, host, spec)
+            for host, spec in first_spec.items()
+        }
         return cls(allow_rules, deny_rules, hosts)
 
     @classmethod
@@ -164,11 +180,42 @@ class Policy:
 
     def with_host_addresses(self, host: str, addrs: Iterable[str | IPAddress]) -> Policy:
         """A new Policy where ``host``'s addresses are ``addrs``; this one is unchanged."""
-        if host not in self._hosts:
-            raise ValueError(f"no --net-allow rule names the host {host!r}")
-        hosts: dict[str, Iterable[str | IPAddress]] = dict(self._hosts)
-        hosts[host] = addrs
+        return self.with_hosts({host: addrs})
+
+    def with_hosts(self, host_addrs: HostAddrs) -> Policy:
+        """A new Policy where each host key named in ``host_addrs`` gets those addresses.
+
+        Keys not named keep theirs; this Policy is unchanged. A key that no allow
+        rule names is a ValueError.
+        """
+        for host in host_addrs:
+            if host not in self._hosts:
+                raise ValueError(f"no --net-allow rule names the host {host!r}")
+        hosts: dict[str, Iterable[str | IPAddress]] = {**self._hosts, **host_addrs}
         return type(self)(self._allow, self._deny, hosts)
+
+    def host_for_name(self, name: str) -> str | None:
+        """The host key of the allow rules that covers the DNS name ``name``, or None.
+
+        ``name`` is in DNS presentation format. Case-insensitive (ASCII only, as DNS
+        is; other text matches nothing), one trailing dot ignored. A name with an
+        escape (``x\\.example.com``: a label that holds a dot) matches nothing, since
+        its labels cannot be told apart by the dots. An exact hostname wins over
+        wildcards, and a longer wildcard domain over a shorter one: ``a.b.example.com``
+        under ``*.b.example.com`` and ``*.example.com`` is ``*.b.example.com``.
+        """
+        if not name.isascii() or "\\" in name:
+            return None
+        name = name.lower().removesuffix(".")
+        if name in self._hosts:
+            return name
+        rest = name
+        while True:
+            _label, dot, rest = rest.partition(".")
+            if not dot:
+                return None
+            if rest in self._domains:
+                return WILDCARD_PREFIX + rest
 
     @property
     def allow_rules(self) -> tuple[Rule, ...]:
@@ -182,7 +229,11 @@ class Policy:
 
     @property
     def host_addresses(self) -> Mapping[str, tuple[str, ...]]:
-        """Each allow hostname and its addresses (read-only), for a virtual /etc/hosts."""
+        """Each allow host key and its addresses (read-only).
+
+        Keys are hostnames and wildcard patterns (:func:`sandlock.rules.is_wildcard`);
+        only the hostnames belong in a virtual /etc/hosts.
+        """
         return self._hosts
 
     def decide(self, proto: str, addr: bytes, port: int) -> Decision:

@@ -28,6 +28,20 @@ Decisions where the reference is silent (keep in sync with the tests):
 - ``icmp://`` takes no port suffix at all, not even ``:*``.
 - Ports are decimal, 1-65535, at most five digits; ranges (``80-90``) are not part
   of the grammar. Duplicate ports collapse.
+- A wildcard hostname is ``*.`` followed by a valid hostname of at least two
+  labels (``*.example.com``; ``*.com`` is too broad). It stands for one or more
+  labels in front of that domain: ``a.example.com`` and ``a.b.example.com``, never
+  ``example.com`` itself. ``Rule.host`` keeps the pattern, lower-cased, with the
+  trailing dot dropped (``*.Example.COM.`` is ``*.example.com``).
+- A ``*`` anywhere else in a target (``a.*.example.com``, ``*a.example.com``,
+  ``**.example.com``, ``*.*.example.com``, ``a*b``) is a misplaced ``*``: it must be
+  the whole first label and appear once.
+- ``*.`` followed by an IP address or anything made only of digits and dots
+  (``*.1.2.3.4``) is an error: addresses have no subdomains, so the rule could
+  only be a typo for the address itself or for a CIDR.
+- ``--net-deny`` refuses wildcards exactly as it refuses other hostnames (deny
+  rules never depend on DNS). A wildcard rule gets its addresses only from the
+  DNS-following mode (:mod:`sandlock.dns`); nothing resolves it at start.
 """
 
 from __future__ import annotations
@@ -38,14 +52,17 @@ from typing import Literal, NamedTuple, NoReturn
 
 from .errors import PolicyError
 
-__all__ = ["PROTOS", "Network", "Proto", "Rule", "parse_rule"]
+__all__ = ["PROTOS", "WILDCARD_PREFIX", "Network", "Proto", "Rule", "is_wildcard", "parse_rule"]
 
 Proto = Literal["tcp", "udp", "icmp"]
 PROTOS: tuple[Proto, ...] = ("tcp", "udp", "icmp")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+WILDCARD_PREFIX = "*."
+
 _DENY_FLAG = "--net-deny"
+_WILDCARD_HINT = "(a wildcard is `*.` followed by a domain, as in `*.example.com`)"
 _PORTS_HINT = "(ports are 1-65535, comma-separated, or `*`)"
 # One label of RFC 1123, after lower-casing; underscores are tolerated (SRV-style
 # and some internal names use them), hyphens may not start or end a label.
@@ -65,6 +82,16 @@ class Rule(NamedTuple):
     network: Network | None
     host: str | None
     ports: frozenset[int] | None
+
+    @property
+    def wildcard(self) -> bool:
+        """Whether ``host`` is a wildcard pattern (``*.example.com``)."""
+        return self.host is not None and is_wildcard(self.host)
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether a host key (``Rule.host``) is a wildcard pattern rather than one name."""
+    return host.startswith(WILDCARD_PREFIX)
 
 
 def parse_rule(spec: str, *, flag: str) -> Rule:
@@ -154,22 +181,33 @@ def _parse_target(target: str, flag: str, spec: str) -> tuple[Network | None, st
         return _unmap(ipaddress.ip_network(address)), None
     if _NUMERIC.fullmatch(target):
         _fail(flag, spec, f"invalid IP address `{target}` in `{spec}`")
-    if target.startswith("*."):
-        return None, _wildcard_host(target, flag, spec)
-    host = _parse_hostname(target, flag, spec)
+    if "*" in target:
+        host = _parse_wildcard(target, flag, spec)
+    else:
+        host = _parse_hostname(target, flag, spec)
     if flag == _DENY_FLAG:
         _fail(flag, spec, f"hostnames are not allowed in {flag} (use an IP or CIDR): `{spec}`")
     return None, host
 
 
-def _wildcard_host(target: str, flag: str, spec: str) -> str:
-    """The one place that decides on ``*.example.com``.
-
-    Not supported yet from either flag. When it is, --net-allow will validate
-    ``target[2:]`` as a hostname and return the wildcard form, and --net-deny will
-    keep rejecting it as a hostname.
-    """
-    _fail(flag, spec, f"wildcard hostnames are not supported yet: `{spec}`")
+def _parse_wildcard(target: str, flag: str, spec: str) -> str:
+    """The one place that decides on ``*.example.com``: returns the pattern."""
+    star, dot, domain = target.partition(".")
+    if star != "*" or "*" in domain:
+        _fail(flag, spec, f"misplaced `*` in `{spec}` {_WILDCARD_HINT}")
+    if not (dot and domain):
+        _fail(flag, spec, f"wildcard needs a domain after `*.` in `{spec}` {_WILDCARD_HINT}")
+    if _NUMERIC.fullmatch(domain):
+        _fail(flag, spec, f"a wildcard needs a domain name, not an IP address: `{spec}`")
+    name = _parse_hostname(domain, flag, spec)
+    if "." not in name:
+        _fail(
+            flag,
+            spec,
+            f"wildcard `{target}` is too broad in `{spec}` "
+            "(write at least two labels after `*.`, as in `*.example.com`)",
+        )
+    return WILDCARD_PREFIX + name
 
 
 def _parse_hostname(target: str, flag: str, spec: str) -> str:

@@ -16,6 +16,7 @@ from sandlock.rules import parse_rule
 HOSTS = {
     "example.com": ["93.184.216.34", "2606:2800:220:1::1"],
     "api.example.org": ["203.0.113.5", "::ffff:203.0.113.6", "203.0.113.5"],
+    "a.example.com": ["192.0.2.10"],
     "sinkhole.example": ["0.0.0.0"],
 }
 
@@ -490,3 +491,86 @@ def test_describe_and_repr() -> None:
     )
     assert policy.describe() == summary
     assert repr(policy) == f"<Policy {summary}>"
+
+
+# --- wildcards and the DNS-following mode ----------------------------------------------
+
+
+def test_wildcards_are_not_resolved_and_start_empty() -> None:
+    """A wildcard pattern never reaches the resolver and allows nothing until learned."""
+    calls: list[str] = []
+
+    def counting(host: str) -> Sequence[str]:
+        calls.append(host)
+        return fake_resolver(host)
+
+    policy = Policy.from_specs(["*.example.com:443", "example.com:443"], [], resolver=counting)
+    assert calls == ["example.com"]
+    assert dict(policy.host_addresses) == {
+        "*.example.com": (),
+        "example.com": tuple(HOSTS["example.com"]),
+    }
+    assert not allowed(policy, "198.51.100.9", 443)
+
+
+def test_with_hosts_fills_several_keys_at_once() -> None:
+    """`with_hosts` replaces the named keys in one new Policy and keeps the rest."""
+    old = make(["*.example.com:443", "udp://*.cdn.example:53", "example.com:443"])
+    new = old.with_hosts({"*.example.com": ["198.51.100.1"], "*.cdn.example": ["::ffff:1.2.3.4"]})
+    assert dict(new.host_addresses) == {
+        "*.example.com": ("198.51.100.1",),
+        "*.cdn.example": ("1.2.3.4",),
+        "example.com": tuple(HOSTS["example.com"]),
+    }
+    assert new.decide("tcp", ip("198.51.100.1"), 443) == Decision(
+        True, "*.example.com:443", "*.example.com"
+    )
+    assert new.decide("udp", ip("1.2.3.4"), 53).host == "*.cdn.example"
+    assert not allowed(new, "198.51.100.1", 80)
+    assert not allowed(old, "198.51.100.1", 443)
+    assert make(["*.example.com"]).with_hosts({}).host_addresses["*.example.com"] == ()
+
+
+def test_with_hosts_unknown_key() -> None:
+    """Every key given to `with_hosts` must be named by an allow rule."""
+    with pytest.raises(
+        ValueError, match=r"no --net-allow rule names the host '\*\.other\.example'"
+    ):
+        make(["*.example.com"]).with_hosts({"*.example.com": [], "*.other.example": []})
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("example.com", "example.com"),
+        ("EXAMPLE.com.", "example.com"),
+        ("a.example.com", "a.example.com"),
+        ("b.example.com", "*.example.com"),
+        ("B.Example.Com.", "*.example.com"),
+        ("x.y.example.com", "*.example.com"),
+        ("a.b.example.com", "*.b.example.com"),
+        ("b.example.com.evil.test", None),
+        ("x.a.example.com", "*.example.com"),
+        ("*.example.com", "*.example.com"),
+        ("notexample.com", None),
+        ("com", None),
+        ("other.test", None),
+        ("", None),
+        (".", None),
+        ("\u212a.example.com", None),
+        ("b.example.com..", None),
+        ("x\\.example.com", None),
+        ("a.b\\.example.com", None),
+    ],
+)
+def test_host_for_name(name: str, key: str | None) -> None:
+    """Exact names win, then the longest wildcard domain; `*.d` never covers `d` itself."""
+    policy = make(
+        ["*.example.com:443", "udp://*.b.example.com", "example.com", "a.example.com:443"]
+    )
+    assert policy.host_for_name(name) == key
+
+
+def test_host_for_name_without_rules() -> None:
+    """A policy without hostnames covers no name."""
+    assert make(["*"]).host_for_name("example.com") is None

@@ -7,12 +7,14 @@ from ipaddress import ip_network
 import pytest
 
 from sandlock.errors import PolicyError
-from sandlock.rules import PROTOS, Rule, parse_rule
+from sandlock.rules import PROTOS, Rule, is_wildcard, parse_rule
 
 ALLOW = "--net-allow"
 DENY = "--net-deny"
 HINT = "(ports are 1-65535, comma-separated, or `*`)"
 V6_HINT = "(an IPv6 address with ports is written `[addr]:ports`)"
+WILD_HINT = "(a wildcard is `*.` followed by a domain, as in `*.example.com`)"
+BROAD_HINT = "(write at least two labels after `*.`, as in `*.example.com`)"
 
 
 # spec -> (proto, network or None, host or None, ports or None)
@@ -71,6 +73,14 @@ VALID = [
     ("localhost", "tcp", None, "localhost", None),
     ("123abc.example", "tcp", None, "123abc.example", None),
     ("a" * 63 + ".com", "tcp", None, "a" * 63 + ".com", None),
+    # wildcard hostnames
+    ("*.example.com", "tcp", None, "*.example.com", None),
+    ("*.example.com:443", "tcp", None, "*.example.com", {443}),
+    ("*.Example.COM.:443", "tcp", None, "*.example.com", {443}),
+    ("tcp://*.cdn.example.test:443", "tcp", None, "*.cdn.example.test", {443}),
+    ("udp://*.x.test:*", "udp", None, "*.x.test", None),
+    ("icmp://*.x.test", "icmp", None, "*.x.test", None),
+    ("*._srv.a-b.c0:22,80", "tcp", None, "*._srv.a-b.c0", {22, 80}),
     # icmp
     ("icmp://*", "icmp", None, None, None),
     ("icmp://1.1.1.1", "icmp", "1.1.1.1/32", None, None),
@@ -255,8 +265,6 @@ ERRORS = [
     (ALLOW, "foo.123", "--net-allow: invalid hostname `foo.123` in `foo.123`"),
     (ALLOW, "b\u00fccher.de", "--net-allow: invalid hostname `b\u00fccher.de` in `b\u00fccher.de`"),
     (ALLOW, "\u212a.com", "--net-allow: invalid hostname `\u212a.com` in `\u212a.com`"),
-    (ALLOW, "a*b", "--net-allow: invalid hostname `a*b` in `a*b`"),
-    (ALLOW, "**", "--net-allow: invalid hostname `**` in `**`"),
     (
         ALLOW,
         "a" * 64 + ".com",
@@ -285,22 +293,65 @@ ERRORS = [
         "--net-deny: hostnames are not allowed in --net-deny "
         "(use an IP or CIDR): `icmp://example.com`",
     ),
-    # wildcard hostnames: not yet, from either flag
+    # wildcard hostnames: `*.` and a domain of two labels or more, allow only
+    (ALLOW, "*.", f"--net-allow: wildcard needs a domain after `*.` in `*.` {WILD_HINT}"),
     (
         ALLOW,
-        "*.example.com",
-        "--net-allow: wildcard hostnames are not supported yet: `*.example.com`",
+        "*.:443",
+        f"--net-allow: wildcard needs a domain after `*.` in `*.:443` {WILD_HINT}",
+    ),
+    (ALLOW, "*.com", f"--net-allow: wildcard `*.com` is too broad in `*.com` {BROAD_HINT}"),
+    (
+        ALLOW,
+        "udp://*.Test.:53",
+        f"--net-allow: wildcard `*.Test.` is too broad in `udp://*.Test.:53` {BROAD_HINT}",
+    ),
+    (ALLOW, "a*b", f"--net-allow: misplaced `*` in `a*b` {WILD_HINT}"),
+    (ALLOW, "**", f"--net-allow: misplaced `*` in `**` {WILD_HINT}"),
+    (
+        ALLOW,
+        "a.*.example.com",
+        f"--net-allow: misplaced `*` in `a.*.example.com` {WILD_HINT}",
+    ),
+    (ALLOW, "*a.example.com", f"--net-allow: misplaced `*` in `*a.example.com` {WILD_HINT}"),
+    (
+        ALLOW,
+        "**.example.com:443",
+        f"--net-allow: misplaced `*` in `**.example.com:443` {WILD_HINT}",
     ),
     (
         ALLOW,
-        "*.example.com:443",
-        "--net-allow: wildcard hostnames are not supported yet: `*.example.com:443`",
+        "*.*.example.com",
+        f"--net-allow: misplaced `*` in `*.*.example.com` {WILD_HINT}",
+    ),
+    (ALLOW, "example.*", f"--net-allow: misplaced `*` in `example.*` {WILD_HINT}"),
+    (DENY, "*.a*.example.com", f"--net-deny: misplaced `*` in `*.a*.example.com` {WILD_HINT}"),
+    (
+        ALLOW,
+        "*.1.2.3.4:443",
+        "--net-allow: a wildcard needs a domain name, not an IP address: `*.1.2.3.4:443`",
+    ),
+    (ALLOW, "*.10", "--net-allow: a wildcard needs a domain name, not an IP address: `*.10`"),
+    (ALLOW, "*..com", "--net-allow: invalid hostname `.com` in `*..com`"),
+    (ALLOW, "*.-x.example", "--net-allow: invalid hostname `-x.example` in `*.-x.example`"),
+    (ALLOW, "*.foo.123", "--net-allow: invalid hostname `foo.123` in `*.foo.123`"),
+    (
+        ALLOW,
+        "*.10.0.0.0/8",
+        "--net-allow: invalid network address `*.10.0.0.0` in `*.10.0.0.0/8`",
     ),
     (
         DENY,
         "*.example.com",
-        "--net-deny: wildcard hostnames are not supported yet: `*.example.com`",
+        "--net-deny: hostnames are not allowed in --net-deny (use an IP or CIDR): `*.example.com`",
     ),
+    (
+        DENY,
+        "udp://*.example.com:53",
+        "--net-deny: hostnames are not allowed in --net-deny "
+        "(use an IP or CIDR): `udp://*.example.com:53`",
+    ),
+    (DENY, "*.com", f"--net-deny: wildcard `*.com` is too broad in `*.com` {BROAD_HINT}"),
 ]
 
 
@@ -325,3 +376,14 @@ def test_hostname_length_limit() -> None:
     assert parse_rule(name + ".", flag=ALLOW).host == name
     with pytest.raises(PolicyError, match="invalid hostname"):
         parse_rule(name + "d", flag=ALLOW)
+
+
+@pytest.mark.parametrize(
+    ("spec", "wildcard"),
+    [("*.example.com:443", True), ("example.com", False), ("*", False), ("10.0.0.0/8", False)],
+)
+def test_rule_wildcard(spec: str, wildcard: bool) -> None:
+    """`Rule.wildcard` tells a wildcard pattern from a hostname, an IP or any-IP."""
+    rule = parse_rule(spec, flag=ALLOW)
+    assert rule.wildcard is wildcard
+    assert rule.host is None or is_wildcard(rule.host) is wildcard
