@@ -30,6 +30,21 @@
 #ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
 #define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
 #endif
+#ifndef SECCOMP_IOCTL_NOTIF_ADDFD
+#define SECCOMP_ADDFD_FLAG_SETFD (1UL << 0)
+#define SECCOMP_ADDFD_FLAG_SEND (1UL << 1)
+struct seccomp_notif_addfd {
+    __u64 id;
+    __u32 flags;
+    __u32 srcfd;
+    __u32 newfd;
+    __u32 newfd_flags;
+};
+#define SECCOMP_IOCTL_NOTIF_ADDFD SECCOMP_IOW(3, struct seccomp_notif_addfd)
+#endif
+#ifndef SECCOMP_ADDFD_FLAG_SEND
+#define SECCOMP_ADDFD_FLAG_SEND (1UL << 1)
+#endif
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif
@@ -307,6 +322,20 @@ int sandlock_notif_send(int listener, uint64_t id, int64_t val, int32_t error, u
 {
     struct seccomp_notif_resp resp = {.id = id, .val = val, .error = error, .flags = flags};
     return ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) < 0 ? NEG_ERRNO : 0;
+}
+
+int sandlock_notif_addfd(int listener, uint64_t id, int srcfd, uint32_t newfd_flags,
+                         uint32_t flags)
+{
+    struct seccomp_notif_addfd addfd = {
+        .id = id,
+        .flags = flags,
+        .srcfd = (uint32_t)srcfd,
+        .newfd = 0,
+        .newfd_flags = newfd_flags,
+    };
+    int fd = ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd);
+    return fd < 0 ? NEG_ERRNO : fd;
 }
 
 int sandlock_notif_id_valid(int listener, uint64_t id)

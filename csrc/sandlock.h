@@ -55,7 +55,15 @@ int sandlock_protect_self(void);
 /* SECCOMP_IOCTL_NOTIF_RECV, but -EAGAIN instead of blocking when nothing is
  * pending, and -EPIPE once every task of the filter is gone (POLLHUP). */
 int sandlock_notif_recv(int listener, struct sandlock_notif *out);
+/* flags: SECCOMP_USER_NOTIF_FLAG_CONTINUE (1) lets the kernel run the call as usual. */
 int sandlock_notif_send(int listener, uint64_t id, int64_t val, int32_t error, uint32_t flags);
+/* SECCOMP_IOCTL_NOTIF_ADDFD: install a duplicate of our srcfd in the notifying thread
+ * (newfd_flags: O_CLOEXEC or 0; flags: SECCOMP_ADDFD_FLAG_*; with SECCOMP_ADDFD_FLAG_SEND
+ * (2) the notification is answered with the new fd at the same time). Returns the
+ * thread's new fd number; -ENOENT when the notification is gone; with SEND, any other
+ * failure leaves the notification waiting for an answer. */
+int sandlock_notif_addfd(int listener, uint64_t id, int srcfd, uint32_t newfd_flags,
+                         uint32_t flags);
 int sandlock_notif_id_valid(int listener, uint64_t id);
 int sandlock_notif_set_flags(int listener, uint64_t flags);
 

@@ -5,7 +5,11 @@ that should cost little more than a fork). The program depends only on _filter.p
 is cached under a checksum of that file's source (it tells versions apart; trust comes
 from the file's ownership and mode below, not from the checksum):
 
-    $XDG_CACHE_HOME/sandlock/filter-<crc32>-<size>.bpf   (default ~/.cache/sandlock/)
+    $XDG_CACHE_HOME/sandlock/filter-<crc32>-<size>.bpf        (default ~/.cache/sandlock/)
+    $XDG_CACHE_HOME/sandlock/filter-<crc32>-<size>-open.bpf   (the trap_open variant)
+
+The two variants of the program (with and without the open traps of sandlock.vfiles) are
+built from the same source, so the variant is part of the name.
 
 A cached file is used only if it belongs to us, is not writable by group or others, and
 holds a whole number of BPF instructions; anything else is ignored and the program is
@@ -24,24 +28,28 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_filter.py")
 _INSN = 8  # sizeof(struct sock_filter)
 
 
-def cache_path() -> str:
+def cache_path(trap_open: bool = False) -> str:
+    """Where the program (the ``trap_open`` variant or not) is cached."""
     with open(_SOURCE, "rb") as f:
         source = f.read()
     key = f"{zlib.crc32(source):08x}-{len(source)}"
+    variant = "-open" if trap_open else ""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "sandlock", f"filter-{key}.bpf")
+    return os.path.join(base, "sandlock", f"filter-{key}{variant}.bpf")
 
 
 @functools.cache
-def filter_bpf() -> bytes:
-    """The program: from the cache when it can be trusted, else built (and cached)."""
-    path = cache_path()
+def filter_bpf(trap_open: bool = False) -> bytes:
+    """The program: from the cache when it can be trusted, else built (and cached).
+
+    ``trap_open`` selects the variant that also traps read-only opens (sandlock.vfiles)."""
+    path = cache_path(trap_open)
     cached = _read_trusted(path)
     if cached is not None:
         return cached
     from ._filter import build_bpf
 
-    program = build_bpf()
+    program = build_bpf(trap_open)
     _write(path, program)
     return program
 

@@ -17,6 +17,12 @@ once per process and cached. What it does, for x86-64:
 * seccomp() with SECCOMP_FILTER_FLAG_NEW_LISTENER is refused (EPERM): a listener
   installed by the child sits above ours, receives the same notifications first and
   could answer CONTINUE.
+* Only in the variant built with ``trap_open=True`` (the virtual /etc/hosts and
+  /etc/resolv.conf of sandlock.vfiles): open and openat go to the supervisor when their
+  flags could be a plain read (no write access mode, no O_CREAT, O_TRUNC, O_APPEND,
+  O_PATH, O_DIRECTORY or O_TMPFILE: ``OPEN_NOT_TRAPPED``), and openat2 always (its flags
+  are in memory, out of the filter's reach). The supervisor answers everything it does not
+  serve with SECCOMP_USER_NOTIF_FLAG_CONTINUE. Opens with write intent never reach it.
 * The IA-32 entry (int 0x80: socketcall and the direct i386 socket calls) is closed
   (ENOSYS), and so is every foreign architecture, including x32 syscall numbers
   (libseccomp treats them as a bad architecture).
@@ -47,6 +53,13 @@ _SOURCE_ROUTES = (
     (socket.IPPROTO_IPV6, 5),  # IPV6_2292RTHDR
     (socket.IPPROTO_IPV6, 6),  # IPV6_2292PKTOPTIONS (may carry a routing header)
     (socket.IPPROTO_IPV6, 57),  # IPV6_RTHDR
+)
+
+# open/openat flags that are never a plain read, so never served a virtual file: such
+# opens are not trapped at all (sandlock.vfiles.NOT_SERVED_FLAGS holds the same value;
+# a test keeps the two equal).
+OPEN_NOT_TRAPPED = (
+    os.O_ACCMODE | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_PATH | os.O_DIRECTORY | os.O_TMPFILE
 )
 
 _ALLOWED_FAMILIES = {
@@ -128,7 +141,14 @@ def _add_common_refusals(f: sc.SyscallFilter) -> None:
     )
 
 
-def _build_native() -> sc.SyscallFilter:
+def _add_open_traps(f: sc.SyscallFilter) -> None:
+    """open, openat with possibly read-only flags, and every openat2, to the supervisor."""
+    f.add_rule(sc.NOTIFY, "open", sc.Arg(1, sc.MASKED_EQ, OPEN_NOT_TRAPPED, 0))
+    f.add_rule(sc.NOTIFY, "openat", sc.Arg(2, sc.MASKED_EQ, OPEN_NOT_TRAPPED, 0))
+    f.add_rule(sc.NOTIFY, "openat2")
+
+
+def _build_native(trap_open: bool) -> sc.SyscallFilter:
     """The x86-64 rules (see the module docstring)."""
     f = sc.SyscallFilter(sc.ALLOW)
     f.set_attr(sc.Attr.ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
@@ -149,6 +169,8 @@ def _build_native() -> sc.SyscallFilter:
         )
     f.add_rule(sc.ERRNO(errno.ENOSYS), "io_uring_setup")
     _add_common_refusals(f)
+    if trap_open:
+        _add_open_traps(f)
     return f
 
 
@@ -158,9 +180,11 @@ def _i386_refusals(f: sc.SyscallFilter) -> None:
         f.add_rule(sc.ERRNO(errno.ENOSYS), name)
 
 
-def build_filter() -> sc.SyscallFilter:
-    """The whole filter: the native rules merged with the closed IA-32 entry."""
-    f = _build_native()
+def build_filter(trap_open: bool = False) -> sc.SyscallFilter:
+    """The whole filter: the native rules merged with the closed IA-32 entry.
+
+    With ``trap_open`` the read-only opens are trapped too (see the module docstring)."""
+    f = _build_native(trap_open)
     x86 = sc.SyscallFilter(sc.ALLOW)
     x86.set_attr(sc.Attr.ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
     x86.remove_arch(sc.system_arch())
@@ -171,9 +195,9 @@ def build_filter() -> sc.SyscallFilter:
     return f
 
 
-def build_bpf() -> bytes:
+def build_bpf(trap_open: bool = False) -> bytes:
     """The filter as BPF bytes for seccomp(2) (sandlock._bpf caches them)."""
-    f = build_filter()
+    f = build_filter(trap_open)
     with tempfile.TemporaryFile() as out:
         f.export_bpf(out)
         out.seek(0)
@@ -186,6 +210,7 @@ def build_bpf() -> bytes:
 if __name__ == "__main__":  # pragma: no cover - a debugging aid: print the filter
     import sys
 
-    build_filter().export_pfc(sys.stdout)
-    print(f"{len(build_bpf()) // 8} BPF instructions", file=sys.stderr)
+    trap = "--trap-open" in sys.argv[1:]
+    build_filter(trap).export_pfc(sys.stdout)
+    print(f"{len(build_bpf(trap)) // 8} BPF instructions", file=sys.stderr)
     os._exit(0)

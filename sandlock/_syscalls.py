@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import struct
 from collections.abc import Sequence
 
 from ._native import ffi, lib
@@ -29,6 +30,9 @@ _ffi: Any = ffi
 
 FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 NOTIF_FD_SYNC_WAKE_UP = 1
+NOTIF_FLAG_CONTINUE = 1  # SECCOMP_USER_NOTIF_FLAG_CONTINUE: the kernel runs the call itself
+ADDFD_FLAG_SETFD = 1  # SECCOMP_ADDFD_FLAG_SETFD: at the fd number given (unused)
+ADDFD_FLAG_SEND = 2  # SECCOMP_ADDFD_FLAG_SEND: install and answer with the fd, atomically
 
 STAGE_PARENT = 1
 STAGE_SETUP = 2
@@ -144,10 +148,34 @@ class Receiver:
         return Notif(b.id, b.pid, b.nr, b.arch, (a[0], a[1], a[2], a[3], a[4], a[5]))
 
 
-def notif_send(listener: int, notif_id: int, val: int, error: int) -> int:
-    """Answer a notification; -ENOENT when the thread is gone or was interrupted."""
-    rc: int = _lib.sandlock_notif_send(listener, notif_id, val, error, 0)
+def notif_send(listener: int, notif_id: int, val: int, error: int, flags: int = 0) -> int:
+    """Answer a notification; -ENOENT when the thread is gone or was interrupted.
+
+    ``flags=NOTIF_FLAG_CONTINUE`` (with val and error 0) lets the kernel run the call."""
+    rc: int = _lib.sandlock_notif_send(listener, notif_id, val, error, flags)
     return rc
+
+
+def notif_continue(listener: int, notif_id: int) -> int:
+    """Answer "run it as usual" (SECCOMP_USER_NOTIF_FLAG_CONTINUE): 0 or -ENOENT."""
+    rc: int = _lib.sandlock_notif_send(listener, notif_id, 0, 0, NOTIF_FLAG_CONTINUE)
+    return rc
+
+
+def notif_addfd(
+    listener: int, notif_id: int, srcfd: int, newfd_flags: int = 0, flags: int = 0
+) -> int:
+    """SECCOMP_IOCTL_NOTIF_ADDFD: our ``srcfd`` installed in the notifying thread.
+
+    Returns the thread's new fd number or a negative errno (-ENOENT: the notification is
+    gone). ``newfd_flags`` is O_CLOEXEC or 0; with ``flags=ADDFD_FLAG_SEND`` the
+    notification is answered with the new fd in the same step, and on any failure it is
+    still waiting for an answer. EINTR is retried: an interrupted request was withdrawn
+    before the thread saw it."""
+    while True:
+        rc: int = _lib.sandlock_notif_addfd(listener, notif_id, srcfd, newfd_flags, flags)
+        if rc != -_errno.EINTR:
+            return rc
 
 
 def notif_id_valid(listener: int, notif_id: int) -> bool:
@@ -274,3 +302,86 @@ def signalfd(signals: Sequence[int]) -> int:
     if rc < 0:
         raise _oserror("signalfd", rc)
     return rc
+
+
+# ---- the gate (csrc/gate.h) ----------------------------------------------------------
+
+GATE_CACHE = 1  # answer calls to destinations Python allowed and remembered
+GATE_OPEN = 2  # CONTINUE opens whose last path component cannot be a virtual file
+HANDOFF_CONNECTING = 1
+_HANDOFF = struct.Struct("<QIiIi6Qii")  # struct sandlock_handoff
+
+
+class Handoff:
+    """A notification the gate handed to Python: untouched (``fd`` -1), or a blocking
+    connect the gate started on its duplicate ``fd`` (now ours) with result ``rc``."""
+
+    __slots__ = ("fd", "notif", "rc")
+
+    def __init__(self, notif: Notif, fd: int, rc: int) -> None:
+        self.notif = notif
+        self.fd = fd
+        self.rc = rc
+
+
+class Gate:
+    """The C thread that receives a listener's notifications and answers what Python
+    already decided (see csrc/gate.h). ``fd`` is readable when it hands one over, and
+    reads end-of-file once the sandbox is gone."""
+
+    __slots__ = ("_g", "_held", "fd", "flags", "listener")
+
+    def __init__(self, listener: int, flags: int = 0) -> None:
+        out = _ffi.new("int[2]")
+        g = _lib.sandlock_gate_start(listener, flags, out, out + 1)
+        if g == _ffi.NULL:
+            raise _oserror("sandlock_gate_start", out[1])
+        self._g = g
+        self.fd: int = out[0]
+        self._held: list[Handoff] = []
+        self.flags = flags
+        self.listener = listener
+
+    def set_flags(self, flags: int) -> None:
+        """Replace the GATE_* flags; the thread sees them from its next notification."""
+        self.flags = flags
+        _lib.sandlock_gate_set_flags(self._g, flags)
+
+    def allow(self, domain: int, type: int, protocol: int, addr: bytes, port: int) -> None:
+        """Remember an allowed destination (``addr``: the packed 4 or 16 bytes)."""
+        _lib.sandlock_gate_allow(self._g, domain, type, protocol, addr, len(addr), port)
+
+    def clear(self) -> None:
+        """Forget every remembered destination (the policy changed)."""
+        _lib.sandlock_gate_clear(self._g)
+
+    def stats(self) -> tuple[int, int, int, int]:
+        """What the gate answered itself: (connects, sends, opens), and its handoffs."""
+        s = _ffi.new("struct sandlock_gate_stats *")
+        _lib.sandlock_gate_stats(self._g, s)
+        return (s.connects, s.sends, s.opens, s.handoffs)
+
+    def read(self) -> list[Handoff] | None:
+        """What was handed over so far ([] for nothing yet); None once the sandbox is gone."""
+        out, self._held = self._held, []
+        while True:
+            try:
+                raw = os.read(self.fd, _HANDOFF.size)
+            except BlockingIOError:
+                return out
+            if not raw:
+                return out or None
+            id_, pid, nr, arch, _kind, a0, a1, a2, a3, a4, a5, fd, rc = _HANDOFF.unpack(raw)
+            out.append(Handoff(Notif(id_, pid, nr, arch, (a0, a1, a2, a3, a4, a5)), fd, rc))
+
+    def hold(self, handed: list[Handoff]) -> None:
+        """Put back what ``read`` returned: the next ``read`` returns it first."""
+        self._held = handed + self._held
+
+    def close(self) -> None:
+        """Stop the thread and close the handoff socket; the listener stays open."""
+        if self.fd < 0:
+            return
+        os.close(self.fd)  # first: a thread blocked handing over gets EPIPE and stops
+        self.fd = -1
+        _lib.sandlock_gate_stop(self._g)
