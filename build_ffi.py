@@ -1,7 +1,9 @@
 """The cffi builder for sandlock._native (API mode).
 
-The cdef is the block of csrc/sandlock.h between the cdef markers: the header is the
-single statement of the C boundary. setup.py names ``build_ffi.py:ffibuilder``.
+The cdef is the block between the cdef markers of each header: csrc/sandlock.h (the
+syscalls, one job each) and csrc/gate.h (the notification thread that answers what
+Python already decided). The headers are the statement of the C boundary. setup.py
+names ``build_ffi.py:ffibuilder``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-HEADER = HERE / "csrc" / "sandlock.h"
+UNITS = ("sandlock", "gate")  # csrc/<unit>.h and csrc/<unit>.c
 
 
 def _cdef(header: str) -> str:
@@ -21,13 +23,14 @@ def _cdef(header: str) -> str:
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef(HEADER.read_text()))
+ffibuilder.cdef("".join(_cdef((HERE / "csrc" / f"{u}.h").read_text()) for u in UNITS))
 ffibuilder.set_source(
     "sandlock._native",
-    '#include "sandlock.h"',
-    sources=[str((HERE / "csrc" / "sandlock.c").relative_to(HERE))],
+    "".join(f'#include "{u}.h"\n' for u in UNITS),
+    sources=[f"csrc/{u}.c" for u in UNITS],
     include_dirs=[str((HERE / "csrc").relative_to(HERE))],
-    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-pthread"],
+    extra_link_args=["-pthread"],
 )
 
 if __name__ == "__main__":

@@ -179,7 +179,10 @@ class _Run:
             )
             try:
                 pipes.close_child_ends()
-                sup = Supervisor(child.listener, self.policy, observer)
+                assert child.gate is not None
+                sup = Supervisor(
+                    child.gate, self.policy, observer, remember=not observer.hears_every_call
+                )
                 status, timed_out = await self._supervise(child, sup, pipes, input, timeout)
             finally:
                 child.close()

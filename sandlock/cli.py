@@ -293,7 +293,9 @@ def _run(args: argparse.Namespace) -> int:
             from .supervisor import Supervisor
 
             observer = _observer(args, learner, audit)
-            sup = Supervisor(child.listener, policy, observer)
+            assert child.gate is not None
+            remember = observer is None or not observer.hears_every_call
+            sup = Supervisor(child.gate, policy, observer, remember=remember)
             status = trio.run(lambda: supervise(child, sup, signal_fd=signal_fd))
         code = status
     finally:

@@ -92,7 +92,13 @@ def run_via_daemon(
                 f"--audit: cannot open {audit}: {err.strerror}", exit_code=2
             ) from None
     signal_fd = open_signalfd()
-    child = start(cmd, env=original_environ(), keep_fds=keep_fds, unblock_signals=FORWARDED_SIGNALS)
+    child = start(
+        cmd,
+        env=original_environ(),
+        keep_fds=keep_fds,
+        unblock_signals=FORWARDED_SIGNALS,
+        gate=False,  # the daemon serves the listener; it starts a gate of its own
+    )
     try:
         message = {"op": "supervise", "cmd": list(cmd), "quiet": quiet, "summary": summary}
         fds = [child.listener, child.pidfd, sys.stderr.fileno()]

@@ -41,6 +41,7 @@ from typing import Any
 
 import trio
 
+from . import _syscalls as sys_
 from . import _wire
 from .audit import AuditLog
 from .errors import PolicyError, SandlockError
@@ -203,7 +204,7 @@ class Daemon:
             "pid": s.pid,
             "cmd": s.cmd,
             "rules": s.rules,
-            "allowed": s.observer.allowed_count,
+            "allowed": s.observer.allowed_count + s.supervisor.answered_by_gate,
             "denied": s.observer.denied_count,
         }
 
@@ -226,6 +227,7 @@ class Daemon:
             cmd = req.get("cmd", [])
             if not _strings(cmd):
                 raise RequestError("cmd must be a list of strings")
+            gate = sys_.Gate(listener)
         except BaseException:
             _wire.close_all(fds)
             raise
@@ -243,7 +245,9 @@ class Daemon:
             pid,
             owner,
             cmd,
-            Supervisor(listener, policy, observer),
+            Supervisor(
+                gate, policy, observer, remember=not observer.hears_every_call
+            ),
             observer,
             len(policy.allow_rules) + len(policy.deny_rules),
             stderr,
@@ -261,6 +265,8 @@ class Daemon:
         finally:
             del self.sandboxes[box.id]
             _finish(box)
+            trio.lowlevel.notify_closing(box.supervisor.gate.fd)
+            box.supervisor.gate.close()
             for fd in (box.supervisor.listener, pidfd):
                 trio.lowlevel.notify_closing(fd)
                 os.close(fd)

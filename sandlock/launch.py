@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import signal
 from collections.abc import Mapping, Sequence
 
 from . import _syscalls as sys_
@@ -23,17 +24,21 @@ _FILTER_FLAGS = sys_.FILTER_FLAG_WAIT_KILLABLE_RECV
 
 
 class Child:
-    """A started command: its pid, a pidfd for it, and the listener of its filter."""
+    """A started command: its pid, a pidfd for it, the listener of its filter, and the
+    gate reading that listener (None when another process will serve it)."""
 
-    __slots__ = ("listener", "pid", "pidfd")
+    __slots__ = ("gate", "listener", "pid", "pidfd")
 
-    def __init__(self, pid: int, pidfd: int, listener: int) -> None:
+    def __init__(self, pid: int, pidfd: int, listener: int, gate: sys_.Gate | None) -> None:
         self.pid = pid
         self.pidfd = pidfd
         self.listener = listener
+        self.gate = gate
 
     def close(self) -> None:
-        """Close our descriptors of the child (the listener and the pidfd)."""
+        """Stop the gate, close our descriptors of the child (the listener and the pidfd)."""
+        if self.gate is not None:
+            self.gate.close()
         for fd in (self.pidfd, self.listener):
             try:
                 os.close(fd)
@@ -79,11 +84,14 @@ def start(
     unblock_signals: Sequence[int] = (),
     stdio: Sequence[int] = (-1, -1, -1),
     new_pgrp: bool = False,
+    gate: bool = True,
 ) -> Child:
     """Start ``argv`` under the filter; raise LaunchError or SupervisorError if it cannot.
 
     ``stdio`` gives descriptors for the child's 0, 1, 2 (-1: inherit ours); with
-    ``new_pgrp`` the child leads its own process group (its pid is the group id)."""
+    ``new_pgrp`` the child leads its own process group (its pid is the group id). With
+    ``gate`` a gate starts reading the listener at once; without, the listener is left
+    for another process (the daemon) to serve."""
     if not argv:
         raise LaunchError("no command given", exit_code=2)
     environ = dict(os.environ if env is None else env)
@@ -108,7 +116,12 @@ def start(
         raise _launch_error(argv[0], cwd, err) from err
     pid, pidfd, listener = spawned
     _sync_wake_up(listener)
-    return Child(pid, pidfd, listener)
+    try:
+        return Child(pid, pidfd, listener, sys_.Gate(listener) if gate else None)
+    except OSError as err:
+        sys_.pidfd_send_signal(pidfd, signal.SIGKILL)
+        Child(pid, pidfd, listener, None).close()
+        raise SupervisorError(f"starting the gate failed: {err.strerror}") from err
 
 
 def _sync_wake_up(listener: int) -> None:
@@ -144,20 +157,26 @@ def _launch_error(name: str, cwd: str | None, err: sys_.SpawnError) -> Exception
 def wait_child(child: Child, signal_fd: int, *, until_notified: bool) -> int | None:
     """Wait for the child without trio, forwarding signals from ``signal_fd``.
 
-    Returns its exit status; or, with ``until_notified``, None as soon as a notification
-    waits on its listener (the caller then starts the supervisor). A command that never
-    touches the network thus never pays for the supervisor's start-up."""
+    Returns its exit status; or, with ``until_notified``, None as soon as the gate hands
+    a notification over (the caller then starts the supervisor). A command that never
+    needs a decision thus never pays for the supervisor's start-up."""
     from ._signals import forward_pending
 
     poller = select.poll()
     poller.register(child.pidfd, select.POLLIN)
     poller.register(signal_fd, select.POLLIN)
+    watched = child.gate.fd if child.gate is not None else child.listener
     if until_notified:
-        poller.register(child.listener, select.POLLIN)
+        poller.register(watched, select.POLLIN)
     while True:
         ready = dict(poller.poll())
-        if until_notified and ready.get(child.listener, 0) & select.POLLIN:
-            return None
+        if until_notified and ready.get(watched, 0) & select.POLLIN:
+            handed = child.gate.read() if child.gate is not None else []
+            if handed is not None:
+                if child.gate is not None:
+                    child.gate.hold(handed)
+                return None
+            poller.unregister(watched)  # the gate saw the sandbox go: wait for the status
         if signal_fd in ready:
             forward_pending(signal_fd, child.pidfd)
         if child.pidfd in ready:

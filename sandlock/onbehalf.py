@@ -25,6 +25,7 @@ connect never delays the others.
 
 from __future__ import annotations
 
+import enum
 import errno
 import functools
 import math
@@ -43,6 +44,7 @@ from ._msg import Message, int32
 from .events import Event, Listener
 from .policy import Decision, Policy
 from .sockaddr import Dest, Invalid, NoDest, parse_sockaddr
+from .vfiles import OPEN_SYSCALLS, VirtualFiles
 
 SYS_CONNECT = 42
 SYS_SENDTO = 44
@@ -71,7 +73,15 @@ class Pending:
     finish: Callable[[], Awaitable[int]]
 
 
+class Reply(enum.Enum):
+    """A result that is not a return value."""
+
+    ANSWERED = "answered"  # the handler answered the call itself (ADDFD with SEND)
+    CONTINUE = "continue"  # the kernel performs the call as usual (an open of a real file)
+
+
 Result = int | Pending
+Outcome = Result | Reply
 
 
 class _Call:
@@ -88,6 +98,11 @@ class _Call:
         self.owned = [dup]
 
 
+Remember = Callable[[int, int, int, bytes, int], None]
+"""Told (domain, type, protocol, packed address, port) of each allowed destination that
+was sent to as the child named it (see Supervisor: the gate then answers it itself)."""
+
+
 class Handlers:
     """The on-behalf handlers of one sandbox. ``policy`` may be replaced at any time."""
 
@@ -95,6 +110,8 @@ class Handlers:
         self.listener = listener
         self.policy = policy
         self.on_event = on_event
+        self.remember: Remember | None = None
+        self.vfiles: VirtualFiles | None = None
         self._table: dict[int, Callable[[sys_.Notif], Result]] = {
             SYS_CONNECT: self.connect,
             SYS_SENDTO: self.sendto,
@@ -102,8 +119,13 @@ class Handlers:
             SYS_SENDMMSG: self.sendmmsg,
         }
 
-    def handle(self, n: sys_.Notif) -> Result:
-        """Decide and perform one trapped call: a result (>= 0 or -errno), or a Pending."""
+    def handle(self, n: sys_.Notif) -> Outcome:
+        """Decide and perform one trapped call: a result (>= 0 or -errno), a Pending, or
+        a Reply (opens: served from a virtual file, or left to the kernel)."""
+        if n.nr in OPEN_SYSCALLS:
+            if self.vfiles is not None and self.vfiles.handle_open(self.listener, n):
+                return Reply.ANSWERED
+            return Reply.CONTINUE
         handler = self._table.get(n.nr)
         if handler is None:  # the filter traps nothing else; refuse whatever this is
             return -errno.ENOSYS
@@ -181,6 +203,15 @@ class Handlers:
 
         return self._on_socket(n, fd, act)
 
+    def resume_connect(self, n: sys_.Notif, dup: int, rc: int) -> Result:
+        """Finish a blocking connect the gate started on ``dup`` (now ours to close)."""
+        info = sys_.sock_info(dup)
+        if isinstance(info, int):
+            os.close(dup)
+            return info
+        c = _Call(n, dup, info)
+        return Pending(_closing(c.owned, lambda: self._finish_connect(c, b"", None, rc)))
+
     # ---- the shared steps ------------------------------------------------------------------
 
     def _on_socket(self, n: sys_.Notif, fd: int, act: Callable[[_Call], Result]) -> Result:
@@ -222,6 +253,14 @@ class Handlers:
         if refused:
             self._report(event, -refused)
         return event
+
+    def _destination(self, c: _Call, name: bytes, dest: Dest) -> bytes:
+        """The name we send to for an allowed ``dest``: the child's, unless it must be
+        pinned. Only a name used as given is remembered: the gate sends as given."""
+        pinned = pin_unspecified(name, dest)
+        if pinned is name and self.remember is not None:
+            self.remember(c.info.domain, c.info.type, c.info.protocol, dest.addr, dest.port)
+        return pinned
 
     def _report(self, event: Event | None, result: int) -> None:
         if event is None or self.on_event is None:
@@ -265,7 +304,7 @@ class Handlers:
                 event = self._decide(c, "connect", dest)
                 if not event.decision.allowed:
                     return -errno.ECONNREFUSED
-                name = pin_unspecified(name, dest)
+                name = self._destination(c, name, dest)
         elif c.info.domain == socket.AF_UNIX:
             name = _local.unix_name(c.n.pid, name, c.owned)
             if isinstance(name, int):
@@ -331,7 +370,7 @@ class Handlers:
         event = self._decide(c, syscall, dest)
         if not event.decision.allowed:
             return -errno.ECONNREFUSED
-        msg.name = pin_unspecified(msg.name, dest)
+        msg.name = self._destination(c, msg.name, dest)
         return event
 
     def _send(self, c: _Call, syscall: str, msg: Message, flags: int) -> Result:

@@ -111,6 +111,12 @@ class Observer:
         self.allowed_count = 0
         self.denied_count = 0
 
+    @property
+    def hears_every_call(self) -> bool:
+        """Whether some listener wants every allowed call, not only the first to each
+        destination (the audit log, the summary, learn mode)."""
+        return self.also is not None or self.summary is not None or self.audit is not None
+
     def __call__(self, event: Event) -> None:
         """Hand one decision to every listener that wants it."""
         if self.also is not None:

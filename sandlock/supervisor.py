@@ -1,17 +1,19 @@
 """The supervisor: one trio task per sandbox that answers its seccomp notifications.
 
-The listener is pollable: readable when a notification waits, POLLHUP once every task
-that carries the filter is gone. ``serve`` waits for readability, then drains what is
-pending without blocking (``sandlock_notif_recv`` polls before it asks the kernel, so a
-notification withdrawn in between never leaves us stuck in RECV) and answers each one:
+The listener is read by the sandbox's gate (csrc/gate.h), a C thread that answers on its
+own what Python already decided: calls to destinations Python allowed and asked it to
+remember (when nobody needs to hear of every allowed call), and opens of files that
+cannot be virtual. Everything else it hands over, and ``serve`` answers it here:
 
 * most calls are answered right away, in the loop, by ``Handlers.handle``;
 * a call that must wait (a blocking TCP handshake, a full send buffer) becomes a task
-  of the supervisor's nursery, so it never delays the others.
+  of the supervisor's nursery, so it never delays the others. A blocking connect the
+  gate already started arrives with its duplicate, to be finished the same way.
 
-If a handler raises (a bug), the call is refused: a supervisor fails closed. If the
-supervisor itself goes away, the kernel answers every pending and future call of the
-sandbox with ENOSYS: the network fails, it never opens.
+Python stays the authority: the gate only repeats decisions made here, and forgets them
+all when the policy is replaced. If a handler raises (a bug), the call is refused: a
+supervisor fails closed. If the supervisor itself goes away, the kernel answers every
+pending and future call of the sandbox with ENOSYS: the network fails, it never opens.
 """
 
 from __future__ import annotations
@@ -23,19 +25,34 @@ import trio
 
 from . import _syscalls as sys_
 from .events import Listener
-from .onbehalf import Handlers, Pending
+from .onbehalf import Handlers, Outcome, Pending, Reply
 from .policy import Policy
-
-_DRAIN_BATCH = 64  # notifications answered before yielding to other tasks
 
 
 class Supervisor:
-    """Answers the notifications of one listener under a policy that may be swapped."""
+    """Answers the notifications of one gate's listener under a policy that may be swapped.
 
-    def __init__(self, listener: int, policy: Policy, on_event: Listener | None = None) -> None:
-        self.listener = listener
-        self.handlers = Handlers(listener, policy, on_event)
-        self._receiver = sys_.Receiver(listener)
+    With ``remember`` (the default), allowed destinations are handed to the gate, which
+    then answers further calls to them itself: ``on_event`` no longer hears of those.
+    Pass ``remember=False`` when every allowed call must be seen (audit, summary, learn).
+    """
+
+    def __init__(
+        self,
+        gate: sys_.Gate,
+        policy: Policy,
+        on_event: Listener | None = None,
+        *,
+        remember: bool = True,
+    ) -> None:
+        self.gate = gate
+        self.listener = gate.listener
+        self.handlers = Handlers(gate.listener, policy, on_event)
+        if remember:
+            self.handlers.remember = gate.allow
+            gate.set_flags(gate.flags | sys_.GATE_CACHE)
+        else:
+            gate.set_flags(gate.flags & ~sys_.GATE_CACHE)
 
     @property
     def policy(self) -> Policy:
@@ -46,35 +63,38 @@ class Supervisor:
     def policy(self, policy: Policy) -> None:
         """Replace the policy; it decides from the next notification on."""
         self.handlers.policy = policy
+        self.gate.clear()  # what the old one allowed is no longer known to be allowed
+
+    @property
+    def answered_by_gate(self) -> int:
+        """Calls the gate answered itself under remembered decisions (all allowed)."""
+        connects, sends, _opens, _handoffs = self.gate.stats()
+        return connects + sends
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Answer notifications until every task of the sandbox is gone."""
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
-                await trio.lowlevel.wait_readable(self.listener)
-                if not self._drain(nursery):
-                    break
+                handed = self.gate.read()  # first what wait_child may have read already
+                if handed is None:
+                    break  # every task of the sandbox is gone
+                if not handed:
+                    await trio.lowlevel.wait_readable(self.gate.fd)
+                    continue
+                for h in handed:
+                    self._dispatch(h, nursery)
+                await trio.lowlevel.checkpoint()  # let waiting calls finish meanwhile
             nursery.cancel_scope.cancel()
 
-    def _drain(self, nursery: trio.Nursery) -> bool:
-        """Answer what is pending; False once the sandbox is gone."""
-        for _ in range(_DRAIN_BATCH):
-            n = self._receiver.recv()
-            if isinstance(n, int):
-                if n == -errno.EAGAIN:
-                    return True
-                if n == -errno.EPIPE:
-                    return False
-                if n in (-errno.ENOENT, -errno.EINTR):
-                    continue  # withdrawn: the thread was killed before we took it
-                raise OSError(-n, f"SECCOMP_IOCTL_NOTIF_RECV: {errno.errorcode.get(-n, -n)}")
-            self._dispatch(n, nursery)
-        return True
-
-    def _dispatch(self, n: sys_.Notif, nursery: trio.Nursery) -> None:
+    def _dispatch(self, h: sys_.Handoff, nursery: trio.Nursery) -> None:
+        n = h.notif
+        result: Outcome
         try:
-            result = self.handlers.handle(n)
+            if h.fd >= 0:
+                result = self.handlers.resume_connect(n, h.fd, h.rc)
+            else:
+                result = self.handlers.handle(n)
         except Exception as err:  # a bug must refuse the call, never allow it
             _internal_error(n, err)
             result = -errno.ECONNREFUSED
@@ -91,9 +111,13 @@ class Supervisor:
             result = -errno.ECONNREFUSED
         self._answer(n, result)
 
-    def _answer(self, n: sys_.Notif, result: int) -> None:
+    def _answer(self, n: sys_.Notif, result: int | Reply) -> None:
         # -ENOENT: the thread is gone, or was interrupted by a fatal signal: nothing to do.
-        if result >= 0:
+        if result is Reply.ANSWERED:
+            return
+        if result is Reply.CONTINUE:
+            sys_.notif_continue(self.listener, n.id)
+        elif result >= 0:
             sys_.notif_send(self.listener, n.id, result, 0)
         else:
             sys_.notif_send(self.listener, n.id, 0, result)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from sandlock import _syscalls as sys_
 from sandlock import launch
 from sandlock.onbehalf import Event
 from sandlock.policy import Policy
@@ -46,16 +47,18 @@ async def _until(condition: Callable[[], bool]) -> None:
         await trio.sleep(0.01)
 
 
-async def _run(argv: list[str], sup_for: Callable[[int], Supervisor]) -> int:
+async def _run(argv: list[str], sup_for: Callable[[sys_.Gate], Supervisor]) -> int:
     child = launch.start(argv)
+    assert child.gate is not None
     try:
-        return await supervise(child, sup_for(child.listener))
+        return await supervise(child, sup_for(child.gate))
     finally:
         child.close()
 
 
 async def test_policy_swap_takes_effect_on_the_next_call(sinks: Sinks, tmp_path: Path) -> None:
-    """Replacing Supervisor.policy while the child runs decides its very next connect."""
+    """Replacing Supervisor.policy while the child runs decides its very next connect,
+    even to a destination the gate had been answering on its own."""
     sink = sinks.tcp("127.0.0.1")
     ready, go = tmp_path / "ready", tmp_path / "go"
     script = textwrap.dedent(f"""
@@ -69,10 +72,11 @@ async def test_policy_swap_takes_effect_on_the_next_call(sinks: Sinks, tmp_path:
             finally:
                 s.close()
         first = attempt()
+        again = attempt()  # answered by the gate: remembered after the first
         open({str(ready)!r}, "w").close()
         while not os.path.exists({str(go)!r}):
             time.sleep(0.01)
-        print(first, attempt())
+        print(first, again, attempt())
     """)
     out = tmp_path / "out"
     argv = ["/bin/sh", "-c", f'exec "$0" -c "$1" > {out}', PY, script]
@@ -80,8 +84,8 @@ async def test_policy_swap_takes_effect_on_the_next_call(sinks: Sinks, tmp_path:
     allow = Policy.from_specs([sink.spec], [])
     sups: list[Supervisor] = []
 
-    def make(listener: int) -> Supervisor:
-        sups.append(Supervisor(listener, allow, events.append))
+    def make(gate: sys_.Gate) -> Supervisor:
+        sups.append(Supervisor(gate, allow, events.append))
         return sups[0]
 
     async def swap() -> None:
@@ -94,8 +98,9 @@ async def test_policy_swap_takes_effect_on_the_next_call(sinks: Sinks, tmp_path:
             nursery.start_soon(swap)
             code = await _run(argv, make)
     assert code == 0
-    assert out.read_text().split() == ["ok", "111"]
-    assert sink.settle().count == 1
+    assert out.read_text().split() == ["ok", "ok", "111"]
+    assert sink.settle().count == 2
+    assert sups[0].answered_by_gate == 1
     assert [e.decision.allowed for e in events] == [True, False]
     assert events[1].decision.reason == "default-deny"
 
@@ -110,7 +115,8 @@ async def test_killed_child_mid_connect_leaks_no_descriptor(full_listener: str) 
     try:
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
-                sup = Supervisor(child.listener, policy)
+                assert child.gate is not None
+                sup = Supervisor(child.gate, policy)
                 codes: list[int] = []
 
                 async def run() -> None:
@@ -144,7 +150,7 @@ async def test_many_calls_leak_no_descriptor(sinks: Sinks) -> None:
     before = _own_fds()
     policy = Policy.from_specs([sink.spec], [])
     with trio.fail_after(60):
-        code = await _run([PY, "-c", script], lambda fd: Supervisor(fd, policy))
+        code = await _run([PY, "-c", script], lambda gate: Supervisor(gate, policy))
     assert code == 0
     assert sink.settle().count == 200
     assert _own_fds() == before

@@ -1,0 +1,85 @@
+/*
+ * The gate: a thread of our own that receives every notification of one listener and
+ * answers, without Python, the calls Python has already decided.
+ *
+ * Python stays the authority. The gate knows no rules: it holds a set of exact
+ * destinations (socket domain, type and protocol, address, port) that Python allowed
+ * and asked it to remember, and Python empties that set whenever the policy changes.
+ * Everything else (a destination not in the set, any call with an unusual shape, any
+ * error worth a careful answer) is handed to Python untouched, as the notification
+ * itself, over a SOCK_SEQPACKET socket whose other end Python reads in its trio loop.
+ * When the gate does answer, it does what Python would have done: it duplicates the
+ * child's socket (pidfd_getfd), copies the destination and the data out of the child
+ * once, confirms the thread still waits (ID_VALID), and performs the call on the
+ * duplicate with its copy, never blocking (a blocking TCP connect that is still in
+ * progress is handed to Python with the duplicate, to be finished there).
+ *
+ * Why a thread in C: the profile (bench/RESULTS.md) put a trapped sendto at ~60 us,
+ * nearly all of it trio's wake-up and Python glue around ~9 syscalls. Blocked in
+ * poll() on the listener, with the sync wake-up flag, this thread is switched to
+ * directly by the kernel and answers in a few microseconds.
+ *
+ * With SANDLOCK_GATE_OPEN it also answers open/openat/openat2 of any file whose last
+ * path component is not "hosts" or "resolv.conf" with CONTINUE (the kernel opens it as
+ * usual), and hands the rest to Python, which serves the virtual files.
+ */
+#ifndef SANDLOCK_GATE_H
+#define SANDLOCK_GATE_H
+
+#include <stdint.h>
+
+#include "sandlock.h"
+
+/* cdef-begin */
+
+struct sandlock_gate;
+
+/* What the gate hands to Python, one record per SOCK_SEQPACKET message. */
+struct sandlock_handoff {
+    uint64_t id;
+    uint32_t pid;
+    int32_t nr;
+    uint32_t arch;
+    int32_t kind;      /* SANDLOCK_HANDOFF_* */
+    uint64_t args[6];
+    int32_t fd;        /* _CONNECTING: our duplicate, now Python's to close; else -1 */
+    int32_t rc;        /* _CONNECTING: what the non-blocking connect returned */
+};
+
+enum {
+    SANDLOCK_HANDOFF_NOTIF = 0,      /* untouched: Python answers it from the start */
+    SANDLOCK_HANDOFF_CONNECTING = 1  /* a blocking connect the gate started: finish it */
+};
+
+enum {
+    SANDLOCK_GATE_CACHE = 1,  /* answer calls to remembered destinations */
+    SANDLOCK_GATE_OPEN = 2    /* CONTINUE opens of files that cannot be virtual */
+};
+
+/* Counters of what the gate answered itself, and of what it handed over. */
+struct sandlock_gate_stats {
+    uint64_t connects;
+    uint64_t sends;      /* sendto, sendmsg, and each sendmmsg entry */
+    uint64_t opens;
+    uint64_t handoffs;
+};
+
+/* Start a gate on listener (which stays the caller's: stop the gate before closing it).
+ * *handoff gets the non-blocking, close-on-exec socket Python reads records from; it
+ * reads end-of-file once the sandbox is gone (every task of the filter exited). */
+struct sandlock_gate *sandlock_gate_start(int listener, unsigned int flags, int *handoff,
+                                          int *err);
+void sandlock_gate_set_flags(struct sandlock_gate *gate, unsigned int flags);
+/* Remember an allowed destination: addr is the 4- or 16-byte address of the sockaddr. */
+int sandlock_gate_allow(struct sandlock_gate *gate, int domain, int type, int protocol,
+                        const void *addr, uint32_t addrlen, int port);
+/* Forget every destination (the policy changed). */
+void sandlock_gate_clear(struct sandlock_gate *gate);
+void sandlock_gate_stats(struct sandlock_gate *gate, struct sandlock_gate_stats *out);
+/* Stop the thread, wait for it, free everything but the listener and the handoff
+ * socket (the caller closes those). */
+void sandlock_gate_stop(struct sandlock_gate *gate);
+
+/* cdef-end */
+
+#endif
