@@ -18,6 +18,7 @@ import datetime as _dt
 import ipaddress
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from .events import Event
@@ -34,6 +35,12 @@ def seen_address(addr: bytes) -> str:
         ip = ip.ipv4_mapped
     text = str(ip)
     return _UNSPECIFIED.get(text, text)
+
+
+def timestamp() -> str:
+    """Now, as the audit log stamps records: ``2026-11-23T03:15:21.991605Z``."""
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+    return now.replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +62,9 @@ class DecisionRecord:
     @classmethod
     def from_event(cls, event: Event, sandbox: str) -> DecisionRecord:
         """The record of one supervisor event, stamped now."""
-        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
         d = event.decision
         return cls(
-            ts=now.replace("+00:00", "Z"),
+            ts=timestamp(),
             sandbox=sandbox,
             pid=event.pid,
             syscall=event.syscall,
@@ -99,6 +105,10 @@ class AuditLog:
     def write(self, record: DecisionRecord) -> None:
         """Append one line: a single write(2), so lines never tear."""
         os.write(self._fd, (record.to_json() + "\n").encode())
+
+    def write_object(self, obj: Mapping[str, object]) -> None:
+        """Append one JSON object (a DNS decision, see dns.py) as one line."""
+        os.write(self._fd, (json.dumps(obj, separators=(", ", ": ")) + "\n").encode())
 
     def close(self) -> None:
         """Close the log (idempotent)."""

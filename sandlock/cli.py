@@ -7,6 +7,7 @@ exit status 2, before anything starts), the command started, its exit status out
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
     from .audit import AuditLog
     from .learn import Learner
+    from .names import NameOptions
     from .report import Observer
 
 EXIT_USAGE = 2
@@ -116,6 +118,73 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds: `{text}`")
+    return value
+
+
+def _add_name_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "hostnames",
+        "How rules that name hosts stay true (see README: resolve at start, DNS-following, "
+        "wildcards).",
+    )
+    g.add_argument(
+        "--dns-proxy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve CMD's DNS lookups from a forwarder that allows the addresses it answers "
+        "for their TTL, answers NXDOMAIN for names no rule covers, and takes all of CMD's "
+        "port-53 traffic (default: on when a --net-allow rule names a host; needed by "
+        "wildcard rules like '*.example.com:443'). --no-dns-proxy resolves hostnames "
+        "once at start instead",
+    )
+    g.add_argument(
+        "--dns-upstream",
+        metavar="IP[:PORT]",
+        help="where every lookup goes, the start-up resolution included "
+        "(default: the first nameserver of /etc/resolv.conf)",
+    )
+    g.add_argument(
+        "--dns-ttl-min",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="a learned address stays allowed at least this long (default: 30)",
+    )
+    g.add_argument(
+        "--dns-ttl-max",
+        type=_seconds,
+        default=3600.0,
+        metavar="SECONDS",
+        help="and at most this long, whatever its TTL (default: 3600)",
+    )
+    g.add_argument(
+        "--no-virtual-hosts",
+        dest="virtual_hosts",
+        action="store_false",
+        help="let CMD read the real /etc/hosts (by default it sees localhost and, when "
+        "hostnames are resolved at start, one line per allowed address)",
+    )
+
+
+def _name_options(args: argparse.Namespace) -> NameOptions:
+    from .names import NameOptions
+
+    return NameOptions(
+        virtual_hosts=args.virtual_hosts,
+        dns_proxy=args.dns_proxy,
+        dns_upstream=args.dns_upstream,
+        ttl_min=args.dns_ttl_min,
+        ttl_max=args.dns_ttl_max,
+    )
+
+
 def _add_command_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keep-fds",
@@ -163,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="let the daemon listening on PATH supervise CMD (default: $SANDLOCK_DAEMON; "
         "unset: supervise here)",
     )
+    _add_name_args(run)
     _add_command_args(run)
 
     learn = sub.add_parser(
@@ -263,26 +333,33 @@ def _run(args: argparse.Namespace) -> int:
         )
 
     learner = None
+    names = None
     if args.command == "learn":
         from .learn import Learner
 
         learner = Learner(allow, deny)
         policy = learner.policy
     else:
-        from .policy import Policy
+        from .names import prepare
 
-        policy = Policy.from_specs(allow, deny)
+        policy, names = prepare(allow, deny, _name_options(args))
 
     from ._signals import FORWARDED_SIGNALS, open_signalfd
     from .launch import original_environ, start, wait_child
 
-    audit = _open_audit(args) if learner is None else None  # a bad path fails before start
-    signal_fd = open_signalfd()
-    child = start(
-        cmd, env=original_environ(), keep_fds=args.keep_fds, unblock_signals=FORWARDED_SIGNALS
-    )
     observer = None
+    child = None
+    audit = None
     try:
+        audit = _open_audit(args) if learner is None else None  # a bad path fails before start
+        signal_fd = open_signalfd()
+        child = start(
+            cmd,
+            env=original_environ(),
+            keep_fds=args.keep_fds,
+            unblock_signals=FORWARDED_SIGNALS,
+            trap_open=names is not None and names.trap_open,
+        )
         # The supervisor (and trio) start only when the command first makes a trapped
         # call: until then the notification simply waits in the kernel.
         status = wait_child(child, signal_fd, until_notified=True)
@@ -296,10 +373,15 @@ def _run(args: argparse.Namespace) -> int:
             assert child.gate is not None
             remember = observer is None or not observer.hears_every_call
             sup = Supervisor(child.gate, policy, observer, remember=remember)
+            if names is not None:
+                sup.use_names(names, observer.dns if observer is not None else None)
             status = trio.run(lambda: supervise(child, sup, signal_fd=signal_fd))
         code = status
     finally:
-        child.close()
+        if child is not None:
+            child.close()
+        if names is not None:
+            names.close()
         _finish_observer(observer, audit)
         if observer is None and getattr(args, "summary", False):
             print("sandlock: no network calls were decided", file=sys.stderr)

@@ -85,13 +85,15 @@ def start(
     stdio: Sequence[int] = (-1, -1, -1),
     new_pgrp: bool = False,
     gate: bool = True,
+    trap_open: bool = False,
 ) -> Child:
     """Start ``argv`` under the filter; raise LaunchError or SupervisorError if it cannot.
 
     ``stdio`` gives descriptors for the child's 0, 1, 2 (-1: inherit ours); with
     ``new_pgrp`` the child leads its own process group (its pid is the group id). With
     ``gate`` a gate starts reading the listener at once; without, the listener is left
-    for another process (the daemon) to serve."""
+    for another process (the daemon) to serve. With ``trap_open`` the filter also
+    traps opens, for the virtual files (vfiles.py)."""
     if not argv:
         raise LaunchError("no command given", exit_code=2)
     environ = dict(os.environ if env is None else env)
@@ -107,7 +109,7 @@ def start(
             cwd=os.fsencode(cwd) if cwd is not None else None,
             stdio=stdio,
             new_pgrp=new_pgrp,
-            bpf=filter_bpf(),
+            bpf=filter_bpf(trap_open=trap_open),
             filter_flags=_FILTER_FLAGS,
             keep_fds=keep_fds,
             unblock=unblock_signals,
@@ -117,7 +119,8 @@ def start(
     pid, pidfd, listener = spawned
     _sync_wake_up(listener)
     try:
-        return Child(pid, pidfd, listener, sys_.Gate(listener) if gate else None)
+        flags = sys_.GATE_OPEN if trap_open else 0
+        return Child(pid, pidfd, listener, sys_.Gate(listener, flags) if gate else None)
     except OSError as err:
         sys_.pidfd_send_signal(pidfd, signal.SIGKILL)
         Child(pid, pidfd, listener, None).close()

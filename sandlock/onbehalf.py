@@ -62,6 +62,7 @@ _PROTOS: dict[tuple[int, int], str] = {
     (socket.SOCK_DGRAM, socket.IPPROTO_ICMP): "icmp",
     (socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6): "icmp",
 }
+_DNS_PROTOCOLS = (socket.IPPROTO_TCP, socket.IPPROTO_UDP)
 _WATCHDOG = 1.0  # seconds between "is the child still waiting?" checks while we wait
 _BACKOFF_MAX = 0.05  # retry interval ceiling when readiness cannot be polled (AF_UNIX)
 
@@ -112,6 +113,8 @@ class Handlers:
         self.on_event = on_event
         self.remember: Remember | None = None
         self.vfiles: VirtualFiles | None = None
+        # In DNS mode, the name to send a port-53 destination to instead (names.py).
+        self.redirect: Callable[[int, Dest], bytes | None] | None = None
         self._table: dict[int, Callable[[sys_.Notif], Result]] = {
             SYS_CONNECT: self.connect,
             SYS_SENDTO: self.sendto,
@@ -254,6 +257,13 @@ class Handlers:
             self._report(event, -refused)
         return event
 
+    def _redirected(self, c: _Call, dest: Dest) -> bytes | None:
+        """The forwarder's name for a TCP or UDP call to port 53, in DNS mode; else None.
+        The forwarder decides on the query itself (names.py)."""
+        if self.redirect is None or c.info.protocol not in _DNS_PROTOCOLS:
+            return None
+        return self.redirect(c.info.domain, dest)
+
     def _destination(self, c: _Call, name: bytes, dest: Dest) -> bytes:
         """The name we send to for an allowed ``dest``: the child's, unless it must be
         pinned. Only a name used as given is remembered: the gate sends as given."""
@@ -301,10 +311,14 @@ class Handlers:
             if isinstance(dest, Invalid):
                 return -dest.errno
             if isinstance(dest, Dest):  # (AF_UNSPEC dissolves an association: not egress)
-                event = self._decide(c, "connect", dest)
-                if not event.decision.allowed:
-                    return -errno.ECONNREFUSED
-                name = self._destination(c, name, dest)
+                redirected = self._redirected(c, dest)
+                if redirected is not None:
+                    name = redirected
+                else:
+                    event = self._decide(c, "connect", dest)
+                    if not event.decision.allowed:
+                        return -errno.ECONNREFUSED
+                    name = self._destination(c, name, dest)
         elif c.info.domain == socket.AF_UNIX:
             name = _local.unix_name(c.n.pid, name, c.owned)
             if isinstance(name, int):
@@ -366,6 +380,10 @@ class Handlers:
             return -dest.errno
         if isinstance(dest, NoDest):  # AF_UNSPEC on UDPv6: "no name", as the kernel reads it
             msg.name = None
+            return None
+        redirected = self._redirected(c, dest)
+        if redirected is not None:
+            msg.name = redirected
             return None
         event = self._decide(c, syscall, dest)
         if not event.decision.allowed:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
-from .audit import AuditLog, DecisionRecord, seen_address
+from .audit import AuditLog, DecisionRecord, seen_address, timestamp
 from .events import Event
 
 __all__ = ["DenialReport", "Observer", "Summary"]
@@ -39,15 +39,32 @@ class DenialReport:
         if key in self._seen:
             return
         self._seen.add(key)
+        if not self._take():
+            return
+        why = "no rule allows it" if record.rule == "default-deny" else f"--net-deny {record.rule}"
+        print(f"sandlock: denied {record.describe()} — {why}", file=self.stream, flush=True)
+
+    def _take(self) -> bool:
+        """A token of the rate limit, or False (and one more suppressed line)."""
         now = time.monotonic()
         self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
         self._last = now
         if self._tokens < 1:
             self.suppressed += 1
-            return
+            return False
         self._tokens -= 1
-        why = "no rule allows it" if record.rule == "default-deny" else f"--net-deny {record.rule}"
-        print(f"sandlock: denied {record.describe()} — {why}", file=self.stream, flush=True)
+        return True
+
+    def dns(self, host: str, qtype: str, *, named: bool) -> None:
+        """Report a refused lookup (DNS mode), once per name and type, within the rate.
+        ``named``: a rule covers the name, but not this query type."""
+        key = ("dns", f"{host} {qtype}", 0)
+        if key in self._seen or not self._take():
+            return
+        self._seen.add(key)
+        why = f"{qtype} queries are not forwarded" if named else "no --net-allow rule names it"
+        line = f"sandlock: denied DNS lookup of {host} ({qtype}) — {why}"
+        print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
         """Say how many destinations the rate limit kept quiet."""
@@ -116,6 +133,16 @@ class Observer:
         """Whether some listener wants every allowed call, not only the first to each
         destination (the audit log, the summary, learn mode)."""
         return self.also is not None or self.summary is not None or self.audit is not None
+
+    def dns(self, record: Mapping[str, object]) -> None:
+        """Hand one DNS decision (dns.py's record) to the audit log and the report."""
+        if self.audit is not None:
+            self.audit.write_object({"ts": timestamp(), "sandbox": self.sandbox, **record})
+        if record.get("action") == "deny":
+            self.denied_count += 1
+            if self.report is not None:
+                named = record.get("rule") is not None
+                self.report.dns(str(record.get("host")), str(record.get("qtype")), named=named)
 
     def __call__(self, event: Event) -> None:
         """Hand one decision to every listener that wants it."""

@@ -28,6 +28,13 @@ from .events import Listener
 from .onbehalf import Handlers, Outcome, Pending, Reply
 from .policy import Policy
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .dns import Record
+    from .names import Names
+
 
 class Supervisor:
     """Answers the notifications of one gate's listener under a policy that may be swapped.
@@ -48,6 +55,8 @@ class Supervisor:
         self.gate = gate
         self.listener = gate.listener
         self.handlers = Handlers(gate.listener, policy, on_event)
+        self.names: Names | None = None
+        self._on_dns: Callable[[Record], None] | None = None
         if remember:
             self.handlers.remember = gate.allow
             gate.set_flags(gate.flags | sys_.GATE_CACHE)
@@ -65,6 +74,17 @@ class Supervisor:
         self.handlers.policy = policy
         self.gate.clear()  # what the old one allowed is no longer known to be allowed
 
+    def use_names(self, names: Names, on_dns: Callable[[Record], None] | None = None) -> None:
+        """Serve the sandbox's virtual files and, in DNS mode, its forwarder (names.py);
+        ``on_dns`` hears of every DNS decision."""
+        self.names = names
+        self._on_dns = on_dns
+        self.handlers.vfiles = names.vfiles
+        self.handlers.redirect = names.redirect
+
+    def _swap(self, policy: Policy) -> None:
+        self.policy = policy
+
     @property
     def answered_by_gate(self) -> int:
         """Calls the gate answered itself under remembered decisions (all allowed)."""
@@ -74,6 +94,8 @@ class Supervisor:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Answer notifications until every task of the sandbox is gone."""
         async with trio.open_nursery() as nursery:
+            if self.names is not None:
+                nursery.start_soon(self.names.run, lambda: self.policy, self._swap, self._on_dns)
             task_status.started()
             while True:
                 handed = self.gate.read()  # first what wait_child may have read already
