@@ -8,9 +8,9 @@ saw never left the machine. Names are in the reserved .test domain.
 from __future__ import annotations
 
 import json
-import sys
 import random
 import socket
+import sys
 import textwrap
 import threading
 import time
@@ -87,7 +87,7 @@ def test_addresses_follow_the_ttl(fake: FakeUpstream, twin_listeners: int, tmp_p
     port = twin_listeners
     fake.add("api.example.test", "A", ["127.0.0.3"], ttl=2)
     flip, flipped = tmp_path / "flip", tmp_path / "flipped"
-    script = "import os, socket, time\nPORT = %d\n" % port + CONNECT + textwrap.dedent(f"""
+    script = f"import os, socket, time\nPORT = {port}\n" + CONNECT + textwrap.dedent(f"""
         first = addrs("api.example.test")
         r1 = attempt(first[0])
         open({str(flip)!r}, "w").close()
@@ -122,7 +122,7 @@ def test_wildcard_rule_covers_subdomains_only(fake: FakeUpstream, twin_listeners
     port = twin_listeners
     fake.add("x.cdn.example.test", "A", ["127.0.0.3"])
     fake.add("cdn.example.test", "A", ["127.0.0.4"])
-    script = "import socket\nPORT = %d\n" % port + CONNECT + textwrap.dedent("""
+    script = f"import socket\nPORT = {port}\n" + CONNECT + textwrap.dedent("""
         ip = addrs("x.cdn.example.test")[0]
         try:
             addrs("cdn.example.test")
