@@ -31,10 +31,12 @@ if TYPE_CHECKING:
     from .api import Sandbox as Sandbox
     from .api import TimeoutExpired as TimeoutExpired
     from .audit import DecisionRecord as DecisionRecord
+    from .names import NameOptions as NameOptions
 
 __all__ = [
     "DecisionRecord",
     "LaunchError",
+    "NameOptions",
     "PolicyError",
     "Result",
     "Sandbox",
@@ -48,6 +50,7 @@ _LAZY = {
     "Sandbox": ".api",
     "TimeoutExpired": ".api",
     "DecisionRecord": ".audit",
+    "NameOptions": ".names",
 }
 
 

@@ -25,6 +25,7 @@ import trio
 from . import launch
 from .audit import AuditLog, DecisionRecord
 from .errors import SandlockError
+from .names import NameOptions, Plan
 from .policy import Policy, Resolver
 from .profile import load_profile
 from .report import Observer
@@ -78,7 +79,9 @@ class Sandbox:
 
     The rules are the CLI's (``--net-allow``/``--net-deny`` strings); hostnames are
     resolved here, so a bad rule raises :class:`~sandlock.PolicyError` before anything
-    runs. ``audit`` names a JSON-lines file that receives every decision.
+    runs. ``audit`` names a JSON-lines file that receives every decision. ``names``
+    chooses how hostname rules behave (the CLI's --dns-proxy, --dns-upstream, ...; see
+    :class:`~sandlock.names.NameOptions`); each run gets its own DNS forwarder.
     """
 
     def __init__(
@@ -87,9 +90,12 @@ class Sandbox:
         net_deny: Sequence[str] = (),
         audit: StrPath | None = None,
         *,
+        names: NameOptions | None = None,
         resolver: Resolver | None = None,
     ) -> None:
-        self.policy = Policy.from_specs(list(net_allow), list(net_deny), resolver=resolver)
+        options = names or NameOptions()
+        self._plan = Plan(list(net_allow), list(net_deny), options, resolver=resolver)
+        self.policy = self._plan.policy
         self.audit = os.fspath(audit) if audit is not None else None
 
     @classmethod
@@ -142,16 +148,17 @@ class Sandbox:
         """Run ``cmd`` and wait for it, from trio. Raises TimeoutExpired after ``timeout``
         seconds (the tree killed, partial output attached), LaunchError if it cannot start."""
         argv = [os.fspath(c) for c in cmd]
-        run = _Run(argv, self.policy, self.audit)
+        run = _Run(argv, self.policy, self._plan, self.audit)
         return await run.execute(timeout, capture_output, input, cwd, env)
 
 
 class _Run:
     """One run of one command: its pipes, its supervisor, its records."""
 
-    def __init__(self, argv: list[str], policy: Policy, audit: str | None) -> None:
+    def __init__(self, argv: list[str], policy: Policy, plan: Plan, audit: str | None) -> None:
         self.argv = argv
         self.policy = policy
+        self.plan = plan
         self.audit_path = audit
         self.sandbox_id = uuid.uuid4().hex[:8]
         self.out = bytearray()
@@ -169,13 +176,16 @@ class _Run:
         pipes = _Pipes(capture, input is not None)
         audit = AuditLog(self.audit_path) if self.audit_path is not None else None
         observer = Observer(self.sandbox_id, audit=audit, keep_denied=True)
+        names = None
         try:
+            names = self.plan.start(self.policy)
             child = launch.start(
                 self.argv,
                 env=env,
                 cwd=os.fspath(cwd) if cwd is not None else None,
                 stdio=pipes.child_ends(),
                 new_pgrp=True,
+                trap_open=names is not None and names.trap_open,
             )
             try:
                 pipes.close_child_ends()
@@ -183,11 +193,15 @@ class _Run:
                 sup = Supervisor(
                     child.gate, self.policy, observer, remember=not observer.hears_every_call
                 )
+                if names is not None:
+                    sup.use_names(names, observer.dns)
                 status, timed_out = await self._supervise(child, sup, pipes, input, timeout)
             finally:
                 child.close()
         finally:
             pipes.close()
+            if names is not None:
+                names.close()
             if audit is not None:
                 audit.close()
         out = bytes(self.out) if capture else None

@@ -330,6 +330,13 @@ def _run(args: argparse.Namespace) -> int:
             audit=args.audit,
             quiet=args.quiet,
             summary=args.summary,
+            names={  # names.NameOptions.to_wire(), without loading names.py here
+                "virtual_hosts": args.virtual_hosts,
+                "dns_proxy": args.dns_proxy,
+                "dns_upstream": args.dns_upstream,
+                "ttl_min": args.dns_ttl_min,
+                "ttl_max": args.dns_ttl_max,
+            },
         )
 
     learner = None

@@ -76,13 +76,16 @@ def run_via_daemon(
     audit: str | None = None,
     quiet: bool = False,
     summary: bool = False,
+    names: dict[str, object] | None = None,
 ) -> int:
     """Run ``cmd`` supervised by the daemon at ``path``; return its exit status.
 
     The daemon checks the rules first (a bad one raises PolicyError before anything is
-    started); this process never loads the policy code, which keeps its start-up short."""
+    started); this process never loads the policy code, which keeps its start-up short.
+    ``names`` is the wire form of names.NameOptions (the hostname options)."""
     sock = connect(path)
-    request(sock, {"op": "rules", "allow": list(allow), "deny": list(deny)})
+    rules = {"op": "rules", "allow": list(allow), "deny": list(deny), "names": names}
+    trap_open = bool(request(sock, rules).get("trap_open"))
     audit_fd = -1
     if audit is not None:
         try:
@@ -98,6 +101,7 @@ def run_via_daemon(
         keep_fds=keep_fds,
         unblock_signals=FORWARDED_SIGNALS,
         gate=False,  # the daemon serves the listener; it starts a gate of its own
+        trap_open=trap_open,  # the daemon serves virtual files
     )
     try:
         message = {"op": "supervise", "cmd": list(cmd), "quiet": quiet, "summary": summary}

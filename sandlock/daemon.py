@@ -45,7 +45,7 @@ from . import _syscalls as sys_
 from . import _wire
 from .audit import AuditLog
 from .errors import PolicyError, SandlockError
-from .policy import Policy
+from .names import NameOptions, Names, Plan
 from .report import DenialReport, Observer, Summary
 from .supervisor import Supervisor
 
@@ -70,15 +70,18 @@ class _Sandbox:
     observer: Observer
     rules: int
     stderr: Any = field(default=None)
+    names: Names | None = None
 
 
-async def build_policy(req: dict[str, Any]) -> Policy:
-    """The policy a request's rule specs describe; hostnames are resolved off the loop."""
+async def build_plan(req: dict[str, Any]) -> Plan:
+    """The rules (and hostname options) a request describes, parsed and resolved off the
+    loop (see names.Plan)."""
     allow, deny = req.get("allow", []), req.get("deny", [])
     if not (_strings(allow) and _strings(deny)):
         raise RequestError("allow and deny must be lists of strings")
     try:
-        return await trio.to_thread.run_sync(Policy.from_specs, allow, deny)
+        options = NameOptions.from_wire(req.get("names"))
+        return await trio.to_thread.run_sync(Plan, allow, deny, options)
     except PolicyError as err:
         raise RequestError(str(err), policy_error=True) from None
 
@@ -140,7 +143,7 @@ class Daemon:
                 uid = _peer_uid(conn)
             except OSError:
                 return
-            checked: list[Policy] = []  # the policy "rules" built for the next sandbox
+            checked: list[Plan] = []  # what "rules" built for the next sandbox
             while True:
                 try:
                     data, anc, flags, _ = await conn.recvmsg(
@@ -169,7 +172,7 @@ class Daemon:
         uid: int,
         conn: trio.socket.SocketType,
         nursery: trio.Nursery,
-        checked: list[Policy],
+        checked: list[Plan],
     ) -> dict[str, Any]:
         op = req.get("op")
         if op == "supervise":
@@ -179,15 +182,16 @@ class Daemon:
             return self._supervise(req, fds, uid, conn, nursery, checked.pop())
         _wire.close_all(fds)
         if op == "rules":
-            checked[:] = [await build_policy(req)]
-            return {"ok": True}
+            plan = await build_plan(req)
+            checked[:] = [plan]
+            return {"ok": True, "trap_open": plan.trap_open}
         if op == "ps":
             return {"ok": True, "sandboxes": [self._describe(s) for s in self._visible(uid)]}
         if op == "policy":
             box = self.sandboxes.get(str(req.get("id")))
             if box is None or box not in self._visible(uid):
                 raise RequestError(f"no sandbox {req.get('id')!r} of yours is running")
-            box.supervisor.policy = await build_policy(req)
+            box.supervisor.policy = (await build_plan(req)).policy
             box.rules = len(box.supervisor.policy.allow_rules) + len(
                 box.supervisor.policy.deny_rules
             )
@@ -215,8 +219,10 @@ class Daemon:
         uid: int,
         conn: trio.socket.SocketType,
         nursery: trio.Nursery,
-        policy: Policy,
+        plan: Plan,
     ) -> dict[str, Any]:
+        policy = plan.policy
+        names = None
         try:
             if len(fds) not in (3, 4):
                 raise RequestError("supervise needs descriptors: listener, pidfd, stderr[, audit]")
@@ -227,9 +233,15 @@ class Daemon:
             cmd = req.get("cmd", [])
             if not _strings(cmd):
                 raise RequestError("cmd must be a list of strings")
-            gate = sys_.Gate(listener)
+            try:
+                names = plan.start(policy)
+            except SandlockError as err:
+                raise RequestError(str(err)) from None
+            gate = sys_.Gate(listener, sys_.GATE_OPEN if plan.trap_open else 0)
         except BaseException:
             _wire.close_all(fds)
+            if names is not None:
+                names.close()
             raise
         box_id = uuid.uuid4().hex[:8]
         stderr = os.fdopen(err_fd, "w", buffering=1, closefd=True)
@@ -251,7 +263,10 @@ class Daemon:
             observer,
             len(policy.allow_rules) + len(policy.deny_rules),
             stderr,
+            names,
         )
+        if names is not None:
+            box.supervisor.use_names(names, observer.dns)
         self.sandboxes[box_id] = box
         nursery.start_soon(self._run_sandbox, box, pidfd, conn)
         return {"ok": True, "id": box_id}
@@ -267,6 +282,8 @@ class Daemon:
             _finish(box)
             trio.lowlevel.notify_closing(box.supervisor.gate.fd)
             box.supervisor.gate.close()
+            if box.names is not None:
+                box.names.close()
             for fd in (box.supervisor.listener, pidfd):
                 trio.lowlevel.notify_closing(fd)
                 os.close(fd)

@@ -44,7 +44,7 @@ from .rules import parse_rule
 from .sockaddr import Dest
 from .vfiles import HOSTS, RESOLV_CONF, VirtualFiles, hosts_text, resolv_text
 
-__all__ = ["NameOptions", "Names", "prepare"]
+__all__ = ["NameOptions", "Names", "Plan", "prepare"]
 
 DNS_PORT = 53
 _BIND_TRIES = 16
@@ -121,41 +121,73 @@ def prepare(
     time, a :class:`Names` for the sandbox (None otherwise). Raises PolicyError for a
     bad rule, an unresolvable host or a bad option, SandlockError if the forwarder
     cannot be bound when it must be."""
-    options.check()
-    rules = [parse_rule(spec, flag="--net-allow") for spec in allow]
-    has_hosts = any(rule.host is not None for rule in rules)
-    wildcards = [rule.spec for rule in rules if rule.wildcard]
-    dns_on = options.dns_proxy if options.dns_proxy is not None else has_hosts
-    if wildcards and not dns_on:
-        raise PolicyError(
-            f"--net-allow: `{wildcards[0]}` is a wildcard rule, which needs the DNS proxy "
-            "(its addresses come from the command's lookups): drop --no-dns-proxy",
-            flag="--net-allow",
-            spec=wildcards[0],
-        )
-    upstream = dns.parse_upstream(options.dns_upstream) if options.dns_upstream else None
-    if dns_on and upstream is None:
-        upstream = _system_upstream()
-    seeds: dict[str, list[tuple[str, int]]] = {}
-    policy = Policy.from_specs(allow, deny, resolver=_resolver(upstream, seeds))
-    sockets = None
-    if dns_on:
-        try:
-            sockets = _bind_forwarder()
-        except OSError as err:
-            if wildcards or options.dns_proxy:
-                raise SandlockError(
-                    f"cannot start the DNS proxy on port 53 of a loopback address: "
-                    f"{err.strerror} (it needs root or CAP_NET_BIND_SERVICE)"
-                ) from None
-            print(
-                f"sandlock: DNS proxy unavailable ({err.strerror}; port 53 needs root or "
-                "CAP_NET_BIND_SERVICE): hostnames are resolved once at start",
-                file=sys.stderr,
+    plan = Plan(allow, deny, options)
+    return plan.policy, plan.start(plan.policy)
+
+
+class Plan:
+    """The rules parsed and resolved once, and the mode decided: :meth:`start` makes the
+    run-time part for each sandbox run under them (the API runs a Sandbox many times).
+
+    ``resolver`` (tests, the API's hook) replaces the start-up resolution and, unless
+    ``options.dns_proxy`` says otherwise, means resolving at start."""
+
+    def __init__(
+        self,
+        allow: Sequence[str],
+        deny: Sequence[str],
+        options: NameOptions = NameOptions(),
+        *,
+        resolver: Callable[[str], Sequence[str]] | None = None,
+    ) -> None:
+        options.check()
+        rules = [parse_rule(spec, flag="--net-allow") for spec in allow]
+        self.options = options
+        self.has_hosts = any(rule.host is not None for rule in rules)
+        self.wildcards = [rule.spec for rule in rules if rule.wildcard]
+        default = self.has_hosts and resolver is None
+        self.dns_on = options.dns_proxy if options.dns_proxy is not None else default
+        if self.wildcards and not self.dns_on:
+            raise PolicyError(
+                f"--net-allow: `{self.wildcards[0]}` is a wildcard rule, which needs the DNS "
+                "proxy (its addresses come from the command's lookups): drop --no-dns-proxy",
+                flag="--net-allow",
+                spec=self.wildcards[0],
             )
-    if not has_hosts and sockets is None:
-        return policy, None
-    return policy, Names(policy, options, upstream, sockets, seeds)
+        upstream = dns.parse_upstream(options.dns_upstream) if options.dns_upstream else None
+        if self.dns_on and upstream is None:
+            upstream = _system_upstream()
+        self.upstream = upstream
+        self.seeds: dict[str, list[tuple[str, int]]] = {}
+        lookup = resolver if resolver is not None else _resolver(upstream, self.seeds)
+        self.policy = Policy.from_specs(allow, deny, resolver=lookup)
+
+    @property
+    def trap_open(self) -> bool:
+        """Whether runs under this plan have virtual files (the filter must trap opens)."""
+        return self.dns_on or (self.has_hosts and self.options.virtual_hosts)
+
+    def start(self, policy: Policy) -> Names | None:
+        """What one run under ``policy`` needs: virtual files, a bound forwarder; None if
+        nothing. Raises SandlockError if the forwarder must run and cannot bind."""
+        sockets = None
+        if self.dns_on:
+            try:
+                sockets = _bind_forwarder()
+            except OSError as err:
+                if self.wildcards or self.options.dns_proxy:
+                    raise SandlockError(
+                        f"cannot start the DNS proxy on port 53 of a loopback address: "
+                        f"{err.strerror} (it needs root or CAP_NET_BIND_SERVICE)"
+                    ) from None
+                print(
+                    f"sandlock: DNS proxy unavailable ({err.strerror}; port 53 needs root or "
+                    "CAP_NET_BIND_SERVICE): hostnames are resolved once at start",
+                    file=sys.stderr,
+                )
+        if not self.has_hosts and sockets is None:
+            return None
+        return Names(policy, self.options, self.upstream, sockets, self.seeds)
 
 
 def _resolver(

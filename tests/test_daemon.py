@@ -252,8 +252,13 @@ def test_bad_requests_get_errors_and_the_daemon_keeps_serving(daemon: Daemon) ->
         s.send(b'{"op": "rules", "allow": ["udp://h:0"]}')
         reply = json.loads(s.recv(65536))
         assert reply["policy_error"] is True and "`udp://h:0`" in reply["error"]
+        s.send(b'{"op": "rules", "allow": [], "names": {"ttl_min": 0}}')
+        reply = json.loads(s.recv(65536))
+        assert reply["policy_error"] is True and "--dns-ttl-min" in reply["error"]
+        s.send(b'{"op": "rules", "allow": [], "names": "fast"}')
+        assert "name options must be an object" in json.loads(s.recv(65536))["error"]
         s.send(b'{"op": "rules", "allow": []}')
-        assert json.loads(s.recv(65536)) == {"ok": True}
+        assert json.loads(s.recv(65536)) == {"ok": True, "trap_open": False}
         s.send(b'{"op": "supervise", "cmd": ["x"]}')
         assert "needs descriptors" in json.loads(s.recv(65536))["error"]
         s.send(b"[1, 2]")
@@ -273,12 +278,12 @@ def test_a_client_may_only_supervise_its_own_processes() -> None:
 
     from sandlock.daemon import Daemon as RealDaemon
     from sandlock.daemon import RequestError
-    from sandlock.policy import Policy
+    from sandlock.names import Plan
 
     victim = subprocess.Popen(["sleep", "30"])  # root's, and the client claims uid 65534
     try:
         fds = [os.open("/dev/null", os.O_RDONLY), os.pidfd_open(victim.pid), os.dup(2)]
-        checked = [Policy.from_specs([], [])]
+        checked = [Plan([], [])]
         req = {"op": "supervise", "cmd": ["sleep"]}
         handle = RealDaemon()._handle
         with pytest.raises(RequestError, match=f"process {victim.pid} is not yours"):

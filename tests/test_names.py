@@ -87,7 +87,10 @@ def test_addresses_follow_the_ttl(fake: FakeUpstream, twin_listeners: int, tmp_p
     port = twin_listeners
     fake.add("api.example.test", "A", ["127.0.0.3"], ttl=2)
     flip, flipped = tmp_path / "flip", tmp_path / "flipped"
-    script = f"import os, socket, time\nPORT = {port}\n" + CONNECT + textwrap.dedent(f"""
+    script = (
+        f"import os, socket, time\nPORT = {port}\n"
+        + CONNECT
+        + textwrap.dedent(f"""
         first = addrs("api.example.test")
         r1 = attempt(first[0])
         open({str(flip)!r}, "w").close()
@@ -97,6 +100,7 @@ def test_addresses_follow_the_ttl(fake: FakeUpstream, twin_listeners: int, tmp_p
         second = addrs("api.example.test")
         print(first[0], r1, second[0], attempt(second[0]), attempt("127.0.0.3"))
     """)
+    )
 
     def move_the_name() -> None:
         deadline = time.monotonic() + SLOW
@@ -122,7 +126,10 @@ def test_wildcard_rule_covers_subdomains_only(fake: FakeUpstream, twin_listeners
     port = twin_listeners
     fake.add("x.cdn.example.test", "A", ["127.0.0.3"])
     fake.add("cdn.example.test", "A", ["127.0.0.4"])
-    script = f"import socket\nPORT = {port}\n" + CONNECT + textwrap.dedent("""
+    script = (
+        f"import socket\nPORT = {port}\n"
+        + CONNECT
+        + textwrap.dedent("""
         ip = addrs("x.cdn.example.test")[0]
         try:
             addrs("cdn.example.test")
@@ -131,6 +138,7 @@ def test_wildcard_rule_covers_subdomains_only(fake: FakeUpstream, twin_listeners
             bare = "nxdomain"
         print(ip, attempt(ip), bare, attempt("127.0.0.4"))
     """)
+    )
     res = run_sandboxed(
         _dns_args(fake, "--net-allow", f"*.cdn.example.test:{port}"), [PY, "-c", script], SLOW
     )
@@ -179,7 +187,12 @@ def test_no_dns_tunnel(fake: FakeUpstream, twin_listeners: int):
     )
     assert res.returncode == 0, describe(res)
     assert res.stdout.split() == [
-        "nxdomain", "NXDOMAIN", "NXDOMAIN", "REFUSED", "REFUSED", "NOERROR"
+        "nxdomain",
+        "NXDOMAIN",
+        "NXDOMAIN",
+        "REFUSED",
+        "REFUSED",
+        "NOERROR",
     ], describe(res)
     assert "denied DNS lookup of leak.attacker.test" in res.stderr
     seen = {(name, rdtype) for name, rdtype, _transport in fake.queries}
@@ -275,3 +288,61 @@ def test_bad_name_options_are_one_line(args: list[str], words: list[str], tmp_pa
     assert res.stderr.count("\n") == 1, describe(res)
     assert all(word in res.stderr for word in words), describe(res)
     assert not marker.exists()
+
+
+def test_api_sandbox_follows_dns(fake: FakeUpstream, twin_listeners: int):
+    """Sandbox(names=NameOptions(...)): the same DNS-following mode in-process, one
+    forwarder per run, the upstream's answer allowed."""
+    from sandlock import NameOptions, Sandbox
+
+    fake.add("api.example.test", "A", ["127.0.0.3"])
+    options = NameOptions(dns_upstream=f"{fake.address}:{fake.port}", ttl_min=1)
+    sb = Sandbox([f"api.example.test:{twin_listeners}"], names=options)
+    script = (
+        f"import socket\nPORT = {twin_listeners}\n"
+        + CONNECT
+        + textwrap.dedent("""
+        ip = addrs("api.example.test")[0]
+        print(ip, attempt(ip), attempt("127.0.0.4"))
+    """)
+    )
+    for _ in range(2):
+        res = sb.run([PY, "-c", script], capture_output=True, timeout=SLOW)
+        assert res.exit_code == 0, res
+        assert res.stdout.split() == [b"127.0.0.3", b"ok", b"111"], res
+
+
+def test_daemon_serves_the_same_modes(fake: FakeUpstream, twin_listeners: int, tmp_path: Path):
+    """Through `run --daemon`, the daemon runs the forwarder and the virtual files."""
+    import subprocess
+
+    from .conftest import SANDLOCK, kill_group, run_command, sandlock_env
+
+    sock = tmp_path / "d.sock"
+    serve = [*SANDLOCK[:-1], "serve", "--socket", str(sock)]
+    daemon = subprocess.Popen(serve, env=sandlock_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        fake.add("api.example.test", "A", ["127.0.0.3"])
+        script = (
+            f"import socket\nPORT = {twin_listeners}\n"
+            + CONNECT
+            + textwrap.dedent("""
+            print(open("/etc/resolv.conf").read().split()[1].startswith("127.53."))
+            ip = addrs("api.example.test")[0]
+            print(ip, attempt(ip), attempt("127.0.0.4"))
+        """)
+        )
+        args = _dns_args(
+            fake, "--daemon", str(sock), "--net-allow", f"api.example.test:{twin_listeners}"
+        )
+        res = run_command(
+            [*SANDLOCK, *args, "--", PY, "-c", script], env=sandlock_env(), timeout=SLOW
+        )
+        assert res.returncode == 0, describe(res)
+        assert res.stdout.split() == ["True", "127.0.0.3", "ok", "111"], describe(res)
+    finally:
+        kill_group(daemon.pid)
+        daemon.wait()
