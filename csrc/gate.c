@@ -20,6 +20,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <linux/audit.h>
@@ -37,6 +38,15 @@
 #ifndef MSG_FASTOPEN
 #define MSG_FASTOPEN 0x20000000
 #endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
+#endif
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL
+#endif
 #ifndef SECCOMP_USER_NOTIF_FLAG_CONTINUE
 #define SECCOMP_USER_NOTIF_FLAG_CONTINUE (1UL << 0)
 #endif
@@ -52,6 +62,7 @@
 #define MMSGHDR_SIZE 64       /* struct mmsghdr on x86_64 */
 #define PATH_READ 4096
 #define SLOTS 1024            /* remembered destinations; emptied when 3/4 full */
+#define PIDFDS 64             /* pidfds kept open, one per thread of the sandbox */
 
 /* The result of trying to answer: answered (or nothing left to answer), or hand over. */
 enum { DONE = 0, HAND_OVER = 1 };
@@ -61,6 +72,25 @@ struct key {
     uint16_t port;
     uint8_t domain, type, protocol, used;
     uint8_t pad[4];
+};
+
+/* tid -> pidfd; see getfd. */
+struct pidfd_slot {
+    int tid;
+    int fd;
+    uint64_t used; /* the worker's clock at its last use; 0: empty */
+};
+
+/* What the gate's thread owns: its pidfds and its scratch memory (what it copies out of
+ * the child: names and iovec arrays in meta, the data in data; ranges to read). */
+struct worker {
+    struct sandlock_gate *g;
+    struct pidfd_slot pidfds[PIDFDS];
+    uint64_t clock;
+    struct iovec ranges[UIO_MAXIOV];
+    uint64_t vec[MMSG_BATCH * MMSGHDR_SIZE / 8];
+    uint8_t meta[MMSG_BATCH * (MAX_NAME + MAX_IOV * 16)];
+    uint8_t data[MAX_DATA + MAX_NAME];
 };
 
 struct sandlock_gate {
@@ -73,7 +103,7 @@ struct sandlock_gate {
     struct key slots[SLOTS];
     unsigned int used;
     _Atomic uint64_t n_connects, n_sends, n_opens, n_handoffs;
-    uint8_t data[MAX_DATA];
+    struct worker worker;
 };
 
 /* ---- the remembered destinations ----------------------------------------------------- */
@@ -154,12 +184,108 @@ void sandlock_gate_clear(struct sandlock_gate *g)
     pthread_mutex_unlock(&g->lock);
 }
 
+/* ---- the thread's own state: pidfds and scratch memory -------------------------------- */
+
+/* A pidfd names one struct pid, never a number. Once its thread is gone, pidfd_getfd
+ * through it fails (ESRCH), even if the tid has been given to a new thread (which gets
+ * a new struct pid): so a cached pidfd can only ever reach its own thread's table, and
+ * any failure through one is retried once on a pidfd opened afresh. */
+static int pidfd_open_thread(int tid)
+{
+    /* A thread's own pidfd (kernel >= 6.9) reaches its own descriptor table even when it
+     * was cloned without CLONE_FILES; older kernels want the leader (as sandlock_getfd). */
+    long fd = syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+    if (fd < 0 && errno == EINVAL)
+        fd = syscall(SYS_pidfd_open, tid, 0);
+    return (int)fd;
+}
+
+/* The slot holding tid's pidfd, opened into the least recently used slot if need be;
+ * *fresh says it was just opened. NULL if it cannot be opened. */
+static struct pidfd_slot *pidfd_of(struct worker *w, int tid, int *fresh)
+{
+    struct pidfd_slot *victim = &w->pidfds[0];
+    w->clock++;
+    for (int i = 0; i < PIDFDS; i++) {
+        struct pidfd_slot *s = &w->pidfds[i];
+        if (s->used && s->tid == tid) {
+            s->used = w->clock;
+            *fresh = 0;
+            return s;
+        }
+        if (s->used < victim->used)
+            victim = s; /* an empty slot (used 0) first */
+    }
+    int fd = pidfd_open_thread(tid);
+    if (fd < 0)
+        return NULL;
+    if (victim->used)
+        close(victim->fd);
+    *victim = (struct pidfd_slot){.tid = tid, .fd = fd, .used = w->clock};
+    *fresh = 1;
+    return victim;
+}
+
+static void pidfd_drop(struct pidfd_slot *s)
+{
+    close(s->fd);
+    *s = (struct pidfd_slot){0};
+}
+
+/* Our duplicate of descriptor fd of thread tid, or -1. */
+static int getfd(struct worker *w, int tid, int fd)
+{
+    for (;;) {
+        int fresh;
+        struct pidfd_slot *s = pidfd_of(w, tid, &fresh);
+        if (s == NULL)
+            return -1;
+        long dup = syscall(SYS_pidfd_getfd, s->fd, fd, 0);
+        if (dup >= 0)
+            return (int)dup;
+        if (fresh)
+            return -1; /* the thread's own answer (EBADF, ESRCH...): Python gives it */
+        pidfd_drop(s); /* perhaps a thread gone, its tid reused: once more, afresh */
+    }
+}
+
+/* Read the child's ranges r[0..n) one after another into buf (total bytes in all): the
+ * bytes read, a prefix that ends at the first fault (0 if none could be read). */
+static size_t read_ranges(int tid, void *buf, size_t total, const struct iovec *r,
+                          unsigned long n)
+{
+    if (total == 0)
+        return 0;
+    struct iovec local = {.iov_base = buf, .iov_len = total};
+    ssize_t got = process_vm_readv(tid, &local, 1, r, n, 0);
+    if (got >= 0)
+        return (size_t)got;
+    if (errno != ENOSYS && errno != EPERM)
+        return 0;
+    size_t off = 0; /* no process_vm_readv here: sandlock_read_mem falls back to /proc */
+    for (unsigned long i = 0; i < n; i++) {
+        int64_t one = sandlock_read_mem(tid, (uint64_t)(uintptr_t)r[i].iov_base,
+                                        (uint8_t *)buf + off, r[i].iov_len);
+        if (one > 0)
+            off += (size_t)one;
+        if (one != (int64_t)r[i].iov_len)
+            break;
+    }
+    return off;
+}
+
+static int read_exact(int tid, uint64_t addr, void *buf, size_t len)
+{
+    struct iovec r = {.iov_base = (void *)(uintptr_t)addr, .iov_len = len};
+    return read_ranges(tid, buf, len, &r, 1) == len;
+}
+
 /* ---- one notification ------------------------------------------------------------------- */
 
 struct call {
     struct seccomp_notif *n;
     int dup;
-    int domain, type, protocol, nonblocking;
+    int domain, type, protocol;
 };
 
 static int answer(struct sandlock_gate *g, uint64_t id, int64_t rc)
@@ -178,38 +304,52 @@ static int still_waiting(struct sandlock_gate *g, uint64_t id)
     return ioctl(g->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0;
 }
 
+static int sockopt_int(int fd, int opt, int *out)
+{
+    socklen_t len = sizeof *out;
+    return getsockopt(fd, SOL_SOCKET, opt, out, &len);
+}
+
+/* 1 if the socket's open file is non-blocking, 0 if not, -1 if that cannot be known.
+ * Asked only where the answer matters: a send that found no room, a TCP connect. */
+static int nonblocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -1 : (fl & O_NONBLOCK) != 0;
+}
+
 /* Duplicate the child's descriptor and learn what the socket is; HAND_OVER if it is not
  * an IP socket of ours to answer (Python gives the precise error or handles the family). */
-static int open_call(struct call *c, struct seccomp_notif *n, int fd, int need_dgram)
+static int open_call(struct worker *w, struct call *c, struct seccomp_notif *n, int fd,
+                     int need_dgram)
 {
     c->n = n;
-    c->dup = sandlock_getfd((int)n->pid, fd);
+    c->dup = getfd(w, (int)n->pid, fd);
     if (c->dup < 0)
         return HAND_OVER;
-    int flags;
-    if (sandlock_sock_info(c->dup, &c->domain, &c->type, &c->protocol, &flags) < 0 ||
+    if (sockopt_int(c->dup, SO_DOMAIN, &c->domain) < 0 ||
         (c->domain != AF_INET && c->domain != AF_INET6) ||
-        (need_dgram && c->type != SOCK_DGRAM)) {
+        sockopt_int(c->dup, SO_TYPE, &c->type) < 0 ||
+        (need_dgram && c->type != SOCK_DGRAM) ||
+        sockopt_int(c->dup, SO_PROTOCOL, &c->protocol) < 0) {
         close(c->dup);
         return HAND_OVER;
     }
-    c->nonblocking = (flags & O_NONBLOCK) != 0;
     return DONE;
 }
 
-static int read_exact(int tid, uint64_t addr, void *buf, size_t len)
-{
-    return sandlock_read_mem(tid, addr, buf, len) == (int64_t)len;
-}
-
-/* Copy the name at addr and say whether the gate may send to it: the family is the
- * socket's own, the length the kernel's minimum at least, and Python allowed it. */
-static int name_known(struct sandlock_gate *g, const struct call *c, uint64_t addr,
-                      uint32_t len, uint8_t *name)
+/* Whether a name of len bytes may be one the gate sends to: the kernel's minimum for the
+ * socket's family at least, and no longer than a sockaddr_storage. */
+static int name_fits(const struct call *c, uint64_t len)
 {
     uint32_t min = c->domain == AF_INET ? sizeof(struct sockaddr_in) : 24; /* RFC 2133 */
-    if (len < min || len > MAX_NAME || !read_exact((int)c->n->pid, addr, name, len))
-        return 0;
+    return len >= min && len <= MAX_NAME;
+}
+
+/* Whether the gate may send to our copy of a name that fits: the family is the socket's
+ * own, and Python allowed the destination. */
+static int name_known(struct sandlock_gate *g, const struct call *c, const uint8_t *name)
+{
     uint16_t family;
     memcpy(&family, name, 2);
     if (family != c->domain)
@@ -221,14 +361,27 @@ static int name_known(struct sandlock_gate *g, const struct call *c, uint64_t ad
     return known(g, &k);
 }
 
-static int do_connect(struct sandlock_gate *g, struct seccomp_notif *n)
+/* A blocking connect, started non-blocking: O_NONBLOCK lives on the open file the child
+ * shares, so it is set only for the call and the file's flags (fl) put back at once. */
+static int connect_started(int fd, const void *name, uint32_t len, int fl)
 {
+    if (fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return -errno;
+    int rc = connect(fd, (const struct sockaddr *)name, len) < 0 ? -errno : 0;
+    fcntl(fd, F_SETFL, fl);
+    return rc;
+}
+
+static int do_connect(struct worker *w, struct seccomp_notif *n)
+{
+    struct sandlock_gate *g = w->g;
     struct call c;
     uint8_t name[MAX_NAME];
     uint32_t len = (uint32_t)n->data.args[2];
-    if (open_call(&c, n, (int)n->data.args[0], 0) != DONE)
+    if (open_call(w, &c, n, (int)n->data.args[0], 0) != DONE)
         return HAND_OVER;
-    if (!name_known(g, &c, n->data.args[1], len, name)) {
+    if (!name_fits(&c, len) || !read_exact((int)n->pid, n->data.args[1], name, len) ||
+        !name_known(g, &c, name)) {
         close(c.dup);
         return HAND_OVER;
     }
@@ -236,11 +389,27 @@ static int do_connect(struct sandlock_gate *g, struct seccomp_notif *n)
         close(c.dup);
         return DONE;
     }
-    int blocking_stream = !c.nonblocking && c.type == SOCK_STREAM;
-    int rc = sandlock_connect(c.dup, name, len, blocking_stream);
-    if (blocking_stream && rc == -EINPROGRESS && sandlock_poll1(c.dup, POLLOUT, 0) != 0) {
-        int so_error = sandlock_sock_error(c.dup); /* SO_ERROR (positive), or -errno */
-        rc = so_error > 0 ? -so_error : so_error;
+    /* Only a TCP connect can wait, and only on a blocking socket: only then do the
+     * flags matter (a UDP connect returns at once either way). */
+    int fl = c.type == SOCK_STREAM ? fcntl(c.dup, F_GETFL) : O_NONBLOCK;
+    if (fl < 0) {
+        close(c.dup);
+        return HAND_OVER;
+    }
+    int blocking_stream = !(fl & O_NONBLOCK);
+    int rc = blocking_stream ? connect_started(c.dup, name, len, fl)
+                             : sandlock_connect(c.dup, name, len, 0);
+    if (blocking_stream && rc == -EINPROGRESS) {
+        /* Finished already (loopback usually is)? POLLOUT alone means connected, SO_ERROR
+         * would read 0: it is asked only when poll reports an error or a hang-up. */
+        struct pollfd p = {.fd = c.dup, .events = POLLOUT};
+        int ready = poll(&p, 1, 0);
+        if (ready < 0 || (ready > 0 && p.revents & (POLLERR | POLLHUP))) {
+            int so_error = sandlock_sock_error(c.dup); /* SO_ERROR (positive), or -errno */
+            rc = so_error > 0 ? -so_error : so_error;
+        } else if (ready > 0) {
+            rc = 0;
+        }
     }
     if (blocking_stream && rc == -EINPROGRESS) {
         struct sandlock_handoff h = {
@@ -259,148 +428,248 @@ static int do_connect(struct sandlock_gate *g, struct seccomp_notif *n)
     return answer(g, n->id, rc);
 }
 
-/* Read the data of a msghdr's iovecs into g->data; its length, or -1 to hand over. */
-static int64_t read_iovecs(struct sandlock_gate *g, int tid, uint64_t iov_p, uint64_t iovlen)
+/* Turn a copied iovec array (n entries, as the child laid them out) into ranges at out:
+ * their total length, or -1 if it is more than room. */
+static int64_t parse_iovecs(const uint8_t *raw, uint64_t n, struct iovec *out, size_t room)
 {
-    struct iovec remote[MAX_IOV];
-    uint64_t raw[MAX_IOV * 2];
     size_t total = 0;
-    if (iovlen > MAX_IOV || (iovlen && !read_exact(tid, iov_p, raw, iovlen * 16)))
-        return -1;
-    for (uint64_t i = 0; i < iovlen; i++) {
-        if (raw[2 * i + 1] > MAX_DATA - total)
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t v[2];
+        memcpy(v, raw + 16 * i, sizeof v);
+        if (v[1] > room - total)
             return -1;
-        remote[i].iov_base = (void *)(uintptr_t)raw[2 * i];
-        remote[i].iov_len = raw[2 * i + 1];
-        total += raw[2 * i + 1];
+        out[i].iov_base = (void *)(uintptr_t)v[0];
+        out[i].iov_len = v[1];
+        total += v[1];
     }
-    if (total == 0)
-        return 0;
-    struct iovec local = {.iov_base = g->data, .iov_len = total};
-    ssize_t got = process_vm_readv(tid, &local, 1, remote, (unsigned long)iovlen, 0);
-    return got == (ssize_t)total ? (int64_t)total : -1;
+    return (int64_t)total;
 }
 
-/* Send one datagram whose data is in g->data; HAND_OVER only if a blocking socket would
- * have waited (nothing was sent: Python starts the call over and waits). */
+/* Send one datagram; HAND_OVER only if a blocking socket would have waited (nothing was
+ * sent: Python starts the call over and waits). */
 static int send_one(struct sandlock_gate *g, const struct call *c, const uint8_t *name,
-                    uint32_t namelen, size_t len, int flags, int64_t *rc)
+                    uint32_t namelen, const uint8_t *data, size_t len, int flags, int64_t *rc)
 {
-    *rc = sandlock_sendmsg(c->dup, name, namelen, g->data, len, NULL, 0, flags | MSG_DONTWAIT);
-    if (*rc == -EAGAIN && !c->nonblocking && !(flags & MSG_DONTWAIT))
+    *rc = sandlock_sendmsg(c->dup, name, namelen, data, len, NULL, 0, flags | MSG_DONTWAIT);
+    if (*rc == -EAGAIN && !(flags & MSG_DONTWAIT) && nonblocking(c->dup) != 1)
         return HAND_OVER;
     atomic_fetch_add(&g->n_sends, 1);
     return DONE;
 }
 
-static int do_sendto(struct sandlock_gate *g, struct seccomp_notif *n)
+static int do_sendto(struct worker *w, struct seccomp_notif *n)
 {
+    struct sandlock_gate *g = w->g;
     struct call c;
-    uint8_t name[MAX_NAME];
     uint64_t len = n->data.args[2];
     int flags = (int)n->data.args[3];
     uint32_t namelen = (uint32_t)n->data.args[5];
     if (len > MAX_DATA || flags & MSG_FASTOPEN)
         return HAND_OVER;
-    if (open_call(&c, n, (int)n->data.args[0], 1) != DONE)
+    if (open_call(w, &c, n, (int)n->data.args[0], 1) != DONE)
         return HAND_OVER;
     int64_t rc;
     int r = HAND_OVER;
-    if (name_known(g, &c, n->data.args[4], namelen, name) &&
-        (len == 0 || read_exact((int)n->pid, n->data.args[1], g->data, len))) {
+    /* The data and the name in one read: the data first, the name right after it. */
+    struct iovec ranges[2] = {
+        {.iov_base = (void *)(uintptr_t)n->data.args[1], .iov_len = len},
+        {.iov_base = (void *)(uintptr_t)n->data.args[4], .iov_len = namelen},
+    };
+    const uint8_t *name = w->data + len;
+    if (name_fits(&c, namelen) &&
+        read_ranges((int)n->pid, w->data, len + namelen, ranges, 2) == len + namelen &&
+        name_known(g, &c, name)) {
         if (!still_waiting(g, n->id))
             r = DONE;
-        else if ((r = send_one(g, &c, name, namelen, len, flags, &rc)) == DONE)
+        else if ((r = send_one(g, &c, name, namelen, w->data, len, flags, &rc)) == DONE)
             answer(g, n->id, rc);
     }
     close(c.dup);
     return r;
 }
 
-/* One msghdr (raw, 56 bytes) of a sendmsg or sendmmsg: read, check, send. */
-static int send_msghdr(struct sandlock_gate *g, const struct call *c, const uint64_t *hdr,
-                       int flags, int64_t *rc)
+/* The parts of a msghdr (raw, 56 bytes) the gate looks at; 0 if the gate cannot send it
+ * (control messages are checked in Python: source routes, rights). */
+struct hdr {
+    uint64_t name_p, iov_p, iovlen;
+    uint32_t namelen; /* 0 when name_p is NULL */
+};
+
+static int hdr_usable(const struct call *c, const uint64_t *raw, int flags, struct hdr *h)
 {
-    uint8_t name[MAX_NAME];
-    uint64_t name_p = hdr[0], namelen = hdr[1] & 0xffffffffu, iov_p = hdr[2], iovlen = hdr[3];
-    uint64_t controllen = hdr[5];
-    if (controllen != 0 || flags & MSG_FASTOPEN)
-        return HAND_OVER; /* control messages are checked in Python (source routes, rights) */
-    int named = name_p != 0;
-    if (named ? !name_known(g, c, name_p, (uint32_t)namelen, name) : namelen != 0)
-        return HAND_OVER;
-    int64_t len = read_iovecs(g, (int)c->n->pid, iov_p, iovlen);
-    if (len < 0)
-        return HAND_OVER;
-    if (!still_waiting(g, c->n->id)) {
-        *rc = -ENOENT;
-        return DONE;
-    }
-    return send_one(g, c, named ? name : NULL, (uint32_t)namelen, (size_t)len, flags, rc);
+    h->name_p = raw[0];
+    h->namelen = (uint32_t)raw[1];
+    h->iov_p = raw[2];
+    h->iovlen = raw[3];
+    if (raw[5] != 0 || flags & MSG_FASTOPEN || h->iovlen > MAX_IOV)
+        return 0;
+    return h->name_p ? name_fits(c, h->namelen) : h->namelen == 0;
 }
 
-static int do_sendmsg(struct sandlock_gate *g, struct seccomp_notif *n)
+static int do_sendmsg(struct worker *w, struct seccomp_notif *n)
 {
+    struct sandlock_gate *g = w->g;
     struct call c;
-    uint64_t hdr[MSGHDR_SIZE / 8];
+    struct hdr h;
+    uint64_t raw[MSGHDR_SIZE / 8];
     int flags = (int)n->data.args[2];
-    if (open_call(&c, n, (int)n->data.args[0], 1) != DONE)
+    int tid = (int)n->pid;
+    if (open_call(w, &c, n, (int)n->data.args[0], 1) != DONE)
         return HAND_OVER;
     int64_t rc;
     int r = HAND_OVER;
-    if (read_exact((int)n->pid, n->data.args[1], hdr, sizeof hdr) &&
-        (r = send_msghdr(g, &c, hdr, flags, &rc)) == DONE && rc != -ENOENT)
+    if (!read_exact(tid, n->data.args[1], raw, sizeof raw) || !hdr_usable(&c, raw, flags, &h))
+        goto out;
+    /* The name and the iovec array in one read, into meta; then the data into data. */
+    struct iovec ranges[2] = {
+        {.iov_base = (void *)(uintptr_t)h.name_p, .iov_len = h.namelen},
+        {.iov_base = (void *)(uintptr_t)h.iov_p, .iov_len = h.iovlen * 16},
+    };
+    size_t meta = h.namelen + h.iovlen * 16;
+    if (read_ranges(tid, w->meta, meta, ranges, 2) != meta ||
+        (h.name_p && !name_known(g, &c, w->meta)))
+        goto out;
+    int64_t len = parse_iovecs(w->meta + h.namelen, h.iovlen, w->ranges, MAX_DATA);
+    if (len < 0 || read_ranges(tid, w->data, (size_t)len, w->ranges, h.iovlen) != (size_t)len)
+        goto out;
+    if (!still_waiting(g, n->id))
+        r = DONE;
+    else if ((r = send_one(g, &c, h.name_p ? w->meta : NULL, h.namelen, w->data, (size_t)len,
+                           flags, &rc)) == DONE)
         answer(g, n->id, rc);
+out:
     close(c.dup);
     return r;
 }
 
-/* Entries are sent in order, read MMSG_BATCH at a time, until one the gate cannot
- * answer: the first one is then handed over whole; after some were sent, the count so
- * far is the answer, as the kernel's own sendmmsg answers when a later entry fails. */
-static int do_sendmmsg(struct sandlock_gate *g, struct seccomp_notif *n)
+/* Send up to count entries of a sendmmsg vector, already copied into w->vec (from the
+ * child's base), with one sendmmsg of our own, in three reads: the names and iovec arrays
+ * of all, then the data of all. Stops before the first entry the gate cannot answer.
+ * The entries sent (their msg_len written back); *rc is the error when none was. */
+static unsigned int send_batch(struct worker *w, const struct call *c, uint64_t base,
+                               unsigned int count, int flags, int64_t *rc)
 {
+    struct sandlock_gate *g = w->g;
+    int tid = (int)c->n->pid;
+    struct hdr h[MMSG_BATCH];
+    size_t meta_at[MMSG_BATCH + 1], data_at[MMSG_BATCH + 1];
+    unsigned int k, nr;
+
+    *rc = 0;
+    /* What each entry points at: its name and its iovec array. */
+    meta_at[0] = 0;
+    for (k = 0; k < count; k++) {
+        if (!hdr_usable(c, w->vec + k * (MMSGHDR_SIZE / 8), flags, &h[k]))
+            break;
+        w->ranges[2 * k] = (struct iovec){(void *)(uintptr_t)h[k].name_p, h[k].namelen};
+        w->ranges[2 * k + 1] = (struct iovec){(void *)(uintptr_t)h[k].iov_p, h[k].iovlen * 16};
+        meta_at[k + 1] = meta_at[k] + h[k].namelen + h[k].iovlen * 16;
+    }
+    size_t got = read_ranges(tid, w->meta, meta_at[k], w->ranges, 2 * k);
+    while (k > 0 && meta_at[k] > got)
+        k--;
+    /* Each destination decided, each entry's data ranges laid end to end. */
+    data_at[0] = 0;
+    nr = 0;
+    for (unsigned int i = 0; i < k; i++) {
+        const uint8_t *name = w->meta + meta_at[i];
+        int64_t len;
+        if ((h[i].name_p && !name_known(g, c, name)) || nr + h[i].iovlen > UIO_MAXIOV ||
+            (len = parse_iovecs(name + h[i].namelen, h[i].iovlen, w->ranges + nr,
+                                MAX_DATA - data_at[i])) < 0) {
+            k = i;
+            break;
+        }
+        nr += (unsigned int)h[i].iovlen;
+        data_at[i + 1] = data_at[i] + (size_t)len;
+    }
+    got = read_ranges(tid, w->data, data_at[k], w->ranges, nr);
+    while (k > 0 && data_at[k] > got)
+        k--;
+    if (k == 0)
+        return 0;
+    if (!still_waiting(g, c->n->id)) {
+        *rc = -ENOENT;
+        return 0;
+    }
+    struct mmsghdr msgs[MMSG_BATCH];
+    struct iovec iov[MMSG_BATCH];
+    for (unsigned int i = 0; i < k; i++) {
+        iov[i] = (struct iovec){w->data + data_at[i], data_at[i + 1] - data_at[i]};
+        msgs[i] = (struct mmsghdr){.msg_hdr = {
+            .msg_name = h[i].name_p ? w->meta + meta_at[i] : NULL,
+            .msg_namelen = h[i].namelen,
+            .msg_iov = &iov[i],
+            .msg_iovlen = 1,
+        }};
+    }
+    /* The kernel stops at the first entry that fails and, if some were sent, says how
+     * many and drops the error: exactly the answer owed to the child. */
+    int sent = sendmmsg(c->dup, msgs, k, flags | MSG_DONTWAIT);
+    if (sent <= 0) {
+        *rc = sent < 0 ? -errno : 0;
+        return 0;
+    }
+    uint32_t lens[MMSG_BATCH];
+    for (int i = 0; i < sent; i++) {
+        lens[i] = msgs[i].msg_len;
+        w->ranges[i] = (struct iovec){(void *)(uintptr_t)(base + (uint64_t)i * MMSGHDR_SIZE +
+                                                         MSGHDR_SIZE), sizeof lens[i]};
+    }
+    struct iovec local = {.iov_base = lens, .iov_len = sent * sizeof lens[0]};
+    if (process_vm_writev(tid, &local, 1, w->ranges, (unsigned long)sent, 0) < 0 &&
+        (errno == ENOSYS || errno == EPERM)) {
+        for (int i = 0; i < sent; i++)
+            sandlock_write_mem(tid, (uint64_t)(uintptr_t)w->ranges[i].iov_base, &lens[i],
+                               sizeof lens[i]);
+    }
+    atomic_fetch_add(&g->n_sends, (uint64_t)sent);
+    return (unsigned int)sent;
+}
+
+/* Entries are sent in order, MMSG_BATCH at a time, until one the gate cannot answer:
+ * the first one is then handed over whole; after some were sent, the count so far is
+ * the answer, as the kernel's own sendmmsg answers when a later entry fails. */
+static int do_sendmmsg(struct worker *w, struct seccomp_notif *n)
+{
+    struct sandlock_gate *g = w->g;
     struct call c;
-    uint64_t vec[MMSG_BATCH * MMSGHDR_SIZE / 8];
     uint64_t vec_p = n->data.args[1];
     unsigned int vlen = (unsigned int)n->data.args[2];
     int flags = (int)n->data.args[3];
-    if (vlen == 0)
+    if (vlen == 0 || flags & MSG_FASTOPEN)
         return HAND_OVER;
     if (vlen > UIO_MAXIOV)
         vlen = UIO_MAXIOV; /* the kernel clamps it too */
-    if (open_call(&c, n, (int)n->data.args[0], 1) != DONE)
+    if (open_call(w, &c, n, (int)n->data.args[0], 1) != DONE)
         return HAND_OVER;
     unsigned int sent = 0;
     int64_t rc = 0;
-    int stop = 0;
-    while (sent < vlen && !stop) {
+    while (sent < vlen) {
         unsigned int batch = vlen - sent < MMSG_BATCH ? vlen - sent : MMSG_BATCH;
         uint64_t base = vec_p + (uint64_t)sent * MMSGHDR_SIZE;
-        if (!read_exact((int)n->pid, base, vec, (size_t)batch * MMSGHDR_SIZE))
+        if (!read_exact((int)n->pid, base, w->vec, (size_t)batch * MMSGHDR_SIZE))
             break;
-        for (unsigned int i = 0; i < batch; i++, sent++) {
-            if (send_msghdr(g, &c, vec + i * (MMSGHDR_SIZE / 8), flags, &rc) != DONE || rc < 0) {
-                stop = 1;
-                break;
-            }
-            uint32_t len32 = (uint32_t)rc;
-            sandlock_write_mem((int)n->pid, base + i * MMSGHDR_SIZE + MSGHDR_SIZE,
-                               &len32, sizeof len32);
-        }
+        unsigned int done = send_batch(w, &c, base, batch, flags, &rc);
+        sent += done;
+        if (done < batch)
+            break;
     }
+    /* A blocking socket that found no room for the first entry would wait: Python. */
+    int would_wait = sent == 0 && rc == -EAGAIN && !(flags & MSG_DONTWAIT) &&
+                     nonblocking(c.dup) != 1;
     close(c.dup);
     if (sent > 0)
         return answer(g, n->id, sent);
     if (rc == -ENOENT)
         return DONE; /* the thread is gone */
-    if (rc < 0 && (rc != -EAGAIN || c.nonblocking || flags & MSG_DONTWAIT))
+    if (rc < 0 && !would_wait)
         return answer(g, n->id, rc);
     return HAND_OVER; /* nothing sent: Python answers it, waiting if it must */
 }
 
 /* open/openat/openat2: CONTINUE unless the last component could name a virtual file. */
-static int do_open(struct sandlock_gate *g, struct seccomp_notif *n)
+static int do_open(struct worker *w, struct seccomp_notif *n)
 {
     char path[PATH_READ + 1];
     uint64_t p = n->data.nr == NR_OPEN ? n->data.args[0] : n->data.args[1];
@@ -424,33 +693,33 @@ static int do_open(struct sandlock_gate *g, struct seccomp_notif *n)
     }
     /* Unreadable or too long: the kernel reads it again and gives the error itself. */
     struct seccomp_notif_resp r = {.id = n->id, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
-    ioctl(g->listener, SECCOMP_IOCTL_NOTIF_SEND, &r);
-    atomic_fetch_add(&g->n_opens, 1);
+    ioctl(w->g->listener, SECCOMP_IOCTL_NOTIF_SEND, &r);
+    atomic_fetch_add(&w->g->n_opens, 1);
     return DONE;
 }
 
-static int try_answer(struct sandlock_gate *g, struct seccomp_notif *n)
+static int try_answer(struct worker *w, struct seccomp_notif *n)
 {
-    unsigned int flags = atomic_load(&g->flags);
+    unsigned int flags = atomic_load(&w->g->flags);
     if (n->data.arch != AUDIT_ARCH_X86_64)
         return HAND_OVER;
     switch (n->data.nr) {
     case NR_OPEN:
     case NR_OPENAT:
     case NR_OPENAT2:
-        return flags & SANDLOCK_GATE_OPEN ? do_open(g, n) : HAND_OVER;
+        return flags & SANDLOCK_GATE_OPEN ? do_open(w, n) : HAND_OVER;
     }
     if (!(flags & SANDLOCK_GATE_CACHE))
         return HAND_OVER;
     switch (n->data.nr) {
     case NR_CONNECT:
-        return do_connect(g, n);
+        return do_connect(w, n);
     case NR_SENDTO:
-        return do_sendto(g, n);
+        return do_sendto(w, n);
     case NR_SENDMSG:
-        return do_sendmsg(g, n);
+        return do_sendmsg(w, n);
     case NR_SENDMMSG:
-        return do_sendmmsg(g, n);
+        return do_sendmmsg(w, n);
     }
     return HAND_OVER;
 }
@@ -459,7 +728,8 @@ static int try_answer(struct sandlock_gate *g, struct seccomp_notif *n)
 
 static void *gate_main(void *arg)
 {
-    struct sandlock_gate *g = arg;
+    struct worker *w = arg;
+    struct sandlock_gate *g = w->g;
     struct pollfd p[2] = {{.fd = g->listener, .events = POLLIN}, {.fd = g->wake, .events = POLLIN}};
     for (;;) {
         if (poll(p, 2, -1) < 0) {
@@ -478,7 +748,7 @@ static void *gate_main(void *arg)
         memset(&n, 0, sizeof n);
         if (ioctl(g->listener, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0)
             continue; /* ENOENT: withdrawn (the thread was killed before we took it) */
-        if (try_answer(g, &n) == DONE)
+        if (try_answer(w, &n) == DONE)
             continue;
         struct sandlock_handoff h = {
             .id = n.id, .pid = n.pid, .nr = n.data.nr, .arch = n.data.arch,
@@ -491,6 +761,9 @@ static void *gate_main(void *arg)
         }
         atomic_fetch_add(&g->n_handoffs, 1);
     }
+    for (int i = 0; i < PIDFDS; i++)
+        if (w->pidfds[i].used)
+            pidfd_drop(&w->pidfds[i]);
     close(g->out); /* Python reads end-of-file */
     return NULL;
 }
@@ -521,7 +794,8 @@ struct sandlock_gate *sandlock_gate_start(int listener, unsigned int flags, int 
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&g->thread, NULL, gate_main, g);
+    g->worker.g = g;
+    int rc = pthread_create(&g->thread, NULL, gate_main, &g->worker);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         *err = -rc;
