@@ -490,3 +490,16 @@ def test_python_urllib_client(run_sandboxed, http_servers):
     )
     assert json.loads(res.stdout) == {allowed.url: 200, denied.url: 111}, describe(res)
     assert (allowed.requests, denied.requests) == (1, 0)
+
+
+@pytest.mark.parametrize("rule", ["127.0.0.1", "localhost:80"])
+def test_a_command_without_network_calls_loads_no_supervisor(rule: str) -> None:
+    """The launch path stays lean: a command that makes no decision never imports trio,
+    dnspython or dataclasses (each costs the start-up tens of milliseconds), even with a
+    hostname rule (whose virtual files the C gate leaves alone until one is opened)."""
+    argv = [sys.executable, "-X", "importtime", "-m", "sandlock", "run", "--no-dns-proxy"]
+    res = run_command([*argv, "--net-allow", rule, "--", "/bin/true"], env=sandlock_env())
+    assert res.returncode == 0, describe(res)
+    loaded = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if "|" in line}
+    assert "sandlock.cli" in loaded and "sandlock.launch" in loaded, describe(res)
+    assert not loaded & {"trio", "dns", "dataclasses"}, sorted(loaded & {"trio", "dns"})
