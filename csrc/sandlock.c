@@ -294,30 +294,6 @@ int sandlock_protect_self(void)
 
 /* ---- the listener ------------------------------------------------------------ */
 
-int sandlock_notif_recv(int listener, struct sandlock_notif *out)
-{
-    struct pollfd p = {.fd = listener, .events = POLLIN};
-    int n = poll(&p, 1, 0);
-    if (n < 0)
-        return NEG_ERRNO;
-    if (n == 0)
-        return -EAGAIN;
-    if (!(p.revents & POLLIN))
-        return (p.revents & (POLLHUP | POLLERR)) ? -EPIPE : -EAGAIN;
-
-    struct seccomp_notif req;
-    memset(&req, 0, sizeof req); /* the kernel insists */
-    if (ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0)
-        return NEG_ERRNO;
-    out->id = req.id;
-    out->pid = req.pid;
-    out->nr = req.data.nr;
-    out->arch = req.data.arch;
-    for (int i = 0; i < 6; i++)
-        out->args[i] = req.data.args[i];
-    return 0;
-}
-
 int sandlock_notif_send(int listener, uint64_t id, int64_t val, int32_t error, uint32_t flags)
 {
     struct seccomp_notif_resp resp = {.id = id, .val = val, .error = error, .flags = flags};

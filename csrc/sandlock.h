@@ -13,15 +13,6 @@
 
 /* cdef-begin */
 
-/* A seccomp notification, flattened (struct seccomp_notif + struct seccomp_data). */
-struct sandlock_notif {
-    uint64_t id;
-    uint32_t pid;      /* a thread id, not a process id */
-    int32_t nr;        /* syscall number */
-    uint32_t arch;     /* AUDIT_ARCH_* */
-    uint64_t args[6];
-};
-
 /* What the spawned child reports when a step before exec fails. */
 enum {
     SANDLOCK_STAGE_PARENT = 1,   /* pipe/fork/pidfd in the parent */
@@ -52,9 +43,7 @@ int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
  * neither ptrace it nor read or write its memory. */
 int sandlock_protect_self(void);
 
-/* SECCOMP_IOCTL_NOTIF_RECV, but -EAGAIN instead of blocking when nothing is
- * pending, and -EPIPE once every task of the filter is gone (POLLHUP). */
-int sandlock_notif_recv(int listener, struct sandlock_notif *out);
+/* Notifications are received by the gate (gate.h); these answer them. */
 /* flags: SECCOMP_USER_NOTIF_FLAG_CONTINUE (1) lets the kernel run the call as usual. */
 int sandlock_notif_send(int listener, uint64_t id, int64_t val, int32_t error, uint32_t flags);
 /* SECCOMP_IOCTL_NOTIF_ADDFD: install a duplicate of our srcfd in the notifying thread

@@ -31,7 +31,6 @@ _ffi: Any = ffi
 FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 NOTIF_FD_SYNC_WAKE_UP = 1
 NOTIF_FLAG_CONTINUE = 1  # SECCOMP_USER_NOTIF_FLAG_CONTINUE: the kernel runs the call itself
-ADDFD_FLAG_SETFD = 1  # SECCOMP_ADDFD_FLAG_SETFD: at the fd number given (unused)
 ADDFD_FLAG_SEND = 2  # SECCOMP_ADDFD_FLAG_SEND: install and answer with the fd, atomically
 
 STAGE_PARENT = 1
@@ -114,7 +113,7 @@ def protect_self() -> None:
 
 
 class Notif:
-    """One seccomp notification, copied out of the C struct (the C struct is reused)."""
+    """One seccomp notification, as the gate hands it over (struct sandlock_handoff)."""
 
     __slots__ = ("arch", "args", "id", "nr", "pid")
 
@@ -129,30 +128,9 @@ class Notif:
         return f"Notif(id={self.id}, pid={self.pid}, nr={self.nr})"
 
 
-class Receiver:
-    """Receives notifications from one listener without ever blocking."""
-
-    __slots__ = ("_buf", "fd")
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._buf = _ffi.new("struct sandlock_notif *")
-
-    def recv(self) -> Notif | int:
-        """A notification, or -EAGAIN (none pending), -ENOENT (withdrawn), -EPIPE (gone)."""
-        b = self._buf
-        rc: int = _lib.sandlock_notif_recv(self.fd, b)
-        if rc < 0:
-            return rc
-        a = b.args
-        return Notif(b.id, b.pid, b.nr, b.arch, (a[0], a[1], a[2], a[3], a[4], a[5]))
-
-
-def notif_send(listener: int, notif_id: int, val: int, error: int, flags: int = 0) -> int:
-    """Answer a notification; -ENOENT when the thread is gone or was interrupted.
-
-    ``flags=NOTIF_FLAG_CONTINUE`` (with val and error 0) lets the kernel run the call."""
-    rc: int = _lib.sandlock_notif_send(listener, notif_id, val, error, flags)
+def notif_send(listener: int, notif_id: int, val: int, error: int) -> int:
+    """Answer a notification; -ENOENT when the thread is gone or was interrupted."""
+    rc: int = _lib.sandlock_notif_send(listener, notif_id, val, error, 0)
     return rc
 
 
@@ -308,7 +286,6 @@ def signalfd(signals: Sequence[int]) -> int:
 
 GATE_CACHE = 1  # answer calls to destinations Python allowed and remembered
 GATE_OPEN = 2  # CONTINUE opens whose last path component cannot be a virtual file
-HANDOFF_CONNECTING = 1
 _HANDOFF = struct.Struct("<QIiIi6Qii")  # struct sandlock_handoff
 
 

@@ -347,9 +347,11 @@ def _run(args: argparse.Namespace) -> int:
         learner = Learner(allow, deny)
         policy = learner.policy
     else:
-        from .names import prepare
+        from .names import Plan
 
-        policy, names = prepare(allow, deny, _name_options(args))
+        plan = Plan(allow, deny, _name_options(args))
+        policy = plan.policy
+        names = plan.start(policy)
 
     from ._signals import FORWARDED_SIGNALS, open_signalfd
     from .launch import original_environ, start, wait_child

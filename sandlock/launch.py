@@ -160,26 +160,26 @@ def _launch_error(name: str, cwd: str | None, err: sys_.SpawnError) -> Exception
 def wait_child(child: Child, signal_fd: int, *, until_notified: bool) -> int | None:
     """Wait for the child without trio, forwarding signals from ``signal_fd``.
 
-    Returns its exit status; or, with ``until_notified``, None as soon as the gate hands
-    a notification over (the caller then starts the supervisor). A command that never
+    Returns its exit status; or, with ``until_notified`` (and a gate), None as soon as the
+    gate hands a notification over (the caller then starts the supervisor). A command that never
     needs a decision thus never pays for the supervisor's start-up."""
     from ._signals import forward_pending
 
     poller = select.poll()
     poller.register(child.pidfd, select.POLLIN)
     poller.register(signal_fd, select.POLLIN)
-    watched = child.gate.fd if child.gate is not None else child.listener
-    if until_notified:
-        poller.register(watched, select.POLLIN)
+    gate = child.gate if until_notified else None
+    if gate is not None:
+        poller.register(gate.fd, select.POLLIN)
     while True:
         ready = dict(poller.poll())
-        if until_notified and ready.get(watched, 0) & select.POLLIN:
-            handed = child.gate.read() if child.gate is not None else []
+        if gate is not None and ready.get(gate.fd, 0) & select.POLLIN:
+            handed = gate.read()
             if handed is not None:
-                if child.gate is not None:
-                    child.gate.hold(handed)
+                gate.hold(handed)  # the supervisor answers them first
                 return None
-            poller.unregister(watched)  # the gate saw the sandbox go: wait for the status
+            poller.unregister(gate.fd)  # the gate saw the sandbox go: wait for the status
+            gate = None
         if signal_fd in ready:
             forward_pending(signal_fd, child.pidfd)
         if child.pidfd in ready:

@@ -45,7 +45,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import dns
 
-__all__ = ["NameOptions", "Names", "Plan", "prepare"]
+__all__ = ["NameOptions", "Names", "Plan"]
 
 DNS_PORT = 53
 _BIND_TRIES = 16
@@ -129,19 +129,6 @@ def _opt_str(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise TypeError("dns_upstream must be a string")
-
-
-def prepare(
-    allow: Sequence[str], deny: Sequence[str], options: NameOptions | None = None
-) -> tuple[Policy, Names | None]:
-    """Parse and resolve the rules the way ``options`` asks; bind the forwarder if needed.
-
-    Returns the policy and, when hostname rules or the DNS proxy need anything at run
-    time, a :class:`Names` for the sandbox (None otherwise). Raises PolicyError for a
-    bad rule, an unresolvable host or a bad option, SandlockError if the forwarder
-    cannot be bound when it must be."""
-    plan = Plan(allow, deny, options)
-    return plan.policy, plan.start(plan.policy)
 
 
 class Plan:

@@ -240,12 +240,21 @@ def run_child(argv: Sequence[str], vf: VirtualFiles, cwd: str | None = None) -> 
 
 
 def _serve(pidfd: int, listener: int, vf: VirtualFiles) -> tuple[int, int]:
-    """Answer the child's notifications until it exits; kill it and fail on a hang."""
+    """Answer the child's notifications until it exits; kill it and fail on a hang.
+    A gate with no flags hands every notification over (nothing answered in C)."""
+    gate = sys_.Gate(listener)
+    try:
+        return _serve_gate(pidfd, gate, vf)
+    finally:
+        gate.close()
+
+
+def _serve_gate(pidfd: int, gate: sys_.Gate, vf: VirtualFiles) -> tuple[int, int]:
     deadline = time.monotonic() + TIMEOUT
     poller = select.poll()
-    poller.register(listener, select.POLLIN)
+    poller.register(gate.fd, select.POLLIN)
     poller.register(pidfd, select.POLLIN)
-    receiver = sys_.Receiver(listener)
+    listener = gate.listener
     served = continued = 0
     while True:
         left = deadline - time.monotonic()
@@ -254,17 +263,18 @@ def _serve(pidfd: int, listener: int, vf: VirtualFiles) -> tuple[int, int]:
             os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
             pytest.fail(f"hang: the child did not finish in {TIMEOUT}s")
         ready = dict(poller.poll(left * 1000))
-        if listener in ready:
-            while not isinstance(n := receiver.recv(), int):
+        if gate.fd in ready:
+            handed = gate.read()
+            for n in (h.notif for h in handed or ()):
                 if n.nr in vfiles.OPEN_SYSCALLS and vf.handle_open(listener, n):
                     served += 1
                 elif n.nr in NETWORK:
                     sys_.notif_send(listener, n.id, 0, -errno.ECONNREFUSED)
                 else:
-                    sys_.notif_send(listener, n.id, 0, 0, sys_.NOTIF_FLAG_CONTINUE)
+                    sys_.notif_continue(listener, n.id)
                     continued += 1
-            if n == -errno.EPIPE:
-                poller.unregister(listener)
+            if handed is None:
+                poller.unregister(gate.fd)  # the sandbox is gone
         if pidfd in ready:
             return served, continued
 
