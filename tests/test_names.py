@@ -83,7 +83,7 @@ def attempt(ip):
 def test_addresses_follow_the_ttl(fake: FakeUpstream, twin_listeners: int, tmp_path: Path):
     """A name's answer becomes allowed for its TTL: after the upstream moves the name and
     the TTL runs out, a new lookup and a connect to the new address pass while the old
-    address is refused."""
+    address is refused; a connection opened before the expiry stays open."""
     port = twin_listeners
     fake.add("api.example.test", "A", ["127.0.0.3"], ttl=2)
     flip, flipped = tmp_path / "flip", tmp_path / "flipped"
@@ -93,12 +93,14 @@ def test_addresses_follow_the_ttl(fake: FakeUpstream, twin_listeners: int, tmp_p
         + textwrap.dedent(f"""
         first = addrs("api.example.test")
         r1 = attempt(first[0])
+        held = socket.create_connection((first[0], PORT), timeout=10)
         open({str(flip)!r}, "w").close()
         while not os.path.exists({str(flipped)!r}):
             time.sleep(0.01)
         time.sleep(3)  # past the 2 s TTL
         second = addrs("api.example.test")
-        print(first[0], r1, second[0], attempt(second[0]), attempt("127.0.0.3"))
+        kept = "open" if held.send(b"x") == 1 else "closed"
+        print(first[0], r1, second[0], attempt(second[0]), attempt("127.0.0.3"), kept)
     """)
     )
 
@@ -116,7 +118,10 @@ def test_addresses_follow_the_ttl(fake: FakeUpstream, twin_listeners: int, tmp_p
     )
     mover.join(SLOW)
     assert res.returncode == 0, describe(res)
-    assert res.stdout.split() == ["127.0.0.3", "ok", "127.0.0.4", "ok", "111"], describe(res)
+    assert res.stdout.split() == ["127.0.0.3", "ok", "127.0.0.4", "ok", "111", "open"], (
+        describe(res)
+    )
+    assert ("api.example.test", "A", "udp") in fake.queries  # the start-up lookup too
     assert "denied tcp 127.0.0.3" in res.stderr
 
 
