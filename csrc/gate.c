@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -35,6 +36,9 @@
 #define NR_SENDMMSG 307
 #define NR_OPENAT2 437
 
+#ifndef SO_COOKIE
+#define SO_COOKIE 57
+#endif
 #ifndef MSG_FASTOPEN
 #define MSG_FASTOPEN 0x20000000
 #endif
@@ -46,6 +50,12 @@
 #endif
 #ifndef PIDFD_THREAD
 #define PIDFD_THREAD O_EXCL
+#endif
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
 #endif
 #ifndef SECCOMP_USER_NOTIF_FLAG_CONTINUE
 #define SECCOMP_USER_NOTIF_FLAG_CONTINUE (1UL << 0)
@@ -63,6 +73,7 @@
 #define PATH_READ 4096
 #define SLOTS 1024            /* remembered destinations; emptied when 3/4 full */
 #define PIDFDS 64             /* pidfds kept open, one per thread of the sandbox */
+#define KINDS 64              /* sockets whose kind is remembered, by cookie */
 
 /* The result of trying to answer: answered (or nothing left to answer), or hand over. */
 enum { DONE = 0, HAND_OVER = 1 };
@@ -72,6 +83,12 @@ struct key {
     uint16_t port;
     uint8_t domain, type, protocol, used;
     uint8_t pad[4];
+};
+
+/* A socket's cookie -> its domain, type and protocol; see sock_kind_cached. */
+struct sock_kind {
+    uint64_t cookie;
+    int domain, type, protocol;
 };
 
 /* tid -> pidfd; see getfd. */
@@ -87,6 +104,7 @@ struct worker {
     struct sandlock_gate *g;
     struct pidfd_slot pidfds[PIDFDS];
     uint64_t clock;
+    struct sock_kind kinds[KINDS];
     struct iovec ranges[UIO_MAXIOV];
     uint64_t vec[MMSG_BATCH * MMSGHDR_SIZE / 8];
     uint8_t meta[MMSG_BATCH * (MAX_NAME + MAX_IOV * 16)];
@@ -97,6 +115,8 @@ struct sandlock_gate {
     int listener;
     int wake;      /* eventfd: written by sandlock_gate_stop */
     int out;       /* our end of the handoff socket */
+    int in_recv;   /* the thread waits in RECV itself, not in poll (see wait_in_recv) */
+    _Atomic int stopping;
     _Atomic unsigned int flags;
     pthread_t thread;
     pthread_mutex_t lock;   /* guards slots and used */
@@ -232,8 +252,12 @@ static void pidfd_drop(struct pidfd_slot *s)
     *s = (struct pidfd_slot){0};
 }
 
-/* Our duplicate of descriptor fd of thread tid, or -1. */
-static int getfd(struct worker *w, int tid, int fd)
+/* Our duplicate of descriptor fd of thread tid, or -1. *proven says it came through a
+ * pidfd opened before the notification was received: then the success itself proves that
+ * tid was that thread's all along (a tid is given again only once its struct pid is
+ * released, and a pidfd then fails with ESRCH), so what was read through tid before this
+ * call was read from the right process (see confirmed). */
+static int getfd(struct worker *w, int tid, int fd, int *proven)
 {
     for (;;) {
         int fresh;
@@ -241,6 +265,7 @@ static int getfd(struct worker *w, int tid, int fd)
         if (s == NULL)
             return -1;
         long dup = syscall(SYS_pidfd_getfd, s->fd, fd, 0);
+        *proven = !fresh;
         if (dup >= 0)
             return (int)dup;
         if (fresh)
@@ -285,6 +310,7 @@ static int read_exact(int tid, uint64_t addr, void *buf, size_t len)
 struct call {
     struct seccomp_notif *n;
     int dup;
+    int proven; /* see getfd */
     int domain, type, protocol;
 };
 
@@ -304,6 +330,16 @@ static int still_waiting(struct sandlock_gate *g, uint64_t id)
     return ioctl(g->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0;
 }
 
+/* Whether what was read through the notification's tid before open_call came from the
+ * thread that made the call: proven by getfd itself (a cached pidfd), else asked of the
+ * kernel (ID_VALID: the thread still waits, so its tid is still its own). 0 means the
+ * call is gone: nothing to do. If the thread was killed meanwhile and the gate still
+ * performs its call, that is the call it made, to a destination Python allowed. */
+static int confirmed(struct sandlock_gate *g, const struct call *c)
+{
+    return c->proven || still_waiting(g, c->n->id);
+}
+
 static int sockopt_int(int fd, int opt, int *out)
 {
     socklen_t len = sizeof *out;
@@ -318,23 +354,55 @@ static int nonblocking(int fd)
     return fl < 0 ? -1 : (fl & O_NONBLOCK) != 0;
 }
 
-/* Duplicate the child's descriptor and learn what the socket is; HAND_OVER if it is not
- * an IP socket of ours to answer (Python gives the precise error or handles the family). */
-static int open_call(struct worker *w, struct call *c, struct seccomp_notif *n, int fd,
-                     int need_dgram)
+/* What the socket is, asked of the kernel. */
+static int sock_kind(int fd, struct sock_kind *k)
 {
+    return sockopt_int(fd, SO_DOMAIN, &k->domain) < 0 || sockopt_int(fd, SO_TYPE, &k->type) < 0 ||
+                   sockopt_int(fd, SO_PROTOCOL, &k->protocol) < 0
+               ? -1
+               : 0;
+}
+
+/* What the socket is, remembered by its cookie: one getsockopt instead of three for a
+ * socket sent on again and again. A cookie names one socket for the whole boot (a 64-bit
+ * counter, never 0, never given twice), and a socket's domain, type and protocol do not
+ * change. Kept for sends only: a connect is usually a socket's first and only call. */
+static int sock_kind_cached(struct worker *w, int fd, struct sock_kind *out)
+{
+    uint64_t cookie = 0;
+    socklen_t len = sizeof cookie;
+    if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) < 0 || cookie == 0)
+        return sock_kind(fd, out);
+    struct sock_kind *k = &w->kinds[cookie % KINDS];
+    if (k->cookie != cookie) {
+        if (sock_kind(fd, out) < 0)
+            return -1;
+        out->cookie = cookie;
+        *k = *out;
+    }
+    *out = *k;
+    return 0;
+}
+
+/* Duplicate the child's descriptor and learn what the socket is; HAND_OVER if it is not
+ * an IP socket of ours to answer (Python gives the precise error or handles the family).
+ * A send (dgram: only SOCK_DGRAM sockets) uses the cache of socket kinds. */
+static int open_call(struct worker *w, struct call *c, struct seccomp_notif *n, int fd,
+                     int dgram)
+{
+    struct sock_kind k;
     c->n = n;
-    c->dup = getfd(w, (int)n->pid, fd);
+    c->dup = getfd(w, (int)n->pid, fd, &c->proven);
     if (c->dup < 0)
         return HAND_OVER;
-    if (sockopt_int(c->dup, SO_DOMAIN, &c->domain) < 0 ||
-        (c->domain != AF_INET && c->domain != AF_INET6) ||
-        sockopt_int(c->dup, SO_TYPE, &c->type) < 0 ||
-        (need_dgram && c->type != SOCK_DGRAM) ||
-        sockopt_int(c->dup, SO_PROTOCOL, &c->protocol) < 0) {
+    if ((dgram ? sock_kind_cached(w, c->dup, &k) : sock_kind(c->dup, &k)) < 0 ||
+        (k.domain != AF_INET && k.domain != AF_INET6) || (dgram && k.type != SOCK_DGRAM)) {
         close(c->dup);
         return HAND_OVER;
     }
+    c->domain = k.domain;
+    c->type = k.type;
+    c->protocol = k.protocol;
     return DONE;
 }
 
@@ -378,14 +446,17 @@ static int do_connect(struct worker *w, struct seccomp_notif *n)
     struct call c;
     uint8_t name[MAX_NAME];
     uint32_t len = (uint32_t)n->data.args[2];
+    /* The name first, the socket after: see confirmed. */
+    if (len < sizeof(struct sockaddr_in) || len > MAX_NAME ||
+        !read_exact((int)n->pid, n->data.args[1], name, len))
+        return HAND_OVER;
     if (open_call(w, &c, n, (int)n->data.args[0], 0) != DONE)
         return HAND_OVER;
-    if (!name_fits(&c, len) || !read_exact((int)n->pid, n->data.args[1], name, len) ||
-        !name_known(g, &c, name)) {
+    if (!name_fits(&c, len) || !name_known(g, &c, name)) {
         close(c.dup);
         return HAND_OVER;
     }
-    if (!still_waiting(g, n->id)) {
+    if (!confirmed(g, &c)) {
         close(c.dup);
         return DONE;
     }
@@ -423,9 +494,10 @@ static int do_connect(struct worker *w, struct seccomp_notif *n)
         }
         rc = -ECONNREFUSED; /* Python is gone: fail closed */
     }
+    answer(g, n->id, rc); /* first: the child need not wait for our close */
     close(c.dup);
     atomic_fetch_add(&g->n_connects, 1);
-    return answer(g, n->id, rc);
+    return DONE;
 }
 
 /* Turn a copied iovec array (n entries, as the child laid them out) into ranges at out:
@@ -464,22 +536,24 @@ static int do_sendto(struct worker *w, struct seccomp_notif *n)
     uint64_t len = n->data.args[2];
     int flags = (int)n->data.args[3];
     uint32_t namelen = (uint32_t)n->data.args[5];
-    if (len > MAX_DATA || flags & MSG_FASTOPEN)
+    if (len > MAX_DATA || flags & MSG_FASTOPEN || namelen < sizeof(struct sockaddr_in) ||
+        namelen > MAX_NAME)
         return HAND_OVER;
-    if (open_call(w, &c, n, (int)n->data.args[0], 1) != DONE)
-        return HAND_OVER;
-    int64_t rc;
-    int r = HAND_OVER;
-    /* The data and the name in one read: the data first, the name right after it. */
+    /* The data and the name in one read (the data first, the name right after it), then
+     * the socket: see confirmed. */
     struct iovec ranges[2] = {
         {.iov_base = (void *)(uintptr_t)n->data.args[1], .iov_len = len},
         {.iov_base = (void *)(uintptr_t)n->data.args[4], .iov_len = namelen},
     };
     const uint8_t *name = w->data + len;
-    if (name_fits(&c, namelen) &&
-        read_ranges((int)n->pid, w->data, len + namelen, ranges, 2) == len + namelen &&
-        name_known(g, &c, name)) {
-        if (!still_waiting(g, n->id))
+    if (read_ranges((int)n->pid, w->data, len + namelen, ranges, 2) != len + namelen)
+        return HAND_OVER;
+    if (open_call(w, &c, n, (int)n->data.args[0], 1) != DONE)
+        return HAND_OVER;
+    int64_t rc;
+    int r = HAND_OVER;
+    if (name_fits(&c, namelen) && name_known(g, &c, name)) {
+        if (!confirmed(g, &c))
             r = DONE;
         else if ((r = send_one(g, &c, name, namelen, w->data, len, flags, &rc)) == DONE)
             answer(g, n->id, rc);
@@ -726,29 +800,87 @@ static int try_answer(struct worker *w, struct seccomp_notif *n)
 
 /* ---- the thread ------------------------------------------------------------------------- */
 
+/* Waiting in RECV itself saves the poll() before each RECV (~1 us a call, bench/RESULTS.md).
+ * It needs a kernel whose RECV waits on the same queue as poll (6.6, the series that
+ * brought SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: so the flag's acceptance is the test): the
+ * sync wake-up then reaches it, and RECV returns once the last task of the filter is gone.
+ * A thread blocked in RECV is stopped by a signal of its own (GATE_SIGNAL, a no-op
+ * handler without SA_RESTART: RECV returns EINTR). If another part of the process
+ * already handles that signal, the gate leaves it alone and waits in poll(). */
+#define GATE_SIGNAL (SIGRTMAX - 6)
+
+static void gate_signal_handler(int sig)
+{
+    (void)sig; /* only there to interrupt RECV */
+}
+
+static pthread_mutex_t signal_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* 1 if GATE_SIGNAL is (now) ours to send. */
+static int own_gate_signal(void)
+{
+    struct sigaction cur, ours = {.sa_handler = gate_signal_handler}; /* no SA_RESTART */
+    sigemptyset(&ours.sa_mask);
+    pthread_mutex_lock(&signal_lock);
+    int ok = sigaction(GATE_SIGNAL, NULL, &cur) == 0;
+    if (ok && cur.sa_handler == SIG_DFL && !(cur.sa_flags & SA_SIGINFO))
+        ok = sigaction(GATE_SIGNAL, &ours, NULL) == 0;
+    else if (ok)
+        ok = !(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == gate_signal_handler;
+    pthread_mutex_unlock(&signal_lock);
+    return ok;
+}
+
+static int wait_in_recv(int listener, unsigned int flags)
+{
+    if (flags & SANDLOCK_GATE_POLL)
+        return 0;
+    if (ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP) < 0)
+        return 0;
+    return own_gate_signal();
+}
+
+/* 1 once the filter has no task left (RECV then fails at once, for ever). */
+static int sandbox_gone(int listener)
+{
+    struct pollfd p = {.fd = listener, .events = POLLIN};
+    return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR | POLLNVAL));
+}
+
+/* Wait for the next notification into n: 1 for one, 0 for none this time (withdrawn,
+ * interrupted), -1 to stop (asked to, or the sandbox is gone). */
+static int next_notification(struct sandlock_gate *g, struct pollfd p[2],
+                             struct seccomp_notif *n)
+{
+    if (atomic_load(&g->stopping))
+        return -1;
+    if (!g->in_recv) {
+        if (poll(p, 2, -1) < 0)
+            return errno == EINTR ? 0 : -1;
+        if (p[1].revents)
+            return -1;
+        if (!(p[0].revents & POLLIN))
+            return p[0].revents & (POLLHUP | POLLERR | POLLNVAL) ? -1 : 0;
+    }
+    memset(n, 0, sizeof *n);
+    if (ioctl(g->listener, SECCOMP_IOCTL_NOTIF_RECV, n) == 0)
+        return 1;
+    if (!g->in_recv || errno == EINTR)
+        return 0; /* ENOENT after poll: withdrawn (the thread was killed first) */
+    return sandbox_gone(g->listener) ? -1 : 0;
+}
+
 static void *gate_main(void *arg)
 {
     struct worker *w = arg;
     struct sandlock_gate *g = w->g;
     struct pollfd p[2] = {{.fd = g->listener, .events = POLLIN}, {.fd = g->wake, .events = POLLIN}};
+    struct seccomp_notif n;
     for (;;) {
-        if (poll(p, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
+        int got = next_notification(g, p, &n);
+        if (got < 0)
             break;
-        }
-        if (p[1].revents)
-            break;
-        if (!(p[0].revents & POLLIN)) {
-            if (p[0].revents & (POLLHUP | POLLERR | POLLNVAL))
-                break; /* every task of the sandbox is gone */
-            continue;
-        }
-        struct seccomp_notif n;
-        memset(&n, 0, sizeof n);
-        if (ioctl(g->listener, SECCOMP_IOCTL_NOTIF_RECV, &n) < 0)
-            continue; /* ENOENT: withdrawn (the thread was killed before we took it) */
-        if (try_answer(w, &n) == DONE)
+        if (got == 0 || try_answer(w, &n) == DONE)
             continue;
         struct sandlock_handoff h = {
             .id = n.id, .pid = n.pid, .nr = n.data.nr, .arch = n.data.arch,
@@ -790,10 +922,14 @@ struct sandlock_gate *sandlock_gate_start(int listener, unsigned int flags, int 
         goto fail;
     }
     g->out = sv[1];
-    /* Every signal blocked in the thread: they are the main thread's (Python's) to take. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
+    g->in_recv = wait_in_recv(listener, flags);
+    /* Every signal blocked in the thread: they are the main thread's (Python's) to take;
+     * all but GATE_SIGNAL, which only sandlock_gate_stop sends, when it waits in RECV. */
+    sigset_t mask, old;
+    sigfillset(&mask);
+    if (g->in_recv)
+        sigdelset(&mask, GATE_SIGNAL);
+    pthread_sigmask(SIG_SETMASK, &mask, &old);
     g->worker.g = g;
     int rc = pthread_create(&g->thread, NULL, gate_main, &g->worker);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -830,11 +966,27 @@ void sandlock_gate_stats(struct sandlock_gate *g, struct sandlock_gate_stats *ou
 
 void sandlock_gate_stop(struct sandlock_gate *g)
 {
+    atomic_store(&g->stopping, 1);
     uint64_t one = 1;
     if (write(g->wake, &one, sizeof one) < 0) {
         /* an eventfd write of 1 cannot fail short of a full counter; join regardless */
     }
-    pthread_join(g->thread, NULL);
+    if (g->in_recv) {
+        /* The signal may land just before the thread enters RECV (it checks stopping
+         * first, but not atomically with entering): so again until it has ended. */
+        struct timespec t;
+        do {
+            pthread_kill(g->thread, GATE_SIGNAL);
+            clock_gettime(CLOCK_REALTIME, &t);
+            t.tv_nsec += 2000000;
+            if (t.tv_nsec >= 1000000000) {
+                t.tv_sec++;
+                t.tv_nsec -= 1000000000;
+            }
+        } while (pthread_timedjoin_np(g->thread, NULL, &t) == ETIMEDOUT);
+    } else {
+        pthread_join(g->thread, NULL);
+    }
     close(g->wake);
     pthread_mutex_destroy(&g->lock);
     free(g);

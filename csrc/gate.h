@@ -10,14 +10,17 @@
  * itself, over a SOCK_SEQPACKET socket whose other end Python reads in its trio loop.
  * When the gate does answer, it does what Python would have done: it duplicates the
  * child's socket (pidfd_getfd), copies the destination and the data out of the child
- * once, confirms the thread still waits (ID_VALID), and performs the call on the
+ * once, confirms the copy came from the calling thread, and performs the call on the
  * duplicate with its copy, never blocking (a blocking TCP connect that is still in
  * progress is handed to Python with the duplicate, to be finished there).
  *
  * Why a thread in C: the profile (bench/RESULTS.md) put a trapped sendto at ~60 us,
  * nearly all of it trio's wake-up and Python glue around ~9 syscalls. Blocked in
- * poll() on the listener, with the sync wake-up flag, this thread is switched to
- * directly by the kernel and answers in a few microseconds.
+ * RECV (or, on kernels before 6.6, in poll() on the listener), with the sync wake-up
+ * flag, this thread is switched to directly by the kernel and answers in a few
+ * microseconds. Stopping a thread that waits in RECV takes a signal of the gate's own
+ * (see gate.c); an application that handles that signal itself keeps it, and its gates
+ * wait in poll().
  *
  * With SANDLOCK_GATE_OPEN it also answers open/openat/openat2 of any file whose last
  * path component is not "hosts" or "resolv.conf" with CONTINUE (the kernel opens it as
@@ -53,7 +56,8 @@ enum {
 
 enum {
     SANDLOCK_GATE_CACHE = 1,  /* answer calls to remembered destinations */
-    SANDLOCK_GATE_OPEN = 2    /* CONTINUE opens of files that cannot be virtual */
+    SANDLOCK_GATE_OPEN = 2,   /* CONTINUE opens of files that cannot be virtual */
+    SANDLOCK_GATE_POLL = 4    /* wait in poll() even where RECV could wait (tests) */
 };
 
 /* Counters of what the gate answered itself, and of what it handed over. */

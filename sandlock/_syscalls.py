@@ -286,6 +286,7 @@ def signalfd(signals: Sequence[int]) -> int:
 
 GATE_CACHE = 1  # answer calls to destinations Python allowed and remembered
 GATE_OPEN = 2  # CONTINUE opens whose last path component cannot be a virtual file
+GATE_POLL = 4  # wait in poll() even where the kernel lets RECV wait (tests the fallback)
 _HANDOFF = struct.Struct("<QIiIi6Qii")  # struct sandlock_handoff
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 import threading
@@ -189,3 +190,35 @@ async def test_blocking_run_inside_trio_says_what_to_use() -> None:
     """Sandbox.run() from a trio task raises a SandlockError pointing to run_async."""
     with pytest.raises(SandlockError, match="run_async"):
         Sandbox().run(["/bin/true"])
+
+
+@pytest.mark.parametrize("handler_first", [True, False])
+def test_the_gates_signal_leaves_a_handler_of_the_application_alone(
+    sinks: Sinks, handler_first: bool
+) -> None:
+    """The gate interrupts its thread's RECV with a signal of its own (SIGRTMAX-6). An
+    application that handles that signal keeps its handler, installed before or after
+    sandboxes run (the gate then waits in poll instead), and sandboxes keep working."""
+    sink = sinks.udp("127.0.0.1")
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from sandlock import Sandbox
+        sig = signal.SIGRTMAX - 6
+        got = []
+        def install():
+            signal.signal(sig, lambda *_: got.append(1))
+        if {handler_first}:
+            install()
+        box = Sandbox(["{sink.spec}"])
+        send = "import socket; socket.socket(2, 2).sendto(b'x', ('127.0.0.1', {sink.port}))"
+        for _ in range(3):
+            assert box.run([sys.executable, "-c", send]).exit_code == 0
+        install()
+        assert box.run([sys.executable, "-c", send]).exit_code == 0
+        os.kill(os.getpid(), sig)
+        print(len(got))
+    """)
+    res = subprocess.run([PY, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["1"]
+    assert sink.settle().count == 4

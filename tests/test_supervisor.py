@@ -6,11 +6,14 @@ the daemon do), with real children on loopback.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,9 +50,16 @@ async def _until(condition: Callable[[], bool]) -> None:
         await trio.sleep(0.01)
 
 
-async def _run(argv: list[str], sup_for: Callable[[sys_.Gate], Supervisor]) -> int:
-    child = launch.start(argv)
-    assert child.gate is not None
+# How the gate's thread waits: in RECV itself (kernel >= 6.6, the default there) or in
+# poll() first (older kernels; GATE_POLL forces it, so both paths run here).
+WAITS = {"recv": 0, "poll": sys_.GATE_POLL}
+
+
+async def _run(
+    argv: list[str], sup_for: Callable[[sys_.Gate], Supervisor], wait: str = "recv"
+) -> int:
+    child = launch.start(argv, gate=False)
+    child.gate = sys_.Gate(child.listener, WAITS[wait])
     try:
         return await supervise(child, sup_for(child.gate))
     finally:
@@ -133,8 +143,10 @@ async def test_killed_child_mid_connect_leaks_no_descriptor(full_listener: str) 
     assert _own_fds() == before
 
 
-async def test_many_calls_leak_no_descriptor(sinks: Sinks) -> None:
-    """Hundreds of allowed and refused calls leave the supervisor's fd table as it was."""
+@pytest.mark.parametrize("wait", WAITS)
+async def test_many_calls_leak_no_descriptor(sinks: Sinks, wait: str) -> None:
+    """Hundreds of allowed and refused calls leave the supervisor's fd table as it was,
+    whichever way the gate waits."""
     sink = sinks.udp("127.0.0.1")
     script = textwrap.dedent(f"""
         import socket
@@ -149,11 +161,84 @@ async def test_many_calls_leak_no_descriptor(sinks: Sinks) -> None:
     """)
     before = _own_fds()
     policy = Policy.from_specs([sink.spec], [])
+    sups: list[Supervisor] = []
+
+    def make(gate: sys_.Gate) -> Supervisor:
+        sups.append(Supervisor(gate, policy))
+        return sups[0]
+
     with trio.fail_after(60):
-        code = await _run([PY, "-c", script], lambda gate: Supervisor(gate, policy))
+        code = await _run([PY, "-c", script], make, wait)
     assert code == 0
     assert sink.settle().count == 200
+    assert sups[0].answered_by_gate == 199  # all but the first allowed send
     assert _own_fds() == before
+
+
+@pytest.mark.parametrize("wait", WAITS)
+def test_gate_stops_while_the_sandbox_lives(tmp_path: Path, wait: str) -> None:
+    """Stopping a gate whose sandbox still runs returns at once, even while its thread
+    waits in RECV (a signal of its own interrupts it), and the sandbox then fails closed:
+    its next network call gets ENOSYS, never an answer from nobody or a hang."""
+    go = tmp_path / "go"
+    script = textwrap.dedent(f"""
+        import os, socket, time
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.01)
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.1", 9))
+        except OSError as e:
+            raise SystemExit(e.errno)
+    """)
+    child = launch.start([PY, "-c", script], gate=False)
+    try:
+        gate = sys_.Gate(child.listener, WAITS[wait])
+        time.sleep(0.2)  # the thread is waiting by now
+        closer = threading.Thread(target=gate.close, daemon=True)
+        closer.start()
+        closer.join(10)  # generous: a hang is what this catches
+        if closer.is_alive():
+            os.kill(child.pid, signal.SIGKILL)  # lets the thread go, once reaped
+            os.waitpid(child.pid, 0)
+            pytest.fail("Gate.close() did not return while the sandbox lived")
+        os.close(child.listener)  # the filter's calls now fail with ENOSYS
+        go.touch()
+        _, status = os.waitpid(child.pid, 0)
+    finally:
+        os.close(child.pidfd)
+    assert os.waitstatus_to_exitcode(status) == errno.ENOSYS
+
+
+async def test_a_new_socket_at_a_sent_on_descriptor_is_checked_anew(sinks: Sinks) -> None:
+    """The gate remembers what a socket is by its cookie, never by its descriptor number:
+    a UDP-Lite socket (SOCK_DGRAM too; inherited, as the filter refuses to create one)
+    put where a UDP socket was, sending to the same remembered destination, is decided
+    by Python (UDP-Lite is no allowed protocol) and refused."""
+    sink = sinks.udp("127.0.0.1")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136) as lite:  # IPPROTO_UDPLITE
+        script = textwrap.dedent(f"""
+            import os, socket
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for _ in range(3):
+                u.sendto(b"x", ("127.0.0.1", {sink.port}))
+            os.dup2({lite.fileno()}, u.fileno())
+            try:
+                u.sendto(b"x", ("127.0.0.1", {sink.port}))
+            except OSError as e:
+                raise SystemExit(e.errno)
+        """)
+        policy = Policy.from_specs([sink.spec], [])
+        events: list[Event] = []
+        child = launch.start([PY, "-c", script], keep_fds=[lite.fileno()])
+        try:
+            assert child.gate is not None
+            with trio.fail_after(60):
+                code = await supervise(child, Supervisor(child.gate, policy, events.append))
+        finally:
+            child.close()
+    assert code == errno.ECONNREFUSED
+    assert sink.settle().count == 3
+    assert [e.decision.allowed for e in events] == [True, False]
 
 
 def test_unix_sockets_work_relative_paths_and_fd_passing(tmp_path: Path) -> None:
