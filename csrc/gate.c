@@ -816,19 +816,51 @@ static void gate_signal_handler(int sig)
 
 static pthread_mutex_t signal_lock = PTHREAD_MUTEX_INITIALIZER;
 
+static int ours(const struct sigaction *a)
+{
+    return !(a->sa_flags & SA_SIGINFO) && a->sa_handler == gate_signal_handler;
+}
+
 /* 1 if GATE_SIGNAL is (now) ours to send. */
 static int own_gate_signal(void)
 {
-    struct sigaction cur, ours = {.sa_handler = gate_signal_handler}; /* no SA_RESTART */
-    sigemptyset(&ours.sa_mask);
+    struct sigaction cur, mine = {.sa_handler = gate_signal_handler}; /* no SA_RESTART */
+    sigemptyset(&mine.sa_mask);
     pthread_mutex_lock(&signal_lock);
     int ok = sigaction(GATE_SIGNAL, NULL, &cur) == 0;
     if (ok && cur.sa_handler == SIG_DFL && !(cur.sa_flags & SA_SIGINFO))
-        ok = sigaction(GATE_SIGNAL, &ours, NULL) == 0;
+        ok = sigaction(GATE_SIGNAL, &mine, NULL) == 0;
     else if (ok)
-        ok = !(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == gate_signal_handler;
+        ok = ours(&cur);
     pthread_mutex_unlock(&signal_lock);
     return ok;
+}
+
+/* Stop a thread that may be waiting in RECV: GATE_SIGNAL until it has ended. The signal
+ * may land just before the thread enters RECV (it checks stopping first, but not
+ * atomically with entering), hence again every 2 ms. Should the application have taken
+ * the signal over since the gate started, its handler is set aside until then (with
+ * SIG_IGN the kernel would drop the signal, and with a handler of its own the
+ * application would see signals it never sent). */
+static void interrupt_and_join(pthread_t thread)
+{
+    struct sigaction theirs, mine = {.sa_handler = gate_signal_handler};
+    sigemptyset(&mine.sa_mask);
+    pthread_mutex_lock(&signal_lock);
+    int set_aside = sigaction(GATE_SIGNAL, &mine, &theirs) == 0 && !ours(&theirs);
+    struct timespec t;
+    do {
+        pthread_kill(thread, GATE_SIGNAL);
+        clock_gettime(CLOCK_REALTIME, &t);
+        t.tv_nsec += 2000000;
+        if (t.tv_nsec >= 1000000000) {
+            t.tv_sec++;
+            t.tv_nsec -= 1000000000;
+        }
+    } while (pthread_timedjoin_np(thread, NULL, &t) == ETIMEDOUT);
+    if (set_aside)
+        sigaction(GATE_SIGNAL, &theirs, NULL);
+    pthread_mutex_unlock(&signal_lock);
 }
 
 static int wait_in_recv(int listener, unsigned int flags)
@@ -867,7 +899,9 @@ static int next_notification(struct sandlock_gate *g, struct pollfd p[2],
         return 1;
     if (!g->in_recv || errno == EINTR)
         return 0; /* ENOENT after poll: withdrawn (the thread was killed first) */
-    return sandbox_gone(g->listener) ? -1 : 0;
+    if (errno != ENOENT)
+        return -1; /* nothing RECV may return on a listener we hold: do not spin on it */
+    return sandbox_gone(g->listener) ? -1 : 0; /* ENOENT: gone, or withdrawn */
 }
 
 static void *gate_main(void *arg)
@@ -971,22 +1005,10 @@ void sandlock_gate_stop(struct sandlock_gate *g)
     if (write(g->wake, &one, sizeof one) < 0) {
         /* an eventfd write of 1 cannot fail short of a full counter; join regardless */
     }
-    if (g->in_recv) {
-        /* The signal may land just before the thread enters RECV (it checks stopping
-         * first, but not atomically with entering): so again until it has ended. */
-        struct timespec t;
-        do {
-            pthread_kill(g->thread, GATE_SIGNAL);
-            clock_gettime(CLOCK_REALTIME, &t);
-            t.tv_nsec += 2000000;
-            if (t.tv_nsec >= 1000000000) {
-                t.tv_sec++;
-                t.tv_nsec -= 1000000000;
-            }
-        } while (pthread_timedjoin_np(g->thread, NULL, &t) == ETIMEDOUT);
-    } else {
+    if (g->in_recv)
+        interrupt_and_join(g->thread);
+    else
         pthread_join(g->thread, NULL);
-    }
     close(g->wake);
     pthread_mutex_destroy(&g->lock);
     free(g);
