@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({100 * others / capacity:.0f}%, an upper bound)",
         f"peer: {PEER_REQUIREMENT} (bench/.peer-venv), also given Landlock read access to "
         f"{', '.join(setup.peer_kwargs([])['fs_readable'])} (it cannot exec anything "
-        f"otherwise); ours: {product.sandlock}",
+        f"otherwise); ours: {product.sandlock}, {product.install_kind()}",
         f"rounds: {args.rounds} (median){', --quick counts' if args.quick else ''}; {counts}",
         "ours/peer: (ours - native) / (peer - native) per op; for 8a-8c and 9 the whole "
         "figures, as issue 3's targets compare them",
