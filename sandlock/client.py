@@ -9,10 +9,9 @@ fails the sandbox's calls instead of leaving them waiting for nobody.
 
 from __future__ import annotations
 
+import _socket  # not socket, which loads selectors and enum: milliseconds of every launch
 import os
-import socket
 import sys
-from collections.abc import Sequence
 
 from . import _wire
 from ._signals import FORWARDED_SIGNALS, open_signalfd
@@ -22,6 +21,7 @@ from .launch import exit_status, original_environ, start, wait_child
 # typing costs a launch ~7 ms; the daemon client's path does without it at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 _REPLY_TIMEOUT = 30.0
@@ -34,9 +34,9 @@ class DaemonError(SandlockError):
     """The daemon cannot be reached, or refused a request."""
 
 
-def connect(path: str) -> socket.socket:
+def connect(path: str) -> _socket.socket:
     """A connection to the daemon at ``path``, or DaemonError saying why not."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     try:
         sock.connect(path)
     except OSError as err:
@@ -46,7 +46,7 @@ def connect(path: str) -> socket.socket:
 
 
 def request(
-    sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()
+    sock: _socket.socket, message: dict[str, Any], fds: Sequence[int] = ()
 ) -> dict[str, Any]:
     """Send one request and wait for its reply (an error reply raises DaemonError)."""
     try:
@@ -126,7 +126,7 @@ def run_via_daemon(
         sock.close()
 
 
-def _await_exit_notice(sock: socket.socket) -> None:
+def _await_exit_notice(sock: _socket.socket) -> None:
     """Wait (briefly) for the daemon to finish its reports for this sandbox."""
     sock.settimeout(_EXIT_NOTICE_TIMEOUT)
     try:
@@ -137,12 +137,18 @@ def _await_exit_notice(sock: socket.socket) -> None:
 
 def ps(path: str) -> list[dict[str, Any]]:
     """The caller's live sandboxes, as the daemon describes them."""
-    with connect(path) as sock:
+    sock = connect(path)
+    try:
         sandboxes: list[dict[str, Any]] = request(sock, {"op": "ps"})["sandboxes"]
         return sandboxes
+    finally:
+        sock.close()  # a bare _socket.socket is no context manager
 
 
 def set_policy(path: str, sandbox_id: str, allow: Sequence[str], deny: Sequence[str]) -> None:
     """Replace the policy of a running sandbox (PolicyError or DaemonError if refused)."""
-    with connect(path) as sock:
+    sock = connect(path)
+    try:
         request(sock, {"op": "policy", "id": sandbox_id, "allow": list(allow), "deny": list(deny)})
+    finally:
+        sock.close()

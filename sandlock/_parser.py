@@ -1,0 +1,249 @@
+"""The `sandlock` command's parser (argparse): its options, help texts and usage errors.
+
+Loaded only for what _fastrun.py does not read (argparse costs a start-up ~8 ms). The
+handlers that act on the parsed arguments are in cli.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import NoReturn
+
+from .cli import EXIT_USAGE, _fail
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line, never a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"{self.prog}: {message} (see '{self.prog} --help')", EXIT_USAGE)
+
+
+RUN_DESCRIPTION = """\
+Run CMD with its network egress limited to the destinations the rules allow.
+connect, sendto, sendmsg and sendmmsg of CMD, its threads and all its descendants are
+checked; a refused call fails with ECONNREFUSED and nothing leaves the machine.
+
+A rule is  [SCHEME://]TARGET[:PORTS]
+  SCHEME   tcp (the default), udp or icmp
+  TARGET   *  (any address), an IP (127.0.0.1, ::1), a CIDR (10.0.0.0/8, fc00::/7)
+           or a hostname (resolved once at start to all its A and AAAA addresses;
+           --net-allow only). Write IPv6 with a port in brackets: [::1]:443
+  PORTS    22,80,443 or * (all ports; also what no port means). icmp takes no port.
+
+Each protocol is decided on its own: with no --net-allow rule for a protocol, that
+protocol is denied. --net-deny is checked first and always wins. ::ffff:a.b.c.d is
+a.b.c.d; 0.0.0.0 and :: count as loopback. AF_UNIX and netlink are not egress.
+"""
+
+RUN_EPILOG = """\
+examples:
+  sandlock run --net-allow example.com:443 -- curl https://example.com/
+  sandlock run --net-allow 127.0.0.1:8080 --net-allow udp://127.0.0.1:53 \\
+               --net-deny 127.0.0.2 -- curl http://127.0.0.1:8080/
+  sandlock run --net-allow '*:443' --net-deny 10.0.0.0/8 -- ./build.sh
+  sandlock run --net-allow 'icmp://*' -- ping -c1 127.0.0.1
+  sandlock run -- ./offline-step          # no rule: no network at all
+
+exit status: CMD's own, 128+N if signal N killed it, 2 for a bad rule or usage,
+126/127 when CMD cannot be run.
+"""
+
+
+LEARN_DESCRIPTION = """\
+Run CMD with all egress allowed (--net-deny rules still apply), then print on stderr
+the smallest --net-allow list that covers what it did, grouped per protocol: the
+hostname of a --net-allow rule where the address came from one, the IP otherwise.
+Rules given with --net-allow are kept in the output.
+
+example:
+  sandlock learn --profile-out build.toml -- ./build.sh
+  sandlock run --profile build.toml -- ./build.sh
+"""
+
+
+def _fd_list(text: str) -> list[int]:
+    try:
+        fds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected descriptor numbers like 3,4: `{text}`"
+        ) from None
+    if not fds or any(fd < 0 for fd in fds):
+        raise argparse.ArgumentTypeError(f"expected descriptor numbers like 3,4: `{text}`")
+    return fds
+
+
+def _add_rule_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--net-allow",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="allow egress to RULE (repeatable)",
+    )
+    p.add_argument(
+        "--net-deny",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="refuse egress to RULE even where an allow rule matches "
+        "(repeatable; IPs and CIDRs only)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="read net_allow/net_deny lists from a TOML profile (added to the flags)",
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds: `{text}`")
+    return value
+
+
+def _add_name_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "hostnames",
+        "How rules that name hosts stay true (see README: resolve at start, DNS-following, "
+        "wildcards).",
+    )
+    g.add_argument(
+        "--dns-proxy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve CMD's DNS lookups from a forwarder that allows the addresses it answers "
+        "for their TTL, answers NXDOMAIN for names no rule covers, and takes all of CMD's "
+        "port-53 traffic (default: on when a --net-allow rule names a host; needed by "
+        "wildcard rules like '*.example.com:443'). --no-dns-proxy resolves hostnames "
+        "once at start instead",
+    )
+    g.add_argument(
+        "--dns-upstream",
+        metavar="IP[:PORT]",
+        help="where every lookup goes, the start-up resolution included "
+        "(default: the first nameserver of /etc/resolv.conf)",
+    )
+    g.add_argument(
+        "--dns-ttl-min",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="a learned address stays allowed at least this long (default: 30)",
+    )
+    g.add_argument(
+        "--dns-ttl-max",
+        type=_seconds,
+        default=3600.0,
+        metavar="SECONDS",
+        help="and at most this long, whatever its TTL (default: 3600)",
+    )
+    g.add_argument(
+        "--no-virtual-hosts",
+        dest="virtual_hosts",
+        action="store_false",
+        help="let CMD read the real /etc/hosts (by default it sees localhost and, when "
+        "hostnames are resolved at start, one line per allowed address)",
+    )
+
+
+def _add_command_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keep-fds",
+        type=_fd_list,
+        default=[],
+        metavar="N[,N...]",
+        help="pass these inherited descriptors (above 2) to CMD; the rest are "
+        "closed, since an inherited socket would be an unchecked channel",
+    )
+    p.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for every `sandlock` subcommand."""
+    parser = _Parser(
+        prog="sandlock",
+        description="An egress firewall for one command (seccomp user notification).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser(
+        "run",
+        help="run a command under --net-allow / --net-deny rules",
+        description=RUN_DESCRIPTION,
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_rule_args(run)
+    run.add_argument(
+        "--audit", metavar="PATH", help="append every decision to PATH as one JSON object per line"
+    )
+    run.add_argument(
+        "--quiet", action="store_true", help="do not report denied destinations on stderr"
+    )
+    run.add_argument(
+        "--summary",
+        action="store_true",
+        help="at exit, print a table of destinations, call counts and actions",
+    )
+    run.add_argument(
+        "--daemon",
+        metavar="PATH",
+        default=os.environ.get("SANDLOCK_DAEMON"),
+        help="let the daemon listening on PATH supervise CMD (default: $SANDLOCK_DAEMON; "
+        "unset: supervise here)",
+    )
+    _add_name_args(run)
+    _add_command_args(run)
+
+    learn = sub.add_parser(
+        "learn",
+        help="run a command with everything allowed and print the rules it needed",
+        description=LEARN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_rule_args(learn)
+    learn.add_argument(
+        "--profile-out",
+        metavar="FILE",
+        help="also write the rules as a TOML profile (for --profile)",
+    )
+    _add_command_args(learn)
+    serve = sub.add_parser(
+        "serve",
+        help="run one supervisor for many sandboxes (see run --daemon)",
+        description="Serve sandboxes started with `sandlock run --daemon PATH` until "
+        "SIGINT or SIGTERM. The socket is created 0600; a client may supervise only its "
+        "own processes. If the daemon dies, its sandboxes' network calls fail (ENOSYS).",
+    )
+    serve.add_argument("--socket", required=True, metavar="PATH", help="where to listen")
+    ps = sub.add_parser("ps", help="list the sandboxes a daemon supervises")
+    ps.add_argument(
+        "--daemon",
+        metavar="PATH",
+        default=os.environ.get("SANDLOCK_DAEMON"),
+        help="the daemon's socket (default: $SANDLOCK_DAEMON)",
+    )
+    pol = sub.add_parser(
+        "policy",
+        help="replace the rules of a running sandbox",
+        description="Replace the policy of sandbox ID (see `sandlock ps`) atomically; it "
+        "decides from the sandbox's next call. The new rules replace all old ones.",
+    )
+    pol.add_argument(
+        "--daemon",
+        metavar="PATH",
+        default=os.environ.get("SANDLOCK_DAEMON"),
+        help="the daemon's socket (default: $SANDLOCK_DAEMON)",
+    )
+    pol.add_argument("id", metavar="ID", help="the sandbox, as `sandlock ps` shows it")
+    _add_rule_args(pol)
+    return parser
