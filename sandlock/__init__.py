@@ -15,8 +15,6 @@ without loading trio unless it needs it.
 
 from __future__ import annotations
 
-import importlib
-
 from .errors import LaunchError as LaunchError
 from .errors import PolicyError as PolicyError
 from .errors import SandlockError as SandlockError
@@ -58,6 +56,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'sandlock' has no attribute {name!r}")
+    import importlib  # here: importlib (and warnings) would cost every launch ~0.5 ms
+
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value

@@ -19,7 +19,6 @@ an unwritable cache only costs the build.
 
 from __future__ import annotations
 
-import functools
 import os
 import stat
 import zlib
@@ -38,11 +37,25 @@ def cache_path(trap_open: bool = False) -> str:
     return os.path.join(base, "sandlock", f"filter-{key}{variant}.bpf")
 
 
-@functools.cache
+_loaded: dict[bool, bytes] = {}  # not functools.cache: functools costs a launch ~3 ms
+
+
 def filter_bpf(trap_open: bool = False) -> bytes:
     """The program: from the cache when it can be trusted, else built (and cached).
 
     ``trap_open`` selects the variant that also traps read-only opens (sandlock.vfiles)."""
+    program = _loaded.get(trap_open)
+    if program is None:
+        program = _loaded[trap_open] = _load(trap_open)
+    return program
+
+
+def forget() -> None:
+    """Drop what this process loaded (tests: the next call reads or builds again)."""
+    _loaded.clear()
+
+
+def _load(trap_open: bool) -> bytes:
     path = cache_path(trap_open)
     cached = _read_trusted(path)
     if cached is not None:

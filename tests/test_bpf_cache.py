@@ -15,9 +15,9 @@ from sandlock._filter import build_bpf
 @pytest.fixture
 def cache_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    _bpf.filter_bpf.cache_clear()
+    _bpf.forget()
     yield tmp_path
-    _bpf.filter_bpf.cache_clear()
+    _bpf.forget()
 
 
 def test_cache_is_written_and_equals_a_fresh_build(cache_home: Path) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import time
 from collections.abc import Iterator
@@ -394,3 +396,114 @@ def test_unreachable_daemon_is_one_line(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert res.stderr.count("\n") == 1 and "cannot reach a daemon" in res.stderr
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- the fast launch path
+
+# `python -S`: no site, whose .pth files (the editable install's finder among them) load
+# re and pathlib before sandlock starts; -c rather than -m, whose runpy loads more.
+# What is loaded is then what sandlock loads.
+LEAN = [PY, "-S", "-X", "importtime", "-c", "from sandlock.cli import main; main()", "run"]
+# What the launch path does without: argparse, socket, json and re cost it over 15 ms,
+# enum, signal, collections, functools and importlib a few more.
+SLOW_MODULES = set(
+    "argparse gettext socket selectors json re typing dataclasses"
+    " enum signal collections functools importlib".split()
+)
+
+
+def _lean_run(
+    daemon: Daemon, args: list[str], cmd: list[str]
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run `sandlock run --daemon` in a bare interpreter: the result (stderr without the
+    import times) and the modules it loaded."""
+    env = sandlock_env()
+    site_dirs = [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [env.get("PYTHONPATH"), *site_dirs] if p)
+    res = run_command([*LEAN, "--daemon", str(daemon.path), *args, "--", *cmd], env=env)
+    lines = res.stderr.splitlines(keepends=True)
+    loaded = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+    res.stderr = "".join(line for line in lines if not line.startswith("import time:"))
+    return res, loaded
+
+
+def _two_connects(ok: int, bad: int) -> str:
+    return textwrap.dedent(f"""
+        import socket, sys
+        for host, port in (("127.0.0.1", {ok}), ("127.0.0.2", {bad})):
+            try:
+                socket.create_connection((host, port), timeout=20).close()
+                print("ok")
+            except OSError as e:
+                print(e.errno)
+        sys.exit(5)
+    """)
+
+
+def test_the_daemon_launch_path_stays_lean(daemon: Daemon, sinks: Sinks) -> None:
+    """`run --daemon` with the common options loads none of the slow modules (argparse,
+    socket, json, re, typing, dataclasses...), and the rules still hold."""
+    ok, bad = sinks.tcp("127.0.0.1"), sinks.tcp("127.0.0.2")
+    res, loaded = _lean_run(
+        daemon,
+        ["--net-allow", ok.spec, "--net-deny=127.0.0.2"],
+        [PY, "-c", _two_connects(ok.port, bad.port)],
+    )
+    assert (res.returncode, res.stdout) == (5, "ok\n111\n"), describe(res)
+    assert {"sandlock._fastrun", "sandlock.client", "sandlock.launch"} <= loaded
+    assert not loaded & SLOW_MODULES, sorted(loaded & SLOW_MODULES)
+    assert (ok.settle().count, bad.settle().count) == (1, 0)
+
+
+def test_the_fast_reader_and_the_parser_run_alike(
+    daemon: Daemon, sinks: Sinks, tmp_path: Path
+) -> None:
+    """The same lines read by the fast reader and by argparse (made to read them by an
+    option only it knows, at its default value) pass the daemon the same rules: the same
+    exit status, output and denial report, and the same one-line error for a bad rule."""
+    ok, bad = sinks.tcp("127.0.0.1"), sinks.tcp("127.0.0.2")
+    deny = "--net-deny 127.0.0.2"  # the rule the report names, so it reached the daemon
+    marker = tmp_path / "ran"
+    seen = []
+    for extra in ([], ["--dns-ttl-min", "30"]):
+        good, good_loaded = _lean_run(
+            daemon,
+            [*extra, f"--net-allow={ok.spec}", *deny.split()],
+            [PY, "-c", _two_connects(ok.port, bad.port)],
+        )
+        wrong, wrong_loaded = _lean_run(
+            daemon, [*extra, "--net-allow", "udp://127.0.0.1:0"], ["touch", str(marker)]
+        )
+        assert ("argparse" in good_loaded) == ("argparse" in wrong_loaded) == bool(extra)
+        seen.append(
+            [(r.returncode, r.stdout, re.sub(r"pid \d+", "pid N", r.stderr)) for r in (good, wrong)]
+        )
+    assert seen[0] == seen[1]
+    (status, out, err), (wrong_status, _, wrong_err) = seen[0]
+    assert (status, out) == (5, "ok\n111\n"), err
+    assert err == f"sandlock: denied tcp 127.0.0.2:{bad.port} (pid N, connect) — {deny}\n"
+    assert wrong_status == 2 and wrong_err.count("\n") == 1
+    assert wrong_err.startswith("sandlock: --net-allow") and "`udp://127.0.0.1:0`" in wrong_err
+    assert not marker.exists()
+    assert (ok.settle().count, bad.settle().count) == (2, 0)
+
+
+def test_options_left_to_the_parser_still_reach_the_daemon(
+    daemon: Daemon, sinks: Sinks, tmp_path: Path
+) -> None:
+    """--quiet and --audit, which only argparse reads, work through the daemon as before:
+    no report on stderr, every decision in the audit log."""
+    ok, bad = sinks.tcp("127.0.0.1"), sinks.tcp("127.0.0.2")
+    log = tmp_path / "audit.jsonl"
+    res, loaded = _lean_run(
+        daemon,
+        ["--quiet", "--audit", str(log), "--net-allow", ok.spec],
+        [PY, "-c", _two_connects(ok.port, bad.port)],
+    )
+    assert "argparse" in loaded
+    assert (res.returncode, res.stdout, res.stderr) == (5, "ok\n111\n", ""), describe(res)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["dst"], r["port"], r["action"]) for r in records] == [
+        ("127.0.0.1", ok.port, "allow"),
+        ("127.0.0.2", bad.port, "deny"),
+    ]

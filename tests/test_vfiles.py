@@ -99,7 +99,7 @@ def test_bpf_cache_keeps_the_variants_apart(
 ) -> None:
     """The trap_open program is cached under its own name; the default is unchanged."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    _bpf.filter_bpf.cache_clear()
+    _bpf.forget()
     try:
         plain, trapping = _bpf.filter_bpf(), _bpf.filter_bpf(trap_open=True)
         assert _bpf.cache_path() != _bpf.cache_path(trap_open=True)
@@ -107,7 +107,7 @@ def test_bpf_cache_keeps_the_variants_apart(
         assert Path(_bpf.cache_path(True)).read_bytes() == trapping == _filter.build_bpf(True)
         assert plain != trapping
     finally:
-        _bpf.filter_bpf.cache_clear()
+        _bpf.forget()
 
 
 # ---- reading a path out of a process (our own, here) ----------------------------------
