@@ -494,10 +494,15 @@ static int do_connect(struct worker *w, struct seccomp_notif *n)
         }
         rc = -ECONNREFUSED; /* Python is gone: fail closed */
     }
-    answer(g, n->id, rc); /* first: the child need not wait for our close */
+    /* Our duplicate closed first, so that the child's own close stays the last one and
+     * tears the connection down itself, as without us: answered first, the child would
+     * often close before us, leave the teardown (FIN, the peer's wake-up) to this thread
+     * and wait on it at its next call. Measured: 2 us a TCP connect+close (RESULTS.md).
+     * Sends are the other way round: their sockets live on, and answering first is 3 us
+     * faster there. */
     close(c.dup);
     atomic_fetch_add(&g->n_connects, 1);
-    return DONE;
+    return answer(g, n->id, rc);
 }
 
 /* Turn a copied iovec array (n entries, as the child laid them out) into ranges at out:
