@@ -1,0 +1,69 @@
+"""A/B: one workload under two builds of ours, alternating run by run, plus native.
+
+What RESULTS.md's "what each step bought" figures come from. Differences of a microsecond
+drown in the noise between two separate bench/run.py runs; alternating A and B within one
+run, on the same sink, does not. B is this tree; A is another checkout of the project,
+built in place:
+
+    git worktree add /tmp/base <commit>
+    (cd /tmp/base && /path/to/this/.venv/bin/python setup.py build_ext --inplace)
+    .venv/bin/python bench/ab.py udp64 20000 --base /tmp/base --rounds 9
+
+Both run with this venv's interpreter (A's tree first on sys.path). Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from _env import ROOT, WORKLOAD, build_workload, sink
+from _measure import TCP_WORKLOADS, parse_workload
+
+WORKLOADS = ("tcp", "udp64", "udp60k", "sendmsg", "sendmmsg", "send", "threads")
+
+
+def _ours(tree: Path, rule: str, argv: list[str]) -> list[str]:
+    main = f"import sys; sys.path.insert(0, {str(tree)!r}); from sandlock.cli import main; main()"
+    return [sys.executable, "-c", main, "run", "--net-allow", rule, "--", *argv]
+
+
+def _ns_per_op(cmd: list[str]) -> float:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd="/")
+    return parse_workload(proc.stdout, proc.stderr, proc.returncode).ns_per_op
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("workload", choices=WORKLOADS)
+    p.add_argument("count", type=int, help="operations per run")
+    p.add_argument("--base", type=Path, required=True, help="A: another built checkout")
+    p.add_argument("--rounds", type=int, default=9)
+    args = p.parse_args()
+    build_workload()
+    runs: dict[str, list[float]] = {"A": [], "B": [], "native": []}
+    with sink() as s:
+        tcp = args.workload in TCP_WORKLOADS
+        port = s.tcp if tcp else s.udp
+        rule = f"{'tcp' if tcp else 'udp'}://127.0.0.1:{port}"
+        argv = [str(WORKLOAD), args.workload, "127.0.0.1", str(port), str(args.count)]
+        if args.workload == "threads":
+            argv.append("16")
+        for _ in range(args.rounds):
+            runs["A"].append(_ns_per_op(_ours(args.base.resolve(), rule, argv)))
+            runs["B"].append(_ns_per_op(_ours(ROOT, rule, argv)))
+            runs["native"].append(_ns_per_op(argv))
+    med = {k: statistics.median(v) / 1000 for k, v in runs.items()}
+    print(
+        f"{args.workload}: median of {args.rounds}, us/op: A {med['A']:.2f} "
+        f"(overhead {med['A'] - med['native']:.2f}), B {med['B']:.2f} "
+        f"(overhead {med['B'] - med['native']:.2f}), native {med['native']:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
