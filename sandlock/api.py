@@ -1,6 +1,7 @@
 """The Python API: ``Sandbox(net_allow=..., net_deny=...).run(cmd) -> Result``.
 
-``run`` blocks and needs no trio (it runs its own loop, so any thread may call it);
+``run`` blocks and needs no trio (it runs its own loop, so any thread may call it, and
+without pipes it waits with no loop at all until the command first needs a decision);
 ``run_async`` is the same for trio callers and is cancellable: cancelling kills the
 command's whole process tree, waits for it, and re-raises ``Cancelled``.
 
@@ -25,7 +26,7 @@ import trio
 from . import launch
 from .audit import AuditLog, DecisionRecord
 from .errors import SandlockError
-from .names import NameOptions, Plan
+from .names import NameOptions, Names, Plan
 from .policy import Policy, Resolver
 from .profile import load_profile
 from .report import Observer
@@ -124,6 +125,9 @@ class Sandbox:
                 "Sandbox.run() blocks and cannot be called from a trio task; "
                 "use `await sandbox.run_async(...)`"
             )
+        if not capture_output and input is None:
+            run = _Run([os.fspath(c) for c in cmd], self.policy, self._plan, self.audit)
+            return run.execute_blocking(timeout, cwd, env)
         call = functools.partial(
             self.run_async,
             cmd,
@@ -179,22 +183,10 @@ class _Run:
         names = None
         try:
             names = self.plan.start(self.policy)
-            child = launch.start(
-                self.argv,
-                env=env,
-                cwd=os.fspath(cwd) if cwd is not None else None,
-                stdio=pipes.child_ends(),
-                new_pgrp=True,
-                trap_open=names is not None and names.trap_open,
-            )
+            child = self._start(cwd, env, pipes, names)
             try:
                 pipes.close_child_ends()
-                assert child.gate is not None
-                sup = Supervisor(
-                    child.gate, self.policy, observer, remember=not observer.hears_every_call
-                )
-                if names is not None:
-                    sup.use_names(names, observer.dns)
+                sup = self._supervisor(child, observer, names)
                 status, timed_out = await self._supervise(child, sup, pipes, input, timeout)
             finally:
                 child.close()
@@ -204,6 +196,79 @@ class _Run:
                 names.close()
             if audit is not None:
                 audit.close()
+        return self._result(status, timed_out, timeout, capture, observer, started)
+
+    def execute_blocking(
+        self, timeout: float | None, cwd: StrPath | None, env: Mapping[str, str] | None
+    ) -> Result:
+        """``execute`` for a blocking run without pipes, which waits without trio until
+        the command first needs a decision (launch.wait_child), as the CLI does: a command
+        that never does costs no event loop (in-process start-up, bench/RESULTS.md)."""
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        pipes = _Pipes(False, False)
+        audit = AuditLog(self.audit_path) if self.audit_path is not None else None
+        observer = Observer(self.sandbox_id, audit=audit, keep_denied=True)
+        names = None
+        try:
+            names = self.plan.start(self.policy)
+            child = self._start(cwd, env, pipes, names)
+            try:
+                sup = self._supervisor(child, observer, names)
+                status: int | None = None
+                if names is None:  # the DNS forwarder is served by trio from the start
+                    status = _wait_blocking(child, deadline)
+                if status is None:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    call = functools.partial(self._supervise, child, sup, pipes, None, left)
+                    status, timed_out = trio.run(call)
+                else:
+                    timed_out = status == launch.TIMED_OUT
+                    if timed_out:
+                        status = _kill_and_reap(child)
+            finally:
+                child.close()
+        finally:
+            if names is not None:
+                names.close()
+            if audit is not None:
+                audit.close()
+        return self._result(status, timed_out, timeout, False, observer, started)
+
+    def _start(
+        self,
+        cwd: StrPath | None,
+        env: Mapping[str, str] | None,
+        pipes: _Pipes,
+        names: Names | None,
+    ) -> launch.Child:
+        return launch.start(
+            self.argv,
+            env=env,
+            cwd=os.fspath(cwd) if cwd is not None else None,
+            stdio=pipes.child_ends(),
+            new_pgrp=True,
+            trap_open=names is not None and names.trap_open,
+        )
+
+    def _supervisor(
+        self, child: launch.Child, observer: Observer, names: Names | None
+    ) -> Supervisor:
+        assert child.gate is not None
+        sup = Supervisor(child.gate, self.policy, observer, remember=not observer.hears_every_call)
+        if names is not None:
+            sup.use_names(names, observer.dns)
+        return sup
+
+    def _result(
+        self,
+        status: int,
+        timed_out: bool,
+        timeout: float | None,
+        capture: bool,
+        observer: Observer,
+        started: float,
+    ) -> Result:
         out = bytes(self.out) if capture else None
         err = bytes(self.err) if capture else None
         if timed_out:
@@ -318,6 +383,24 @@ async def _drain(fd: int, into: bytearray) -> None:
         if not chunk:
             return
         into += chunk
+
+
+def _wait_blocking(child: launch.Child, deadline: float | None) -> int | None:
+    """launch.wait_child until the first decision; on any exception (KeyboardInterrupt)
+    the tree is killed and reaped first, as a cancelled run_async does."""
+    try:
+        return launch.wait_child(child, -1, until_notified=True, deadline=deadline)
+    except BaseException:
+        _kill_and_reap(child)
+        raise
+
+
+def _kill_and_reap(child: launch.Child) -> int:
+    """Kill the not yet reaped child's tree and wait for its status."""
+    kill_tree(child.pid)  # exited or not, it is not reaped yet: still ours
+    status = launch.wait_child(child, -1, until_notified=False)
+    assert status is not None
+    return status
 
 
 def kill_tree(pid: int) -> None:

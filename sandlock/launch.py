@@ -11,8 +11,10 @@ the launch path.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
+import time
 
 from . import _syscalls as sys_
 from ._bpf import filter_bpf
@@ -162,22 +164,35 @@ def _launch_error(name: str, cwd: str | None, err: sys_.SpawnError) -> Exception
     return SupervisorError(f"{what} failed: {reason}")
 
 
-def wait_child(child: Child, signal_fd: int, *, until_notified: bool) -> int | None:
-    """Wait for the child without trio, forwarding signals from ``signal_fd``.
+TIMED_OUT = -1  # what wait_child returns when its deadline passed first
+
+
+def wait_child(
+    child: Child, signal_fd: int, *, until_notified: bool, deadline: float | None = None
+) -> int | None:
+    """Wait for the child without trio, forwarding signals from ``signal_fd`` (-1: none).
 
     Returns its exit status; or, with ``until_notified`` (and a gate), None as soon as the
     gate hands a notification over (the caller then starts the supervisor). A command that never
-    needs a decision thus never pays for the supervisor's start-up."""
+    needs a decision thus never pays for the supervisor's start-up. With a ``deadline``
+    (time.monotonic()), TIMED_OUT once it has passed, the child not reaped."""
     from ._signals import forward_pending
 
     poller = select.poll()
     poller.register(child.pidfd, select.POLLIN)
-    poller.register(signal_fd, select.POLLIN)
+    if signal_fd >= 0:
+        poller.register(signal_fd, select.POLLIN)
     gate = child.gate if until_notified else None
     if gate is not None:
         poller.register(gate.fd, select.POLLIN)
     while True:
-        ready = dict(poller.poll())
+        wait_ms = None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return TIMED_OUT
+            wait_ms = math.ceil(left * 1000)
+        ready = dict(poller.poll(wait_ms))
         if gate is not None and ready.get(gate.fd, 0) & select.POLLIN:
             handed = gate.read()
             if handed is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -115,6 +116,46 @@ def test_timeout_covers_output_held_open_by_a_descendant(tmp_path: Path) -> None
         )
     assert time.monotonic() - started < 30
     assert info.value.stdout == b"hi\n"
+    assert _dead(int(pidfile.read_text()))
+
+
+@pytest.mark.parametrize("calls", ["none", "one first"])
+def test_timeout_without_pipes_kills_the_tree(tmp_path: Path, sinks: Sinks, calls: str) -> None:
+    """run() without pipes waits without trio until the first decision: its timeout kills
+    the tree there too, and after a decision has moved the wait into trio."""
+    sink = sinks.udp("127.0.0.1")
+    pidfile = tmp_path / "pid"
+    send = f"import socket; socket.socket(2, 2).sendto(b'x', ('127.0.0.1', {sink.port}))"
+    first = f"{PY} -c \"{send}\"; " if calls == "one first" else ""
+    script = f"{first}sleep 60 & echo $! > {pidfile}; sleep 60"
+    started = time.monotonic()
+    with pytest.raises(TimeoutExpired) as info:
+        Sandbox([sink.spec]).run(["/bin/sh", "-c", script], timeout=1.5)
+    assert time.monotonic() - started < 30
+    assert info.value.stdout is None
+    assert _dead(int(pidfile.read_text()))
+    assert sink.settle().count == (1 if calls == "one first" else 0)
+
+
+def test_interrupted_run_kills_the_tree(tmp_path: Path) -> None:
+    """Ctrl-C in a program blocked in run() (waiting without trio) kills the sandbox's
+    tree before KeyboardInterrupt reaches the program: nothing is left running."""
+    pidfile = tmp_path / "pid"
+    script = textwrap.dedent(f"""
+        from sandlock import Sandbox
+        try:
+            Sandbox().run(["/bin/sh", "-c", "sleep 60 & echo $! > {pidfile}; sleep 60"])
+        except KeyboardInterrupt:
+            print("interrupted")
+    """)
+    proc = subprocess.Popen([PY, "-c", script], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert out.split() == ["interrupted"]
     assert _dead(int(pidfile.read_text()))
 
 
