@@ -11,13 +11,14 @@ cancellation can kill every process of it (the group, and any descendant that le
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import signal
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,6 +168,7 @@ class _Run:
         self.sandbox_id = uuid.uuid4().hex[:8]
         self.out = bytearray()
         self.err = bytearray()
+        self.audit: AuditLog | None = None
 
     async def execute(
         self,
@@ -178,24 +180,9 @@ class _Run:
     ) -> Result:
         started = time.monotonic()
         pipes = _Pipes(capture, input is not None)
-        audit = AuditLog(self.audit_path) if self.audit_path is not None else None
-        observer = Observer(self.sandbox_id, audit=audit, keep_denied=True)
-        names = None
-        try:
-            names = self.plan.start(self.policy)
-            child = self._start(cwd, env, pipes, names)
-            try:
-                pipes.close_child_ends()
-                sup = self._supervisor(child, observer, names)
-                status, timed_out = await self._supervise(child, sup, pipes, input, timeout)
-            finally:
-                child.close()
-        finally:
-            pipes.close()
-            if names is not None:
-                names.close()
-            if audit is not None:
-                audit.close()
+        observer = self._observer()
+        with self._running(cwd, env, pipes, observer) as (child, sup, _):
+            status, timed_out = await self._supervise(child, sup, pipes, input, timeout)
         return self._result(status, timed_out, timeout, capture, observer, started)
 
     def execute_blocking(
@@ -207,49 +194,56 @@ class _Run:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         pipes = _Pipes(False, False)
-        audit = AuditLog(self.audit_path) if self.audit_path is not None else None
-        observer = Observer(self.sandbox_id, audit=audit, keep_denied=True)
-        names = None
-        try:
-            names = self.plan.start(self.policy)
-            child = self._start(cwd, env, pipes, names)
-            try:
-                sup = self._supervisor(child, observer, names)
-                status: int | None = None
-                if names is None:  # the DNS forwarder is served by trio from the start
-                    status = _wait_blocking(child, deadline)
-                if status is None:
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    call = functools.partial(self._supervise, child, sup, pipes, None, left)
-                    status, timed_out = trio.run(call)
-                else:
-                    timed_out = status == launch.TIMED_OUT
-                    if timed_out:
-                        status = _kill_and_reap(child)
-            finally:
-                child.close()
-        finally:
-            if names is not None:
-                names.close()
-            if audit is not None:
-                audit.close()
+        observer = self._observer()
+        with self._running(cwd, env, pipes, observer) as (child, sup, names):
+            status: int | None = None
+            if names is None:  # the DNS forwarder is served by trio from the start
+                status = _wait_blocking(child, deadline)
+            if status is None:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                call = functools.partial(self._supervise, child, sup, pipes, None, left)
+                status, timed_out = trio.run(call)
+            else:
+                timed_out = status == launch.TIMED_OUT
+                if timed_out:
+                    status = _kill_and_reap(child)
         return self._result(status, timed_out, timeout, False, observer, started)
 
-    def _start(
+    def _observer(self) -> Observer:
+        self.audit = AuditLog(self.audit_path) if self.audit_path is not None else None
+        return Observer(self.sandbox_id, audit=self.audit, keep_denied=True)
+
+    @contextlib.contextmanager
+    def _running(
         self,
         cwd: StrPath | None,
         env: Mapping[str, str] | None,
         pipes: _Pipes,
-        names: Names | None,
-    ) -> launch.Child:
-        return launch.start(
-            self.argv,
-            env=env,
-            cwd=os.fspath(cwd) if cwd is not None else None,
-            stdio=pipes.child_ends(),
-            new_pgrp=True,
-            trap_open=names is not None and names.trap_open,
-        )
+        observer: Observer,
+    ) -> Iterator[tuple[launch.Child, Supervisor, Names | None]]:
+        """The command started under its supervisor; on leaving, everything closed."""
+        names = None
+        try:
+            names = self.plan.start(self.policy)
+            child = launch.start(
+                self.argv,
+                env=env,
+                cwd=os.fspath(cwd) if cwd is not None else None,
+                stdio=pipes.child_ends(),
+                new_pgrp=True,
+                trap_open=names is not None and names.trap_open,
+            )
+            try:
+                pipes.close_child_ends()
+                yield child, self._supervisor(child, observer, names), names
+            finally:
+                child.close()
+        finally:
+            pipes.close()
+            if names is not None:
+                names.close()
+            if self.audit is not None:
+                self.audit.close()
 
     def _supervisor(
         self, child: launch.Child, observer: Observer, names: Names | None
