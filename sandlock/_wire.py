@@ -155,6 +155,8 @@ def decode(
             message = parse(data)
         except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
             raise WireError(f"not JSON: {err}") from None
+        except RecursionError:  # a client's "[[[[..." must not end the daemon
+            raise WireError("not JSON: too deeply nested") from None
         if not isinstance(message, dict):
             raise WireError("a message must be a JSON object")
     except WireError:

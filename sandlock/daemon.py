@@ -35,6 +35,7 @@ import socket
 import stat
 import struct
 import sys
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,18 @@ from .report import DenialReport, Observer, Summary
 from .supervisor import Supervisor
 
 __all__ = ["Daemon", "serve"]
+
+
+def _encode_reply(reply: dict[str, Any]) -> bytes:
+    """The reply's record; one that cannot be sent whole (an error quoting a huge rule)
+    becomes a short error of the same kind."""
+    try:
+        return _wire.encode(reply)
+    except _wire.WireError as err:
+        short = {"ok": False, "error": f"the reply could not be sent: {err}"}
+        if "policy_error" in reply:
+            short["policy_error"] = reply["policy_error"]
+        return _wire.encode(short)
 
 
 class RequestError(Exception):
@@ -160,8 +173,11 @@ class Daemon:
                     reply = {"ok": False, "error": str(err)}
                 except RequestError as err:
                     reply = {"ok": False, "error": str(err), "policy_error": err.policy_error}
+                except Exception:  # a bug one request finds must not end every sandbox
+                    traceback.print_exc(file=sys.stderr)
+                    reply = {"ok": False, "error": "internal error (see the daemon's stderr)"}
                 try:
-                    await conn.sendmsg([_wire.encode(reply)])
+                    await conn.sendmsg([_encode_reply(reply)])
                 except OSError:
                     return
 

@@ -238,8 +238,9 @@ def test_killed_daemon_fails_closed_and_a_new_one_serves(tmp_path: Path, sinks: 
 
 
 def test_bad_requests_get_errors_and_the_daemon_keeps_serving(daemon: Daemon) -> None:
-    """Garbage, oversized records, unknown ops and a client that leaves mid-handshake
-    get an error (or nothing) and do not disturb the daemon."""
+    """Garbage, oversized or too deeply nested records, a reply too long to send, unknown
+    ops and a client that leaves mid-handshake get an error (or nothing) and do not
+    disturb the daemon."""
     with daemon.raw() as s:
         s.send(b"not json")
         reply = json.loads(s.recv(65536))
@@ -265,6 +266,11 @@ def test_bad_requests_get_errors_and_the_daemon_keeps_serving(daemon: Daemon) ->
         assert "needs descriptors" in json.loads(s.recv(65536))["error"]
         s.send(b"[1, 2]")
         assert "JSON object" in json.loads(s.recv(65536))["error"]
+        s.send(b"[" * 30000 + b"]" * 30000)  # deeper than Python's recursion limit
+        assert "too deeply nested" in json.loads(s.recv(65536))["error"]
+        s.send(json.dumps({"op": "rules", "allow": ["a" * 60000]}).encode())
+        reply = json.loads(s.recv(65536))  # its error quotes the rule twice: too long
+        assert reply["policy_error"] is True and "could not be sent" in reply["error"]
     with daemon.raw() as s:  # a client that connects and disappears mid-handshake
         s.send(b'{"op": "supervise"')
     with daemon.raw() as s:
