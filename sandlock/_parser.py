@@ -9,16 +9,34 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Sequence
 from typing import NoReturn
 
 from .cli import EXIT_USAGE, _fail
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line, never a usage dump."""
+    """argparse, but a usage mistake is one line, never a usage dump, and a value of
+    exactly ``--`` stays a value."""
 
     def error(self, message: str) -> NoReturn:
         _fail(f"{self.prog}: {message} (see '{self.prog} --help')", EXIT_USAGE)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        ns, rest = super().parse_known_args(args, namespace)
+        # argparse drops a single-value option's value when it is "--" (--net-allow=--)
+        # and stores [] in its place, which later code would trip on: put it back.
+        for action in self._actions:
+            if action.nargs is not None or action.type not in (None, str):
+                continue
+            value = getattr(ns, action.dest, None)
+            if isinstance(action, argparse._AppendAction) and isinstance(value, list):
+                setattr(ns, action.dest, ["--" if v == [] else v for v in value])
+            elif value == []:
+                setattr(ns, action.dest, "--")
+        return ns, rest
 
 
 RUN_DESCRIPTION = """\

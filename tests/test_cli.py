@@ -271,6 +271,19 @@ def test_bad_spec(run_sandboxed, tmp_path, flag, spec):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("flag", ["--net-allow", "--net-deny"])
+def test_a_rule_of_two_dashes_is_a_bad_rule_on_both_paths(run_sandboxed, tmp_path, flag):
+    """`--net-allow=--`: argparse alone would drop the value and the run would end in a
+    traceback. Read by the fast path and by the parser (--quiet sends the line there), it
+    is a bad rule like any other: one line, exit 2."""
+    marker = tmp_path / "ran"
+    for extra in ([], ["--quiet"]):
+        res = run_sandboxed([f"{flag}=--", *extra], ["touch", str(marker)])
+        line = _one_error_line(res)
+        assert res.returncode == 2 and flag in line and "`--`" in line, line
+    assert not marker.exists()
+
+
 def test_bad_spec_among_good_ones(run_sandboxed, tmp_path):
     """One bad rule among good ones still stops everything before the command starts."""
     marker = tmp_path / "ran"

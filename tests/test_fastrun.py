@@ -27,6 +27,7 @@ COMMON = [
     ["run", "--daemon=", "--", "x"],  # empty: supervise here
     ["run", "--net-allow=a=b", "--net-allow", "", "--", "x"],
     ["run", "--net-allow", "*", "--", "--", "-h", "--quiet"],
+    ["run", "--net-allow=--", "--daemon=--", "--", "x"],  # argparse would drop "--"
 ]
 
 
