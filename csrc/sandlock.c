@@ -27,9 +27,6 @@
 #ifndef SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
 #define SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (1UL << 5)
 #endif
-#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
-#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
-#endif
 #ifndef SECCOMP_IOCTL_NOTIF_ADDFD
 #define SECCOMP_ADDFD_FLAG_SETFD (1UL << 0)
 #define SECCOMP_ADDFD_FLAG_SEND (1UL << 1)
@@ -317,11 +314,6 @@ int sandlock_notif_addfd(int listener, uint64_t id, int srcfd, uint32_t newfd_fl
 int sandlock_notif_id_valid(int listener, uint64_t id)
 {
     return ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0 ? NEG_ERRNO : 0;
-}
-
-int sandlock_notif_set_flags(int listener, uint64_t flags)
-{
-    return ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, flags) < 0 ? NEG_ERRNO : 0;
 }
 
 /* ---- pidfds ------------------------------------------------------------------ */

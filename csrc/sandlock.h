@@ -54,7 +54,6 @@ int sandlock_notif_send(int listener, uint64_t id, int64_t val, int32_t error, u
 int sandlock_notif_addfd(int listener, uint64_t id, int srcfd, uint32_t newfd_flags,
                          uint32_t flags);
 int sandlock_notif_id_valid(int listener, uint64_t id);
-int sandlock_notif_set_flags(int listener, uint64_t flags);
 
 int sandlock_pidfd_open(int pid, unsigned int flags);
 int sandlock_pidfd_send_signal(int pidfd, int sig);

@@ -30,7 +30,6 @@ _lib: Any = lib
 _ffi: Any = ffi
 
 FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
-NOTIF_FD_SYNC_WAKE_UP = 1
 NOTIF_FLAG_CONTINUE = 1  # SECCOMP_USER_NOTIF_FLAG_CONTINUE: the kernel runs the call itself
 ADDFD_FLAG_SEND = 2  # SECCOMP_ADDFD_FLAG_SEND: install and answer with the fd, atomically
 
@@ -160,12 +159,6 @@ def notif_addfd(
 def notif_id_valid(listener: int, notif_id: int) -> bool:
     """True while the notifying thread still waits for this answer (the pid is its own)."""
     return bool(_lib.sandlock_notif_id_valid(listener, notif_id) == 0)
-
-
-def notif_set_flags(listener: int, flags: int) -> None:
-    rc = _lib.sandlock_notif_set_flags(listener, flags)
-    if rc < 0:
-        raise _oserror("SECCOMP_IOCTL_NOTIF_SET_FLAGS", rc)
 
 
 # ---- pidfds and descriptors ------------------------------------------------------------

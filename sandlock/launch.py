@@ -124,7 +124,6 @@ def start(
     except sys_.SpawnError as err:
         raise _launch_error(argv[0], cwd, err) from err
     pid, pidfd, listener = spawned
-    _sync_wake_up(listener)
     try:
         flags = sys_.GATE_OPEN if trap_open else 0
         return Child(pid, pidfd, listener, sys_.Gate(listener, flags) if gate else None)
@@ -132,16 +131,6 @@ def start(
         sys_.pidfd_send_signal(pidfd, _SIGKILL)
         Child(pid, pidfd, listener, None).close()
         raise SupervisorError(f"starting the gate failed: {err.strerror}") from err
-
-
-def _sync_wake_up(listener: int) -> None:
-    """Ask the kernel to hand the CPU straight between child and supervisor on each
-    notification (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, kernel >= 6.6). Measured: a UDP
-    sendto round trip 84 -> 61 us (bench/RESULTS.md). Older kernels just go without."""
-    try:
-        sys_.notif_set_flags(listener, sys_.NOTIF_FD_SYNC_WAKE_UP)
-    except OSError:
-        pass
 
 
 def _launch_error(name: str, cwd: str | None, err: sys_.SpawnError) -> Exception:
