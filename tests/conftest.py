@@ -117,8 +117,12 @@ class _Sink:
     def _barrier(self) -> None:
         ev, marker = self._new_marker()
         try:
-            if not ev.wait(SETTLE_TIMEOUT):
-                raise AssertionError(f"{self.kind} sink {self.target} did not settle")
+            deadline = time.monotonic() + SETTLE_TIMEOUT
+            while not ev.wait(0.05):
+                if self.errors or not self._thread.is_alive():
+                    raise AssertionError(f"sink {self.target} thread ended: {self.errors}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{self.kind} sink {self.target} did not settle")
         finally:
             marker.close()
 
@@ -172,7 +176,8 @@ class TcpSink(_Sink):
                     for key, _ in sel.select(0.1):
                         if key.fileobj is self.sock:
                             self._accept_all(sel, conns)
-                        else:
+                        elif key.fileobj in conns:
+                            # (not when a marker earlier in this batch drained and closed it)
                             self._read(sel, conns, key.fileobj)  # type: ignore[arg-type]
             finally:
                 for conn in conns:
