@@ -27,7 +27,7 @@ ffibuilder.cdef("".join(_cdef((HERE / "csrc" / f"{u}.h").read_text()) for u in U
 ffibuilder.set_source(
     "sandlock._native",
     "".join(f'#include "{u}.h"\n' for u in UNITS),
-    sources=[f"csrc/{u}.c" for u in UNITS],
+    sources=[f"csrc/{u}.c" for u in (*UNITS, "connecting")],  # (connecting.h: C only)
     include_dirs=[str((HERE / "csrc").relative_to(HERE))],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-pthread"],
     extra_link_args=["-pthread"],

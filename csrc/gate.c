@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "gate.h"
+#include "connecting.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -123,6 +124,7 @@ struct sandlock_gate {
     struct key slots[SLOTS];
     unsigned int used;
     _Atomic uint64_t n_connects, n_sends, n_opens, n_handoffs;
+    struct connecting *connecting; /* blocking connects in progress (NULL: Python's) */
     struct worker worker;
 };
 
@@ -406,6 +408,14 @@ static int open_call(struct worker *w, struct call *c, struct seccomp_notif *n, 
     return DONE;
 }
 
+int sandlock_gate_park_connect(struct sandlock_gate *g, uint64_t id, int fd)
+{
+    if (g->connecting == NULL)
+        return -1;
+    int64_t timeout_us = sandlock_sock_sndtimeo(fd);
+    return timeout_us < 0 ? -1 : connecting_park(g->connecting, id, fd, timeout_us);
+}
+
 /* Whether a name of len bytes may be one the gate sends to: the kernel's minimum for the
  * socket's family at least, and no longer than a sockaddr_storage. */
 static int name_fits(const struct call *c, uint64_t len)
@@ -482,6 +492,8 @@ static int do_connect(struct worker *w, struct seccomp_notif *n)
             rc = 0;
         }
     }
+    if (blocking_stream && rc == -EINPROGRESS && sandlock_gate_park_connect(g, n->id, c.dup) == 0)
+        return DONE;
     if (blocking_stream && rc == -EINPROGRESS) {
         struct sandlock_handoff h = {
             .id = n->id, .pid = n->pid, .nr = n->data.nr, .arch = n->data.arch,
@@ -963,6 +975,7 @@ struct sandlock_gate *sandlock_gate_start(int listener, unsigned int flags, int 
         goto fail;
     }
     g->out = sv[1];
+    g->connecting = connecting_new(listener, &g->n_connects); /* NULL: Python finishes */
     g->in_recv = wait_in_recv(listener, flags);
     /* Every signal blocked in the thread: they are the main thread's (Python's) to take;
      * all but GATE_SIGNAL, which only sandlock_gate_stop sends, when it waits in RECV. */
@@ -981,6 +994,8 @@ struct sandlock_gate *sandlock_gate_start(int listener, unsigned int flags, int 
     *handoff = sv[0];
     return g;
 fail:
+    if (g->connecting != NULL)
+        connecting_free(g->connecting);
     if (sv[0] >= 0) {
         close(sv[0]);
         close(sv[1]);
@@ -1016,6 +1031,8 @@ void sandlock_gate_stop(struct sandlock_gate *g)
         interrupt_and_join(g->thread);
     else
         pthread_join(g->thread, NULL);
+    if (g->connecting != NULL)
+        connecting_free(g->connecting); /* after the thread: it parks no more */
     close(g->wake);
     pthread_mutex_destroy(&g->lock);
     free(g);

@@ -12,7 +12,8 @@
  * child's socket (pidfd_getfd), copies the destination and the data out of the child
  * once, confirms the copy came from the calling thread, and performs the call on the
  * duplicate with its copy, never blocking (a blocking TCP connect that is still in
- * progress is handed to Python with the duplicate, to be finished there).
+ * progress is parked with a second thread that finishes it, connecting.h; if that cannot
+ * take it, it is handed to Python with the duplicate, to be finished there).
  *
  * Why a thread in C: the profile (bench/RESULTS.md) put a trapped sendto at ~60 us,
  * nearly all of it trio's wake-up and Python glue around ~9 syscalls. Blocked in
@@ -77,6 +78,11 @@ void sandlock_gate_set_flags(struct sandlock_gate *gate, unsigned int flags);
 /* Remember an allowed destination: addr is the 4- or 16-byte address of the sockaddr. */
 int sandlock_gate_allow(struct sandlock_gate *gate, int domain, int type, int protocol,
                         const void *addr, uint32_t addrlen, int port);
+/* Park notification id's blocking connect in progress on our duplicate fd with the
+ * gate's second thread, which answers it when the handshake ends (connecting.h): 0 if
+ * parked (fd is the gate's now), -1 if not (fd still the caller's). For calls whose
+ * outcome nobody needs to hear. */
+int sandlock_gate_park_connect(struct sandlock_gate *gate, uint64_t id, int fd);
 /* Forget every destination (the policy changed). */
 void sandlock_gate_clear(struct sandlock_gate *gate);
 void sandlock_gate_stats(struct sandlock_gate *gate, struct sandlock_gate_stats *out);

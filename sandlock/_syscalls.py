@@ -323,6 +323,12 @@ class Gate:
         """Remember an allowed destination (``addr``: the packed 4 or 16 bytes)."""
         _lib.sandlock_gate_allow(self._g, domain, type, protocol, addr, len(addr), port)
 
+    def park_connect(self, notif_id: int, fd: int) -> bool:
+        """Hand a blocking connect in progress on our duplicate ``fd`` to the gate, which
+        answers the call when the handshake ends (csrc/connecting.h). True: ``fd`` is the
+        gate's now; False: it could not take it, ``fd`` is still ours."""
+        return bool(_lib.sandlock_gate_park_connect(self._g, notif_id, fd) == 0)
+
     def clear(self) -> None:
         """Forget every remembered destination (the policy changed)."""
         _lib.sandlock_gate_clear(self._g)

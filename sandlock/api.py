@@ -1,7 +1,7 @@
 """The Python API: ``Sandbox(net_allow=..., net_deny=...).run(cmd) -> Result``.
 
 ``run`` blocks and needs no trio (it runs its own loop, so any thread may call it, and
-without pipes it waits with no loop at all until the command first needs a decision);
+without pipes it waits and answers with no loop at all until a call must wait);
 ``run_async`` is the same for trio callers and is cancellable: cancelling kills the
 command's whole process tree, waits for it, and re-raises ``Cancelled``.
 
@@ -188,17 +188,17 @@ class _Run:
     def execute_blocking(
         self, timeout: float | None, cwd: StrPath | None, env: Mapping[str, str] | None
     ) -> Result:
-        """``execute`` for a blocking run without pipes, which waits without trio until
-        the command first needs a decision (launch.wait_child), as the CLI does: a command
-        that never does costs no event loop (in-process start-up, bench/RESULTS.md)."""
+        """``execute`` for a blocking run without pipes, which waits and answers without
+        trio until a call must wait (launch.wait_child, Supervisor.serve_now), as the CLI
+        does: a command whose calls all return at once costs no event loop."""
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         pipes = _Pipes(False, False)
         observer = self._observer()
         with self._running(cwd, env, pipes, observer) as (child, sup, names):
             status: int | None = None
-            if names is None:  # the DNS forwarder is served by trio from the start
-                status = _wait_blocking(child, deadline)
+            if names is None or not names.dns_mode:  # (trio serves the DNS forwarder)
+                status = _wait_blocking(child, deadline, sup)
             if status is None:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 call = functools.partial(self._supervise, child, sup, pipes, None, left)
@@ -379,11 +379,14 @@ async def _drain(fd: int, into: bytearray) -> None:
         into += chunk
 
 
-def _wait_blocking(child: launch.Child, deadline: float | None) -> int | None:
-    """launch.wait_child until the first decision; on any exception (KeyboardInterrupt)
-    the tree is killed and reaped first, as a cancelled run_async does."""
+def _wait_blocking(child: launch.Child, deadline: float | None, sup: Supervisor) -> int | None:
+    """launch.wait_child, answering calls without trio until one must wait; on any
+    exception (KeyboardInterrupt) the tree is killed and reaped first, as a cancelled
+    run_async does."""
     try:
-        return launch.wait_child(child, -1, until_notified=True, deadline=deadline)
+        return launch.wait_child(
+            child, -1, until_notified=True, deadline=deadline, serve=sup.serve_now
+        )
     except BaseException:
         _kill_and_reap(child)
         raise

@@ -23,10 +23,14 @@ if TYPE_CHECKING:
     from types import SimpleNamespace
     from typing import NoReturn
 
+    from ._syscalls import Handoff
     from .audit import AuditLog
+    from .launch import Child
     from .learn import Learner
-    from .names import NameOptions
+    from .names import NameOptions, Names
+    from .policy import Policy
     from .report import Observer
+    from .supervisor import Supervisor
 
     # What the handlers get: the parser's namespace, or the same made by _fastrun.py.
     Args = argparse.Namespace | SimpleNamespace
@@ -169,22 +173,32 @@ def _run(args: Args) -> int:
             unblock_signals=FORWARDED_SIGNALS,
             trap_open=names is not None and names.trap_open,
         )
-        # The supervisor (and trio) start only when the command first makes a trapped
-        # call: until then the notification simply waits in the kernel.
-        status = wait_child(child, signal_fd, until_notified=True)
+        # The supervisor starts only when the command first makes a trapped call (until
+        # then the notification simply waits in the kernel), and trio only when a call
+        # must wait, or the DNS forwarder must run: until then serve_now answers here.
+        sup: Supervisor | None = None
+
+        def serve_now(handed: list[Handoff]) -> bool:
+            nonlocal sup, observer
+            if sup is None:
+                observer = _observer(args, learner, audit)
+                sup = _supervisor(child, policy, observer, names)
+            return sup.serve_now(handed)
+
+        dns_mode = names is not None and names.dns_mode
+        status = wait_child(
+            child, signal_fd, until_notified=True, serve=None if dns_mode else serve_now
+        )
         if status is None:
             import trio
 
             from .runner import supervise
-            from .supervisor import Supervisor
 
-            observer = _observer(args, learner, audit)
-            assert child.gate is not None
-            remember = observer is None or not observer.hears_every_call
-            sup = Supervisor(child.gate, policy, observer, remember=remember)
-            if names is not None:
-                sup.use_names(names, observer.dns if observer is not None else None)
-            status = trio.run(lambda: supervise(child, sup, signal_fd=signal_fd))
+            if sup is None:
+                observer = _observer(args, learner, audit)
+                sup = _supervisor(child, policy, observer, names)
+            running = sup
+            status = trio.run(lambda: supervise(child, running, signal_fd=signal_fd))
         code = status
     finally:
         if child is not None:
@@ -197,6 +211,19 @@ def _run(args: Args) -> int:
     if learner is not None:
         _finish_learning(learner, args.profile_out)
     return code
+
+
+def _supervisor(
+    child: Child, policy: Policy, observer: Observer | None, names: Names | None
+) -> Supervisor:
+    from .supervisor import Supervisor
+
+    assert child.gate is not None
+    remember = observer is None or not observer.hears_every_call
+    sup = Supervisor(child.gate, policy, observer, remember=remember)
+    if names is not None:
+        sup.use_names(names, observer.dns if observer is not None else None)
+    return sup
 
 
 def _rule_specs(args: Args) -> tuple[list[str], list[str]]:

@@ -23,7 +23,7 @@ from .errors import LaunchError, SupervisorError
 # signal (its enums) and collections.abc cost a launch ~2 ms; annotations need no import.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 _SIGKILL = 9  # signal.SIGKILL on Linux
 
@@ -157,14 +157,22 @@ TIMED_OUT = -1  # what wait_child returns when its deadline passed first
 
 
 def wait_child(
-    child: Child, signal_fd: int, *, until_notified: bool, deadline: float | None = None
+    child: Child,
+    signal_fd: int,
+    *,
+    until_notified: bool,
+    deadline: float | None = None,
+    serve: Callable[[list[sys_.Handoff]], bool] | None = None,
 ) -> int | None:
     """Wait for the child without trio, forwarding signals from ``signal_fd`` (-1: none).
 
     Returns its exit status; or, with ``until_notified`` (and a gate), None as soon as the
-    gate hands a notification over (the caller then starts the supervisor). A command that never
-    needs a decision thus never pays for the supervisor's start-up. With a ``deadline``
-    (time.monotonic()), TIMED_OUT once it has passed, the child not reaped."""
+    gate hands a notification over (the caller then starts the supervisor). A command that
+    never needs a decision thus never pays for the supervisor's start-up. With ``serve``
+    (Supervisor.serve_now), what the gate hands over goes to it, and the wait goes on
+    while it answers everything: None only once a call must wait, which needs trio.
+    With a ``deadline`` (time.monotonic()), TIMED_OUT once it has passed, the child not
+    reaped."""
     from ._signals import forward_pending
 
     poller = select.poll()
@@ -184,11 +192,14 @@ def wait_child(
         ready = dict(poller.poll(wait_ms))
         if gate is not None and ready.get(gate.fd, 0) & select.POLLIN:
             handed = gate.read()
-            if handed is not None:
+            if handed is None:
+                poller.unregister(gate.fd)  # the gate saw the sandbox go: wait for the status
+                gate = None
+            elif serve is None:
                 gate.hold(handed)  # the supervisor answers them first
                 return None
-            poller.unregister(gate.fd)  # the gate saw the sandbox go: wait for the status
-            gate = None
+            elif not serve(handed):
+                return None
         if signal_fd in ready:
             forward_pending(signal_fd, child.pidfd)
         if child.pidfd in ready:

@@ -20,7 +20,8 @@ Nothing blocks the trio thread. A handler does the quick part synchronously and 
 the result; when the child's socket is blocking and the call would wait (a TCP handshake,
 a full send buffer), it returns a ``Pending`` whose coroutine the supervisor runs as a
 task: it waits for writability on our duplicate and finishes the call, so one slow
-connect never delays the others.
+connect never delays the others. Only those coroutines need trio, and only they import
+it: the quick part runs before the supervisor has started trio, or without it at all.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-
-import trio
 
 from . import _local, _msg
 from . import _syscalls as sys_
@@ -103,6 +102,10 @@ Remember = Callable[[int, int, int, bytes, int], None]
 """Told (domain, type, protocol, packed address, port) of each allowed destination that
 was sent to as the child named it (see Supervisor: the gate then answers it itself)."""
 
+Park = Callable[[int, int], bool]
+"""Takes (notification id, our duplicate) of a blocking connect in progress and answers
+the call when the handshake ends (Gate.park_connect): True if it took the duplicate."""
+
 
 class Handlers:
     """The on-behalf handlers of one sandbox. ``policy`` may be replaced at any time."""
@@ -112,10 +115,12 @@ class Handlers:
         self.policy = policy
         self.on_event = on_event
         self.remember: Remember | None = None
+        # Set when no listener needs each call's outcome, as remember is (Supervisor).
+        self.park: Park | None = None
         self.vfiles: VirtualFiles | None = None
         # In DNS mode, the name to send a port-53 destination to instead (names.py).
         self.redirect: Callable[[int, Dest], bytes | None] | None = None
-        self._table: dict[int, Callable[[sys_.Notif], Result]] = {
+        self._table: dict[int, Callable[[sys_.Notif], Outcome]] = {
             SYS_CONNECT: self.connect,
             SYS_SENDTO: self.sendto,
             SYS_SENDMSG: self.sendmsg,
@@ -136,12 +141,12 @@ class Handlers:
 
     # ---- the four syscalls -------------------------------------------------------------
 
-    def connect(self, n: sys_.Notif) -> Result:
+    def connect(self, n: sys_.Notif) -> Outcome:
         """connect(fd, addr, addrlen) on our duplicate with our copy of addr."""
         fd, addr_p, addrlen = int32(n.args[0]), n.args[1], int32(n.args[2])
         return self._on_socket(n, fd, lambda c: self._connect(c, addr_p, addrlen))
 
-    def sendto(self, n: sys_.Notif) -> Result:
+    def sendto(self, n: sys_.Notif) -> Outcome:
         """sendto(fd, buf, len, flags, addr, addrlen) with copies of buf and addr."""
         fd, buf_p, length, flags = int32(n.args[0]), n.args[1], n.args[2], int32(n.args[3])
         addr_p, addrlen = n.args[4], int32(n.args[5])
@@ -162,7 +167,7 @@ class Handlers:
 
         return self._on_socket(n, fd, act)
 
-    def sendmsg(self, n: sys_.Notif) -> Result:
+    def sendmsg(self, n: sys_.Notif) -> Outcome:
         """sendmsg(fd, msg, flags): the msghdr, name, iovecs and control copied."""
         fd, msg_p, flags = int32(n.args[0]), n.args[1], int32(n.args[2])
 
@@ -179,7 +184,7 @@ class Handlers:
 
         return self._on_socket(n, fd, act)
 
-    def sendmmsg(self, n: sys_.Notif) -> Result:
+    def sendmmsg(self, n: sys_.Notif) -> Outcome:
         """sendmmsg(fd, vec, vlen, flags): each entry decided and sent on its own."""
         fd, vec_p, flags = int32(n.args[0]), n.args[1], int32(n.args[3])
         vlen = min(n.args[2] & 0xFFFF_FFFF, _msg.UIO_MAXIOV)  # the kernel clamps it too
@@ -217,7 +222,7 @@ class Handlers:
 
     # ---- the shared steps ------------------------------------------------------------------
 
-    def _on_socket(self, n: sys_.Notif, fd: int, act: Callable[[_Call], Result]) -> Result:
+    def _on_socket(self, n: sys_.Notif, fd: int, act: Callable[[_Call], Outcome]) -> Outcome:
         """Run ``act`` on a duplicate of the child's descriptor; close what the call
         opened when it is answered (a Pending closes it when it finishes)."""
         dup = sys_.getfd(n.pid, fd)
@@ -283,6 +288,8 @@ class Handlers:
 
     async def _wait_writable(self, c: _Call) -> int:
         """0 once our duplicate is writable; -ENOENT if the child stopped waiting."""
+        import trio
+
         while True:
             with trio.move_on_after(_WATCHDOG):
                 await trio.lowlevel.wait_writable(c.dup)
@@ -292,12 +299,14 @@ class Handlers:
 
     async def _backoff(self, c: _Call, attempt: int) -> int:
         """Sleep before a retry where readiness cannot be polled (a full AF_UNIX peer)."""
+        import trio
+
         await trio.sleep(min(0.001 * 2**attempt, _BACKOFF_MAX))
         return 0 if self._still_waiting(c.n) else -errno.ENOENT
 
     # ---- connect ---------------------------------------------------------------------------
 
-    def _connect(self, c: _Call, addr_p: int, addrlen: int) -> Result:
+    def _connect(self, c: _Call, addr_p: int, addrlen: int) -> Outcome:
         name = _msg.read_name(c.n.pid, addr_p, addrlen)
         if isinstance(name, int):
             return name
@@ -331,12 +340,18 @@ class Handlers:
         rc = sys_.connect(c.dup, name, nonblock=True)
         if rc == -errno.EINPROGRESS and sys_.poll1(c.dup, select.POLLOUT) != 0:
             rc = sys_.sock_error(c.dup)
+        if rc == -errno.EINPROGRESS and self.park is not None and self.park(c.n.id, c.dup):
+            c.owned.remove(c.dup)  # the gate's now: it answers when the handshake ends
+            self._report(event, rc)  # (an allowed call that started: its outcome unheard)
+            return Reply.ANSWERED
         if rc in (-errno.EINPROGRESS, -errno.EAGAIN):
             return Pending(lambda: self._finish_connect(c, name, event, rc))
         self._report(event, rc)
         return rc
 
     async def _finish_connect(self, c: _Call, name: bytes, event: Event | None, rc: int) -> int:
+        import trio
+
         attempt = 0
         # A blocking connect gives up after SO_SNDTIMEO with the error it has then
         # (EINPROGRESS for TCP, EAGAIN for a full AF_UNIX backlog); the attempt goes on.
@@ -410,6 +425,8 @@ class Handlers:
         A stream socket sends everything (as a blocking send does); a datagram is sent
         once. A fast-open connect that answered EINPROGRESS sends its data once the
         handshake is done."""
+        import trio
+
         p = _Progress(rc, max(rc, 0), msg.name, msg.control, flags)
         with trio.move_on_after(sys_.sock_sndtimeo(c.dup) or math.inf) as scope:
             await self._send_loop(c, msg.data, p)
@@ -520,6 +537,8 @@ def _closing(fds: list[int], finish: Callable[[], Awaitable[int]]) -> Callable[[
     """Wrap a Pending's coroutine so that it closes the call's descriptors when it ends."""
 
     async def run() -> int:
+        import trio
+
         try:
             return await finish()
         finally:

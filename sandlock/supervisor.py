@@ -5,10 +5,16 @@ own what Python already decided: calls to destinations Python allowed and asked 
 remember (when nobody needs to hear of every allowed call), and opens of files that
 cannot be virtual. Everything else it hands over, and ``serve`` answers it here:
 
-* most calls are answered right away, in the loop, by ``Handlers.handle``;
-* a call that must wait (a blocking TCP handshake, a full send buffer) becomes a task
-  of the supervisor's nursery, so it never delays the others. A blocking connect the
-  gate already started arrives with its duplicate, to be finished the same way.
+* most calls are answered right away by ``Handlers.handle``: by ``serve_now``, with no
+  event loop, for as long as no call has had to wait (launch.wait_child calls it), then
+  in ``serve``'s trio loop;
+* a blocking TCP connect still in progress is parked with the gate's second thread
+  (csrc/connecting.h), which answers it when the handshake ends, whenever nobody needs
+  each call's outcome (the same condition as ``remember``);
+* any other call that must wait (a handshake whose outcome is logged, a full send
+  buffer) becomes a task of the supervisor's nursery, so it never delays the others. A
+  blocking connect the gate started but could not park arrives with its duplicate, to
+  be finished the same way.
 
 Python stays the authority: the gate only repeats decisions made here, and forgets them
 all when the policy is replaced. If a handler raises (a bug), the call is refused: a
@@ -21,16 +27,18 @@ from __future__ import annotations
 import errno
 import sys
 
-import trio
-
 from . import _syscalls as sys_
 from .events import Listener
 from .onbehalf import Handlers, Outcome, Pending, Reply
 from .policy import Policy
 
+# trio is imported by serve(), when a call first has to wait: ``serve_now`` answers the
+# others without it (importing trio costs ~120 ms; bench/RESULTS.md, row 10).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    import trio
 
     from .dns import Record
     from .names import Names
@@ -40,8 +48,10 @@ class Supervisor:
     """Answers the notifications of one gate's listener under a policy that may be swapped.
 
     With ``remember`` (the default), allowed destinations are handed to the gate, which
-    then answers further calls to them itself: ``on_event`` no longer hears of those.
-    Pass ``remember=False`` when every allowed call must be seen (audit, summary, learn).
+    then answers further calls to them itself, and so are blocking connects in progress:
+    ``on_event`` no longer hears of those, nor of such a connect's outcome. Pass
+    ``remember=False`` when every allowed call and its result must be seen (audit,
+    summary, learn).
     """
 
     def __init__(
@@ -57,8 +67,10 @@ class Supervisor:
         self.handlers = Handlers(gate.listener, policy, on_event)
         self.names: Names | None = None
         self._on_dns: Callable[[Record], None] | None = None
+        self._waiting: list[tuple[sys_.Notif, Pending]] = []  # from serve_now, for serve
         if remember:
             self.handlers.remember = gate.allow
+            self.handlers.park = gate.park_connect
             gate.set_flags(gate.flags | sys_.GATE_CACHE)
         else:
             gate.set_flags(gate.flags & ~sys_.GATE_CACHE)
@@ -91,12 +103,29 @@ class Supervisor:
         connects, sends, _opens, _handoffs = self.gate.stats()
         return connects + sends
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    def serve_now(self, handed: list[sys_.Handoff]) -> bool:
+        """Answer what the gate handed over, without trio (launch.wait_child calls this
+        until a call must wait). False if one must: ``serve`` then finishes it first."""
+        for h in handed:
+            result = self._outcome(h)
+            if isinstance(result, Pending):
+                self._waiting.append((h.notif, result))
+            else:
+                self._answer(h.notif, result)
+        return not self._waiting
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] | None = None) -> None:
         """Answer notifications until every task of the sandbox is gone."""
+        import trio
+
         async with trio.open_nursery() as nursery:
             if self.names is not None:
                 nursery.start_soon(self.names.run, lambda: self.policy, self._swap, self._on_dns)
-            task_status.started()
+            waiting, self._waiting = self._waiting, []
+            for n, pending in waiting:
+                nursery.start_soon(self._finish, n, pending)
+            if task_status is not None:
+                task_status.started()
             while True:
                 handed = self.gate.read()  # first what wait_child may have read already
                 if handed is None:
@@ -105,25 +134,23 @@ class Supervisor:
                     await trio.lowlevel.wait_readable(self.gate.fd)
                     continue
                 for h in handed:
-                    self._dispatch(h, nursery)
+                    result = self._outcome(h)
+                    if isinstance(result, Pending):
+                        nursery.start_soon(self._finish, h.notif, result)
+                    else:
+                        self._answer(h.notif, result)
                 await trio.lowlevel.checkpoint()  # let waiting calls finish meanwhile
             nursery.cancel_scope.cancel()
 
-    def _dispatch(self, h: sys_.Handoff, nursery: trio.Nursery) -> None:
+    def _outcome(self, h: sys_.Handoff) -> Outcome:
         n = h.notif
-        result: Outcome
         try:
             if h.fd >= 0:
-                result = self.handlers.resume_connect(n, h.fd, h.rc)
-            else:
-                result = self.handlers.handle(n)
+                return self.handlers.resume_connect(n, h.fd, h.rc)
+            return self.handlers.handle(n)
         except Exception as err:  # a bug must refuse the call, never allow it
             _internal_error(n, err)
-            result = -errno.ECONNREFUSED
-        if isinstance(result, Pending):
-            nursery.start_soon(self._finish, n, result)
-        else:
-            self._answer(n, result)
+            return -errno.ECONNREFUSED
 
     async def _finish(self, n: sys_.Notif, pending: Pending) -> None:
         try:

@@ -119,22 +119,73 @@ def test_timeout_covers_output_held_open_by_a_descendant(tmp_path: Path) -> None
     assert _dead(int(pidfile.read_text()))
 
 
-@pytest.mark.parametrize("calls", ["none", "one first"])
-def test_timeout_without_pipes_kills_the_tree(tmp_path: Path, sinks: Sinks, calls: str) -> None:
-    """run() without pipes waits without trio until the first decision: its timeout kills
-    the tree there too, and after a decision has moved the wait into trio."""
+@pytest.mark.parametrize("calls", ["none", "one answered", "one waiting"])
+def test_timeout_without_pipes_kills_the_tree(
+    tmp_path: Path, sinks: Sinks, full_listener: str, calls: str
+) -> None:
+    """run() without pipes waits without trio while every call is answered at once: its
+    timeout kills the tree there too, and after a call that must wait (here a hanging
+    connect whose outcome the audit log needs) has moved the wait into trio."""
     sink = sinks.udp("127.0.0.1")
     pidfile = tmp_path / "pid"
     send = f"import socket; socket.socket(2, 2).sendto(b'x', ('127.0.0.1', {sink.port}))"
-    first = f"{PY} -c \"{send}\"; " if calls == "one first" else ""
-    script = f"{first}sleep 60 & echo $! > {pidfile}; sleep 60"
+    host, port = full_listener.rsplit(":", 1)
+    hang = f"import socket; socket.create_connection(('{host}', {port}))"
+    first = {
+        "none": "",
+        "one answered": f'{PY} -c "{send}"; ',
+        "one waiting": f'{PY} -c "{hang}" & ',
+    }
+    script = f"{first[calls]}sleep 60 & echo $! > {pidfile}; sleep 60"
+    sandbox = Sandbox([sink.spec, full_listener], audit=tmp_path / "audit.jsonl")
     started = time.monotonic()
     with pytest.raises(TimeoutExpired) as info:
-        Sandbox([sink.spec]).run(["/bin/sh", "-c", script], timeout=1.5)
+        sandbox.run(["/bin/sh", "-c", script], timeout=1.5)
     assert time.monotonic() - started < 30
     assert info.value.stdout is None
     assert _dead(int(pidfile.read_text()))
-    assert sink.settle().count == (1 if calls == "one first" else 0)
+    assert sink.settle().count == (1 if calls == "one answered" else 0)
+
+
+@pytest.mark.parametrize(("audit", "loops"), [(False, 0), (True, 1)], ids=["gate", "audit"])
+def test_blocking_run_without_pipes_needs_no_event_loop(
+    tmp_path: Path,
+    sinks: Sinks,
+    full_listener: str,
+    monkeypatch: pytest.MonkeyPatch,
+    audit: bool,
+    loops: int,
+) -> None:
+    """run() without pipes answers an allowed and a refused connect, and a connect that
+    hangs until SO_SNDTIMEO, with no trio loop: the gate's thread finishes the hanging one.
+    With an audit log, which records each call's outcome, Python finishes it, in trio."""
+    ok, bad = sinks.tcp("127.0.0.1"), sinks.tcp("127.0.0.2")
+    host, port = full_listener.rsplit(":", 1)
+    script = textwrap.dedent(f"""
+        import errno, socket, struct, sys
+        socket.create_connection(("127.0.0.1", {ok.port})).close()
+        try:
+            socket.create_connection(("127.0.0.2", {bad.port}))
+            sys.exit(1)
+        except ConnectionRefusedError:
+            pass
+        s = socket.socket()  # blocking: the kernel gives up after SO_SNDTIMEO (0.7 s)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("qq", 0, 700000))
+        sys.exit(0 if s.connect_ex(({host!r}, {port})) == errno.EINPROGRESS else 2)
+    """)
+    real_run, runs = trio.run, []
+
+    def counting_run(*args: object, **kwargs: object) -> object:
+        runs.append(args)
+        return real_run(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trio, "run", counting_run)
+    sandbox = Sandbox([ok.spec, full_listener], audit=tmp_path / "a.jsonl" if audit else None)
+    res = sandbox.run([PY, "-c", script], timeout=60)
+    assert res.exit_code == 0
+    assert [(d.dst, d.port) for d in res.denied] == [("127.0.0.2", bad.port)]
+    assert len(runs) == loops
+    assert (ok.settle().count, bad.settle().count) == (1, 0)
 
 
 def test_interrupted_run_kills_the_tree(tmp_path: Path) -> None:

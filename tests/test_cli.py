@@ -3,6 +3,7 @@ descriptors, errors, help, and real clients."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import http.server
 import json
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SANDLOCK, describe, kill_group, run_command, sandlock_env
+from .conftest import SANDLOCK, describe, kill_group, parse_probe, run_command, sandlock_env
 
 CURL = shutil.which("curl")
 
@@ -516,3 +517,36 @@ def test_a_command_without_network_calls_loads_no_supervisor(rule: str) -> None:
     loaded = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if "|" in line}
     assert "sandlock.cli" in loaded and "sandlock.launch" in loaded, describe(res)
     assert not loaded & {"trio", "dns", "dataclasses"}, sorted(loaded & {"trio", "dns"})
+
+
+def _imported(res: subprocess.CompletedProcess[str]) -> set[str]:
+    """The modules a `python -X importtime` run loaded, from its stderr."""
+    return {line.split("|")[-1].strip() for line in res.stderr.splitlines() if "|" in line}
+
+
+@pytest.mark.parametrize(
+    ("flags", "trio_expected"),
+    [([], False), (["--summary"], True)],
+    ids=["gate-finishes", "summary-python-finishes"],
+)
+def test_calls_that_need_no_waiting_here_load_no_trio(
+    probe, sinks, full_listener, flags, trio_expected
+) -> None:
+    """Allowed and refused connects, and a blocking connect that hangs until SO_SNDTIMEO,
+    are all answered without trio (~120 ms of imports): the quick ones by serve_now, the
+    hanging one by the gate's thread for connects in progress. With --summary every
+    outcome must be heard, so Python finishes the hanging connect itself, under trio."""
+    fast, denied = sinks.tcp("127.0.0.1"), sinks.tcp("127.0.0.2")
+    argv = [sys.executable, "-X", "importtime", "-m", "sandlock", "run", *flags]
+    rules = ["--net-allow", fast.spec, "--net-allow", full_listener]
+    script = '"$0" connect tcp "$1" "$2"; exec "$3" "$4" "$1" 3 700'
+    cmd = ["sh", "-c", script, probe("netprobe"), fast.target, denied.target]
+    res = run_command([*argv, *rules, "--", *cmd, probe("slowconnect"), full_listener])
+    assert [(x.label, x.ok) for x in parse_probe(res.stdout)] == [
+        ("0 connect", True),
+        ("1 connect", False),
+    ], describe(res)
+    assert f"slow_errno={errno.EINPROGRESS}" in res.stdout, describe(res)
+    assert res.returncode == 0, describe(res)
+    assert ("trio" in _imported(res)) == trio_expected, describe(res)
+    assert (fast.settle().count, denied.settle().count) == (4, 0)

@@ -101,13 +101,19 @@ def test_signal_storm_denied(probe, sinks, run_sandboxed):
 
 # ------------------------------------------------------------------- slow peers
 
+# Who finishes a blocking connect in progress: the gate's thread for connects in progress
+# (csrc/connecting.h) when nobody needs each call's outcome, else Python under trio
+# (--summary hears every call).
+FINISHERS = pytest.mark.parametrize("finisher", [[], ["--summary"]], ids=["gate", "python"])
 
-def test_slow_connect_beside_fast(probe, sinks, run_sandboxed, full_listener):
+
+@FINISHERS
+def test_slow_connect_beside_fast(probe, sinks, run_sandboxed, full_listener, finisher):
     """While one thread's connect hangs on a full backlog, another thread's 50 connects
     all complete (the slow one is still pending when they are done)."""
     fast = sinks.tcp("127.0.0.1")
     res = run_sandboxed(
-        ["--net-allow", full_listener, "--net-allow", fast.spec],
+        [*finisher, "--net-allow", full_listener, "--net-allow", fast.spec],
         [probe("slowconnect"), full_listener, fast.target, "50", "2000"],
     )
     kv = probe_kv(res.stdout.splitlines()[0] if res.stdout else "")
@@ -115,12 +121,13 @@ def test_slow_connect_beside_fast(probe, sinks, run_sandboxed, full_listener):
     assert fast.settle().count == 50
 
 
-def test_blocking_connect_honours_sndtimeo(probe, sinks, run_sandboxed, full_listener):
+@FINISHERS
+def test_blocking_connect_honours_sndtimeo(probe, sinks, run_sandboxed, full_listener, finisher):
     """A blocking connect that cannot complete returns EINPROGRESS when the socket's
     SO_SNDTIMEO (here 3 s) expires, as it does without the sandbox."""
     fast = sinks.tcp("127.0.0.1")
     res = run_sandboxed(
-        ["--net-allow", full_listener, "--net-allow", fast.spec],
+        [*finisher, "--net-allow", full_listener, "--net-allow", fast.spec],
         [probe("slowconnect"), full_listener, fast.target, "1", "3000"],
     )
     kv = probe_kv(res.stdout)
@@ -129,7 +136,8 @@ def test_blocking_connect_honours_sndtimeo(probe, sinks, run_sandboxed, full_lis
     assert res.returncode == 0, describe(res)
 
 
-def test_child_killed_mid_connect(probe, sinks, run_sandboxed, full_listener):
+@FINISHERS
+def test_child_killed_mid_connect(probe, sinks, run_sandboxed, full_listener, finisher):
     """A process SIGKILLed while its connect hangs in the supervisor leaves no hang: the
     next connect works and sandlock exits promptly with the command's status."""
     fast = sinks.tcp("127.0.0.1")
@@ -139,7 +147,7 @@ def test_child_killed_mid_connect(probe, sinks, run_sandboxed, full_listener):
     )
     t0 = time.monotonic()
     res = run_sandboxed(
-        ["--net-allow", full_listener, "--net-allow", fast.spec],
+        [*finisher, "--net-allow", full_listener, "--net-allow", fast.spec],
         ["sh", "-c", script, probe("netprobe"), full_listener, fast.target],
         timeout=60,
     )
@@ -151,6 +159,40 @@ def test_child_killed_mid_connect(probe, sinks, run_sandboxed, full_listener):
     assert res.returncode == 0, describe(res)
     assert elapsed < 20, f"sandlock took {elapsed:.1f}s to exit after its command"
     assert fast.settle().count == 1
+
+
+def _syn_sent_to(port: int) -> int:
+    """Sockets of this machine whose connect to 127.0.0.1:port is still in its handshake."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(r[2] == f"0100007F:{port:04X}" and r[3] == "02" for r in rows)
+
+
+@FINISHERS
+def test_connect_of_a_killed_process_is_dropped_while_the_sandbox_lives(
+    probe, full_listener, finisher
+):
+    """Our duplicate of a connecting socket whose caller was SIGKILLed is closed within
+    about a second (the "still waiting?" check), not kept until the sandbox ends: its
+    handshake, which nobody waits for any more, stops."""
+    port = int(full_listener.rsplit(":", 1)[1])
+    script = '"$0" connect tcp "$1" & p=$!; sleep 0.5; kill -9 $p; wait $p; sleep 30'
+    argv = [*SANDLOCK, *finisher, "--net-allow", full_listener, "--"]
+    base = _syn_sent_to(port)  # (the fixture's own check, for one)
+    proc = subprocess.Popen(
+        [*argv, "sh", "-c", script, probe("netprobe"), full_listener],
+        env=sandlock_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert _wait_for(lambda: _syn_sent_to(port) == base + 1, 10), "no connect started"
+        assert _wait_for(lambda: _syn_sent_to(port) == base, 10), "the handshake went on"
+        assert proc.poll() is None, "the sandbox ended first: nothing was tested"
+    finally:
+        kill_group(proc.pid)
+        proc.wait(10)
 
 
 # ------------------------------------------------------------------- process trees
