@@ -91,9 +91,12 @@ def hosts_text(host_addrs: Mapping[str, Sequence[str]]) -> bytes:
 
     Hostnames come sorted (case-insensitively), each with its addresses in the order
     given, duplicates dropped; wildcard keys (``*.example.com``) cannot be written in a
-    hosts file and are skipped. An address that is not an IP address or a name that
-    would break the line (empty, whitespace, ``#``) is a ValueError."""
-    lines = ["127.0.0.1 localhost", "::1 localhost"]
+    hosts file and are skipped. When a rule names localhost itself, its lines are the
+    rule's addresses only (a ``::1 localhost`` the policy did not resolve would send the
+    command to a refused address first). An address that is not an IP address or a name
+    that would break the line (empty, whitespace, ``#``) is a ValueError."""
+    named = any(name.lower() == "localhost" for name in host_addrs)
+    lines = [] if named else ["127.0.0.1 localhost", "::1 localhost"]
     for name in sorted(host_addrs, key=lambda h: (h.lower(), h)):
         if name.startswith("*"):
             continue

@@ -252,6 +252,25 @@ def test_getent_reads_the_virtual_hosts(fake: FakeUpstream):
     assert Path("/etc/hosts").read_bytes() == real
 
 
+def test_a_localhost_rule_and_the_virtual_hosts_agree(sinks, run_sandboxed):
+    """`--net-allow localhost:PORT`, resolved at start by the system: the command's
+    /etc/hosts gives localhost exactly the addresses the rule resolved to (it once listed
+    ::1 whatever the rule resolved to), so a connect by name makes no refused attempt."""
+    sink = sinks.tcp("127.0.0.1")
+    script = (
+        f"import socket; socket.create_connection(('localhost', {sink.port})).close(); "
+        "print(open('/etc/hosts').read())"
+    )
+    res = run_sandboxed(
+        ["--no-dns-proxy", "--net-allow", f"localhost:{sink.port}"], [PY, "-c", script]
+    )
+    assert res.returncode == 0 and "denied tcp" not in res.stderr, describe(res)
+    ours = sorted(line.split()[0] for line in res.stdout.splitlines() if "localhost" in line)
+    system = sorted({ai[4][0] for ai in socket.getaddrinfo("localhost", None)})
+    assert ours == system, describe(res)
+    assert sink.settle().count == 1
+
+
 def test_no_virtual_hosts_shows_the_real_file(fake: FakeUpstream):
     """--no-virtual-hosts: the command reads the real /etc/hosts."""
     fake.add("api.example.test", "A", ["127.0.0.3"])

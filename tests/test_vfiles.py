@@ -54,6 +54,11 @@ def test_hosts_text_layout() -> None:
     assert hosts_text({}) == b"127.0.0.1 localhost\n::1 localhost\n"
 
 
+def test_hosts_text_lists_a_localhost_rule_as_resolved() -> None:
+    """A rule naming localhost: its resolved addresses only, no default ::1 line."""
+    assert hosts_text({"LocalHost": ["127.0.0.1"]}) == b"127.0.0.1 LocalHost\n"
+
+
 @pytest.mark.parametrize(
     "mapping",
     [{"x.example": ["not-an-ip"]}, {"bad name": ["10.0.0.1"]}, {"x#y": ["10.0.0.1"]}, {"": []}],
