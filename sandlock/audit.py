@@ -14,10 +14,9 @@ an unspecified one as the loopback address it was decided as.
 
 from __future__ import annotations
 
-import datetime as _dt
 import ipaddress
-import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -39,8 +38,10 @@ def seen_address(addr: bytes) -> str:
 
 def timestamp() -> str:
     """Now, as the audit log stamps records: ``2026-11-23T03:15:21.991605Z``."""
-    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
-    return now.replace("+00:00", "Z")
+    # time, not datetime: the first decision of a run imports this module (~3 ms less).
+    ns = time.time_ns()
+    seconds, micros = divmod(ns // 1000, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,8 @@ class DecisionRecord:
 
     def to_json(self) -> str:
         """The record as one line of JSON (no newline)."""
+        import json  # (only where records are written: not on the launch path)
+
         return json.dumps(asdict(self), separators=(", ", ": "))
 
     def describe(self) -> str:
@@ -108,6 +111,8 @@ class AuditLog:
 
     def write_object(self, obj: Mapping[str, object]) -> None:
         """Append one JSON object (a DNS decision, see dns.py) as one line."""
+        import json
+
         os.write(self._fd, (json.dumps(obj, separators=(", ", ": ")) + "\n").encode())
 
     def close(self) -> None:

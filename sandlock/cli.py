@@ -324,9 +324,8 @@ def _observer(args: Args, learner: Learner | None, audit: AuditLog | None) -> Ob
     summary = Summary() if args.summary else None
     if audit is None and report is None and summary is None:
         return None
-    import uuid
-
-    return Observer(uuid.uuid4().hex[:8], audit=audit, report=report, summary=summary)
+    sandbox_id = os.urandom(4).hex()  # as the API's uuid4().hex[:8]; uuid costs ~4 ms
+    return Observer(sandbox_id, audit=audit, report=report, summary=summary)
 
 
 def _finish_observer(observer: Observer | None, audit: AuditLog | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -240,3 +241,14 @@ def test_unwritable_audit_path_is_one_line_and_nothing_runs(tmp_path: Path) -> N
     assert res.returncode == 2
     assert res.stderr == f"sandlock: --audit: cannot open {bad}: No such file or directory\n"
     assert not marker.exists()
+
+
+def test_timestamps_are_utc_with_microseconds() -> None:
+    """audit.timestamp(): `2026-11-23T03:15:21.991605Z`, the time now in UTC."""
+    from sandlock.audit import timestamp
+
+    before = dt.datetime.now(dt.UTC)
+    stamp = timestamp()
+    after = dt.datetime.now(dt.UTC)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), stamp
+    assert before - dt.timedelta(microseconds=1) <= dt.datetime.fromisoformat(stamp) <= after
