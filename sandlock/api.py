@@ -15,6 +15,7 @@ import contextlib
 import functools
 import math
 import os
+import select
 import signal
 import time
 import uuid
@@ -126,19 +127,8 @@ class Sandbox:
                 "Sandbox.run() blocks and cannot be called from a trio task; "
                 "use `await sandbox.run_async(...)`"
             )
-        if not capture_output and input is None:
-            run = _Run([os.fspath(c) for c in cmd], self.policy, self._plan, self.audit)
-            return run.execute_blocking(timeout, cwd, env)
-        call = functools.partial(
-            self.run_async,
-            cmd,
-            timeout=timeout,
-            capture_output=capture_output,
-            input=input,
-            cwd=cwd,
-            env=env,
-        )
-        return trio.run(call)
+        run = _Run([os.fspath(c) for c in cmd], self.policy, self._plan, self.audit)
+        return run.execute_blocking(timeout, capture_output, input, cwd, env)
 
     async def run_async(
         self,
@@ -186,28 +176,35 @@ class _Run:
         return self._result(status, timed_out, timeout, capture, observer, started)
 
     def execute_blocking(
-        self, timeout: float | None, cwd: StrPath | None, env: Mapping[str, str] | None
+        self,
+        timeout: float | None,
+        capture: bool,
+        input: bytes | None,
+        cwd: StrPath | None,
+        env: Mapping[str, str] | None,
     ) -> Result:
-        """``execute`` for a blocking run without pipes, which waits and answers without
+        """``execute`` for a blocking run, which waits, answers and moves its pipes without
         trio until a call must wait (launch.wait_child, Supervisor.serve_now), as the CLI
         does: a command whose calls all return at once costs no event loop."""
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
-        pipes = _Pipes(False, False)
+        pipes = _Pipes(capture, input is not None)
         observer = self._observer()
         with self._running(cwd, env, pipes, observer) as (child, sup, names):
             status: int | None = None
+            streams = _PipeStreams(pipes, self.out, self.err, input)
             if names is None or not names.dns_mode:  # (trio serves the DNS forwarder)
-                status = _wait_blocking(child, deadline, sup)
+                status = _wait_blocking(child, deadline, sup, streams)
             if status is None:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                call = functools.partial(self._supervise, child, sup, pipes, None, left)
+                rest = streams.unsent()
+                call = functools.partial(self._supervise, child, sup, pipes, rest, left)
                 status, timed_out = trio.run(call)
             else:
                 timed_out = status == launch.TIMED_OUT
                 if timed_out:
                     status = _kill_and_reap(child)
-        return self._result(status, timed_out, timeout, False, observer, started)
+        return self._result(status, timed_out, timeout, capture, observer, started)
 
     def _observer(self) -> Observer:
         self.audit = AuditLog(self.audit_path) if self.audit_path is not None else None
@@ -294,6 +291,7 @@ class _Run:
                             io.start_soon(_feed, pipes.take_stdin(), input)
                         if pipes.stdout >= 0:
                             io.start_soon(_drain, pipes.stdout, self.out)
+                        if pipes.stderr >= 0:
                             io.start_soon(_drain, pipes.stderr, self.err)
                         await trio.lowlevel.wait_readable(child.pidfd)
                 if deadline.cancelled_caught:
@@ -350,6 +348,65 @@ class _Pipes:
                 setattr(self, name, -1)
 
 
+class _PipeStreams(launch.Streams):
+    """A blocking run's pipes, moved by launch.wait_child's own poll loop: output read into
+    the run's buffers, input written, each pipe closed (and taken out of ``pipes``) at its
+    end, as _feed and _drain do under trio, which take over whatever is left."""
+
+    def __init__(
+        self, pipes: _Pipes, out: bytearray, err: bytearray, input: bytes | None
+    ) -> None:
+        self.pipes = pipes
+        self.into = {pipes.stdout: out, pipes.stderr: err}
+        self.into.pop(-1, None)
+        self.input = memoryview(input if input is not None else b"")
+        if pipes.stdin >= 0 and not self.input:
+            os.close(pipes.take_stdin())  # nothing to write: end of file at once
+
+    def watched(self) -> list[tuple[int, int]]:
+        fds = [(fd, select.POLLIN) for fd in self.into]
+        return fds + ([(self.pipes.stdin, select.POLLOUT)] if self.pipes.stdin >= 0 else [])
+
+    def ready(self, fd: int, events: int) -> bool:
+        if fd == self.pipes.stdin:
+            return self._write()
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        if chunk:
+            self.into[fd] += chunk
+            return False
+        del self.into[fd]
+        self._close(fd)
+        return True
+
+    def _write(self) -> bool:
+        try:
+            self.input = self.input[os.write(self.pipes.stdin, self.input) :]
+        except BlockingIOError:
+            return False
+        except BrokenPipeError:
+            self.input = self.input[:0]  # the command stopped reading: as _feed
+        if self.input:
+            return False
+        self._close(self.pipes.stdin)
+        return True
+
+    def _close(self, fd: int) -> None:
+        for name in ("stdin", "stdout", "stderr"):
+            if getattr(self.pipes, name) == fd:
+                setattr(self.pipes, name, -1)
+        os.close(fd)
+
+    def done(self) -> bool:
+        return not self.into and self.pipes.stdin < 0
+
+    def unsent(self) -> bytes | None:
+        """The input not written yet, for _feed (None once stdin is closed)."""
+        return bytes(self.input) if self.pipes.stdin >= 0 else None
+
+
 async def _feed(fd: int, data: bytes) -> None:
     """Write ``data`` to the child's stdin, then close it (the child sees end of file)."""
     view = memoryview(data)
@@ -379,13 +436,15 @@ async def _drain(fd: int, into: bytearray) -> None:
         into += chunk
 
 
-def _wait_blocking(child: launch.Child, deadline: float | None, sup: Supervisor) -> int | None:
-    """launch.wait_child, answering calls without trio until one must wait; on any
-    exception (KeyboardInterrupt) the tree is killed and reaped first, as a cancelled
-    run_async does."""
+def _wait_blocking(
+    child: launch.Child, deadline: float | None, sup: Supervisor, streams: _PipeStreams
+) -> int | None:
+    """launch.wait_child, answering calls and moving the pipes without trio until a call
+    must wait; on any exception (KeyboardInterrupt) the tree is killed and reaped first,
+    as a cancelled run_async does."""
     try:
         return launch.wait_child(
-            child, -1, until_notified=True, deadline=deadline, serve=sup.serve_now
+            child, -1, until_notified=True, deadline=deadline, serve=sup.serve_now, streams=streams
         )
     except BaseException:
         _kill_and_reap(child)

@@ -156,6 +156,21 @@ def _launch_error(name: str, cwd: str | None, err: sys_.SpawnError) -> Exception
 TIMED_OUT = -1  # what wait_child returns when its deadline passed first
 
 
+class Streams:
+    """Descriptors of the run that wait_child serves besides the child (api.py's pipes):
+    ``watched`` gives (fd, poll events) pairs, ``ready`` handles one and returns True once
+    that fd is finished (closed), ``done`` says all are."""
+
+    def watched(self) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def ready(self, fd: int, events: int) -> bool:
+        raise NotImplementedError
+
+    def done(self) -> bool:
+        raise NotImplementedError
+
+
 def wait_child(
     child: Child,
     signal_fd: int,
@@ -163,6 +178,7 @@ def wait_child(
     until_notified: bool,
     deadline: float | None = None,
     serve: Callable[[list[sys_.Handoff]], bool] | None = None,
+    streams: Streams | None = None,
 ) -> int | None:
     """Wait for the child without trio, forwarding signals from ``signal_fd`` (-1: none).
 
@@ -171,8 +187,10 @@ def wait_child(
     never needs a decision thus never pays for the supervisor's start-up. With ``serve``
     (Supervisor.serve_now), what the gate hands over goes to it, and the wait goes on
     while it answers everything: None only once a call must wait, which needs trio.
-    With a ``deadline`` (time.monotonic()), TIMED_OUT once it has passed, the child not
-    reaped."""
+    With ``streams``, the exit status comes once the child has exited and every stream
+    is done, as subprocess.communicate waits for the end of the output. With a
+    ``deadline`` (time.monotonic()), TIMED_OUT once it has passed, the child not reaped
+    (it may have exited: still ours to signal until reaped)."""
     from ._signals import forward_pending
 
     poller = select.poll()
@@ -182,6 +200,12 @@ def wait_child(
     gate = child.gate if until_notified else None
     if gate is not None:
         poller.register(gate.fd, select.POLLIN)
+    own: dict[int, int] = {}
+    if streams is not None:
+        own = dict(streams.watched())
+        for fd, events in own.items():
+            poller.register(fd, events)
+    exited = False
     while True:
         wait_ms = None
         if deadline is not None:
@@ -202,7 +226,15 @@ def wait_child(
                 return None
         if signal_fd in ready:
             forward_pending(signal_fd, child.pidfd)
-        if child.pidfd in ready:
+        if streams is not None:
+            for fd in [fd for fd in ready if fd in own]:
+                if streams.ready(fd, ready[fd]):
+                    poller.unregister(fd)
+                    del own[fd]
+        if child.pidfd in ready and not exited:
+            exited = True
+            poller.unregister(child.pidfd)  # (stays readable: reaped below)
+        if exited and (streams is None or streams.done()):
             return exit_status(child.pidfd)
 
 

@@ -80,6 +80,68 @@ def test_result_fields_capture_input_cwd_env(tmp_path: Path) -> None:
     assert res.denied == [] and res.duration > 0
 
 
+@pytest.fixture
+def trio_runs(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Each trio.run a blocking Sandbox.run makes (it should make none unless a call
+    must wait): the list of their arguments."""
+    real_run, runs = trio.run, []
+
+    def counting_run(*args: object, **kwargs: object) -> object:
+        runs.append(args)
+        return real_run(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trio, "run", counting_run)
+    return runs
+
+
+def test_big_pipes_move_without_an_event_loop(trio_runs: list[object]) -> None:
+    """4 MB in, 4 MB out on each of stdout and stderr, interleaved (every pipe fills
+    many times over): all of it arrives, in order, with no trio loop."""
+    data = bytes(range(256)) * (4 << 12)
+    script = (
+        "import sys; d = sys.stdin.buffer.read(); "
+        "[(sys.stdout.buffer.write(d[i:i + 65536]), sys.stderr.buffer.write(d[i:i + 65536][::-1])) "
+        "for i in range(0, len(d), 65536)]"
+    )
+    res = Sandbox().run([PY, "-c", script], capture_output=True, input=data, timeout=60)
+    assert res.exit_code == 0 and res.stdout == data
+    assert res.stderr == b"".join(data[i : i + 65536][::-1] for i in range(0, len(data), 65536))
+    assert trio_runs == []
+
+
+@pytest.mark.parametrize("script", ["pass", "import os; os.close(0)"])
+def test_input_nobody_reads_is_no_error(script: str) -> None:
+    """Input for a command that exits, or closes stdin, without reading it: as in
+    subprocess.run, the run just ends (no BrokenPipeError)."""
+    res = Sandbox().run([PY, "-c", script], input=b"x" * (1 << 20), timeout=60)
+    assert res.exit_code == 0
+
+
+def test_pipes_carry_on_under_trio_when_a_call_must_wait(
+    tmp_path: Path, full_listener: str, trio_runs: list[object]
+) -> None:
+    """A command reads part of its input and writes output, then makes a connect that
+    hangs until SO_SNDTIMEO (finished by Python under trio: the audit log wants its
+    outcome), then reads the rest and writes again: nothing is lost or repeated across
+    the move from wait_child's loop into trio's."""
+    data = bytes(range(256)) * 4096  # 1 MB: the feeding is cut short by the move
+    host, port = full_listener.rsplit(":", 1)
+    script = textwrap.dedent(f"""
+        import socket, struct, sys
+        head = sys.stdin.buffer.read(300000)
+        sys.stdout.buffer.write(head); sys.stdout.flush()
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("qq", 0, 300000))
+        print("connect", s.connect_ex(({host!r}, {port})), file=sys.stderr)
+        sys.stdout.buffer.write(sys.stdin.buffer.read())
+    """)
+    sandbox = Sandbox([full_listener], audit=tmp_path / "a.jsonl")
+    res = sandbox.run([PY, "-c", script], capture_output=True, input=data, timeout=60)
+    assert res.exit_code == 0 and res.stdout == data
+    assert res.stderr == b"connect 115\n"
+    assert len(trio_runs) == 1
+
+
 def test_not_captured_means_none() -> None:
     """Without capture_output, stdout and stderr are None (the caller's are inherited)."""
     res = Sandbox().run(["/bin/true"])
@@ -152,7 +214,7 @@ def test_blocking_run_without_pipes_needs_no_event_loop(
     tmp_path: Path,
     sinks: Sinks,
     full_listener: str,
-    monkeypatch: pytest.MonkeyPatch,
+    trio_runs: list[object],
     audit: bool,
     loops: int,
 ) -> None:
@@ -173,18 +235,11 @@ def test_blocking_run_without_pipes_needs_no_event_loop(
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("qq", 0, 700000))
         sys.exit(0 if s.connect_ex(({host!r}, {port})) == errno.EINPROGRESS else 2)
     """)
-    real_run, runs = trio.run, []
-
-    def counting_run(*args: object, **kwargs: object) -> object:
-        runs.append(args)
-        return real_run(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(trio, "run", counting_run)
     sandbox = Sandbox([ok.spec, full_listener], audit=tmp_path / "a.jsonl" if audit else None)
     res = sandbox.run([PY, "-c", script], timeout=60)
     assert res.exit_code == 0
     assert [(d.dst, d.port) for d in res.denied] == [("127.0.0.2", bad.port)]
-    assert len(runs) == loops
+    assert len(trio_runs) == loops
     assert (ok.settle().count, bad.settle().count) == (1, 0)
 
 
