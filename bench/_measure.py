@@ -202,17 +202,21 @@ def startup_daemon(setup: Setup, count: int) -> float:
                 daemon.stderr.close()
 
 
-def startup_inproc(setup: Setup, mode: str, count: int) -> float:
-    """Seconds for one more ``Sandbox(...).run(["/bin/true"])`` in a warm process."""
+def startup_inproc(setup: Setup, mode: str, count: int, capture: bool = False) -> float:
+    """Seconds for one more ``Sandbox(...).run(["/bin/true"])`` in a warm process; with
+    ``capture``, ours runs with ``capture_output=True`` and native with subprocess.run's
+    (the peer's run always captures)."""
     argv = ["/bin/true"]
     spec: dict[str, Any]
     if mode == NATIVE:
         python, spec, kind = str(setup.product.python), {"argv": argv}, "native"
+        spec["capture"] = capture
     elif mode == PEER:
         spec = {"kwargs": setup.peer_kwargs([setup.tcp_rule]), "argv": argv}
         python, kind = str(setup.peer()), "inproc"
     else:
         spec = {"kwargs": {"net_allow": [setup.tcp_rule]}, "argv": argv}
+        spec["run_kwargs"] = {"capture_output": True} if capture else {}
         python, kind = str(setup.product.python), "inproc"
     spec["count"] = count
     proc = subprocess.run(

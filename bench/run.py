@@ -93,6 +93,7 @@ def make_rows(c: Counts) -> dict[str, Row]:
         Row("8a", "start-up: run -- /bin/true", "ms", "total", 1.0),
         Row("8b", "start-up via daemon", "ms", "total", 0.5),
         Row("8c", "start-up in-process", "ms", "total", 1.0),
+        Row("8d", "start-up in-process, output captured", "ms", "total", 1.0),
         Row("9", "supervisor peak RSS", "MB", "ceiling", RSS_MB),
         Row("10", f"{c.sandboxes} sandboxes x {c.each} connects", "ms", "all-ok"),
     ]
@@ -110,7 +111,7 @@ def _rotated(r: int) -> list[str]:
 
 def run_round(setup: Setup, rows: dict[str, Row], c: Counts, r: int, only: set[str]) -> None:
     def want(*keys: str) -> bool:
-        return not only or any(k.rstrip("ab") in only for k in keys)
+        return not only or any(k.rstrip("abcd") in only for k in keys)
 
     def record(key: str, mode: str, measure: Callable[[], float]) -> None:
         value = rows[key].record(mode, measure)
@@ -144,6 +145,8 @@ def run_round(setup: Setup, rows: dict[str, Row], c: Counts, r: int, only: set[s
         for mode in _rotated(r):
             record("8a", mode, partial(_ms, startup_standalone, setup, mode, c.startup))
             record("8c", mode, partial(_ms, startup_inproc, setup, mode, c.startup))
+            captured = partial(startup_inproc, capture=True)
+            record("8d", mode, partial(_ms, captured, setup, mode, c.startup))
         # 8b compares ours through the daemon with the peer's standalone figure (the peer
         # has no daemon); its native and peer cells repeat this round's 8a.
         for mode in (NATIVE, PEER):
@@ -279,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in range(args.rounds):
             _log(f"bench: round {r + 1}/{args.rounds}")
             run_round(setup, rows, counts, r, only)
-    chosen = [row for row in rows.values() if not only or row.key.rstrip("ab") in only]
+    chosen = [row for row in rows.values() if not only or row.key.rstrip("abcd") in only]
     table, notes = render(chosen)
     mach = machine()
     elapsed = datetime.datetime.now(datetime.UTC) - started
@@ -298,8 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{', '.join(setup.peer_kwargs([])['fs_readable'])} (it cannot exec anything "
         f"otherwise); ours: {product.sandlock}, {product.install_kind()}",
         f"rounds: {args.rounds} (median){', --quick counts' if args.quick else ''}; {counts}",
-        "ours/peer: (ours - native) / (peer - native) per op; for 8a-8c and 9 the whole "
+        "ours/peer: (ours - native) / (peer - native) per op; for 8a-8d and 9 the whole "
         "figures, as issue 3's targets compare them",
+        "8c/8d: the peer's run always captures the command's output; ours without "
+        "capture_output (8c) and with it (8d), native with subprocess.run's likewise",
     ]
     print()
     print("\n".join(header))

@@ -7,9 +7,11 @@ bench/.peer-venv; the product never imports it). Standard library only, besides 
 Modes (JSON is one object):
   run      {"kwargs": {...}, "argv": [...]}: ``Sandbox(**kwargs).run(argv)``; the command's
            captured stdout/stderr are copied to ours and its exit status is ours.
-  inproc   {"kwargs": {...}, "argv": [...], "count": N}: import the SDK, run argv once to
-           warm up, then time N more runs; prints a JSON list of seconds per run.
-  native   {"argv": [...], "count": N}: the same loop with subprocess.run and no sandbox.
+  inproc   {"kwargs": {...}, "argv": [...], "count": N, "run_kwargs": {...}}: import the
+           SDK, run argv once to warm up (``.run(argv, **run_kwargs)``), then time N more
+           runs; prints a JSON list of seconds per run.
+  native   {"argv": [...], "count": N, "capture": bool}: the same loop with
+           subprocess.run (capture_output=capture) and no sandbox.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 
-def _sandbox_runner(kwargs: dict[str, Any]) -> Callable[[Sequence[str]], Any]:
+def _sandbox_runner(
+    kwargs: dict[str, Any], run_kwargs: dict[str, Any]
+) -> Callable[[Sequence[str]], Any]:
     from sandlock import Sandbox  # type: ignore[attr-defined,unused-ignore]
 
     def run(argv: Sequence[str]) -> Any:
-        return Sandbox(**kwargs).run(list(argv))
+        return Sandbox(**kwargs).run(list(argv), **run_kwargs)
 
     return run
 
@@ -54,19 +58,23 @@ def _timed(run: Callable[[Sequence[str]], Any], argv: Sequence[str], count: int)
     return times
 
 
-def _native_run(argv: Sequence[str]) -> int:
+def _native_runner(capture: bool) -> Callable[[Sequence[str]], int]:
     import subprocess  # only here: the peer's process is what row 9 measures, keep it bare
 
-    return subprocess.run(list(argv), check=False).returncode
+    def run(argv: Sequence[str]) -> int:
+        return subprocess.run(list(argv), check=False, capture_output=capture).returncode
+
+    return run
 
 
 def main(mode: str, spec: dict[str, Any]) -> int:
     argv: list[str] = spec["argv"]
     if mode == "native":
-        print(json.dumps(_timed(_native_run, argv, int(spec["count"]))))
+        run_native = _native_runner(bool(spec.get("capture")))
+        print(json.dumps(_timed(run_native, argv, int(spec["count"]))))
         return 0
     try:
-        run = _sandbox_runner(spec.get("kwargs", {}))
+        run = _sandbox_runner(spec.get("kwargs", {}), spec.get("run_kwargs", {}))
     except ImportError as err:
         print(f"sdk_driver: no Sandbox API: {err}", file=sys.stderr)
         return 3
