@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import struct
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from . import _syscalls as sys_
@@ -29,13 +28,16 @@ _CMSGHDR = struct.Struct("<Qii")  # cmsg_len, cmsg_level, cmsg_type
 _REROUTING_CMSGS = frozenset({(0, 7), (41, 5), (41, 57)})  # IP_RETOPTS, IPV6_[2292]RTHDR
 
 
-@dataclass(slots=True)
 class Message:
-    """Our copy of one message: what we decide on and what we send."""
+    """Our copy of one message: what we decide on and what we send. (Plain classes here
+    and in events.py, onbehalf.py: dataclasses costs the first decision ~7 ms of imports.)"""
 
-    name: bytes | None
-    data: bytes
-    control: bytes
+    __slots__ = ("control", "data", "name")
+
+    def __init__(self, name: bytes | None, data: bytes, control: bytes) -> None:
+        self.name = name
+        self.data = data
+        self.control = control
 
 
 def int32(value: int) -> int:

@@ -35,7 +35,6 @@ import select
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from . import _local, _msg
 from . import _syscalls as sys_
@@ -66,11 +65,13 @@ _WATCHDOG = 1.0  # seconds between "is the child still waiting?" checks while we
 _BACKOFF_MAX = 0.05  # retry interval ceiling when readiness cannot be polled (AF_UNIX)
 
 
-@dataclass(slots=True)
 class Pending:
     """The call must wait; the supervisor runs ``finish`` as a task and answers with it."""
 
-    finish: Callable[[], Awaitable[int]]
+    __slots__ = ("finish",)
+
+    def __init__(self, finish: Callable[[], Awaitable[int]]) -> None:
+        self.finish = finish
 
 
 class Reply(enum.Enum):
@@ -505,15 +506,17 @@ def pin_unspecified(name: bytes, dest: Dest) -> bytes:
     return name
 
 
-@dataclass(slots=True)
 class _Progress:
     """Where a blocking send stands: last result, bytes sent, what the next try sends."""
 
-    rc: int
-    sent: int
-    name: bytes | None
-    control: bytes
-    flags: int
+    __slots__ = ("control", "flags", "name", "rc", "sent")
+
+    def __init__(self, rc: int, sent: int, name: bytes | None, control: bytes, flags: int) -> None:
+        self.rc = rc
+        self.sent = sent
+        self.name = name
+        self.control = control
+        self.flags = flags
 
 
 def _must_wait(c: _Call, total: int, rc: int, sent: int) -> bool:

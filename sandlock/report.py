@@ -11,10 +11,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import TextIO
 
-from .audit import AuditLog, DecisionRecord, seen_address, timestamp
 from .events import Event
+
+# The audit module (dataclasses, ~7 ms) is loaded when a record is first made: a run
+# whose calls are all allowed, with no --audit, never needs one.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
+
+    from .audit import AuditLog, DecisionRecord
 
 __all__ = ["DenialReport", "Observer", "Summary"]
 
@@ -86,6 +92,8 @@ class Summary:
     def add(self, event: Event) -> None:
         """Count one decision."""
         action = "allow" if event.decision.allowed else "deny"
+        from .audit import seen_address
+
         self.counts[(event.proto, seen_address(event.dest.addr), event.dest.port, action)] += 1
 
     def render(self) -> str:
@@ -137,6 +145,8 @@ class Observer:
     def dns(self, record: Mapping[str, object]) -> None:
         """Hand one DNS decision (dns.py's record) to the audit log and the report."""
         if self.audit is not None:
+            from .audit import timestamp
+
             self.audit.write_object({"ts": timestamp(), "sandbox": self.sandbox, **record})
         if record.get("action") == "deny":
             self.denied_count += 1
@@ -153,13 +163,19 @@ class Observer:
         if event.decision.allowed:
             self.allowed_count += 1
             if self.audit is not None:
-                self.audit.write(DecisionRecord.from_event(event, self.sandbox))
+                self.audit.write(_record(event, self.sandbox))
             return
         self.denied_count += 1
-        record = DecisionRecord.from_event(event, self.sandbox)
+        record = _record(event, self.sandbox)
         if self.audit is not None:
             self.audit.write(record)
         if self.denied is not None:
             self.denied.append(record)
         if self.report is not None:
             self.report(record)
+
+
+def _record(event: Event, sandbox: str) -> DecisionRecord:
+    from .audit import DecisionRecord
+
+    return DecisionRecord.from_event(event, sandbox)
