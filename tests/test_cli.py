@@ -550,3 +550,19 @@ def test_calls_that_need_no_waiting_here_load_no_trio(
     assert res.returncode == 0, describe(res)
     assert ("trio" in _imported(res)) == trio_expected, describe(res)
     assert (fast.settle().count, denied.settle().count) == (4, 0)
+
+
+def test_a_run_whose_calls_are_allowed_stays_lean(probe, sinks) -> None:
+    """A command whose calls are all allowed makes its supervisor load neither trio nor
+    dataclasses or the audit module: records are made only for a denial or an audit
+    log."""
+    sink = sinks.tcp("127.0.0.1")
+    argv = [sys.executable, "-X", "importtime", "-m", "sandlock", "run"]
+    cmd = [probe("netprobe"), "connect", "tcp", sink.target, sink.target]
+    res = run_command([*argv, "--net-allow", sink.spec, "--", *cmd], env=sandlock_env())
+    assert res.returncode == 0, describe(res)
+    loaded = _imported(res)
+    assert "sandlock.supervisor" in loaded, describe(res)  # a decision was made here
+    unwanted = {"trio", "dataclasses", "sandlock.audit"}
+    assert not loaded & unwanted, sorted(loaded & unwanted)
+    assert sink.settle().count == 2
