@@ -1020,7 +1020,7 @@ void sandlock_gate_stats(struct sandlock_gate *g, struct sandlock_gate_stats *ou
     out->handoffs = atomic_load(&g->n_handoffs);
 }
 
-void sandlock_gate_stop(struct sandlock_gate *g)
+void sandlock_gate_stop(struct sandlock_gate *g, struct sandlock_gate_stats *final)
 {
     atomic_store(&g->stopping, 1);
     uint64_t one = 1;
@@ -1033,6 +1033,7 @@ void sandlock_gate_stop(struct sandlock_gate *g)
         pthread_join(g->thread, NULL);
     if (g->connecting != NULL)
         connecting_free(g->connecting); /* after the thread: it parks no more */
+    sandlock_gate_stats(g, final);
     close(g->wake);
     pthread_mutex_destroy(&g->lock);
     free(g);

@@ -86,9 +86,9 @@ int sandlock_gate_park_connect(struct sandlock_gate *gate, uint64_t id, int fd);
 /* Forget every destination (the policy changed). */
 void sandlock_gate_clear(struct sandlock_gate *gate);
 void sandlock_gate_stats(struct sandlock_gate *gate, struct sandlock_gate_stats *out);
-/* Stop the thread, wait for it, free everything but the listener and the handoff
- * socket (the caller closes those). */
-void sandlock_gate_stop(struct sandlock_gate *gate);
+/* Stop the threads, wait for them, fill *final with the counters as they ended, free
+ * everything but the listener and the handoff socket (the caller closes those). */
+void sandlock_gate_stop(struct sandlock_gate *gate, struct sandlock_gate_stats *final);
 
 /* cdef-end */
 

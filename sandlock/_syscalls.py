@@ -299,9 +299,13 @@ class Handoff:
 class Gate:
     """The C thread that receives a listener's notifications and answers what Python
     already decided (see csrc/gate.h). ``fd`` is readable when it hands one over, and
-    reads end-of-file once the sandbox is gone."""
+    reads end-of-file once the sandbox is gone.
 
-    __slots__ = ("_g", "_held", "fd", "flags", "listener")
+    Once closed, the C side is freed: ``allow``, ``clear`` and ``set_flags`` do nothing,
+    ``park_connect`` takes nothing, and ``stats`` gives the counters as the gate stopped
+    (a policy swap may land just after its sandbox ended: the daemon awaits in between)."""
+
+    __slots__ = ("_final", "_g", "_held", "fd", "flags", "listener")
 
     def __init__(self, listener: int, flags: int = 0) -> None:
         out = _ffi.new("int[2]")
@@ -309,6 +313,7 @@ class Gate:
         if g == _ffi.NULL:
             raise _oserror("sandlock_gate_start", out[1])
         self._g = g
+        self._final = (0, 0, 0, 0)
         self.fd: int = out[0]
         self._held: list[Handoff] = []
         self.flags = flags
@@ -317,24 +322,31 @@ class Gate:
     def set_flags(self, flags: int) -> None:
         """Replace the GATE_* flags; the thread sees them from its next notification."""
         self.flags = flags
-        _lib.sandlock_gate_set_flags(self._g, flags)
+        if self._g != _ffi.NULL:
+            _lib.sandlock_gate_set_flags(self._g, flags)
 
     def allow(self, domain: int, type: int, protocol: int, addr: bytes, port: int) -> None:
         """Remember an allowed destination (``addr``: the packed 4 or 16 bytes)."""
-        _lib.sandlock_gate_allow(self._g, domain, type, protocol, addr, len(addr), port)
+        if self._g != _ffi.NULL:
+            _lib.sandlock_gate_allow(self._g, domain, type, protocol, addr, len(addr), port)
 
     def park_connect(self, notif_id: int, fd: int) -> bool:
         """Hand a blocking connect in progress on our duplicate ``fd`` to the gate, which
         answers the call when the handshake ends (csrc/connecting.h). True: ``fd`` is the
         gate's now; False: it could not take it, ``fd`` is still ours."""
+        if self._g == _ffi.NULL:
+            return False
         return bool(_lib.sandlock_gate_park_connect(self._g, notif_id, fd) == 0)
 
     def clear(self) -> None:
         """Forget every remembered destination (the policy changed)."""
-        _lib.sandlock_gate_clear(self._g)
+        if self._g != _ffi.NULL:
+            _lib.sandlock_gate_clear(self._g)
 
     def stats(self) -> tuple[int, int, int, int]:
         """What the gate answered itself: (connects, sends, opens), and its handoffs."""
+        if self._g == _ffi.NULL:
+            return self._final
         s = _ffi.new("struct sandlock_gate_stats *")
         _lib.sandlock_gate_stats(self._g, s)
         return (s.connects, s.sends, s.opens, s.handoffs)
@@ -362,4 +374,7 @@ class Gate:
             return
         os.close(self.fd)  # first: a thread blocked handing over gets EPIPE and stops
         self.fd = -1
-        _lib.sandlock_gate_stop(self._g)
+        g, self._g = self._g, _ffi.NULL
+        s = _ffi.new("struct sandlock_gate_stats *")
+        _lib.sandlock_gate_stop(g, s)
+        self._final = (s.connects, s.sends, s.opens, s.handoffs)

@@ -207,7 +207,10 @@ class Daemon:
             box = self.sandboxes.get(str(req.get("id")))
             if box is None or box not in self._visible(uid):
                 raise RequestError(f"no sandbox {req.get('id')!r} of yours is running")
-            box.supervisor.policy = (await build_plan(req)).policy
+            plan = await build_plan(req)  # (hostnames: it may await a while)
+            if self.sandboxes.get(box.id) is not box:
+                raise RequestError(f"sandbox {box.id} ended before its policy was replaced")
+            box.supervisor.policy = plan.policy
             box.rules = len(box.supervisor.policy.allow_rules) + len(
                 box.supervisor.policy.deny_rules
             )

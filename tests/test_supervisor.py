@@ -214,6 +214,35 @@ def test_gate_stops_while_the_sandbox_lives(tmp_path: Path, wait: str) -> None:
     assert os.waitstatus_to_exitcode(status) == errno.ENOSYS
 
 
+def test_a_closed_gate_is_inert_and_keeps_its_counts(sinks: Sinks) -> None:
+    """After close, what may still reach a gate (a policy swap the daemon finished just
+    after the sandbox ended) does nothing, a connect is not taken, and the counters stay
+    as they were when it stopped, instead of touching freed memory."""
+    sink = sinks.udp("127.0.0.1")
+    send = (
+        "import socket; s = socket.socket(2, 2)\n"
+        f"for _ in range(3): s.sendto(b'x', ('127.0.0.1', {sink.port}))"
+    )
+    child = launch.start([PY, "-c", send])
+    assert child.gate is not None
+    gate = child.gate
+    sup = Supervisor(gate, Policy.from_specs([sink.spec], []))
+    assert trio.run(supervise, child, sup) == 0
+    child.close()
+    assert gate.stats()[1] == 2  # the first send was Python's, the next two the gate's
+    sup.policy = Policy.from_specs([], [])  # clear()
+    gate.allow(socket.AF_INET, socket.SOCK_DGRAM, 17, bytes([127, 0, 0, 1]), 9)
+    gate.set_flags(0)
+    spare = os.dup(0)
+    try:
+        assert gate.park_connect(1, spare) is False
+        os.fstat(spare)  # still ours
+    finally:
+        os.close(spare)
+    assert gate.stats()[1] == 2
+    assert sink.settle().count == 3
+
+
 async def test_a_new_socket_at_a_sent_on_descriptor_is_checked_anew(sinks: Sinks) -> None:
     """The gate remembers what a socket is by its cookie, never by its descriptor number:
     a UDP-Lite socket (SOCK_DGRAM too; inherited, as the filter refuses to create one)
