@@ -105,7 +105,8 @@ class Supervisor:
 
     def serve_now(self, handed: list[sys_.Handoff]) -> bool:
         """Answer what the gate handed over, without trio (launch.wait_child calls this
-        until a call must wait). False if one must: ``serve`` then finishes it first."""
+        until a call must wait, and serve for each batch). False if one must wait: it is
+        kept for ``serve``, which runs it as a task."""
         for h in handed:
             result = self._outcome(h)
             if isinstance(result, Pending):
@@ -121,24 +122,19 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             if self.names is not None:
                 nursery.start_soon(self.names.run, lambda: self.policy, self._swap, self._on_dns)
-            waiting, self._waiting = self._waiting, []
-            for n, pending in waiting:
-                nursery.start_soon(self._finish, n, pending)
             if task_status is not None:
                 task_status.started()
             while True:
+                for n, pending in self._waiting:  # (first those serve_now left waiting)
+                    nursery.start_soon(self._finish, n, pending)
+                self._waiting.clear()
                 handed = self.gate.read()  # first what wait_child may have read already
                 if handed is None:
                     break  # every task of the sandbox is gone
                 if not handed:
                     await trio.lowlevel.wait_readable(self.gate.fd)
                     continue
-                for h in handed:
-                    result = self._outcome(h)
-                    if isinstance(result, Pending):
-                        nursery.start_soon(self._finish, h.notif, result)
-                    else:
-                        self._answer(h.notif, result)
+                self.serve_now(handed)
                 await trio.lowlevel.checkpoint()  # let waiting calls finish meanwhile
             nursery.cancel_scope.cancel()
 
