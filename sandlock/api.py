@@ -348,7 +348,7 @@ class _Pipes:
                 setattr(self, name, -1)
 
 
-class _PipeStreams(launch.Streams):
+class _PipeStreams:
     """A blocking run's pipes, moved by launch.wait_child's own poll loop: output read into
     the run's buffers, input written, each pipe closed (and taken out of ``pipes``) at its
     end, as _feed and _drain do under trio, which take over whatever is left."""
@@ -367,7 +367,7 @@ class _PipeStreams(launch.Streams):
         fds = [(fd, select.POLLIN) for fd in self.into]
         return fds + ([(self.pipes.stdin, select.POLLOUT)] if self.pipes.stdin >= 0 else [])
 
-    def ready(self, fd: int, events: int) -> bool:
+    def ready(self, fd: int) -> bool:
         if fd == self.pipes.stdin:
             return self._write()
         try:

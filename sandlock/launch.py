@@ -24,6 +24,16 @@ from .errors import LaunchError, SupervisorError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from typing import Protocol
+
+    class Streams(Protocol):
+        """Descriptors of the run that wait_child serves besides the child (api.py's
+        pipes): ``watched`` gives (fd, poll events) pairs, ``ready`` serves one and says
+        whether that fd is finished (closed), ``done`` whether all are."""
+
+        def watched(self) -> list[tuple[int, int]]: ...
+        def ready(self, fd: int) -> bool: ...
+        def done(self) -> bool: ...
 
 _SIGKILL = 9  # signal.SIGKILL on Linux
 
@@ -156,21 +166,6 @@ def _launch_error(name: str, cwd: str | None, err: sys_.SpawnError) -> Exception
 TIMED_OUT = -1  # what wait_child returns when its deadline passed first
 
 
-class Streams:
-    """Descriptors of the run that wait_child serves besides the child (api.py's pipes):
-    ``watched`` gives (fd, poll events) pairs, ``ready`` handles one and returns True once
-    that fd is finished (closed), ``done`` says all are."""
-
-    def watched(self) -> list[tuple[int, int]]:
-        raise NotImplementedError
-
-    def ready(self, fd: int, events: int) -> bool:
-        raise NotImplementedError
-
-    def done(self) -> bool:
-        raise NotImplementedError
-
-
 def wait_child(
     child: Child,
     signal_fd: int,
@@ -228,7 +223,7 @@ def wait_child(
             forward_pending(signal_fd, child.pidfd)
         if streams is not None:
             for fd in [fd for fd in ready if fd in own]:
-                if streams.ready(fd, ready[fd]):
+                if streams.ready(fd):
                     poller.unregister(fd)
                     del own[fd]
         if child.pidfd in ready and not exited:
