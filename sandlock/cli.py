@@ -176,14 +176,17 @@ def _run(args: Args) -> int:
         # The supervisor starts only when the command first makes a trapped call (until
         # then the notification simply waits in the kernel), and trio only when a call
         # must wait, or the DNS forwarder must run: until then serve_now answers here.
-        sup: Supervisor | None = None
+        made: list[Supervisor] = []
+
+        def supervisor() -> Supervisor:
+            nonlocal observer
+            if not made:
+                observer = _observer(args, learner, audit)
+                made.append(_supervisor(child, policy, observer, names))
+            return made[0]
 
         def serve_now(handed: list[Handoff]) -> bool:
-            nonlocal sup, observer
-            if sup is None:
-                observer = _observer(args, learner, audit)
-                sup = _supervisor(child, policy, observer, names)
-            return sup.serve_now(handed)
+            return supervisor().serve_now(handed)
 
         dns_mode = names is not None and names.dns_mode
         status = wait_child(
@@ -194,11 +197,8 @@ def _run(args: Args) -> int:
 
             from .runner import supervise
 
-            if sup is None:
-                observer = _observer(args, learner, audit)
-                sup = _supervisor(child, policy, observer, names)
-            running = sup
-            status = trio.run(lambda: supervise(child, running, signal_fd=signal_fd))
+            sup = supervisor()
+            status = trio.run(lambda: supervise(child, sup, signal_fd=signal_fd))
         code = status
     finally:
         if child is not None:
