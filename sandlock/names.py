@@ -201,10 +201,6 @@ class Plan:
         return Names(policy, self.options, self.upstream, sockets, self.seeds)
 
 
-def _is_localhost(name: str) -> bool:
-    return name.lower() == "localhost"
-
-
 def _resolver(
     upstream: dns.Upstream | None, seeds: dict[str, list[tuple[str, int]]]
 ) -> Callable[[str], list[str]] | None:
@@ -296,8 +292,9 @@ class Names:
             self.vfiles = VirtualFiles()
             self.vfiles.set(RESOLV_CONF, resolv_text(self.address))
             if options.virtual_hosts:  # localhost only: the rest must stay fresh
-                local = policy.host_addresses.items()
-                self.vfiles.set(HOSTS, hosts_text({h: a for h, a in local if _is_localhost(h)}))
+                addrs = policy.host_addresses
+                local = {h: a for h, a in addrs.items() if h.lower() == "localhost"}
+                self.vfiles.set(HOSTS, hosts_text(local))
         elif options.virtual_hosts:
             self.vfiles = VirtualFiles()
             self.vfiles.set(HOSTS, hosts_text(policy.host_addresses))
