@@ -492,9 +492,9 @@ static int do_connect(struct worker *w, struct seccomp_notif *n)
             rc = 0;
         }
     }
-    if (blocking_stream && rc == -EINPROGRESS && sandlock_gate_park_connect(g, n->id, c.dup) == 0)
-        return DONE;
     if (blocking_stream && rc == -EINPROGRESS) {
+        if (sandlock_gate_park_connect(g, n->id, c.dup) == 0)
+            return DONE; /* its second thread answers when the handshake ends */
         struct sandlock_handoff h = {
             .id = n->id, .pid = n->pid, .nr = n->data.nr, .arch = n->data.arch,
             .kind = SANDLOCK_HANDOFF_CONNECTING, .fd = c.dup, .rc = rc,
