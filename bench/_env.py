@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -170,13 +171,18 @@ def sink() -> Iterator[Sink]:
     finally:
         if proc.stdin is not None:
             proc.stdin.close()  # the sink exits when its stdin closes
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        reap(proc)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def reap(proc: subprocess.Popen[Any]) -> None:
+    """Wait for a helper process that was asked to exit; kill it after 5 s."""
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def machine() -> dict[str, str]:

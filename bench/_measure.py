@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from _env import BUILD, DRIVER, WORKLOAD, Product, Sink
+from _env import BUILD, DRIVER, WORKLOAD, Product, Sink, reap
 
 NATIVE, PEER, OURS = "native", "peer", "ours"
 MODES = (NATIVE, PEER, OURS)
@@ -193,11 +193,7 @@ def startup_daemon(setup: Setup, count: int) -> float:
             return _wall([*cmd, "--", "/bin/true"], count)
         finally:
             daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            reap(daemon)
             if daemon.stderr is not None:
                 daemon.stderr.close()
 
