@@ -18,8 +18,14 @@ MMSGHDR_SIZE = 64  # struct mmsghdr: a msghdr and its unsigned msg_len (+4 paddi
 MSG_LEN_OFFSET = 56
 SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
 UIO_MAXIOV = 1024
-MAX_DATA = 64 << 20  # our cap on one message's payload: EMSGSIZE above
+MAX_DATA = 16 << 20  # our cap on one datagram's payload: EMSGSIZE above (*)
+STREAM_CHUNK = 256 << 10  # what one call copies of a stream send: the rest is a short count
 MAX_CONTROL = 64 << 10  # the kernel's optmem_max is far smaller: ENOBUFS above
+# (*) The kernel's own limits are smaller: 64 KiB for UDP, the send buffer (at most twice
+# net.core.wmem_max, 416 KiB by default) for a unix datagram. A stream send (TCP, unix
+# stream) is copied STREAM_CHUNK at a time and answered with a short count, as the kernel
+# may answer a blocking send: a program sends the rest with its next call. So the
+# supervisor never holds more than one chunk or one datagram per call in progress.
 
 _MSGHDR = struct.Struct("<QI4xQQQQ")  # name, namelen, iov, iovlen, control, controllen
 _CMSGHDR = struct.Struct("<Qii")  # cmsg_len, cmsg_level, cmsg_type
@@ -55,8 +61,9 @@ def read_name(tid: int, addr: int, length: int) -> bytes | int | None:
     return sys_.read_mem(tid, addr, length)
 
 
-def read_msghdr(tid: int, raw: bytes) -> Message | int:
-    """Copy the name, iovecs and control data a struct msghdr points at."""
+def read_msghdr(tid: int, raw: bytes, stream: bool = False) -> Message | int:
+    """Copy the name, iovecs and control data a struct msghdr points at: of a stream
+    send, at most STREAM_CHUNK bytes of data."""
     name_p, namelen, iov_p, iovlen, ctl_p, ctllen = _MSGHDR.unpack_from(raw)
     namelen = int32(namelen)
     if name_p and namelen < 0:
@@ -69,7 +76,7 @@ def read_msghdr(tid: int, raw: bytes) -> Message | int:
     name = read_name(tid, name_p, min(namelen, SOCKADDR_MAX)) if name_p else None
     if isinstance(name, int):
         return name
-    data = read_iovecs(tid, iov_p, iovlen)
+    data = read_iovecs(tid, iov_p, iovlen, STREAM_CHUNK if stream else None)
     if isinstance(data, int):
         return data
     control = sys_.read_mem(tid, ctl_p, ctllen) if ctllen else b""
@@ -78,8 +85,9 @@ def read_msghdr(tid: int, raw: bytes) -> Message | int:
     return Message(name, data, control)
 
 
-def read_iovecs(tid: int, iov_p: int, iovlen: int) -> bytes | int:
-    """The bytes an iovec array describes, concatenated (capped at MAX_DATA)."""
+def read_iovecs(tid: int, iov_p: int, iovlen: int, chunk: int | None = None) -> bytes | int:
+    """The bytes an iovec array describes, concatenated: the first ``chunk`` bytes of
+    them (a stream send), or all of them, EMSGSIZE above MAX_DATA (a datagram)."""
     if iovlen == 0:
         return b""
     vec = sys_.read_mem(tid, iov_p, 16 * iovlen)
@@ -91,11 +99,14 @@ def read_iovecs(tid: int, iov_p: int, iovlen: int) -> bytes | int:
         if length > 0x7FFF_FFFF_FFFF_FFFF:
             return -errno.EINVAL
         total += length
-    if total > MAX_DATA:
+    if chunk is None and total > MAX_DATA:
         return -errno.EMSGSIZE
+    left = total if chunk is None else min(total, chunk)
     parts = []
     for base, length in zip(pairs[::2], pairs[1::2], strict=True):
+        length = min(length, left)
         if length:
+            left -= length
             part = sys_.read_mem(tid, base, length)
             if isinstance(part, int):
                 return part

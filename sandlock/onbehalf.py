@@ -44,6 +44,10 @@ from .policy import Decision, Policy
 from .sockaddr import Dest, Invalid, NoDest, parse_sockaddr
 from .vfiles import OPEN_SYSCALLS, VirtualFiles
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from trio.lowlevel import ParkingLot
+
 SYS_CONNECT = 42
 SYS_SENDTO = 44
 SYS_SENDMSG = 46
@@ -63,6 +67,7 @@ _PROTOS: dict[tuple[int, int], str] = {
 _DNS_PROTOCOLS = (socket.IPPROTO_TCP, socket.IPPROTO_UDP)
 _WATCHDOG = 1.0  # seconds between "is the child still waiting?" checks while we wait
 _BACKOFF_MAX = 0.05  # retry interval ceiling when readiness cannot be polled (AF_UNIX)
+HELD_MAX = 32 << 20  # data one sandbox's waiting sends may hold in the supervisor, in all
 
 
 class Pending:
@@ -72,6 +77,16 @@ class Pending:
 
     def __init__(self, finish: Callable[[], Awaitable[int]]) -> None:
         self.finish = finish
+
+
+async def _unused() -> int:  # pragma: no cover - OVER_BUDGET is never run
+    return -errno.ENOBUFS
+
+
+OVER_BUDGET = Pending(_unused)
+"""What a send answers when it would wait but its data would take the sandbox over
+HELD_MAX, and nothing of it was sent: _on_socket then waits for room, holding nothing,
+and makes the call again from the start (a fresh copy, a fresh decision)."""
 
 
 class Reply(enum.Enum):
@@ -121,6 +136,8 @@ class Handlers:
         self.vfiles: VirtualFiles | None = None
         # In DNS mode, the name to send a port-53 destination to instead (names.py).
         self.redirect: Callable[[int, Dest], bytes | None] | None = None
+        self._held = 0  # bytes held by sends that wait (HELD_MAX)
+        self._room: ParkingLot | None = None  # once a send waits for room
         self._table: dict[int, Callable[[sys_.Notif], Outcome]] = {
             SYS_CONNECT: self.connect,
             SYS_SENDTO: self.sendto,
@@ -153,13 +170,16 @@ class Handlers:
         addr_p, addrlen = n.args[4], int32(n.args[5])
 
         def act(c: _Call) -> Result:
-            if length > _msg.MAX_DATA:
+            size = length
+            if c.info.type == _STREAM:
+                size = min(length, _msg.STREAM_CHUNK)  # the rest: a short count
+            elif length > _msg.MAX_DATA:
                 return -errno.EMSGSIZE
             # A non-NULL name of length 0 is still a name to the kernel (EINVAL on UDP).
             name = b"" if addr_p and addrlen == 0 else _msg.read_name(n.pid, addr_p, addrlen)
             if isinstance(name, int):
                 return name
-            data = sys_.read_mem(n.pid, buf_p, length)
+            data = sys_.read_mem(n.pid, buf_p, size)
             if isinstance(data, int):
                 return data
             if not self._still_waiting(n):
@@ -176,7 +196,7 @@ class Handlers:
             hdr = sys_.read_mem(n.pid, msg_p, _msg.MSGHDR_SIZE)
             if isinstance(hdr, int):
                 return hdr
-            msg = _msg.read_msghdr(n.pid, hdr)
+            msg = _msg.read_msghdr(n.pid, hdr, c.info.type == _STREAM)
             if isinstance(msg, int):
                 return msg
             if not self._still_waiting(n):
@@ -198,12 +218,16 @@ class Handlers:
                 return entries
             msgs: list[Message] = []
             first_error = 0
+            copied = 0
             for raw in entries:
-                msg = _msg.read_msghdr(n.pid, raw)
+                if copied >= _msg.STREAM_CHUNK:
+                    break  # the rest is a short count: the program sends it next
+                msg = _msg.read_msghdr(n.pid, raw, c.info.type == _STREAM)
                 if isinstance(msg, int):
                     first_error = msg
                     break
                 msgs.append(msg)
+                copied += len(msg.data)
             if not self._still_waiting(n):
                 return -errno.ENOENT
             if not msgs:
@@ -239,6 +263,9 @@ class Handlers:
             if not c.ip and info.domain not in _LOCAL_DOMAINS:
                 return -errno.ECONNREFUSED  # a family the filter never lets be created
             result = act(c)
+            if result is OVER_BUDGET:
+                handed_over = True
+                return Pending(_closing(c.owned, lambda: self._when_room(c, act)))
             if isinstance(result, Pending):
                 handed_over = True
                 return Pending(_closing(c.owned, result.finish))
@@ -297,6 +324,37 @@ class Handlers:
                 return 0
             if not self._still_waiting(c.n):
                 return -errno.ENOENT
+
+    async def _when_room(self, c: _Call, act: Callable[[_Call], Outcome]) -> int:
+        """Wait, holding no data, until the sandbox's waiting sends leave room; then make
+        the call again (OVER_BUDGET)."""
+        import trio
+
+        if self._room is None:
+            self._room = trio.lowlevel.ParkingLot()
+        room = self._room
+        while True:
+            with trio.move_on_after(_WATCHDOG):
+                await room.park()
+            if not self._still_waiting(c.n):
+                return -errno.ENOENT
+            if self._held >= HELD_MAX:
+                continue
+            result = act(c)
+            if result is OVER_BUDGET:
+                continue
+            if isinstance(result, Pending):
+                return await result.finish()
+            assert isinstance(result, int)
+            return result
+
+    def _hold(self, size: int) -> None:
+        self._held += size
+
+    def _release(self, size: int) -> None:
+        self._held -= size
+        if self._room is not None:
+            self._room.unpark_all()
 
     async def _backoff(self, c: _Call, attempt: int) -> int:
         """Sleep before a retry where readiness cannot be polled (a full AF_UNIX peer)."""
@@ -414,12 +472,18 @@ class Handlers:
         rc = sys_.sendmsg(c.dup, msg.name, msg.data, msg.control, flags | MSG_DONTWAIT)
         blocking = not c.info.nonblocking and not flags & MSG_DONTWAIT
         if blocking and _must_wait(c, len(msg.data), rc, max(rc, 0)):
-            return Pending(lambda: self._finish_send(c, msg, flags, rc, event))
+            size = len(msg.data) - max(rc, 0)
+            if self._held + size <= HELD_MAX or rc == -errno.EINPROGRESS:
+                self._hold(size)
+                return Pending(lambda: self._finish_send(c, msg, flags, rc, event, size))
+            if rc == -errno.EAGAIN:
+                return OVER_BUDGET  # nothing sent: the call is made again when there is room
+            # (a stream send that sent part of its chunk: that short count is the answer)
         self._report(event, rc)
         return rc
 
     async def _finish_send(
-        self, c: _Call, msg: Message, flags: int, rc: int, event: Event | None
+        self, c: _Call, msg: Message, flags: int, rc: int, event: Event | None, held: int
     ) -> int:
         """Finish a send the child made on a blocking socket: wait, then send the rest.
 
@@ -429,8 +493,12 @@ class Handlers:
         import trio
 
         p = _Progress(rc, max(rc, 0), msg.name, msg.control, flags)
-        with trio.move_on_after(sys_.sock_sndtimeo(c.dup) or math.inf) as scope:
-            await self._send_loop(c, msg.data, p)
+        try:
+            with trio.move_on_after(sys_.sock_sndtimeo(c.dup) or math.inf) as scope:
+                await self._send_loop(c, msg.data, p)
+        finally:
+            msg.data = b""
+            self._release(held)
         rc = p.rc
         if scope.cancelled_caught and not p.sent:
             rc = -errno.EAGAIN  # SO_SNDTIMEO expired with nothing sent
@@ -464,6 +532,8 @@ class Handlers:
         """Each entry decided on its own; stop at the first refused or failed one."""
         for i, msg in enumerate(msgs):
             rc = self._send(c, "sendmmsg", msg, flags)
+            if rc is OVER_BUDGET:
+                return i or rc  # a short count: the program sends the rest with its next call
             if isinstance(rc, Pending):
                 return Pending(functools.partial(self._finish_mmsg, c, vec_p, msgs, flags, i, rc))
             if rc < 0:
@@ -481,6 +551,8 @@ class Handlers:
             if i == len(msgs):
                 return i
             nxt = self._send(c, "sendmmsg", msgs[i], flags)
+            if nxt is OVER_BUDGET:
+                return i
             rc = await nxt.finish() if isinstance(nxt, Pending) else nxt
         return i or rc
 
