@@ -357,7 +357,7 @@ def _finish_observer(observer: Observer | None, audit: AuditLog | None, *, quiet
 
 def _audit(args: Args) -> int:
     """`sandlock audit verify FILE [--head HEAD]...`: 0 intact, 1 not, 2 usage."""
-    from .auditchain import verify_lines
+    from .auditverify import verify_lines
 
     try:
         with open(args.file, "rb") as f:
