@@ -233,6 +233,34 @@ def test_two_runs_interleaved_in_one_file_verify(sinks: Sinks, tmp_path: Path) -
     assert f"run {b} (lines 3-5): ok, 1 record" in out.stdout
 
 
+def test_through_the_daemon_the_chain_and_the_warning_are_the_same(
+    sinks: Sinks, tmp_path: Path
+) -> None:
+    """A run supervised by the daemon seals its records the same way and prints its head
+    on the client's stderr; a log unlinked meanwhile is reported there (the daemon has
+    only the descriptor, so it cannot name the path or leave a close record at it)."""
+    from .test_daemon import Daemon
+
+    ok, bad = sinks.tcp("127.0.0.1"), sinks.tcp("127.0.0.2")
+    daemon = Daemon(tmp_path / "d.sock")
+    try:
+        results = {}
+        for how in ("none", "unlink"):
+            log = tmp_path / f"{how}.jsonl"
+            cmd = [PY, "-c", TAMPER, str(log), str(ok.port), str(bad.port), how]
+            results[how] = res = daemon.run(["--audit", str(log), "--net-allow", ok.spec], cmd)
+            assert res.returncode == 0, describe(res)
+    finally:
+        daemon.stop()
+    out = _verify(tmp_path / "none.jsonl", _head(results["none"]))
+    assert out.returncode == 0, describe(out)
+    warning = (
+        "sandlock: the audit log was removed during the run: this run's records went to "
+        "the old file"
+    )
+    assert warning in results["unlink"].stderr.splitlines(), describe(results["unlink"])
+
+
 def test_the_audit_path_is_not_in_the_supervisors_cmdline(sinks: Sinks, tmp_path: Path) -> None:
     """The command reads /proc/<supervisor>/cmdline: the --audit path is blanked there
     (same length, '*'), the rest of the line is as it was."""
