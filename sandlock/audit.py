@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -189,11 +190,13 @@ class AuditLog:
         os.write(self._fd, line)
         if fate is not None and self._where is not None:
             # Leave a trace where the user will look: a close record with no run before it,
-            # which `sandlock audit verify` reports.
+            # which `sandlock audit verify` reports. Whatever the command put at the path,
+            # only a regular file gets it (no symlink followed, no FIFO waited on).
             try:
-                fd = os.open(self._where, _APPEND, 0o600)
+                fd = os.open(self._where, _APPEND | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
                 try:
-                    os.write(fd, line)
+                    if stat.S_ISREG(os.fstat(fd).st_mode):
+                        os.write(fd, line)
                 finally:
                     os.close(fd)
             except OSError:

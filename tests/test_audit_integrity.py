@@ -84,6 +84,12 @@ TAMPER = textwrap.dedent("""
             fake = [chain.open(allow["ts"]), chain.seal(allow), chain.close(allow["ts"])]
             with open(path, "wb") as f:
                 f.write(b"".join(fake))
+    elif how == "fifo":  # the supervisor must not wait on it at the end
+        os.unlink(path)
+        os.mkfifo(path)
+    elif how.startswith("symlink:"):  # nor append to what it points to
+        os.unlink(path)
+        os.symlink(how.split(":", 1)[1], path)
     elif how != "none":
         sys.exit(f"how? {how}")
     socket.create_connection(("127.0.0.1", ok_port)).close()
@@ -167,6 +173,21 @@ def test_tampering_from_inside_is_caught(
         # sandlock printed.
         with_head = _verify(log, _head(res))
         assert "no intact run ends with it" in with_head.stdout, describe(with_head)
+
+
+def test_a_fifo_or_symlink_put_in_the_logs_place_gets_nothing(
+    sinks: Sinks, tmp_path: Path
+) -> None:
+    """At the end of the run the supervisor leaves its close record at the path only in a
+    regular file: a FIFO there does not make it wait, a symlink is not followed."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    for how in ("fifo", f"symlink:{victim}"):
+        log = tmp_path / "audit.jsonl"
+        res = _run(log, sinks, how)
+        assert f"sandlock: the audit log {log} was replaced during the run" in res.stderr
+        log.unlink()
+    assert victim.read_text() == "precious\n"
 
 
 def test_a_run_rewritten_after_its_close_fails_against_its_head(
