@@ -28,10 +28,12 @@ if TYPE_CHECKING:
     from .api import Result as Result
     from .api import Sandbox as Sandbox
     from .api import TimeoutExpired as TimeoutExpired
+    from .audit import AuditSeal as AuditSeal
     from .audit import DecisionRecord as DecisionRecord
     from .names import NameOptions as NameOptions
 
 __all__ = [
+    "AuditSeal",
     "DecisionRecord",
     "LaunchError",
     "NameOptions",
@@ -47,6 +49,7 @@ _LAZY = {
     "Result": ".api",
     "Sandbox": ".api",
     "TimeoutExpired": ".api",
+    "AuditSeal": ".audit",
     "DecisionRecord": ".audit",
     "NameOptions": ".names",
 }

@@ -264,4 +264,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pol.add_argument("id", metavar="ID", help="the sandbox, as `sandlock ps` shows it")
     _add_rule_args(pol)
+    _add_audit(sub)
     return parser
+
+
+AUDIT_DESCRIPTION = """\
+Check an audit log written with `sandlock run --audit FILE`. Each run's records are
+sealed in a keyed chain: a record changed, added, dropped, moved or duplicated, a run
+without its open or close record, a line no supervisor wrote, all make it fail. One
+line per run (ok, or the first problem and its line number), then a summary.
+
+--head HEAD (the value `sandlock run` prints at exit) also checks that the run which
+ended with it is in FILE intact: that catches a run rewritten or replaced as a whole.
+
+exit status: 0 all intact, 1 anything wrong, 2 usage (FILE unreadable, bad HEAD).
+"""
+
+
+def _head(text: str) -> str:
+    if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise argparse.ArgumentTypeError(f"expected the 64 hex digits of a run's head: `{text}`")
+    return text.lower()
+
+
+def _add_audit(sub: argparse._SubParsersAction[_Parser]) -> None:
+    audit = sub.add_parser("audit", help="check an audit log (see `sandlock audit verify`)")
+    verbs = audit.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser, required=True)
+    verify = verbs.add_parser(
+        "verify",
+        help="check that no record of FILE was changed, dropped, added or moved",
+        description=AUDIT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verify.add_argument("file", metavar="FILE", help="the audit log")
+    verify.add_argument(
+        "--head",
+        type=_head,
+        action="append",
+        default=[],
+        metavar="HEAD",
+        help="a run's head as `sandlock run` printed it; FILE must hold that run intact "
+        "(repeatable)",
+    )

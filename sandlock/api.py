@@ -26,7 +26,7 @@ from pathlib import Path
 import trio
 
 from . import launch
-from .audit import AuditLog, DecisionRecord
+from .audit import AuditLog, AuditSeal, DecisionRecord
 from .errors import SandlockError
 from .names import NameOptions, Names, Plan
 from .policy import Policy, Resolver
@@ -70,6 +70,10 @@ class Result:
     """Every refused call, in order."""
     duration: float = 0.0
     """Wall time of the run, in seconds."""
+    audit: AuditSeal | None = None
+    """With ``audit``: how this run's part of the log ended (its head for
+    ``sandlock audit verify --head``, and whether the file was removed or replaced
+    meanwhile). None when the run wrote no record."""
 
     @property
     def success(self) -> bool:
@@ -159,6 +163,7 @@ class _Run:
         self.out = bytearray()
         self.err = bytearray()
         self.audit: AuditLog | None = None
+        self.audit_seal: AuditSeal | None = None
 
     async def execute(
         self,
@@ -240,7 +245,7 @@ class _Run:
             if names is not None:
                 names.close()
             if self.audit is not None:
-                self.audit.close()
+                self.audit_seal = self.audit.close()
 
     def _supervisor(
         self, child: launch.Child, observer: Observer, names: Names | None
@@ -267,7 +272,8 @@ class _Run:
             raise TimeoutExpired(self.argv, timeout, out, err)
         killed_by = status - 128 if status > 128 else None
         denied = observer.denied or []
-        return Result(status, killed_by, out, err, denied, time.monotonic() - started)
+        duration = time.monotonic() - started
+        return Result(status, killed_by, out, err, denied, duration, self.audit_seal)
 
     async def _supervise(
         self,

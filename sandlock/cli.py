@@ -74,7 +74,14 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if args.command is None:
         build_parser().print_help(sys.stderr)
         raise SystemExit(EXIT_USAGE)
-    handlers = {"run": _run, "learn": _run, "serve": _serve, "ps": _ps, "policy": _policy}
+    handlers = {
+        "run": _run,
+        "learn": _run,
+        "serve": _serve,
+        "ps": _ps,
+        "policy": _policy,
+        "audit": _audit,
+    }
     try:
         code = handlers[args.command](args)
     except PolicyError as err:
@@ -114,6 +121,10 @@ def _run(args: Args) -> int:
             exit_code=EXIT_USAGE,
         )
     allow, deny = _rule_specs(args)
+    if getattr(args, "audit", None):
+        from ._cmdline import hide
+
+        hide(args.audit)  # out of the command's sight in our /proc/PID/cmdline
     for fd in args.keep_fds:
         try:
             os.fstat(fd)
@@ -205,7 +216,7 @@ def _run(args: Args) -> int:
             child.close()
         if names is not None:
             names.close()
-        _finish_observer(observer, audit)
+        _finish_observer(observer, audit, quiet=getattr(args, "quiet", False))
         if observer is None and getattr(args, "summary", False):
             print("sandlock: no network calls were decided", file=sys.stderr)
     if learner is not None:
@@ -328,12 +339,35 @@ def _observer(args: Args, learner: Learner | None, audit: AuditLog | None) -> Ob
     return Observer(sandbox_id, audit=audit, report=report, summary=summary)
 
 
-def _finish_observer(observer: Observer | None, audit: AuditLog | None) -> None:
-    if audit is not None:
-        audit.close()
-    if observer is None:
-        return
-    if observer.report is not None:
-        observer.report.close()
-    if observer.summary is not None:
-        print(observer.summary.render(), file=sys.stderr)
+def _finish_observer(observer: Observer | None, audit: AuditLog | None, *, quiet: bool) -> None:
+    seal = audit.close() if audit is not None else None
+    if observer is not None:
+        if observer.report is not None:
+            observer.report.close()
+        if observer.summary is not None:
+            print(observer.summary.render(), file=sys.stderr)
+    if seal is not None:
+        assert audit is not None
+        warning = seal.warning(audit.path)
+        if warning is not None:
+            print(warning, file=sys.stderr)
+        if not quiet:
+            print(seal.head_line(), file=sys.stderr)
+
+
+def _audit(args: Args) -> int:
+    """`sandlock audit verify FILE [--head HEAD]...`: 0 intact, 1 not, 2 usage."""
+    from .auditverify import verify_lines
+
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise LaunchError(
+            f"audit verify: cannot read {args.file}: {err.strerror}", exit_code=EXIT_USAGE
+        ) from None
+    verdict = verify_lines(data, args.head)
+    for line in verdict.lines:
+        print(line)
+    print(f"{args.file}: {verdict.summary()}")
+    return 0 if verdict.ok else 1

@@ -314,16 +314,19 @@ class Daemon:
 
 def _finish(box: _Sandbox) -> None:
     obs = box.observer
+    seal = obs.audit.close() if obs.audit is not None else None  # (its lines go below)
     try:
         if obs.report is not None:
             obs.report.close()
         if obs.summary is not None:
             print(obs.summary.render(), file=box.stderr)
+        if seal is not None:  # as cli._finish_observer: the warning always, the head unless quiet
+            for line in (seal.warning(None), None if obs.report is None else seal.head_line()):
+                if line is not None:
+                    print(line, file=box.stderr)
         box.stderr.close()
     except OSError:
         pass  # the client's stderr is gone: nothing to tell
-    if obs.audit is not None:
-        obs.audit.close()
 
 
 async def _bind(path: str) -> trio.socket.SocketType:

@@ -39,8 +39,10 @@ def test_audit_log_has_one_line_per_decision(sinks: Sinks, tmp_path: Path) -> No
         [PY, "-c", script],
     )
     assert res.returncode == 0, describe(res)
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(lines) == 5
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    # The run's records are sealed between an open and a close record (test_audit_integrity.py).
+    assert [r.get("event") for r in records] == ["open", *[None] * 5, "close"]
+    lines = records[1:-1]
     fields = {
         "ts",
         "sandbox",
@@ -53,9 +55,11 @@ def test_audit_log_has_one_line_per_decision(sinks: Sinks, tmp_path: Path) -> No
         "action",
         "rule",
         "errno",
+        "seq",
+        "mac",
     }
     assert all(set(line) == fields for line in lines)
-    assert len({line["sandbox"] for line in lines}) == 1
+    assert len({line["sandbox"] for line in records}) == 1
     first = lines[0]
     assert (
         first["syscall"],
@@ -185,7 +189,7 @@ def test_hostname_rule_allows_its_addresses_and_names_itself(sinks: Sinks, tmp_p
         ["--quiet", "--audit", str(log), "--net-allow", f"localhost:{ok.port}"], [PY, "-c", script]
     )
     assert res.returncode == 0, describe(res)
-    first = json.loads(log.read_text().splitlines()[0])
+    first = json.loads(log.read_text().splitlines()[1])  # (after the run's open record)
     assert (first["host"], first["rule"], first["action"]) == (
         "localhost",
         f"localhost:{ok.port}",
@@ -228,7 +232,9 @@ def test_audit_lines_are_on_disk_as_they_happen(tmp_path: Path) -> None:
             os.killpg(proc.pid, 9)  # the orphaned command, still sleeping
         except ProcessLookupError:
             pass
-    (line,) = log.read_text().splitlines()
+    # The open record and the decision, and no close record: sandlock was killed.
+    opening, line = log.read_text().splitlines()
+    assert json.loads(opening)["event"] == "open"
     record = json.loads(line)
     assert (record["dst"], record["port"], record["action"]) == ("127.0.0.2", 9, "deny")
 
