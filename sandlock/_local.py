@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import socket
 import stat
 import struct
+import threading
+from collections.abc import Callable
 from typing import NamedTuple
 
 from . import _syscalls as sys_
@@ -41,25 +44,17 @@ from ._msg import CMSG_HEADER, cmsgs
 from .policy import Decision
 from .unixrules import DAEMON_RULE, MARKER_PREFIX, UnixRules, is_daemon_socket
 
-SUN_PATH_MAX = 108
 _SUN_OFFSET = 2  # sun_path follows sa_family
 _SOL_SOCKET = socket.SOL_SOCKET
 _SCM_RIGHTS = socket.SCM_RIGHTS
 
 
-def unix_name(tid: int, name: bytes, keep: list[int]) -> bytes | int:
-    """The child's sockaddr_un as the supervisor must write it, or a negative errno.
-
-    Descriptors opened to resolve it are appended to ``keep`` (close them after the call).
-    """
-    path = name[_SUN_OFFSET:]
-    if len(name) < 2 or not path or path[0] == 0:
-        return name  # unnamed (autobind) or abstract: no filesystem involved
-    end = path.find(b"\0")
-    path = path if end < 0 else path[:end]
+def child_path(tid: int, path: bytes, keep: list[int]) -> bytes | int:
+    """The path of the child's sun_path ``path`` (no NUL) as the supervisor must open it,
+    or a negative errno. Descriptors opened for it are appended to ``keep``."""
     if path.startswith(b"/"):
         if _root_is_ours(tid):
-            return name
+            return path
         base, rel = f"/proc/{tid}/root", path.lstrip(b"/")
     else:
         base, rel = f"/proc/{tid}/cwd", path
@@ -68,10 +63,14 @@ def unix_name(tid: int, name: bytes, keep: list[int]) -> bytes | int:
     except OSError as err:
         return -(err.errno or errno.ENOENT)
     keep.append(dirfd)
-    moved = b"/proc/self/fd/%d/%s" % (dirfd, rel)
-    if len(moved) >= SUN_PATH_MAX:
-        return -errno.ENAMETOOLONG
-    return name[:_SUN_OFFSET] + moved + b"\0"
+    return b"/proc/self/fd/%d/%s" % (dirfd, rel)
+
+
+def _sun_path(name: bytes) -> bytes:
+    """The file-system path of a sockaddr_un, as the kernel reads it (up to a NUL)."""
+    path = name[_SUN_OFFSET:]
+    end = path.find(b"\0")
+    return path if end < 0 else path[:end]
 
 
 def _root_is_ours(tid: int) -> bool:
@@ -154,32 +153,23 @@ class UnixGuard:
             return self._record(_bind(dup, path), dup)
         if not path:  # autobind: the kernel picks an abstract name, visible to all
             return self._record(_bind(dup, b""), dup)
-        moved = unix_name(tid, name, keep)
-        if isinstance(moved, int):
-            return moved
-        fs = _fs_path(moved)
-        # The file is born with the mode of the socket's inode less the umask: apply the
-        # child's umask there (the supervisor's own applies too; widened again below).
-        try:
-            mode = os.fstat(dup).st_mode & 0o777
-            want = mode & ~_umask(tid)
-            os.fchmod(dup, want)
-            try:
-                rc = _bind(dup, fs)
-            finally:
-                os.fchmod(dup, mode)
-        except OSError as err:
-            return -(err.errno or errno.EINVAL)
+        given = _sun_path(name)
+        fs = child_path(tid, given, keep)
+        if isinstance(fs, int):
+            return fs
+        # Bound where the child stands, under its umask, by a thread with a working
+        # directory and umask of its own: the socket keeps the very name the child gave
+        # (getsockname, the peer's accept), translated only for a child in a chroot.
+        at = fs if given.startswith(b"/") else given  # (fs is given when root is ours)
+        rc = _binder().bind(dup, at, tid, _umask(tid))
         if rc < 0:
             return rc
         try:
             pin = os.open(fs, os.O_PATH | os.O_CLOEXEC)
-            keep.append(pin)
-            st = os.fstat(pin)
-            if stat.S_ISSOCK(st.st_mode) and st.st_mode & 0o777 != want:
-                os.chmod(f"/proc/self/fd/{pin}", want)
         except OSError:
             return 0  # renamed away already: nothing recorded, a later connect is refused
+        keep.append(pin)
+        st = os.fstat(pin)
         return self._record(0, dup, (st.st_dev, st.st_ino))
 
     def _record(self, rc: int, dup: int, file: tuple[int, int] | None = None) -> int:
@@ -215,11 +205,11 @@ class UnixGuard:
                 return Verdict(name)
             decision = rules.decide_abstract(abstract) if rules is not None else _DENY
             return Verdict(name, b"@" + abstract, decision)
-        moved = unix_name(tid, name, keep)
-        if isinstance(moved, int):
-            return Verdict(moved)
+        fs = child_path(tid, _sun_path(name), keep)
+        if isinstance(fs, int):
+            return Verdict(fs)
         try:
-            pin = os.open(_fs_path(moved), os.O_PATH | os.O_CLOEXEC)
+            pin = os.open(fs, os.O_PATH | os.O_CLOEXEC)
         except OSError as err:
             return Verdict(-(err.errno or errno.ENOENT))  # what the kernel's lookup says
         keep.append(pin)
@@ -292,13 +282,6 @@ class UnixGuard:
             self._nl = None
 
 
-def _fs_path(sockaddr: bytes) -> bytes:
-    """The file-system path of a (translated) sockaddr_un."""
-    path = sockaddr[_SUN_OFFSET:]
-    end = path.find(b"\0")
-    return path if end < 0 else path[:end]
-
-
 def _bind(dup: int, path: bytes) -> int:
     """bind(2) of our duplicate to ``path`` (b"": autobind; a leading NUL: abstract)."""
     sock = socket.socket(socket.AF_UNIX, fileno=dup)
@@ -321,3 +304,54 @@ def _umask(tid: int) -> int:
     except (OSError, ValueError):
         pass
     return 0o777
+
+
+class _Binder:
+    """A thread that performs binds in the child's working directory and under its umask:
+    it has a working directory and umask of its own (unshare(CLONE_FS)), so the rest of
+    the process (other supervisors, the API's caller) never sees them change."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], int], queue.SimpleQueue[int]]]
+        self._jobs = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="sandlock-bind", daemon=True).start()
+
+    def _run(self) -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        own = libc.unshare(_CLONE_FS) == 0
+        while True:
+            job, done = self._jobs.get()
+            done.put(job() if own else -errno.ENOSYS)
+
+    def bind(self, dup: int, path: bytes, tid: int, umask: int) -> int:
+        """bind(2) of ``dup`` to ``path`` from the thread ``tid``'s working directory."""
+
+        def job() -> int:
+            try:
+                cwd = os.open(f"/proc/{tid}/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fchdir(cwd)
+                finally:
+                    os.close(cwd)
+                os.umask(umask)
+            except OSError as err:
+                return -(err.errno or errno.ENOENT)
+            return _bind(dup, path)
+
+        done: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._jobs.put((job, done))
+        return done.get()
+
+
+_CLONE_FS = 0x200
+_binders: list[_Binder] = []
+_binders_lock = threading.Lock()
+
+
+def _binder() -> _Binder:
+    with _binders_lock:
+        if not _binders:
+            _binders.append(_Binder())
+        return _binders[0]
