@@ -386,31 +386,42 @@ def _attacks(daemon: Daemon, box: str) -> list[list[str]]:
     ]
 
 
-@pytest.mark.parametrize("rule", ["dir", "path"])
+@pytest.mark.parametrize("rule", ["none", "dir", "path"])
 def test_a_standalone_sandbox_cannot_reach_the_daemon(
     served: tuple[Daemon, str], rule: str
 ) -> None:
-    """Even with --unix-allow naming the daemon's socket or its directory, a sandboxed
-    command can neither list nor change sandboxes: the daemon sees nothing."""
+    """With no rule, and even with --unix-allow naming the daemon's socket or its
+    directory, a sandboxed command can neither list nor change sandboxes: the daemon sees
+    nothing."""
     daemon, box = served
     before = _ps(daemon)
-    allow = str(daemon.path.parent) + "/" if rule == "dir" else str(daemon.path)
+    allow = {
+        "none": [],
+        "dir": ["--unix-allow", str(daemon.path.parent) + "/"],
+        "path": ["--unix-allow", str(daemon.path)],
+    }[rule]
+    why = "no --unix-allow rule" if rule == "none" else "a sandlock daemon's socket is never"
     for cmd in _attacks(daemon, box):
-        res = run_sandboxed(["--unix-allow", allow], cmd)
+        res = run_sandboxed(allow, cmd)
         assert "cannot reach a daemon" in res.stderr or res.stdout.strip() == "111", describe(res)
         assert res.returncode != 0 or res.stdout.strip() == "111", describe(res)
-        assert "a sandlock daemon's socket is never reachable" in res.stderr, describe(res)
+        assert why in res.stderr, describe(res)
     assert _ps(daemon) == before
 
 
-def test_a_daemon_served_sandbox_cannot_reach_its_daemon(served: tuple[Daemon, str]) -> None:
+@pytest.mark.parametrize("rule", ["none", "dir"])
+def test_a_daemon_served_sandbox_cannot_reach_its_daemon(
+    served: tuple[Daemon, str], rule: str
+) -> None:
     """The same from a sandbox the daemon itself supervises."""
     daemon, box = served
     before = _ps(daemon)
+    allow = [] if rule == "none" else ["--unix-allow", str(daemon.path.parent) + "/"]
+    why = "no --unix-allow rule" if rule == "none" else "a sandlock daemon's socket is never"
     for cmd in _attacks(daemon, box):
-        res = daemon.run(["--unix-allow", str(daemon.path.parent) + "/"], cmd)
+        res = daemon.run(allow, cmd)
         assert "cannot reach a daemon" in res.stderr or res.stdout.strip() == "111", describe(res)
-        assert "a sandlock daemon's socket is never reachable" in res.stderr, describe(res)
+        assert why in res.stderr, describe(res)
     after = _ps(daemon)
     assert [row[:3] for row in after] == [row[:3] for row in before]
 
