@@ -421,7 +421,8 @@ class Handlers:
         if not c.ip:
             event = None
             if c.info.domain == socket.AF_UNIX:
-                if msg.name is not None:
+                # Only a datagram socket sends to a name (stream: an error; seqpacket: ignored)
+                if msg.name is not None and c.info.type == socket.SOCK_DGRAM:
                     decided = self._unix(c, syscall, msg.name)
                     if isinstance(decided, int):
                         return decided

@@ -8,7 +8,6 @@ or receive queue.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -79,7 +78,8 @@ class Server:
 def servers(tmp_path: Path) -> Iterator[tuple[Server, Server]]:
     """A path server in tmp_path/out/ and an abstract one, both outside."""
     (tmp_path / "out").mkdir()
-    path, abstract = Server(tmp_path / "out" / "s.sock"), Server(f"sandlock-test-{uuid.uuid4().hex}")
+    path = Server(tmp_path / "out" / "s.sock")
+    abstract = Server(f"sandlock-test-{uuid.uuid4().hex}")
     yield path, abstract
     path.close()
     abstract.close()
@@ -362,9 +362,9 @@ def served(tmp_path: Path) -> Iterator[tuple[Daemon, str]]:
     """A daemon in tmp_path/d/ and the id of a sandbox it serves (sleeping)."""
     (tmp_path / "d").mkdir()
     daemon = Daemon(tmp_path / "d" / "d.sock")
+    sleeper = ["--", PY, "-c", "import time; time.sleep(60)"]
     proc = subprocess.Popen(
-        [*SANDLOCK, "run", "--daemon", str(daemon.path), "--net-allow", "127.0.0.1:1", "--"]
-        + [PY, "-c", "import time; time.sleep(60)"],
+        [*SANDLOCK, "run", "--daemon", str(daemon.path), "--net-allow", "127.0.0.1:1", *sleeper],
         env=sandlock_env(),
     )
     try:
