@@ -54,6 +54,10 @@ def child_path(tid: int, path: bytes, keep: list[int]) -> bytes | int:
     or a negative errno. Descriptors opened for it are appended to ``keep``."""
     if path.startswith(b"/"):
         if _root_is_ours(tid):
+            # /proc/self is the child to the child, not us (its descriptors, its cwd)
+            for own in (b"/proc/self/", b"/proc/thread-self/"):
+                if path.startswith(own):
+                    return b"/proc/%d/%s" % (tid, path[len(own) :])
             return path
         base, rel = f"/proc/{tid}/root", path.lstrip(b"/")
     else:

@@ -529,3 +529,31 @@ def test_rules_unit(tmp_path: Path) -> None:
 def test_unix_allow_in_help() -> None:
     res = run_command([*SANDLOCK, "run", "--help"], env=sandlock_env())
     assert "--unix-allow" in res.stdout and "AF_UNIX is egress" in res.stdout
+
+
+PROC_SELF = textwrap.dedent("""
+    import os, socket, sys
+    fd = os.open(sys.argv[1], os.O_PATH)
+    c = socket.socket(socket.AF_UNIX)
+    try:
+        c.connect(f"/proc/self/fd/{fd}")
+        print("ok")
+    except OSError as e:
+        print(e.errno)
+""")
+
+
+def test_proc_self_is_the_child(tmp_path: Path) -> None:
+    """A path through /proc/self means the child's own descriptors (here an O_PATH one of
+    an allowed socket), as the kernel would read it; it is decided like the socket."""
+    server = Server(tmp_path / "s.sock")
+    try:
+        res = run_sandboxed(
+            ["--unix-allow", server.target], [PY, "-c", PROC_SELF, server.target]
+        )
+        assert res.stdout.split() == ["ok"], describe(res)
+        res = run_sandboxed([], [PY, "-c", PROC_SELF, server.target])
+        assert res.stdout.split() == ["111"], describe(res)
+        assert server.arrived() == 1
+    finally:
+        server.close()
