@@ -114,6 +114,7 @@ _UDIAG_SHOW = 0x1 | 0x2  # UDIAG_SHOW_NAME | UDIAG_SHOW_VFS
 _UNIX_DIAG_NAME, _UNIX_DIAG_VFS = 0, 1
 _NO_COOKIE = (0xFFFF_FFFF, 0xFFFF_FFFF)
 _INO32 = 0xFFFF_FFFF
+_PRUNE_AT = 4096  # recorded binds before the closed ones are looked for and forgotten
 _DENY = Decision(allowed=False, rule=None, host=None)
 
 
@@ -185,6 +186,10 @@ class UnixGuard:
         if got is None:
             return rc  # cannot tell what it is bound to: nothing recorded (fail closed)
         cookie, diag = got
+        if len(self._bound) >= _PRUNE_AT:  # forget the sockets closed since
+            for key, rec in list(self._bound.items()):
+                if self._diag(rec.ino, rec.cookie) is None:
+                    del self._bound[key]
         if file is not None:
             # The inode we opened must be the one the socket is bound to: if the child
             # renamed another file there meanwhile, nothing is recorded.
