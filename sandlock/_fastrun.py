@@ -3,7 +3,8 @@
 argparse costs a start-up ~8 ms (it loads re, gettext and enum): a good part of what a
 command run through the daemon costs. So these forms are read here instead:
 
-    sandlock run [--daemon PATH] [--net-allow RULE]... [--net-deny RULE]... -- CMD [ARGS...]
+    sandlock run [--daemon PATH] [--net-allow RULE]... [--net-deny RULE]...
+                 [--unix-allow RULE]... -- CMD [ARGS...]
 
 each option also as ``--option=VALUE``. The result is the namespace the parser makes of
 the same arguments (tests/test_fastrun.py holds the two to that), so everything after
@@ -27,7 +28,7 @@ def parse_run(argv: Sequence[str], environ: Mapping[str, str]) -> SimpleNamespac
     if not argv or argv[0] != "run":
         return None
     daemon = environ.get("SANDLOCK_DAEMON")  # the parser's default for --daemon
-    rules: dict[str, list[str]] = {"--net-allow": [], "--net-deny": []}
+    rules: dict[str, list[str]] = {"--net-allow": [], "--net-deny": [], "--unix-allow": []}
     i = 1
     while i < len(argv) and argv[i] != "--":
         option, eq, value = argv[i].partition("=")
@@ -51,6 +52,7 @@ def parse_run(argv: Sequence[str], environ: Mapping[str, str]) -> SimpleNamespac
         command="run",
         net_allow=rules["--net-allow"],
         net_deny=rules["--net-deny"],
+        unix_allow=rules["--unix-allow"],
         profile=None,
         audit=None,
         quiet=False,

@@ -6,6 +6,8 @@ once per process and cached. What it does, for x86-64:
 * connect, sendmsg, sendmmsg, and sendto with a non-NULL destination go to the
   supervisor (SECCOMP_RET_USER_NOTIF). sendto with a NULL destination — every
   ``send()`` on a connected socket — is decided on a register and never trapped.
+* bind goes to the supervisor too (rare): an AF_UNIX bind is performed and recorded
+  there, so that sockets the sandbox serves stay reachable to it (sandlock._local).
 * socket() is refused for families other than UNIX/INET/INET6/NETLINK
   (EAFNOSUPPORT), for INET types other than stream and datagram (EPERM: raw,
   packet-like, seqpacket) and for protocols other than TCP, UDP, ICMP/ICMPv6
@@ -159,6 +161,7 @@ def _build_native(trap_open: bool) -> sc.SyscallFilter:
     f.add_rule(sc.NOTIFY, "sendmmsg")
     for name in ("connect", "sendto", "sendmsg", "sendmmsg"):
         f.syscall_priority(name, 255)
+    f.add_rule(sc.NOTIFY, "bind")  # AF_UNIX binds are recorded (_local.UnixGuard)
     _add_socket_rules(f)
     for level, opt in _SOURCE_ROUTES:
         f.add_rule(

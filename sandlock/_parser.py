@@ -53,7 +53,11 @@ A rule is  [SCHEME://]TARGET[:PORTS]
 
 Each protocol is decided on its own: with no --net-allow rule for a protocol, that
 protocol is denied. --net-deny is checked first and always wins. ::ffff:a.b.c.d is
-a.b.c.d; 0.0.0.0 and :: count as loopback. AF_UNIX and netlink are not egress.
+a.b.c.d; 0.0.0.0 and :: count as loopback.
+
+AF_UNIX is egress too: CMD reaches the unix sockets its own processes bind during the
+run, and others (docker.sock, an ssh-agent, abstract names) only through --unix-allow;
+a refused one fails with ECONNREFUSED. Netlink is not restricted.
 """
 
 RUN_EPILOG = """\
@@ -64,6 +68,7 @@ examples:
   sandlock run --net-allow '*:443' --net-deny 10.0.0.0/8 -- ./build.sh
   sandlock run --net-allow 'icmp://*' -- ping -c1 127.0.0.1
   sandlock run -- ./offline-step          # no rule: no network at all
+  sandlock run --unix-allow "$SSH_AUTH_SOCK" -- git fetch
 
 exit status: CMD's own, 128+N if signal N killed it, 2 for a bad rule or usage,
 126/127 when CMD cannot be run.
@@ -73,8 +78,9 @@ exit status: CMD's own, 128+N if signal N killed it, 2 for a bad rule or usage,
 LEARN_DESCRIPTION = """\
 Run CMD with all egress allowed (--net-deny rules still apply), then print on stderr
 the smallest --net-allow list that covers what it did, grouped per protocol: the
-hostname of a --net-allow rule where the address came from one, the IP otherwise.
-Rules given with --net-allow are kept in the output.
+hostname of a --net-allow rule where the address came from one, the IP otherwise, and
+a --unix-allow line per AF_UNIX socket served outside the sandbox that it reached.
+Rules given with --net-allow and --unix-allow are kept in the output.
 
 example:
   sandlock learn --profile-out build.toml -- ./build.sh
@@ -111,9 +117,19 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
         "(repeatable; IPs and CIDRs only)",
     )
     p.add_argument(
+        "--unix-allow",
+        action="append",
+        default=[],
+        metavar="PATH|DIR/|@NAME",
+        help="let CMD reach this AF_UNIX socket served outside the sandbox: an absolute "
+        "path, every socket beneath a directory (DIR/ or an existing directory), or an "
+        "abstract name (@name, @prefix*) (repeatable; sockets the sandbox binds itself need "
+        "no rule; a sandlock daemon's socket is never reachable)",
+    )
+    p.add_argument(
         "--profile",
         metavar="FILE",
-        help="read net_allow/net_deny lists from a TOML profile (added to the flags)",
+        help="read net_allow/net_deny/unix_allow lists from a TOML profile (added to the flags)",
     )
 
 

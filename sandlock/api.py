@@ -84,8 +84,8 @@ class Result:
 class Sandbox:
     """An egress policy to run commands under. Build once, ``run`` many times.
 
-    The rules are the CLI's (``--net-allow``/``--net-deny`` strings); hostnames are
-    resolved here, so a bad rule raises :class:`~sandlock.PolicyError` before anything
+    The rules are the CLI's (``--net-allow``/``--net-deny``/``--unix-allow`` strings);
+    hostnames are resolved here, so a bad rule raises :class:`~sandlock.PolicyError` before anything
     runs. ``audit`` names a JSON-lines file that receives every decision. ``names``
     chooses how hostname rules behave (the CLI's --dns-proxy, --dns-upstream, ...; see
     :class:`~sandlock.names.NameOptions`); each run gets its own DNS forwarder.
@@ -97,19 +97,23 @@ class Sandbox:
         net_deny: Sequence[str] = (),
         audit: StrPath | None = None,
         *,
+        unix_allow: Sequence[str] = (),
         names: NameOptions | None = None,
         resolver: Resolver | None = None,
     ) -> None:
         options = names or NameOptions()
-        self._plan = Plan(list(net_allow), list(net_deny), options, resolver=resolver)
+        self._plan = Plan(
+            list(net_allow), list(net_deny), options, resolver=resolver, unix_allow=unix_allow
+        )
         self.policy = self._plan.policy
         self.audit = os.fspath(audit) if audit is not None else None
 
     @classmethod
     def from_profile(cls, path: StrPath, *, audit: StrPath | None = None) -> Sandbox:
-        """A sandbox from a TOML profile with ``net_allow`` and ``net_deny`` lists."""
-        allow, deny = load_profile(path)
-        return cls(allow, deny, audit)
+        """A sandbox from a TOML profile with ``net_allow``, ``net_deny`` and ``unix_allow``
+        lists."""
+        allow, deny, unix_allow = load_profile(path)
+        return cls(allow, deny, audit, unix_allow=unix_allow)
 
     def run(
         self,

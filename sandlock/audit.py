@@ -9,7 +9,9 @@ one file without tearing lines::
      "host": null, "action": "deny", "rule": "default-deny", "errno": 111}
 
 ``dst`` is the address as the rules saw it: an IPv4-mapped address is shown as IPv4 and
-an unspecified one as the loopback address it was decided as.
+an unspecified one as the loopback address it was decided as. An AF_UNIX decision
+(``"proto": "unix"``) has the socket's real path, or ``@name`` for an abstract one, as
+``dst`` and a null ``port``.
 
 Each line also carries ``seq`` and ``mac``: the run's records are sealed in a keyed chain,
 between an ``"event": "open"`` and an ``"event": "close"`` record, that
@@ -47,6 +49,13 @@ def seen_address(addr: bytes) -> str:
     return _UNSPECIFIED.get(text, text)
 
 
+def seen_destination(event: Event) -> tuple[str, int | None]:
+    """(dst, port) of a decision as records show it (AF_UNIX: the path or @name, None)."""
+    if event.proto == "unix":
+        return event.dest.addr.decode("utf-8", "backslashreplace"), None
+    return seen_address(event.dest.addr), event.dest.port
+
+
 def timestamp() -> str:
     """Now, as the audit log stamps records: ``2026-11-23T03:15:21.991605Z``."""
     # time, not datetime: the first decision of a run imports this module (~3 ms less).
@@ -65,7 +74,7 @@ class DecisionRecord:
     syscall: str
     proto: str
     dst: str
-    port: int
+    port: int | None
     host: str | None
     action: str
     rule: str
@@ -75,14 +84,15 @@ class DecisionRecord:
     def from_event(cls, event: Event, sandbox: str) -> DecisionRecord:
         """The record of one supervisor event, stamped now."""
         d = event.decision
+        dst, port = seen_destination(event)
         return cls(
             ts=timestamp(),
             sandbox=sandbox,
             pid=event.pid,
             syscall=event.syscall,
             proto=event.proto,
-            dst=seen_address(event.dest.addr),
-            port=event.dest.port,
+            dst=dst,
+            port=port,
             host=d.host,
             action="allow" if d.allowed else "deny",
             rule=d.reason,
@@ -96,7 +106,9 @@ class DecisionRecord:
         return json.dumps(asdict(self), separators=(", ", ": "))
 
     def describe(self) -> str:
-        """``tcp 127.0.0.2:443 (pid 1234, connect)``"""
+        """``tcp 127.0.0.2:443 (pid 1234, connect)``, ``unix /run/x.sock (pid 1234, connect)``"""
+        if self.port is None:
+            return f"{self.proto} {self.dst} (pid {self.pid}, {self.syscall})"
         dst = f"[{self.dst}]" if ":" in self.dst else self.dst
         return f"{self.proto} {dst}:{self.port} (pid {self.pid}, {self.syscall})"
 

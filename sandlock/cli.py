@@ -120,7 +120,7 @@ def _run(args: Args) -> int:
             "run: no command given (usage: sandlock run [RULES] -- CMD [ARGS...])",
             exit_code=EXIT_USAGE,
         )
-    allow, deny = _rule_specs(args)
+    allow, deny, unix_allow = _rule_specs(args)
     if getattr(args, "audit", None):
         from ._cmdline import hide
 
@@ -141,6 +141,7 @@ def _run(args: Args) -> int:
             cmd,
             allow,
             deny,
+            unix_allow=unix_allow,
             keep_fds=args.keep_fds,
             audit=args.audit,
             quiet=args.quiet,
@@ -159,12 +160,12 @@ def _run(args: Args) -> int:
     if args.command == "learn":
         from .learn import Learner
 
-        learner = Learner(allow, deny)
+        learner = Learner(allow, deny, unix_allow=unix_allow)
         policy = learner.policy
     else:
         from .names import Plan
 
-        plan = Plan(allow, deny, _name_options(args))
+        plan = Plan(allow, deny, _name_options(args), unix_allow=unix_allow)
         policy = plan.policy
         names = plan.start(policy)
 
@@ -237,15 +238,15 @@ def _supervisor(
     return sup
 
 
-def _rule_specs(args: Args) -> tuple[list[str], list[str]]:
-    """The --net-allow and --net-deny specs, a --profile's first."""
-    allow, deny = list(args.net_allow), list(args.net_deny)
+def _rule_specs(args: Args) -> tuple[list[str], list[str], list[str]]:
+    """The --net-allow, --net-deny and --unix-allow specs, a --profile's first."""
+    allow, deny, unix = list(args.net_allow), list(args.net_deny), list(args.unix_allow)
     if args.profile:
         from .profile import load_profile
 
-        more_allow, more_deny = load_profile(args.profile)
-        allow, deny = more_allow + allow, more_deny + deny
-    return allow, deny
+        more_allow, more_deny, more_unix = load_profile(args.profile)
+        allow, deny, unix = more_allow + allow, more_deny + deny, more_unix + unix
+    return allow, deny, unix
 
 
 def _need_daemon(args: Args) -> str:
@@ -301,7 +302,9 @@ def _finish_learning(learner: Learner, profile_out: str | None) -> None:
     if profile_out:
         from .profile import dump_profile
 
-        text = dump_profile(learner.rules(), comment="written by sandlock learn")
+        text = dump_profile(
+            learner.rules(), comment="written by sandlock learn", unix_allow=learner.unix_rules()
+        )
         try:
             with open(profile_out, "w") as f:
                 f.write(text)

@@ -72,6 +72,7 @@ def run_via_daemon(
     allow: Sequence[str],
     deny: Sequence[str],
     *,
+    unix_allow: Sequence[str] = (),
     keep_fds: Sequence[int] = (),
     audit: str | None = None,
     quiet: bool = False,
@@ -85,6 +86,8 @@ def run_via_daemon(
     ``names`` is the wire form of names.NameOptions (the hostname options)."""
     sock = connect(path)
     rules = {"op": "rules", "allow": list(allow), "deny": list(deny), "names": names}
+    if unix_allow:
+        rules["unix_allow"] = list(unix_allow)
     trap_open = bool(request(sock, rules).get("trap_open"))
     audit_fd = -1
     if audit is not None:
@@ -145,10 +148,19 @@ def ps(path: str) -> list[dict[str, Any]]:
         sock.close()  # a bare _socket.socket is no context manager
 
 
-def set_policy(path: str, sandbox_id: str, allow: Sequence[str], deny: Sequence[str]) -> None:
+def set_policy(
+    path: str,
+    sandbox_id: str,
+    allow: Sequence[str],
+    deny: Sequence[str],
+    unix_allow: Sequence[str] = (),
+) -> None:
     """Replace the policy of a running sandbox (PolicyError or DaemonError if refused)."""
     sock = connect(path)
+    message = {"op": "policy", "id": sandbox_id, "allow": list(allow), "deny": list(deny)}
+    if unix_allow:
+        message["unix_allow"] = list(unix_allow)
     try:
-        request(sock, {"op": "policy", "id": sandbox_id, "allow": list(allow), "deny": list(deny)})
+        request(sock, message)
     finally:
         sock.close()

@@ -30,6 +30,7 @@ The socket is created 0600, and every request is checked against the peer's cred
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 import stat
@@ -49,6 +50,7 @@ from .errors import PolicyError, SandlockError
 from .names import NameOptions, Names, Plan
 from .report import DenialReport, Observer, Summary
 from .supervisor import Supervisor
+from .unixrules import daemon_marker
 
 __all__ = ["Daemon", "serve"]
 
@@ -90,11 +92,13 @@ async def build_plan(req: dict[str, Any]) -> Plan:
     """The rules (and hostname options) a request describes, parsed and resolved off the
     loop (see names.Plan)."""
     allow, deny = req.get("allow", []), req.get("deny", [])
-    if not (_strings(allow) and _strings(deny)):
-        raise RequestError("allow and deny must be lists of strings")
+    unix_allow = req.get("unix_allow", [])
+    if not (_strings(allow) and _strings(deny) and _strings(unix_allow)):
+        raise RequestError("allow, deny and unix_allow must be lists of strings")
     try:
         options = NameOptions.from_wire(req.get("names"))
-        return await trio.to_thread.run_sync(Plan, allow, deny, options)
+        plan = functools.partial(Plan, allow, deny, options, unix_allow=unix_allow)
+        return await trio.to_thread.run_sync(plan)
     except PolicyError as err:
         raise RequestError(str(err), policy_error=True) from None
 
@@ -367,6 +371,11 @@ async def serve(path: str) -> None:
 
     _syscalls.protect_self()  # sandboxes of our uid must not ptrace their supervisor
     listener = await _bind(path)  # outside any nursery: its errors stay one line
+    try:  # sandboxes are refused this socket, whatever their rules (unixrules.py)
+        mark = daemon_marker(path)
+    except OSError as err:
+        listener.close()
+        raise SandlockError(f"serve: cannot mark {path} as a daemon's: {err.strerror}") from None
     daemon = Daemon()
     with trio.open_signal_receiver(2, 15) as signals:
         async with trio.open_nursery() as nursery:
@@ -375,6 +384,7 @@ async def serve(path: str) -> None:
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
+    mark.close()
     try:
         os.unlink(path)
     except OSError:

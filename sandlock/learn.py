@@ -4,7 +4,9 @@ The policy is the user's rules plus an allow-everything rule per protocol (the u
 --net-deny rules still apply). Every call that only the allow-everything rules allowed is
 recorded; at the end those destinations are folded into the smallest rule list: one
 rule per (protocol, target) with its ports joined, the hostname of a hostname rule where
-the address came from one, the IP otherwise.
+the address came from one, the IP otherwise. AF_UNIX sockets served outside the sandbox
+are allowed too (a sandlock daemon's still refused), and each one reached becomes a
+``--unix-allow`` line: the socket's real path, or ``@name``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from .audit import seen_address
 from .events import Event
 from .policy import Policy, Resolver
+from .unixrules import EVERYTHING as _UNIX_EVERYTHING
 
 __all__ = ["Learner"]
 
@@ -25,15 +28,30 @@ class Learner:
     """Collects what a run needed beyond the given rules (an event listener)."""
 
     def __init__(
-        self, allow: Sequence[str], deny: Sequence[str], resolver: Resolver | None = None
+        self,
+        allow: Sequence[str],
+        deny: Sequence[str],
+        resolver: Resolver | None = None,
+        unix_allow: Sequence[str] = (),
     ) -> None:
         self.given = list(allow)
-        self.policy = Policy.from_specs([*allow, *_EVERYTHING], list(deny), resolver=resolver)
+        self.given_unix = list(unix_allow)
+        self.policy = Policy.from_specs(
+            [*allow, *_EVERYTHING],
+            list(deny),
+            resolver=resolver,
+            unix_allow=[*unix_allow, *_UNIX_EVERYTHING],
+        )
         self._ports: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
+        self._unix: dict[str, None] = {}
 
     def __call__(self, event: Event) -> None:
         """Record a call that only the allow-everything rules allowed."""
         d = event.decision
+        if event.proto == "unix":
+            if d.allowed and d.rule in _UNIX_EVERYTHING and b"\0" not in event.dest.addr:
+                self._unix[event.dest.addr.decode("utf-8", "surrogateescape")] = None
+            return
         if not d.allowed or d.rule not in _EVERYTHING:
             return
         target = d.host or seen_address(event.dest.addr)
@@ -54,11 +72,16 @@ class Learner:
                     out.append(f"{scheme}{host}:{','.join(str(n) for n in sorted(ports))}")
         return out
 
+    def unix_rules(self) -> list[str]:
+        """The given --unix-allow rules, then each outside socket reached (sorted)."""
+        return self.given_unix + [t for t in sorted(self._unix) if t not in self.given_unix]
+
     def render(self) -> str:
         """The rules as flags, one per line, grouped per protocol."""
-        rules = self.rules()
-        if not rules:
+        rules, unix = self.rules(), self.unix_rules()
+        if not rules and not unix:
             return "sandlock learn: the command made no network calls; it needs no --net-allow rule"
         lines = ["sandlock learn: the command needs:"]
         lines += [f"  --net-allow {r}" for r in rules]
+        lines += [f"  --unix-allow {r}" for r in unix]
         return "\n".join(lines)

@@ -145,6 +145,7 @@ class Plan:
         options: NameOptions | None = None,
         *,
         resolver: Callable[[str], Sequence[str]] | None = None,
+        unix_allow: Sequence[str] = (),
     ) -> None:
         options = options if options is not None else NameOptions()
         options.check()
@@ -171,7 +172,7 @@ class Plan:
         self.upstream = upstream
         self.seeds: dict[str, list[tuple[str, int]]] = {}
         lookup = resolver if resolver is not None else _resolver(upstream, self.seeds)
-        self.policy = Policy.from_specs(allow, deny, resolver=lookup)
+        self.policy = Policy.from_specs(allow, deny, resolver=lookup, unix_allow=unix_allow)
 
     @property
     def trap_open(self) -> bool:

@@ -9,9 +9,10 @@ child's memory is never read again, so it cannot swap the address after the chec
 What decides is the *socket*, as the kernel reports it on our duplicate (SO_DOMAIN,
 SO_TYPE, SO_PROTOCOL), never what the child claims:
 
-* a non-IP socket (AF_UNIX, AF_NETLINK) is not egress: no decision, but the call is
-  still performed here (see _local.py for why "continue" would be a hole); sockets
-  of any other family (only reachable if passed in from outside) are refused;
+* a non-IP socket is performed here too (see _local.py for why "continue" would be a
+  hole): netlink with no decision; AF_UNIX decided by _local.UnixGuard (a socket the
+  sandbox bound, or a --unix-allow rule), whose ``bind`` calls are trapped for that;
+  sockets of any other family (only reachable if passed in from outside) are refused;
 * a TCP socket ignores a destination unless MSG_FASTOPEN is set (a connect in
   disguise), so only then is the name decided;
 * UDP and ICMP sends with a name are decided per message, sendmmsg per entry.
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from trio.lowlevel import ParkingLot
 
 SYS_CONNECT = 42
+SYS_BIND = 49
 SYS_SENDTO = 44
 SYS_SENDMSG = 46
 SYS_SENDMMSG = 307
@@ -138,8 +140,10 @@ class Handlers:
         self.redirect: Callable[[int, Dest], bytes | None] | None = None
         self._held = 0  # bytes held by sends that wait (HELD_MAX)
         self._room: ParkingLot | None = None  # once a send waits for room
+        self.unix = _local.UnixGuard()
         self._table: dict[int, Callable[[sys_.Notif], Outcome]] = {
             SYS_CONNECT: self.connect,
+            SYS_BIND: self.bind,
             SYS_SENDTO: self.sendto,
             SYS_SENDMSG: self.sendmsg,
             SYS_SENDMMSG: self.sendmmsg,
@@ -157,7 +161,32 @@ class Handlers:
             return -errno.ENOSYS
         return handler(n)
 
-    # ---- the four syscalls -------------------------------------------------------------
+    # ---- the trapped syscalls ----------------------------------------------------------
+
+    def bind(self, n: sys_.Notif) -> Outcome:
+        """bind(fd, addr, addrlen): an AF_UNIX one is performed here and recorded (see
+        _local.py); any other is left to the kernel. That is sound although the child may
+        swap the descriptor meanwhile: a bind sends nothing, and an AF_UNIX socket bound
+        behind our back is only one that is not recorded, so connects to it are refused."""
+        fd, addr_p, addrlen = int32(n.args[0]), n.args[1], int32(n.args[2])
+        dup = sys_.getfd(n.pid, fd)
+        if dup < 0:
+            return Reply.CONTINUE  # not a descriptor: the kernel says so itself
+        owned = [dup]
+        try:
+            info = sys_.sock_info(dup)
+            if isinstance(info, int) or info.domain != socket.AF_UNIX:
+                return Reply.CONTINUE
+            name = _msg.read_name(n.pid, addr_p, addrlen)
+            if isinstance(name, int):
+                return name
+            if name is None:
+                return -errno.EFAULT if addr_p == 0 and addrlen else -errno.EINVAL
+            if not self._still_waiting(n):
+                return -errno.ENOENT
+            return self.unix.bind(n.pid, dup, name, owned)
+        finally:
+            _close_all(owned)
 
     def connect(self, n: sys_.Notif) -> Outcome:
         """connect(fd, addr, addrlen) on our duplicate with our copy of addr."""
@@ -290,6 +319,23 @@ class Handlers:
             self._report(event, -refused)
         return event
 
+    def _unix(self, c: _Call, syscall: str, name: bytes) -> tuple[bytes, Event | None] | int:
+        """The name to use for an AF_UNIX call and the event of its decision, if one was
+        needed (a socket not bound by the sandbox), or -errno (refused: reported here)."""
+        verdict = self.unix.destination(c.n.pid, name, c.owned, self.policy.unix_rules)
+        if isinstance(verdict.name, int):
+            return verdict.name
+        if verdict.decision is None or verdict.shown is None:
+            return verdict.name, None
+        allowed = verdict.decision.allowed
+        dest = Dest(socket.AF_UNIX, verdict.shown, 0)
+        refused = 0 if allowed else errno.ECONNREFUSED
+        event = Event(c.n.pid, syscall, "unix", dest, verdict.decision, refused)
+        if not allowed:
+            self._report(event, -refused)
+            return -refused
+        return verdict.name, event
+
     def _redirected(self, c: _Call, dest: Dest) -> bytes | None:
         """The forwarder's name for a TCP or UDP call to port 53, in DNS mode; else None.
         The forwarder decides on the query itself (names.py)."""
@@ -388,9 +434,10 @@ class Handlers:
                         return -errno.ECONNREFUSED
                     name = self._destination(c, name, dest)
         elif c.info.domain == socket.AF_UNIX:
-            name = _local.unix_name(c.n.pid, name, c.owned)
-            if isinstance(name, int):
-                return name
+            decided = self._unix(c, "connect", name)
+            if isinstance(decided, int):
+                return decided
+            name, event = decided
         if c.info.nonblocking or c.info.type == socket.SOCK_DGRAM:
             rc = sys_.connect(c.dup, name, nonblock=False)  # returns at once
             self._report(event, rc)
@@ -430,17 +477,19 @@ class Handlers:
         """Make ``msg`` ready to send: decide its destination (IP), or translate its path
         and descriptors (AF_UNIX). An allowed Event, None (nothing to decide), or -errno."""
         if not c.ip:
+            event = None
             if c.info.domain == socket.AF_UNIX:
-                if msg.name is not None:
-                    name = _local.unix_name(c.n.pid, msg.name, c.owned)
-                    if isinstance(name, int):
-                        return name
-                    msg.name = name
+                # Only a datagram socket sends to a name (stream: an error; seqpacket: ignored)
+                if msg.name is not None and c.info.type == socket.SOCK_DGRAM:
+                    decided = self._unix(c, syscall, msg.name)
+                    if isinstance(decided, int):
+                        return decided
+                    msg.name, event = decided
                 control = _local.translate_rights(c.n.pid, msg.control, c.owned)
                 if isinstance(control, int):
                     return control
                 msg.control = control
-            return None
+            return event
         rc = _msg.check_control(msg.control)
         if rc < 0:
             return rc

@@ -41,6 +41,10 @@ from .rules import PROTOS, WILDCARD_PREFIX, Rule, is_wildcard, parse_rule
 
 __all__ = ["Decision", "HostAddrs", "IPAddress", "Policy", "Resolver", "resolve_host"]
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .unixrules import UnixRules
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str], Sequence[str]]
 HostAddrs = Mapping[str, Iterable[str | IPAddress]]
@@ -109,17 +113,25 @@ class Policy:
     (the caller resolved the hostnames), then call :meth:`decide`.
     """
 
-    __slots__ = ("_allow", "_deny", "_domains", "_hosts", "_tables")
+    __slots__ = ("_allow", "_deny", "_domains", "_hosts", "_tables", "_unix")
 
     _allow: tuple[Rule, ...]
     _deny: tuple[Rule, ...]
     _domains: frozenset[str]
     _hosts: Mapping[str, tuple[str, ...]]
     _tables: dict[str, _Table]
+    _unix: UnixRules | None
 
-    def __init__(self, allow: Sequence[Rule], deny: Sequence[Rule], host_addrs: HostAddrs) -> None:
+    def __init__(
+        self,
+        allow: Sequence[Rule],
+        deny: Sequence[Rule],
+        host_addrs: HostAddrs,
+        unix: UnixRules | None = None,
+    ) -> None:
         """Same as :meth:`from_rules`."""
         allow, deny = tuple(allow), tuple(deny)
+        object.__setattr__(self, "_unix", unix)
         hosts = _check_hosts(allow, deny, host_addrs)
         object.__setattr__(self, "_allow", allow)
         object.__setattr__(self, "_deny", deny)
@@ -143,8 +155,10 @@ class Policy:
         deny: Sequence[str],
         *,
         resolver: Resolver | None = None,
+        unix_allow: Sequence[str] = (),
     ) -> Policy:
-        """Parse ``--net-allow``/``--net-deny`` specs and resolve each hostname once.
+        """Parse ``--net-allow``/``--net-deny`` specs and resolve each hostname once;
+        ``unix_allow`` are ``--unix-allow`` specs (:mod:`sandlock.unixrules`).
 
         The first bad spec raises :class:`PolicyError`, and so does a hostname
         that does not resolve (or resolves to nothing). ``resolver`` defaults to
@@ -154,6 +168,11 @@ class Policy:
         """
         allow_rules = [parse_rule(spec, flag=_ALLOW_FLAG) for spec in allow]
         deny_rules = [parse_rule(spec, flag=_DENY_FLAG) for spec in deny]
+        unix = None
+        if unix_allow:
+            from .unixrules import UnixRules
+
+            unix = UnixRules.from_specs(unix_allow)
         lookup = resolve_host if resolver is None else resolver
         first_spec: dict[str, str] = {}
         for rule in allow_rules:
@@ -163,7 +182,7 @@ class Policy:
             host: () if is_wildcard(host) else _resolve(lookup, host, spec)
             for host, spec in first_spec.items()
         }
-        return cls(allow_rules, deny_rules, hosts)
+        return cls(allow_rules, deny_rules, hosts, unix)
 
     @classmethod
     def from_rules(
@@ -192,7 +211,7 @@ class Policy:
             if host not in self._hosts:
                 raise ValueError(f"no --net-allow rule names the host {host!r}")
         hosts: dict[str, Iterable[str | IPAddress]] = {**self._hosts, **host_addrs}
-        return type(self)(self._allow, self._deny, hosts)
+        return type(self)(self._allow, self._deny, hosts, self._unix)
 
     def host_for_name(self, name: str) -> str | None:
         """The host key of the allow rules that covers the DNS name ``name``, or None.
@@ -221,6 +240,11 @@ class Policy:
     def allow_rules(self) -> tuple[Rule, ...]:
         """The allow rules, in the order given."""
         return self._allow
+
+    @property
+    def unix_rules(self) -> UnixRules | None:
+        """The ``--unix-allow`` rules (None: none given; only sockets bound inside)."""
+        return self._unix
 
     @property
     def deny_rules(self) -> tuple[Rule, ...]:

@@ -3,6 +3,7 @@
     # agent.toml
     net_allow = ["api.example.com:443", "udp://127.0.0.1:53"]
     net_deny = ["10.0.0.0/8"]
+    unix_allow = ["/run/user/1000/ssh-agent.sock", "@my-proxy"]
 
 ``sandlock run --profile agent.toml`` and ``Sandbox.from_profile("agent.toml")`` read it;
 ``sandlock learn --profile-out FILE`` writes one.
@@ -17,11 +18,12 @@ from collections.abc import Sequence
 
 from .errors import PolicyError
 
-_KEYS = ("net_allow", "net_deny")
+_KEYS = ("net_allow", "net_deny", "unix_allow")
 
 
-def load_profile(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
-    """The (net_allow, net_deny) lists of a profile; PolicyError names what is wrong."""
+def load_profile(path: str | os.PathLike[str]) -> tuple[list[str], list[str], list[str]]:
+    """The (net_allow, net_deny, unix_allow) lists of a profile; PolicyError names what is
+    wrong."""
     where = os.fspath(path)
     try:
         with open(where, "rb") as f:
@@ -33,7 +35,8 @@ def load_profile(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     unknown = sorted(set(data) - set(_KEYS))
     if unknown:
         raise PolicyError(
-            f"--profile: {where}: unknown key `{unknown[0]}` (expected net_allow, net_deny)"
+            f"--profile: {where}: unknown key `{unknown[0]}` "
+            "(expected net_allow, net_deny, unix_allow)"
         )
     lists = []
     for key in _KEYS:
@@ -41,13 +44,21 @@ def load_profile(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise PolicyError(f"--profile: {where}: `{key}` must be a list of strings")
         lists.append(value)
-    return lists[0], lists[1]
+    return lists[0], lists[1], lists[2]
 
 
-def dump_profile(allow: Sequence[str], deny: Sequence[str] = (), comment: str = "") -> str:
+def dump_profile(
+    allow: Sequence[str],
+    deny: Sequence[str] = (),
+    comment: str = "",
+    unix_allow: Sequence[str] = (),
+) -> str:
     """A profile's TOML text (strings written as JSON strings, which TOML accepts)."""
     lines = [f"# {line}" for line in comment.splitlines()]
-    for key, values in (("net_allow", allow), ("net_deny", deny)):
+    pairs = [("net_allow", allow), ("net_deny", deny)]
+    if unix_allow:
+        pairs.append(("unix_allow", unix_allow))
+    for key, values in pairs:
         items = "".join(f"    {json.dumps(v)},\n" for v in values)
         lines.append(f"{key} = [\n{items}]" if values else f"{key} = []")
     return "\n".join(lines) + "\n"

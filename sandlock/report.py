@@ -36,7 +36,7 @@ class DenialReport:
         self.rate = rate
         self._tokens = rate
         self._last = time.monotonic()
-        self._seen: set[tuple[str, str, int]] = set()
+        self._seen: set[tuple[str, str, int | None]] = set()
         self.suppressed = 0
 
     def __call__(self, record: DecisionRecord) -> None:
@@ -47,8 +47,9 @@ class DenialReport:
         self._seen.add(key)
         if not self._take():
             return
-        why = "no rule allows it" if record.rule == "default-deny" else f"--net-deny {record.rule}"
-        print(f"sandlock: denied {record.describe()} — {why}", file=self.stream, flush=True)
+        print(
+            f"sandlock: denied {record.describe()} — {_why(record)}", file=self.stream, flush=True
+        )
 
     def _take(self) -> bool:
         """A token of the rate limit, or False (and one more suppressed line)."""
@@ -83,6 +84,18 @@ class DenialReport:
             )
 
 
+def _why(record: DecisionRecord) -> str:
+    if record.proto == "unix":
+        from .unixrules import DAEMON_RULE, LINKED_RULE
+
+        if record.rule == DAEMON_RULE:
+            return "a sandlock daemon's socket is never reachable from a sandbox"
+        if record.rule == LINKED_RULE:
+            return "a socket file with several hard links matches no --unix-allow rule"
+        return "served outside the sandbox; no --unix-allow rule allows it"
+    return "no rule allows it" if record.rule == "default-deny" else f"--net-deny {record.rule}"
+
+
 class Summary:
     """Counts per (proto, destination, action), printed as a table at exit."""
 
@@ -92,16 +105,17 @@ class Summary:
     def add(self, event: Event) -> None:
         """Count one decision."""
         action = "allow" if event.decision.allowed else "deny"
-        from .audit import seen_address
+        from .audit import seen_destination
 
-        self.counts[(event.proto, seen_address(event.dest.addr), event.dest.port, action)] += 1
+        dst, port = seen_destination(event)
+        self.counts[(event.proto, dst, -1 if port is None else port, action)] += 1
 
     def render(self) -> str:
         """The table, one row per (protocol, destination, action)."""
         rows = [("PROTO", "DESTINATION", "CALLS", "ACTION")]
         for (proto, dst, port, action), n in sorted(self.counts.items()):
             host = f"[{dst}]" if ":" in dst else dst
-            rows.append((proto, f"{host}:{port}", str(n), action))
+            rows.append((proto, dst if port < 0 else f"{host}:{port}", str(n), action))
         if len(rows) == 1:
             return "sandlock: no network calls were decided"
         widths = [max(len(r[i]) for r in rows) for i in range(4)]

@@ -431,7 +431,9 @@ UNIX_CHILD = textwrap.dedent(
 
 
 def test_af_unix_untouched(run_sandboxed, tmp_path):
-    """AF_UNIX connect and sendto with a path work under a policy that allows no network."""
+    """AF_UNIX connect and sendto with a path work under a policy that allows no IP
+    network, once --unix-allow lets the command reach these sockets served outside it
+    (tests/test_unix.py: without the rule they are refused)."""
     import socket
 
     spath, dpath = str(tmp_path / "s.sock"), str(tmp_path / "d.sock")
@@ -441,7 +443,8 @@ def test_af_unix_untouched(run_sandboxed, tmp_path):
         server.bind(spath)
         server.listen(1)
         dgram.bind(dpath)
-        res = run_sandboxed([], [sys.executable, "-c", UNIX_CHILD, spath, dpath])
+        allow = ["--unix-allow", f"{tmp_path}/"]
+        res = run_sandboxed(allow, [sys.executable, "-c", UNIX_CHILD, spath, dpath])
         assert res.returncode == 0 and "unix ok" in res.stdout, describe(res)
         server.settimeout(10)
         conn, _ = server.accept()
