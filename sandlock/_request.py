@@ -11,8 +11,9 @@ A ``supervise`` request's descriptors must be, in order:
   before the daemon hears of it: then its sandbox ends at once) that is a child of the
   client (its parent is the peer of the connection, by SO_PEERCRED), runs under a
   seccomp filter (unless it has already exited), and whose real, effective, saved and
-  filesystem uids are all the client's (root may supervise any uid's child). The kernel offers no way to ask which process
-  a listener's filter belongs to; these checks are as close as it gets.
+  filesystem uids are all the client's (root may supervise any uid's child). The
+  kernel offers no way to ask which process a listener's filter belongs to; these
+  checks are as close as it gets.
 * the client's stderr and, optionally, its audit log: open for writing, and a regular
   file, pipe, FIFO, socket or character device (never a directory); see _sink.py.
 """

@@ -529,9 +529,7 @@ def _report_note(count: int) -> bytes:
 
 
 def _audit_note(sandbox: str, count: int) -> bytes:
-    return (
-        f'{{"ts": "{timestamp()}", "sandbox": "{sandbox}", "dropped": {count}}}\n'.encode()
-    )
+    return f'{{"ts": "{timestamp()}", "sandbox": "{sandbox}", "dropped": {count}}}\n'.encode()
 
 
 async def _finish(box: _Sandbox) -> None:
