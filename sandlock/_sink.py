@@ -26,11 +26,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import trio
 
-__all__ = ["DEFAULT_LIMIT", "Sink", "SinkText", "check"]
+from .audit import AuditLog, DecisionRecord, timestamp
+
+__all__ = ["DEFAULT_LIMIT", "AuditSink", "Sink", "SinkText", "audit_note", "check", "report_note"]
 
 DEFAULT_LIMIT = 64 * 1024
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF, errno.EIO, errno.ENXIO)
@@ -189,3 +191,32 @@ class SinkText:
 
     def flush(self) -> None:
         """Lines are written as they end: nothing to do."""
+
+
+class AuditSink(AuditLog):
+    """The audit log of a daemon's sandbox: its lines go through a Sink."""
+
+    def __init__(self, sink: Sink, sandbox: str) -> None:
+        self.path = f"fd:{sink.fd}"
+        self._fd = -1
+        self.sink = sink
+        self.sandbox = sandbox
+
+    def write(self, record: DecisionRecord) -> None:
+        self.sink.write((record.to_json() + "\n").encode())
+
+    def write_object(self, obj: Mapping[str, object]) -> None:
+        import json
+
+        self.sink.write((json.dumps(obj, separators=(", ", ": ")) + "\n").encode())
+
+    def close(self) -> None:
+        pass  # the Sink is closed (after its last records) by the daemon
+
+
+def report_note(count: int) -> bytes:
+    return f"sandlock: {count} report lines dropped (stderr was not being read)\n".encode()
+
+
+def audit_note(sandbox: str, count: int) -> bytes:
+    return f'{{"ts": "{timestamp()}", "sandbox": "{sandbox}", "dropped": {count}}}\n'.encode()

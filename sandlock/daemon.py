@@ -54,7 +54,6 @@ import socket
 import stat
 import struct
 import sys
-import threading
 import traceback
 import uuid
 from collections import Counter
@@ -65,11 +64,11 @@ import trio
 
 from . import _syscalls as sys_
 from . import _wire
-from ._request import MAX_HOSTS, RequestError, check_request, check_supervise_fds, count_hosts
-from ._sink import DEFAULT_LIMIT, Sink, SinkText
-from .audit import AuditLog, DecisionRecord, timestamp
-from .errors import PolicyError, SandlockError
-from .names import NameOptions, Names, Plan
+from ._plans import Resolvers
+from ._request import RequestError, check_request, check_supervise_fds
+from ._sink import DEFAULT_LIMIT, AuditSink, Sink, SinkText, audit_note, report_note
+from .errors import SandlockError
+from .names import Names, Plan
 from .report import DenialReport, Observer, Summary
 from .supervisor import Supervisor
 
@@ -140,57 +139,6 @@ class _Sandbox:
     names: Names | None = None
 
 
-class _Abandoned(Exception):
-    """Raised in a resolver thread whose client has gone: stop before the next lookup."""
-
-
-class _Slots:
-    """Two CapacityLimiters taken together, without waiting (trio.to_thread's limiter
-    protocol): a resolution beyond either is refused. trio releases them only when the
-    thread has really finished, abandoned or not."""
-
-    def __init__(self, *limiters: trio.CapacityLimiter) -> None:
-        self.limiters = limiters
-
-    async def acquire_on_behalf_of(self, borrower: object) -> None:
-        taken: list[trio.CapacityLimiter] = []
-        try:
-            for limiter in self.limiters:
-                limiter.acquire_on_behalf_of_nowait(borrower)
-                taken.append(limiter)
-        except trio.WouldBlock:
-            for limiter in taken:
-                limiter.release_on_behalf_of(borrower)
-            raise RequestError(
-                "too many hostname resolutions in progress; try again shortly"
-            ) from None
-
-    def release_on_behalf_of(self, borrower: object) -> None:
-        for limiter in self.limiters:
-            limiter.release_on_behalf_of(borrower)
-
-
-class _AuditSink(AuditLog):
-    """The audit log of a daemon's sandbox: its lines go through a Sink."""
-
-    def __init__(self, sink: Sink, sandbox: str) -> None:
-        self.path = f"fd:{sink.fd}"
-        self._fd = -1
-        self.sink = sink
-        self.sandbox = sandbox
-
-    def write(self, record: DecisionRecord) -> None:
-        self.sink.write((record.to_json() + "\n").encode())
-
-    def write_object(self, obj: Any) -> None:
-        import json
-
-        self.sink.write((json.dumps(obj, separators=(", ", ": ")) + "\n").encode())
-
-    def close(self) -> None:
-        pass  # the Sink is closed (after its last records) by the daemon
-
-
 def _peer(sock: trio.socket.SocketType) -> tuple[int, int]:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, _gid = struct.unpack("3i", raw)
@@ -224,8 +172,7 @@ class Daemon:
         self.limits = limits if limits is not None else Limits()
         self.sandboxes: dict[str, _Sandbox] = {}
         self.clients: Counter[int] = Counter()  # connections per uid
-        self._resolving = trio.CapacityLimiter(self.limits.resolving)
-        self._resolving_uid: dict[int, trio.CapacityLimiter] = {}
+        self.resolvers = Resolvers(self.limits.resolving, self.limits.resolving_per_uid)
         self._last_accept_error = -1e9
 
     async def serve(
@@ -374,54 +321,19 @@ class Daemon:
         op = check_request(req, fds)
         if op == "rules":
             c.checked = None
-            c.checked = await self._plan(req, c.uid)
+            c.checked = await self.resolvers.plan(req, c.uid)
             return {"ok": True, "trap_open": c.checked.trap_open}
         if op == "ps":
             return {"ok": True, "sandboxes": [self._describe(s) for s in self._visible(c.uid)]}
         box = self.sandboxes.get(req["id"])
         if box is None or box not in self._visible(c.uid):
             raise RequestError(f"no sandbox {req['id']!r} of yours is running")
-        plan = await self._plan(req, c.uid)  # (hostnames: it may await a while)
+        plan = await self.resolvers.plan(req, c.uid)  # (hostnames: it may await a while)
         if self.sandboxes.get(box.id) is not box:
             raise RequestError(f"sandbox {box.id} ended before its policy was replaced")
         box.supervisor.policy = plan.policy
         box.rules = len(plan.policy.allow_rules) + len(plan.policy.deny_rules)
         return {"ok": True, "id": box.id}
-
-    async def _plan(self, req: dict[str, Any], uid: int) -> Plan:
-        """The rules (and hostname options) a request describes (see names.Plan): parsed
-        here, resolved in a thread of the daemon's own bounded pool."""
-        allow, deny = req.get("allow", []), req.get("deny", [])
-        hosts = count_hosts(allow)
-        if hosts > MAX_HOSTS:
-            raise RequestError(
-                f"--net-allow: {hosts} hostnames in one request (the daemon's limit is "
-                f"{MAX_HOSTS})",
-                policy_error=True,
-            )
-        try:
-            options = NameOptions.from_wire(req.get("names"))
-            if not hosts:
-                return Plan(allow, deny, options)  # nothing to look up: no thread
-            gone = threading.Event()
-
-            def interrupt() -> None:
-                if gone.is_set():
-                    raise _Abandoned
-
-            limiter = self._resolving_uid.setdefault(
-                uid, trio.CapacityLimiter(self.limits.resolving_per_uid)
-            )
-            try:
-                return await trio.to_thread.run_sync(
-                    functools.partial(Plan, allow, deny, options, interrupt=interrupt),
-                    abandon_on_cancel=True,
-                    limiter=_Slots(self._resolving, limiter),  # type: ignore[arg-type]
-                )
-            finally:
-                gone.set()
-        except PolicyError as err:
-            raise RequestError(str(err), policy_error=True) from None
 
     def _visible(self, uid: int) -> list[_Sandbox]:
         return [s for s in self.sandboxes.values() if uid == 0 or s.uid == uid]
@@ -466,12 +378,12 @@ class Daemon:
             except SandlockError as err:
                 raise RequestError(str(err)) from None
             limit = self.limits.sink_bytes
-            sinks.append(Sink(fds[2], _report_note, limit=limit))
+            sinks.append(Sink(fds[2], report_note, limit=limit))
             stderr = SinkText(sinks[0])
             audit = None
             if len(fds) == 4:
-                sinks.append(Sink(fds[3], functools.partial(_audit_note, box_id), limit=limit))
-                audit = _AuditSink(sinks[1], box_id)
+                sinks.append(Sink(fds[3], functools.partial(audit_note, box_id), limit=limit))
+                audit = AuditSink(sinks[1], box_id)
             gate = sys_.Gate(fds[0], sys_.GATE_OPEN if plan.trap_open else 0)
         except BaseException:
             for sink in sinks:
@@ -522,14 +434,6 @@ class Daemon:
             await _finish(box)
             with trio.CancelScope(shield=True):  # (bounded by the send timeout)
                 await self._send(c.conn, {"event": "exit", "id": box.id})
-
-
-def _report_note(count: int) -> bytes:
-    return f"sandlock: {count} report lines dropped (stderr was not being read)\n".encode()
-
-
-def _audit_note(sandbox: str, count: int) -> bytes:
-    return f'{{"ts": "{timestamp()}", "sandbox": "{sandbox}", "dropped": {count}}}\n'.encode()
 
 
 async def _finish(box: _Sandbox) -> None:
