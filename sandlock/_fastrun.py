@@ -23,11 +23,21 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 
+# Read by sandlock, never passed on to the command (which must not learn where the
+# daemon listens, nor run its own sandlock under ours by accident).
+CONTROL_VARIABLES = ("SANDLOCK_DAEMON",)
+
+
+def command_environ(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without sandlock's control variables: what a command is started with."""
+    return {k: v for k, v in env.items() if k not in CONTROL_VARIABLES}
+
+
 def parse_run(argv: Sequence[str], environ: Mapping[str, str]) -> SimpleNamespace | None:
     """``build_parser().parse_args(argv)`` for the common `run` lines; None for the rest."""
     if not argv or argv[0] != "run":
         return None
-    daemon = environ.get("SANDLOCK_DAEMON")  # the parser's default for --daemon
+    daemon = environ.get(CONTROL_VARIABLES[0])  # the parser's default for --daemon
     rules: dict[str, list[str]] = {"--net-allow": [], "--net-deny": [], "--unix-allow": []}
     i = 1
     while i < len(argv) and argv[i] != "--":

@@ -26,6 +26,7 @@ from pathlib import Path
 import trio
 
 from . import launch
+from ._fastrun import command_environ
 from .audit import AuditLog, AuditSeal, DecisionRecord
 from .errors import SandlockError
 from .names import NameOptions, Names, Plan
@@ -233,7 +234,7 @@ class _Run:
             names = self.plan.start(self.policy)
             child = launch.start(
                 self.argv,
-                env=env,
+                env=command_environ(os.environ if env is None else env),
                 cwd=os.fspath(cwd) if cwd is not None else None,
                 stdio=pipes.child_ends(),
                 new_pgrp=True,

@@ -180,7 +180,10 @@ class AuditLog:
             self._chain = Chain(str(fields["sandbox"]))
             ts = fields.get("ts")
             opening = self._chain.open(ts if isinstance(ts, str) else timestamp())
-        os.write(self._fd, opening + self._chain.seal(fields))  # one append, both lines
+        self._emit(opening + self._chain.seal(fields))  # one append, both lines
+
+    def _emit(self, data: bytes) -> None:
+        os.write(self._fd, data)
 
     def close(self) -> AuditSeal | None:
         """Write the run's close record, which reveals its key, and close the log
@@ -199,7 +202,7 @@ class AuditLog:
         assert self._chain is not None
         fate = self._fate()
         line = self._chain.close(timestamp(), fate)
-        os.write(self._fd, line)
+        self._emit(line)
         if fate is not None and self._where is not None:
             # Leave a trace where the user will look: a close record with no run before it,
             # which `sandlock audit verify` reports. Whatever the command put at the path,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ._fastrun import parse_run
+from ._fastrun import command_environ, parse_run
 from .errors import LaunchError, PolicyError, SandlockError
 
 # typing costs a launch ~7 ms; the daemon client's path does without it at run time.
@@ -180,7 +180,7 @@ def _run(args: Args) -> int:
         signal_fd = open_signalfd()
         child = start(
             cmd,
-            env=original_environ(),
+            env=command_environ(original_environ()),
             keep_fds=args.keep_fds,
             unblock_signals=FORWARDED_SIGNALS,
             trap_open=names is not None and names.trap_open,

@@ -14,6 +14,7 @@ import os
 import sys
 
 from . import _wire
+from ._fastrun import command_environ
 from ._signals import FORWARDED_SIGNALS, open_signalfd
 from .errors import LaunchError, PolicyError, SandlockError
 from .launch import exit_status, original_environ, start, wait_child
@@ -100,7 +101,7 @@ def run_via_daemon(
     signal_fd = open_signalfd()
     child = start(
         cmd,
-        env=original_environ(),
+        env=command_environ(original_environ()),
         keep_fds=keep_fds,
         unblock_signals=FORWARDED_SIGNALS,
         gate=False,  # the daemon serves the listener; it starts a gate of its own

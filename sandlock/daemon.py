@@ -25,6 +25,23 @@ Requests (one JSON object per record, see _wire.py), each answered with
 
 The socket is created 0600, and every request is checked against the peer's credentials
 (SO_PEERCRED): a client may supervise and change only processes of its own uid.
+
+Nothing a client does may stop the daemon serving the others:
+
+* every request is checked whole (types, sizes, counts, descriptor kinds; _request.py)
+  before anything is started, bound or kept: a refused request leaves nothing behind;
+* connections are capped (per uid and in total, and by the descriptors the daemon may
+  open), and one that stays idle (no request, no live sandbox) for ``IDLE_TIMEOUT`` is
+  closed; each connection has one request in flight at a time;
+* hostnames are resolved in threads bounded per uid and in total (a request beyond is
+  refused, not queued), at most ``MAX_HOSTS`` per request; a client that leaves cancels
+  its resolution (the thread stops before its next lookup);
+* sandboxes are capped per uid and in total;
+* accept failing for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) is
+  retried after ``ACCEPT_RETRY`` seconds, as trio's own listeners do;
+* reports and audit records go to the client's descriptors through _sink.py, which
+  never blocks: a reader that stops reading loses records (counted, and said), nothing
+  else; replies and exit notices wait at most ``SEND_TIMEOUT`` for a client.
 """
 
 from __future__ import annotations
@@ -32,12 +49,14 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import resource
 import socket
 import stat
 import struct
 import sys
 import traceback
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,14 +64,45 @@ import trio
 
 from . import _syscalls as sys_
 from . import _wire
-from .audit import AuditLog
-from .errors import PolicyError, SandlockError
-from .names import NameOptions, Names, Plan
+from ._plans import Resolvers
+from ._request import RequestError, check_request, check_supervise_fds
+from ._sink import DEFAULT_LIMIT, AuditSink, Sink, SinkText, audit_note, report_note
+from .errors import SandlockError
+from .names import Names, Plan
 from .report import DenialReport, Observer, Summary
 from .supervisor import Supervisor
 from .unixrules import daemon_marker
 
-__all__ = ["Daemon", "serve"]
+__all__ = ["Daemon", "Limits", "RequestError", "serve"]
+
+MAX_CLIENTS = 1024  # connections at once, every uid together
+MAX_CLIENTS_PER_UID = 256
+MAX_SANDBOXES = 1024
+MAX_SANDBOXES_PER_UID = 256
+MAX_RESOLVING = 16  # resolver threads at once (each resolves one request's hostnames)
+MAX_RESOLVING_PER_UID = 4
+IDLE_TIMEOUT = 30.0  # seconds a connection may stay with no request and no sandbox
+SEND_TIMEOUT = 10.0  # seconds a reply may wait for a client to make room
+DRAIN_GRACE = 1.0  # seconds a finished sandbox's last records may wait for their reader
+ACCEPT_RETRY = 0.1  # seconds to wait when accept fails for want of descriptors or memory
+FDS_PER_CLIENT = 12  # descriptors a client with a live sandbox may cost (worst case)
+RESERVED_FDS = 32  # kept for the daemon itself (trio, resolvers, the DNS forwarders)
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The caps of one daemon (the module constants by default)."""
+
+    clients: int = MAX_CLIENTS
+    clients_per_uid: int = MAX_CLIENTS_PER_UID
+    sandboxes: int = MAX_SANDBOXES
+    sandboxes_per_uid: int = MAX_SANDBOXES_PER_UID
+    resolving: int = MAX_RESOLVING
+    resolving_per_uid: int = MAX_RESOLVING_PER_UID
+    idle_timeout: float = IDLE_TIMEOUT
+    send_timeout: float = SEND_TIMEOUT
+    sink_bytes: int = DEFAULT_LIMIT
 
 
 def _encode_reply(reply: dict[str, Any]) -> bytes:
@@ -67,12 +117,13 @@ def _encode_reply(reply: dict[str, Any]) -> bytes:
         return _wire.encode(short)
 
 
-class RequestError(Exception):
-    """A request the daemon refuses; the message goes back to the client."""
-
-    def __init__(self, message: str, *, policy_error: bool = False) -> None:
-        super().__init__(message)
-        self.policy_error = policy_error
+@dataclass
+class _Client:
+    conn: trio.socket.SocketType
+    pid: int
+    uid: int
+    sandboxes: int = 0
+    checked: Plan | None = None  # what "rules" built for the next sandbox
 
 
 @dataclass
@@ -84,59 +135,46 @@ class _Sandbox:
     supervisor: Supervisor
     observer: Observer
     rules: int
-    stderr: Any = field(default=None)
+    stderr: SinkText
+    sinks: list[Sink] = field(default_factory=list)
     names: Names | None = None
 
 
-async def build_plan(req: dict[str, Any]) -> Plan:
-    """The rules (and hostname options) a request describes, parsed and resolved off the
-    loop (see names.Plan)."""
-    allow, deny = req.get("allow", []), req.get("deny", [])
-    unix_allow = req.get("unix_allow", [])
-    if not (_strings(allow) and _strings(deny) and _strings(unix_allow)):
-        raise RequestError("allow, deny and unix_allow must be lists of strings")
-    try:
-        options = NameOptions.from_wire(req.get("names"))
-        plan = functools.partial(Plan, allow, deny, options, unix_allow=unix_allow)
-        return await trio.to_thread.run_sync(plan)
-    except PolicyError as err:
-        raise RequestError(str(err), policy_error=True) from None
-
-
-def _strings(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _peer_uid(sock: trio.socket.SocketType) -> int:
+def _peer(sock: trio.socket.SocketType) -> tuple[int, int]:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", raw)
-    return int(uid)
+    pid, uid, _gid = struct.unpack("3i", raw)
+    return int(pid), int(uid)
 
 
-def _pidfd_owner(pidfd: int) -> tuple[int, int]:
-    """(pid, real uid) of the process a pidfd refers to."""
-    pid = uid = -1
-    try:
-        with open(f"/proc/self/fdinfo/{pidfd}") as f:
-            for line in f:
-                if line.startswith("Pid:"):
-                    pid = int(line.split()[1])
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    uid = int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    if pid <= 0 or uid < 0:
-        raise RequestError("the pidfd does not name a live process")
-    return pid, uid
+def _fd_room() -> int:
+    """How many clients the descriptor limit leaves room for."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CLIENTS
+    return max(1, (soft - RESERVED_FDS) // FDS_PER_CLIENT)
+
+
+async def _hung_up(conn: trio.socket.SocketType) -> None:
+    """Return once the client has hung up (wait for ever if it sends another record
+    meanwhile: that one waits its turn)."""
+    await trio.lowlevel.wait_readable(conn)
+    try:  # no room for descriptors: a peek must not install any
+        data = await conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return
+    if data:
+        await trio.sleep_forever()
 
 
 class Daemon:
-    """The daemon's state: its live sandboxes."""
+    """The daemon's state: its clients and live sandboxes."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits if limits is not None else Limits()
         self.sandboxes: dict[str, _Sandbox] = {}
+        self.clients: Counter[int] = Counter()  # connections per uid
+        self.resolvers = Resolvers(self.limits.resolving, self.limits.resolving_per_uid)
+        self._last_accept_error = -1e9
 
     async def serve(
         self,
@@ -149,77 +187,154 @@ class Daemon:
             task_status.started()
             try:
                 while True:
-                    conn, _ = await listener.accept()
+                    try:
+                        conn, _ = await listener.accept()
+                    except OSError as err:
+                        await self._accept_failed(err)
+                        continue
                     nursery.start_soon(self._client, conn, nursery)
             finally:
                 listener.close()
 
+    async def _accept_failed(self, err: OSError) -> None:
+        if err.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR):
+            return  # that connection is gone: the next one
+        now = trio.current_time()
+        if now - self._last_accept_error > 10:  # (say so once in a while, not each time)
+            self._last_accept_error = now
+            print(
+                f"sandlock: serve: accept: {err.strerror}; retrying every {ACCEPT_RETRY:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        await trio.sleep(ACCEPT_RETRY)
+
+    def _refusal(self, uid: int) -> str | None:
+        total = sum(self.clients.values())
+        if total >= min(self.limits.clients, _fd_room()):
+            return "the daemon has too many connections; try again shortly"
+        if self.clients[uid] >= self.limits.clients_per_uid:
+            return f"too many connections of uid {uid} (limit {self.limits.clients_per_uid})"
+        return None
+
     async def _client(self, conn: trio.socket.SocketType, nursery: trio.Nursery) -> None:
         with conn:
             try:
-                uid = _peer_uid(conn)
+                pid, uid = _peer(conn)
             except OSError:
                 return
-            checked: list[Plan] = []  # what "rules" built for the next sandbox
-            while True:
+            why = self._refusal(uid)
+            if why is not None:
+                await self._send(conn, {"ok": False, "error": why})
+                return
+            self.clients[uid] += 1
+            try:
+                await self._session(_Client(conn, pid, uid), nursery)
+            except Exception:  # a bug one client finds must not end every sandbox
+                traceback.print_exc(file=sys.stderr)
+            finally:
+                self.clients[uid] -= 1
+                if not self.clients[uid]:
+                    del self.clients[uid]
+
+    async def _send(self, conn: trio.socket.SocketType, message: dict[str, Any]) -> bool:
+        """Send one record, waiting at most the send timeout for the client to take it."""
+        with trio.move_on_after(self.limits.send_timeout):
+            try:
+                await conn.sendmsg([_encode_reply(message)])
+                return True
+            except OSError:
+                return False
+        return False
+
+    async def _session(self, c: _Client, nursery: trio.Nursery) -> None:
+        """The client's requests, one at a time, until it leaves or idles."""
+        while True:
+            record = await self._receive(c)
+            if record is None:
+                return
+            reply = await self._answer(c, record, nursery)
+            if reply is None or not await self._send(c.conn, reply):
+                return
+
+    async def _answer(
+        self, c: _Client, record: tuple[bytes, list[Any], int], nursery: trio.Nursery
+    ) -> dict[str, Any] | None:
+        """The reply to one record; None if the client hung up first (which cancels
+        whatever the request was waiting for: a resolution, typically)."""
+        reply: list[dict[str, Any]] = []
+        async with trio.open_nursery() as request:
+
+            async def answer() -> None:
+                reply.append(await self._reply(c, *record, nursery))
+                request.cancel_scope.cancel()
+
+            async def watch() -> None:
+                await _hung_up(c.conn)
+                request.cancel_scope.cancel()
+
+            request.start_soon(watch)
+            request.start_soon(answer)
+        return reply[0] if reply else None
+
+    async def _receive(self, c: _Client) -> tuple[bytes, list[Any], int] | None:
+        """The next record; None when the client has gone or stayed idle too long."""
+        while True:
+            with trio.move_on_after(self.limits.idle_timeout):
                 try:
-                    data, anc, flags, _ = await conn.recvmsg(
+                    data, anc, flags, _ = await c.conn.recvmsg(
                         _wire.MAX_RECORD, _wire.ANC_SIZE, socket.MSG_CMSG_CLOEXEC
                     )
                 except OSError:
-                    return
+                    return None
                 if not data and not anc:
-                    return  # the client went away (mid-handshake is fine)
-                try:
-                    req, fds = _wire.decode(data, anc, flags)
-                    reply = await self._handle(req, fds, uid, conn, nursery, checked)
-                except _wire.WireError as err:
-                    reply = {"ok": False, "error": str(err)}
-                except RequestError as err:
-                    reply = {"ok": False, "error": str(err), "policy_error": err.policy_error}
-                except Exception:  # a bug one request finds must not end every sandbox
-                    traceback.print_exc(file=sys.stderr)
-                    reply = {"ok": False, "error": "internal error (see the daemon's stderr)"}
-                try:
-                    await conn.sendmsg([_encode_reply(reply)])
-                except OSError:
-                    return
+                    return None  # the client went away (mid-handshake is fine)
+                return data, anc, flags
+            if not c.sandboxes:
+                return None
+
+    async def _reply(
+        self, c: _Client, data: bytes, anc: list[Any], flags: int, nursery: trio.Nursery
+    ) -> dict[str, Any]:
+        try:
+            req, fds = _wire.decode(data, anc, flags)
+        except _wire.WireError as err:
+            return {"ok": False, "error": str(err)}
+        try:  # fds are ours until _supervise takes them (it empties the list)
+            return await self._handle(req, fds, c, nursery)
+        except RequestError as err:
+            return {"ok": False, "error": str(err), "policy_error": err.policy_error}
+        except Exception:  # a bug one request finds must not end every sandbox
+            traceback.print_exc(file=sys.stderr)
+            return {"ok": False, "error": "internal error (see the daemon's stderr)"}
+        finally:
+            _wire.close_all(fds)
 
     async def _handle(
-        self,
-        req: dict[str, Any],
-        fds: list[int],
-        uid: int,
-        conn: trio.socket.SocketType,
-        nursery: trio.Nursery,
-        checked: list[Plan],
+        self, req: dict[str, Any], fds: list[int], c: _Client, nursery: trio.Nursery
     ) -> dict[str, Any]:
-        op = req.get("op")
-        if op == "supervise":
-            if not checked:
-                _wire.close_all(fds)
+        if req.get("op") == "supervise":
+            plan, c.checked = c.checked, None  # (one try per rules request)
+            if plan is None:
                 raise RequestError("supervise comes after a rules request")
-            return self._supervise(req, fds, uid, conn, nursery, checked.pop())
-        _wire.close_all(fds)
+            check_request(req, fds)
+            return self._supervise(req, fds, c, plan, nursery)
+        op = check_request(req, fds)
         if op == "rules":
-            plan = await build_plan(req)
-            checked[:] = [plan]
-            return {"ok": True, "trap_open": plan.trap_open}
+            c.checked = None
+            c.checked = await self.resolvers.plan(req, c.uid)
+            return {"ok": True, "trap_open": c.checked.trap_open}
         if op == "ps":
-            return {"ok": True, "sandboxes": [self._describe(s) for s in self._visible(uid)]}
-        if op == "policy":
-            box = self.sandboxes.get(str(req.get("id")))
-            if box is None or box not in self._visible(uid):
-                raise RequestError(f"no sandbox {req.get('id')!r} of yours is running")
-            plan = await build_plan(req)  # (hostnames: it may await a while)
-            if self.sandboxes.get(box.id) is not box:
-                raise RequestError(f"sandbox {box.id} ended before its policy was replaced")
-            box.supervisor.policy = plan.policy
-            box.rules = len(box.supervisor.policy.allow_rules) + len(
-                box.supervisor.policy.deny_rules
-            )
-            return {"ok": True, "id": box.id}
-        raise RequestError(f"unknown op {op!r} (expected rules, supervise, ps, policy)")
+            return {"ok": True, "sandboxes": [self._describe(s) for s in self._visible(c.uid)]}
+        box = self.sandboxes.get(req["id"])
+        if box is None or box not in self._visible(c.uid):
+            raise RequestError(f"no sandbox {req['id']!r} of yours is running")
+        plan = await self.resolvers.plan(req, c.uid)  # (hostnames: it may await a while)
+        if self.sandboxes.get(box.id) is not box:
+            raise RequestError(f"sandbox {box.id} ended before its policy was replaced")
+        box.supervisor.policy = plan.policy
+        box.rules = len(plan.policy.allow_rules) + len(plan.policy.deny_rules)
+        return {"ok": True, "id": box.id}
 
     def _visible(self, uid: int) -> list[_Sandbox]:
         return [s for s in self.sandboxes.values() if uid == 0 or s.uid == uid]
@@ -235,102 +350,108 @@ class Daemon:
             "denied": s.observer.denied_count,
         }
 
+    def _room_for_sandbox(self, uid: int) -> None:
+        if len(self.sandboxes) >= self.limits.sandboxes:
+            raise RequestError("the daemon supervises too many sandboxes; try again later")
+        mine = sum(1 for s in self.sandboxes.values() if s.uid == uid)
+        if mine >= self.limits.sandboxes_per_uid:
+            raise RequestError(
+                f"uid {uid} has too many sandboxes (limit {self.limits.sandboxes_per_uid})"
+            )
+
     def _supervise(
         self,
         req: dict[str, Any],
         fds: list[int],
-        uid: int,
-        conn: trio.socket.SocketType,
-        nursery: trio.Nursery,
+        c: _Client,
         plan: Plan,
+        nursery: trio.Nursery,
     ) -> dict[str, Any]:
+        pid, owner = check_supervise_fds(fds, c.pid, c.uid)  # only reads: nothing to undo
+        self._room_for_sandbox(owner)
+        box_id = uuid.uuid4().hex[:8]
         policy = plan.policy
-        names = None
+        names: Names | None = None
+        sinks: list[Sink] = []
         try:
-            if len(fds) not in (3, 4):
-                raise RequestError("supervise needs descriptors: listener, pidfd, stderr[, audit]")
-            listener, pidfd, err_fd = fds[0], fds[1], fds[2]
-            pid, owner = _pidfd_owner(pidfd)
-            if uid != 0 and owner != uid:
-                raise RequestError(f"process {pid} is not yours")
-            cmd = req.get("cmd", [])
-            if not _strings(cmd):
-                raise RequestError("cmd must be a list of strings")
             try:
                 names = plan.start(policy)
             except SandlockError as err:
                 raise RequestError(str(err)) from None
-            gate = sys_.Gate(listener, sys_.GATE_OPEN if plan.trap_open else 0)
+            limit = self.limits.sink_bytes
+            sinks.append(Sink(fds[2], report_note, limit=limit))
+            stderr = SinkText(sinks[0])
+            audit = None
+            if len(fds) == 4:
+                sinks.append(Sink(fds[3], functools.partial(audit_note, box_id), limit=limit))
+                audit = AuditSink(sinks[1], box_id)
+            gate = sys_.Gate(fds[0], sys_.GATE_OPEN if plan.trap_open else 0)
         except BaseException:
-            _wire.close_all(fds)
+            for sink in sinks:
+                sink.abort()
             if names is not None:
                 names.close()
             raise
-        box_id = uuid.uuid4().hex[:8]
-        stderr = os.fdopen(err_fd, "w", buffering=1, closefd=True)
-        audit = AuditLog.from_fd(fds[3]) if len(fds) == 4 else None
+        listener, pidfd = fds[0], fds[1]
+        _wire.close_all(fds[2:])  # the sinks hold descriptors of their own
+        fds.clear()  # the rest is the sandbox's now
         observer = Observer(
             box_id,
             audit=audit,
-            report=None if req.get("quiet") else DenialReport(stderr),
+            report=None if req.get("quiet") else DenialReport(stderr),  # type: ignore[arg-type]
             summary=Summary() if req.get("summary") else None,
         )
-        box = _Sandbox(
-            box_id,
-            pid,
-            owner,
-            cmd,
-            Supervisor(
-                gate, policy, observer, remember=not observer.hears_every_call
-            ),
-            observer,
-            len(policy.allow_rules) + len(policy.deny_rules),
-            stderr,
-            names,
-        )
+        supervisor = Supervisor(gate, policy, observer, remember=not observer.hears_every_call)
+        rules = len(policy.allow_rules) + len(policy.deny_rules)
+        box = _Sandbox(box_id, pid, owner, req["cmd"], supervisor, observer, rules, stderr, sinks)
+        box.names = names
         if names is not None:
-            box.supervisor.use_names(names, observer.dns)
+            supervisor.use_names(names, observer.dns)
         self.sandboxes[box_id] = box
-        nursery.start_soon(self._run_sandbox, box, pidfd, conn)
+        c.sandboxes += 1
+        nursery.start_soon(self._run_sandbox, box, listener, pidfd, c)
         return {"ok": True, "id": box_id}
 
-    async def _run_sandbox(self, box: _Sandbox, pidfd: int, conn: trio.socket.SocketType) -> None:
+    async def _run_sandbox(self, box: _Sandbox, listener: int, pidfd: int, c: _Client) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(box.supervisor.serve)
+                for sink in box.sinks:
+                    nursery.start_soon(sink.run)
                 await trio.lowlevel.wait_readable(pidfd)  # the command exited
                 nursery.cancel_scope.cancel()
+        except Exception:  # a bug in one sandbox must not end the others
+            traceback.print_exc(file=sys.stderr)
         finally:
             del self.sandboxes[box.id]
-            _finish(box)
+            c.sandboxes -= 1
             trio.lowlevel.notify_closing(box.supervisor.gate.fd)
             box.supervisor.gate.close()
             if box.names is not None:
                 box.names.close()
-            for fd in (box.supervisor.listener, pidfd):
+            for fd in (listener, pidfd):
                 trio.lowlevel.notify_closing(fd)
                 os.close(fd)
-            try:
-                await conn.sendmsg([_wire.encode({"event": "exit", "id": box.id})])
-            except OSError:
-                pass
+            await _finish(box)
+            with trio.CancelScope(shield=True):  # (bounded by the send timeout)
+                await self._send(c.conn, {"event": "exit", "id": box.id})
 
 
-def _finish(box: _Sandbox) -> None:
+async def _finish(box: _Sandbox) -> None:
+    """The sandbox's last lines (the report's count, the summary), then its sinks closed
+    once their reader took the rest, or after DRAIN_GRACE."""
     obs = box.observer
     seal = obs.audit.close() if obs.audit is not None else None  # (its lines go below)
-    try:
-        if obs.report is not None:
-            obs.report.close()
-        if obs.summary is not None:
-            print(obs.summary.render(), file=box.stderr)
-        if seal is not None:  # as cli._finish_observer: the warning always, the head unless quiet
-            for line in (seal.warning(None), None if obs.report is None else seal.head_line()):
-                if line is not None:
-                    print(line, file=box.stderr)
-        box.stderr.close()
-    except OSError:
-        pass  # the client's stderr is gone: nothing to tell
+    if obs.report is not None:
+        obs.report.close()
+    if obs.summary is not None:
+        print(obs.summary.render(), file=box.stderr)
+    if seal is not None:  # as cli._finish_observer: the warning always, the head unless quiet
+        for line in (seal.warning(None), None if obs.report is None else seal.head_line()):
+            if line is not None:
+                print(line, file=box.stderr)
+    for sink in box.sinks:
+        await sink.close(DRAIN_GRACE)
 
 
 async def _bind(path: str) -> trio.socket.SocketType:
@@ -365,11 +486,22 @@ async def _bind(path: str) -> trio.socket.SocketType:
     return sock
 
 
+def _raise_fd_limit() -> None:
+    """Take every descriptor the hard limit allows (each client costs a few)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            pass
+
+
 async def serve(path: str) -> None:
     """Run a daemon on ``path`` until cancelled (SIGINT/SIGTERM end it)."""
     from . import _syscalls
 
     _syscalls.protect_self()  # sandboxes of our uid must not ptrace their supervisor
+    _raise_fd_limit()
     listener = await _bind(path)  # outside any nursery: its errors stay one line
     try:  # sandboxes are refused this socket, whatever their rules (unixrules.py)
         mark = daemon_marker(path)

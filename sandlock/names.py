@@ -136,7 +136,9 @@ class Plan:
     run-time part for each sandbox run under them (the API runs a Sandbox many times).
 
     ``resolver`` (tests, the API's hook) replaces the start-up resolution and, unless
-    ``options.dns_proxy`` says otherwise, means resolving at start."""
+    ``options.dns_proxy`` says otherwise, means resolving at start. ``interrupt`` is
+    called before each lookup, and may raise to stop the rest (the daemon's, when the
+    client that asked has gone)."""
 
     def __init__(
         self,
@@ -146,6 +148,7 @@ class Plan:
         *,
         resolver: Callable[[str], Sequence[str]] | None = None,
         unix_allow: Sequence[str] = (),
+        interrupt: Callable[[], None] | None = None,
     ) -> None:
         options = options if options is not None else NameOptions()
         options.check()
@@ -172,6 +175,8 @@ class Plan:
         self.upstream = upstream
         self.seeds: dict[str, list[tuple[str, int]]] = {}
         lookup = resolver if resolver is not None else _resolver(upstream, self.seeds)
+        if interrupt is not None:
+            lookup = _interruptible(lookup, interrupt)
         self.policy = Policy.from_specs(allow, deny, resolver=lookup, unix_allow=unix_allow)
 
     @property
@@ -223,6 +228,20 @@ def _resolver(
             raise OSError(errno.EHOSTUNREACH, str(err)) from None
         seeds[name] = found
         return [address for address, _ttl in found]
+
+    return resolve
+
+
+def _interruptible(
+    lookup: Callable[[str], Sequence[str]] | None, interrupt: Callable[[], None]
+) -> Callable[[str], Sequence[str]]:
+    from .policy import resolve_host
+
+    inner = lookup if lookup is not None else resolve_host
+
+    def resolve(name: str) -> Sequence[str]:
+        interrupt()
+        return inner(name)
 
     return resolve
 

@@ -269,8 +269,8 @@ def test_bad_requests_get_errors_and_the_daemon_keeps_serving(daemon: Daemon) ->
         s.send(b"[" * 30000 + b"]" * 30000)  # deeper than Python's recursion limit
         assert "too deeply nested" in json.loads(s.recv(65536))["error"]
         s.send(json.dumps({"op": "rules", "allow": ["a" * 60000]}).encode())
-        reply = json.loads(s.recv(65536))  # its error quotes the rule twice: too long
-        assert reply["policy_error"] is True and "could not be sent" in reply["error"]
+        reply = json.loads(s.recv(65536))  # refused before it is parsed
+        assert reply["policy_error"] is True and "longer than 1024" in reply["error"]
     with daemon.raw() as s:  # a client that connects and disappears mid-handshake
         s.send(b'{"op": "supervise"')
     with daemon.raw() as s:
@@ -281,27 +281,23 @@ def test_bad_requests_get_errors_and_the_daemon_keeps_serving(daemon: Daemon) ->
 
 
 def test_a_client_may_only_supervise_its_own_processes() -> None:
-    """The daemon refuses to supervise a process of another uid than the client's."""
-    import trio
+    """The daemon refuses to supervise a process of another uid than the client's, or
+    one that is not the client's own child."""
+    from sandlock import launch
+    from sandlock._request import RequestError, check_supervise_fds
 
-    from sandlock.daemon import Daemon as RealDaemon
-    from sandlock.daemon import RequestError
-    from sandlock.names import Plan
-
-    victim = subprocess.Popen(["sleep", "30"])  # root's, and the client claims uid 65534
+    child = launch.start(["sleep", "30"], gate=False)  # root's, and the client claims 65534
     try:
-        fds = [os.open("/dev/null", os.O_RDONLY), os.pidfd_open(victim.pid), os.dup(2)]
-        checked = [Plan([], [])]
-        req = {"op": "supervise", "cmd": ["sleep"]}
-        handle = RealDaemon()._handle
-        with pytest.raises(RequestError, match=f"process {victim.pid} is not yours"):
-            trio.run(handle, req, fds, 65534, None, None, checked)
-        for fd in fds:  # the refused request's descriptors were closed
-            with pytest.raises(OSError):
-                os.fstat(fd)
+        fds = [child.listener, child.pidfd, 2]
+        with pytest.raises(RequestError, match=f"process {child.pid} is not yours"):
+            check_supervise_fds(fds, os.getpid(), 65534)
+        with pytest.raises(RequestError, match="not a child of the client"):
+            check_supervise_fds(fds, os.getppid(), 0)
+        assert check_supervise_fds(fds, os.getpid(), 0) == (child.pid, 0)
     finally:
-        victim.kill()
-        victim.wait()
+        os.kill(child.pid, 9)
+        os.waitpid(child.pid, 0)
+        child.close()
 
 
 def test_bad_rule_through_the_daemon_is_one_line_and_nothing_runs(
