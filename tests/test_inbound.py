@@ -175,9 +175,13 @@ def server() -> Iterator[Callable[..., Server]]:
 def connect(source: str, port: int) -> socket.socket:
     """A TCP connection to 127.0.0.1:port from ``source`` (bound before connecting)."""
     s = socket.socket()
-    s.settimeout(10)
-    s.bind((source, 0))
-    s.connect((ALLOWED, port))
+    try:
+        s.settimeout(10)
+        s.bind((source, 0))
+        s.connect((ALLOWED, port))
+    except OSError:
+        s.close()
+        raise
     return s
 
 
@@ -304,6 +308,23 @@ def test_a_blocking_accept_honours_so_rcvtimeo(
     res = srv.finish()
     assert "rcvtimeo errno=11" in res.stdout.splitlines(), describe(res)
     assert data == GREETING and res.returncode == 0, describe(res)
+
+
+def test_the_ia32_accept4_is_closed(
+    probe: Callable[[str], str], server: Callable[..., Server], features: Any
+) -> None:
+    """accept4 through int 0x80 (not trapped: the IA-32 entry has its own numbers) fails
+    with ENOSYS; the denied peer gets nothing."""
+    features.require("ia32")
+    srv = server(["--net-allow", ALLOWED], [probe("acceptsrv"), "int80", "0", "4", "now"])
+    data = b""
+    try:
+        data, _ = drain(connect(DENIED, srv.port))
+    except ConnectionRefusedError:  # the server is gone already
+        pass
+    assert data == b"", f"the denied peer received {data!r}"
+    res = srv.finish()
+    assert "accept errno=38" in res.stdout.splitlines(), describe(res)
 
 
 UNIX_SERVER = r"""

@@ -11,7 +11,8 @@
  *                   (each EAGAIN prints "eagain")
  *          short    blocking accept with len = 4: prints "short addrlen=<n> head=<0|1>
  *                   tail=<0|1>" (head: the 4 bytes copied; tail: the rest left alone)
- *          null     blocking accept(fd, NULL, NULL): prints peer=? from getpeername
+ *          null     blocking accept(fd, NULL, NULL): the peer from getpeername
+ *          int80    blocking accept4(fd, NULL, NULL, 0) through int 0x80 (i386 number 364)
  *   FLAGS  0, nonblock, cloexec or both (accept4 and epoll)
  *   FAMILY 4 (127.0.0.1) or 6 ([::], dual stack: IPv4 peers are ::ffff:a.b.c.d)
  *   START  now, stdin (read a line before the first accept: connections queue up), or
@@ -22,8 +23,8 @@
 #include <fcntl.h>
 #include <sys/epoll.h>
 
-static const char *USAGE = "acceptsrv accept|accept4|epoll|short|null 0|nonblock|cloexec|both 4|6 "
-                           "now|stdin|rcvtimeo";
+static const char *USAGE = "acceptsrv accept|accept4|epoll|short|null|int80 "
+                           "0|nonblock|cloexec|both 4|6 now|stdin|rcvtimeo";
 
 static int parse_flags(const char *s)
 {
@@ -66,6 +67,17 @@ static int served(int fd, const struct sockaddr_storage *ss, socklen_t len)
     return loopback;
 }
 
+/* The IA-32 accept4 from this 64-bit process: eax = 364, ebx = fd, the rest NULL/0. */
+static long int80_accept4(int fd)
+{
+    long ret;
+    __asm__ volatile("int $0x80"
+                     : "=a"(ret)
+                     : "a"(364L), "b"((long)fd), "c"(0L), "d"(0L), "S"(0L)
+                     : "memory", "cc", "r8", "r9", "r10", "r11");
+    return ret;
+}
+
 static int blocking_accept(int lfd, const char *mode, int flags)
 {
     struct sockaddr_storage ss;
@@ -79,8 +91,15 @@ static int blocking_accept(int lfd, const char *mode, int flags)
         int fd = accept4(lfd, (struct sockaddr *)&ss, &len, flags);
         return fd < 0 ? -1 : served(fd, &ss, len);
     }
-    if (strcmp(mode, "null") == 0) {
-        int fd = accept(lfd, NULL, NULL);
+    if (strcmp(mode, "null") == 0 || strcmp(mode, "int80") == 0) {
+        int fd;
+        if (mode[0] == 'n') {
+            fd = accept(lfd, NULL, NULL);
+        } else {
+            long r = int80_accept4(lfd);
+            fd = r < 0 && r > -4096 ? -1 : (int)r;
+            errno = fd < 0 ? (int)-r : 0;
+        }
         if (fd < 0)
             return -1;
         getpeername(fd, (struct sockaddr *)&ss, &len);
