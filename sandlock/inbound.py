@@ -12,7 +12,8 @@ swapped in between). We accept without waiting and read the peer as the kernel r
 it, never from the child's memory:
 
 * a refused peer is reset (SO_LINGER {1, 0}, then close: it sees RST, none of the
-  server's bytes), reported, and we take the next queued connection;
+  server's bytes), reported, and we take the next queued connection (after 64 refused
+  in a row, off the loop: a flood of them does not hold up the sandbox's other calls);
 * when none is queued, a non-blocking socket answers EAGAIN; a blocking one waits for
   readability on our duplicate off the loop (a ``Pending``) and tries again, until
   SO_RCVTIMEO (then EAGAIN, as the kernel) or until the child stops waiting;
@@ -51,6 +52,7 @@ _RESET = struct.pack("ii", 1, 0)  # struct linger: on, 0 seconds: close sends RS
 _TIMEVAL = struct.Struct("qq")
 _FAMILY = struct.Struct("=H")
 _INT = struct.Struct("=i")
+_BATCH = 64  # refused peers taken in one go
 
 
 def accept(h: Handlers, n: sys_.Notif) -> Outcome:
@@ -81,7 +83,7 @@ class _Accept:
 
     def start(self, c: _Call) -> Outcome:
         got = self._take(c)
-        if got == -errno.EAGAIN and not c.info.nonblocking:
+        if got is None or (got == -errno.EAGAIN and not c.info.nonblocking):
             return Pending(lambda: self._wait(c))
         if isinstance(got, int):
             return got
@@ -89,16 +91,22 @@ class _Accept:
         return Reply.ANSWERED if rc >= 0 else rc
 
     async def _wait(self, c: _Call) -> int:
-        """A blocking accept: wait for a connection the policy allows, then install it."""
+        """Go on off the loop: after a batch of refused peers, or in a blocking accept
+        until a connection the policy allows comes (then install it)."""
         import trio
 
         with trio.move_on_after(_rcvtimeo(c.dup) or math.inf):
             while True:
-                rc = await self._readable(c)
-                if rc < 0:
-                    return rc
                 got = self._take(c)
-                if got == -errno.EAGAIN:
+                if got is None:  # let the sandbox's other calls be answered first
+                    await trio.lowlevel.checkpoint()
+                    if not self.h._still_waiting(c.n):
+                        return -errno.ENOENT
+                    continue
+                if got == -errno.EAGAIN and not c.info.nonblocking:
+                    rc = await self._readable(c)
+                    if rc < 0:
+                        return rc
                     continue
                 if isinstance(got, int):
                     return got
@@ -117,10 +125,11 @@ class _Accept:
                 return -errno.ENOENT
         return 0 if self.h._still_waiting(c.n) else -errno.ENOENT
 
-    def _take(self, c: _Call) -> tuple[socket.socket, bytes] | int:
+    def _take(self, c: _Call) -> tuple[socket.socket, bytes] | int | None:
         """The first queued connection the policy allows (each refused one reset on the
-        way), or -errno (-EAGAIN: none is queued)."""
-        while True:
+        way), -errno (-EAGAIN: none is queued), or None after _BATCH refused peers (a
+        flood of them must not keep the supervisor from the sandbox's other calls)."""
+        for _ in range(_BATCH):
             got = _accept_now(c.dup)
             if isinstance(got, int) or not c.ip:
                 return got
@@ -135,6 +144,7 @@ class _Accept:
                     conn.close()
             if allowed:
                 return got
+        return None
 
     def _allowed(self, c: _Call, peer: bytes) -> bool:
         """Whether the policy allows this peer; a refusal is reported."""

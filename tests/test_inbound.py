@@ -269,6 +269,24 @@ def test_a_denied_peer_is_reset_and_an_allowed_one_served(
     assert re.search(r"\baccept4?\)", denial[0]), describe(res)
 
 
+@pytest.mark.parametrize("mode", ["accept", "epoll"])
+def test_a_flood_of_denied_peers_then_an_allowed_one(
+    probe: Callable[[str], str], server: Callable[..., Server], mode: str
+) -> None:
+    """100 denied connections queued before the allowed one (more than one batch of
+    refusals): every denied one is reset with nothing, the allowed one served."""
+    srv = server(["--net-allow", ALLOWED], [probe("acceptsrv"), mode, "0", "4", "stdin"])
+    denied = [connect(DENIED, srv.port) for _ in range(100)]
+    allowed = connect(ALLOWED, srv.port)
+    srv.go()
+    got = [drain(s) for s in denied]
+    data, _ = drain(allowed)
+    res = srv.finish()
+    assert got == [(b"", True)] * len(denied), describe(res)
+    assert data == GREETING and res.returncode == 0, describe(res)
+    assert [p["host"] for p in peers(res.stdout)] == [ALLOWED], describe(res)
+
+
 def test_a_deny_rule_refuses_a_peer_under_allow_everything(
     probe: Callable[[str], str], server: Callable[..., Server]
 ) -> None:

@@ -177,7 +177,7 @@ int main(int argc, char **argv)
         v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         len = sizeof *v4;
     }
-    if (lfd < 0 || bind(lfd, (struct sockaddr *)&ss, len) < 0 || listen(lfd, 16) < 0 ||
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&ss, len) < 0 || listen(lfd, 256) < 0 ||
         getsockname(lfd, (struct sockaddr *)&ss, &len) < 0) {
         perror("listen");
         return 2;
