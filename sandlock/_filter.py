@@ -12,6 +12,8 @@ once per process and cached. What it does, for x86-64:
   (EAFNOSUPPORT), for INET types other than stream and datagram (EPERM: raw,
   packet-like, seqpacket) and for protocols other than TCP, UDP, ICMP/ICMPv6
   (EPROTONOSUPPORT: SCTP, MPTCP, UDP-Lite, ...). These are decided on registers only.
+* accept and accept4 go to the supervisor, which accepts on our duplicate and hands
+  the child only connections whose peer the policy allows (sandlock.inbound).
 * setsockopt() of IP source-routing options (IP_OPTIONS, IPV6_RTHDR and the RFC 2292
   forms) is refused: a source route sends the packet to its first hop, not to the
   destination we checked.
@@ -83,6 +85,7 @@ _I386_SOCKET_CALLS = (
     "sendmmsg",
     "setsockopt",
     "io_uring_setup",
+    "accept4",
 )
 
 
@@ -143,6 +146,12 @@ def _add_common_refusals(f: sc.SyscallFilter) -> None:
     )
 
 
+def _add_accept_traps(f: sc.SyscallFilter) -> None:
+    """accept and accept4, always to the supervisor (the peer is decided there)."""
+    f.add_rule(sc.NOTIFY, "accept")
+    f.add_rule(sc.NOTIFY, "accept4")
+
+
 def _add_open_traps(f: sc.SyscallFilter) -> None:
     """open, openat with possibly read-only flags, and every openat2, to the supervisor."""
     f.add_rule(sc.NOTIFY, "open", sc.Arg(1, sc.MASKED_EQ, OPEN_NOT_TRAPPED, 0))
@@ -163,6 +172,7 @@ def _build_native(trap_open: bool) -> sc.SyscallFilter:
         f.syscall_priority(name, 255)
     f.add_rule(sc.NOTIFY, "bind")  # AF_UNIX binds are recorded (_local.UnixGuard)
     _add_socket_rules(f)
+    _add_accept_traps(f)
     for level, opt in _SOURCE_ROUTES:
         f.add_rule(
             sc.ERRNO(errno.EPERM),

@@ -54,6 +54,8 @@ SYS_BIND = 49
 SYS_SENDTO = 44
 SYS_SENDMSG = 46
 SYS_SENDMMSG = 307
+SYS_ACCEPT = 43
+SYS_ACCEPT4 = 288
 
 MSG_DONTWAIT = socket.MSG_DONTWAIT
 MSG_FASTOPEN = 0x2000_0000
@@ -147,6 +149,8 @@ class Handlers:
             SYS_SENDTO: self.sendto,
             SYS_SENDMSG: self.sendmsg,
             SYS_SENDMMSG: self.sendmmsg,
+            SYS_ACCEPT: self.accept,
+            SYS_ACCEPT4: self.accept,
         }
 
     def handle(self, n: sys_.Notif) -> Outcome:
@@ -264,6 +268,12 @@ class Handlers:
             return self._sendmmsg(c, vec_p, msgs, flags)
 
         return self._on_socket(n, fd, act)
+
+    def accept(self, n: sys_.Notif) -> Outcome:
+        """accept/accept4: the peer decided (sandlock.inbound, loaded on first use)."""
+        from . import inbound
+
+        return inbound.accept(self, n)
 
     def resume_connect(self, n: sys_.Notif, dup: int, rc: int) -> Result:
         """Finish a blocking connect the gate started on ``dup`` (now ours to close)."""

@@ -292,6 +292,24 @@ class Policy:
                 return decision
         return _DEFAULT_DENY
 
+    def decide_peer(self, proto: str, addr: bytes) -> Decision:
+        """Decide on the peer of a connection the sandbox accepted (``addr`` packed, 4 or
+        16 bytes): allowed when a call to that address would be allowed on *some* port.
+
+        Ports are ignored: a deny rule that covers the address refuses the peer whatever
+        its ports, then the first allow rule that covers it allows it. Addresses are
+        read as :meth:`decide` reads them (mapped IPv6 is IPv4)."""
+        table = self._tables.get(proto)
+        key = _address_key(addr)
+        if table is None or key is None:
+            return _DEFAULT_DENY
+        value, v4 = key
+        deny, allow = (table.deny4, table.allow4) if v4 else (table.deny6, table.allow6)
+        for entry in (*deny, *allow):
+            if value & entry.mask == entry.net:
+                return entry.decision
+        return _DEFAULT_DENY
+
     def describe(self) -> str:
         """A one-line summary: rule counts per protocol and the resolved hosts."""
         parts = []
@@ -308,6 +326,18 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"<Policy {self.describe()}>"
+
+
+def _address_key(addr: bytes) -> tuple[int, bool] | None:
+    """(the address as an integer, is it IPv4) as :meth:`Policy.decide` matches it."""
+    if len(addr) not in (4, 16):
+        return None
+    value = int.from_bytes(addr, "big")
+    v4 = len(addr) == 4 or value >> 32 == _MAPPED_TAG
+    if v4:
+        value &= _ALL4
+        return (value or _LOOPBACK4), True
+    return (value or _LOOPBACK6), False
 
 
 def _resolve(lookup: Resolver, host: str, spec: str) -> tuple[str, ...]:
