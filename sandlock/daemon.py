@@ -20,6 +20,8 @@ Requests (one JSON object per record, see _wire.py), each answered with
   [listener, pidfd, stderr, audit?], after "rules"; later, when the command has exited,
   the daemon sends ``{"event": "exit"}``.
 * ``{"op": "ps"}``: the caller's live sandboxes (root sees all).
+* ``{"op": "ping"}``: answered ``{"ok": true}`` by the event loop; a client asks it
+  while its command runs, to learn that the daemon still serves it (client.py).
 * ``{"op": "policy", "id": ..., "allow": [...], "deny": [...]}``: replace a sandbox's
   policy; it decides from the sandbox's next call.
 
@@ -324,6 +326,8 @@ class Daemon:
             c.checked = None
             c.checked = await self.resolvers.plan(req, c.uid)
             return {"ok": True, "trap_open": c.checked.trap_open}
+        if op == "ping":
+            return {"ok": True}
         if op == "ps":
             return {"ok": True, "sandboxes": [self._describe(s) for s in self._visible(c.uid)]}
         box = self.sandboxes.get(req["id"])
