@@ -240,12 +240,15 @@ class Daemon:
                     del self.clients[uid]
 
     async def _send(self, conn: trio.socket.SocketType, message: dict[str, Any]) -> bool:
-        """Send one record, waiting at most the send timeout for the client to take it."""
+        """Send one record, waiting at most the send timeout for the client to take it.
+        A reply and an exit notice may meet on one connection: while one waits for a
+        client that reads nothing, the other is not sent (BusyResourceError), and one
+        still waiting when its session ends fails (ClosedResourceError)."""
         with trio.move_on_after(self.limits.send_timeout):
             try:
                 await conn.sendmsg([_encode_reply(message)])
                 return True
-            except OSError:
+            except (OSError, trio.BusyResourceError, trio.ClosedResourceError):
                 return False
         return False
 

@@ -51,7 +51,8 @@ class WedgeableDaemon(Daemon):
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
     d = Daemon(tmp_path / "d.sock")
     yield d
-    os.kill(d.proc.pid, signal.SIGCONT)  # (a failed test may leave it stopped)
+    if d.proc.poll() is None:
+        os.kill(d.proc.pid, signal.SIGCONT)  # (a failed test may leave it stopped)
     d.stop()
 
 
@@ -232,3 +233,49 @@ def test_a_bad_daemon_timeout_is_one_line(daemon: Daemon, value: str, tmp_path: 
         f"sandlock: SANDLOCK_DAEMON_TIMEOUT: expected a positive number of seconds, not {value!r}\n"
     )
     assert not marker.exists()
+
+
+# A client that sends requests and reads no reply while its command runs, until the
+# daemon's reply to it waits; then its command exits and the daemon's exit notice meets
+# that reply on the connection.
+FLOOD = textwrap.dedent("""
+    import os, select, sys, time
+    from sandlock import _wire, client
+    from sandlock.launch import start
+    sock = client.connect(sys.argv[1])
+    client.request(sock, {"op": "rules", "allow": [], "deny": []})
+    child = start(["sleep", "1"], gate=False)
+    message = {"op": "supervise", "cmd": ["sleep"], "quiet": True, "summary": False}
+    client.request(sock, message, [child.listener, child.pidfd, 2])
+    os.close(child.listener)
+    sock.settimeout(0)
+    blocked = None
+    while blocked is None or time.monotonic() - blocked < 0.3:  # until the daemon waits
+        try:
+            _wire.send(sock, {"op": sys.argv[2]})
+            blocked = None
+        except BlockingIOError:
+            blocked = blocked or time.monotonic()
+            time.sleep(0.01)
+    select.select([child.pidfd], [], [], 30)  # the command exited
+    time.sleep(0.5)
+    print("flooded", flush=True)
+""")
+
+
+@pytest.mark.parametrize("op", ["ping", "ps"])
+def test_a_client_that_reads_no_reply_cannot_end_the_daemon(
+    daemon: Daemon, sinks: Sinks, op: str
+) -> None:
+    """Its exit notice cannot be sent while a reply waits: that client loses it, and
+    the daemon goes on serving the others."""
+    res = subprocess.run(
+        [PY, "-c", FLOOD, str(daemon.path), op],
+        env=sandlock_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.stdout == "flooded\n", describe(res)
+    assert daemon.proc.poll() is None, daemon.proc.stderr.read() if daemon.proc.stderr else ""
+    _still_serves(daemon, sinks.tcp())
