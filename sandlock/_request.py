@@ -49,6 +49,7 @@ _FIELDS: dict[str, set[str]] = {
     "rules": {"op", "allow", "deny", "unix_allow", "names"},
     "supervise": {"op", "cmd", "quiet", "summary"},
     "ps": {"op"},
+    "ping": {"op"},
     "policy": {"op", "id", "allow", "deny", "unix_allow"},
 }
 _NAME_FIELDS = {"virtual_hosts", "dns_proxy", "dns_upstream", "ttl_min", "ttl_max"}
@@ -66,7 +67,7 @@ def check_request(req: dict[str, Any], fds: list[int]) -> str:
     """The op of a well-formed request; RequestError says what is wrong otherwise."""
     op = req.get("op")
     if not isinstance(op, str) or op not in _FIELDS:
-        raise RequestError(f"unknown op {op!r} (expected rules, supervise, ps, policy)")
+        raise RequestError(f"unknown op {op!r} (expected rules, supervise, ps, ping, policy)")
     unknown = sorted(set(req) - _FIELDS[op])
     if unknown:
         raise RequestError(f"{op}: unknown field {unknown[0]!r}")

@@ -5,6 +5,11 @@ itself (same stdio, process group and environment), hands the listener to the da
 closes its own copy, then only waits for the command and forwards signals. Closing our
 copy matters: if the daemon dies, the listener must die with it, so that the kernel
 fails the sandbox's calls instead of leaving them waiting for nobody.
+
+A daemon that is alive but does not serve (stopped, its event loop stuck) would leave
+those calls waiting for ever instead: a command that runs longer than half the grace
+period (``SANDLOCK_DAEMON_TIMEOUT`` seconds, 10 by default) is waited for by
+_watchdog.py, which pings the daemon and ends the sandbox if it stops answering.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ from __future__ import annotations
 import _socket  # not socket, which loads selectors and enum: milliseconds of every launch
 import os
 import sys
+import time
 
 from . import _wire
 from ._fastrun import command_environ
 from ._signals import FORWARDED_SIGNALS, open_signalfd
 from .errors import LaunchError, PolicyError, SandlockError
-from .launch import exit_status, original_environ, start, wait_child
+from .launch import TIMED_OUT, exit_status, original_environ, start, wait_child
 
 # typing costs a launch ~7 ms; the daemon client's path does without it at run time.
 TYPE_CHECKING = False
@@ -27,6 +33,8 @@ if TYPE_CHECKING:
 
 _REPLY_TIMEOUT = 30.0
 _EXIT_NOTICE_TIMEOUT = 5.0
+GRACE = 10.0  # seconds a daemon may leave a ping unanswered before its sandbox is ended
+GRACE_VARIABLE = "SANDLOCK_DAEMON_TIMEOUT"
 
 __all__ = ["DaemonError", "connect", "ps", "run_via_daemon", "set_policy"]
 
@@ -85,6 +93,7 @@ def run_via_daemon(
     The daemon checks the rules first (a bad one raises PolicyError before anything is
     started); this process never loads the policy code, which keeps its start-up short.
     ``names`` is the wire form of names.NameOptions (the hostname options)."""
+    grace = _grace(os.environ.get(GRACE_VARIABLE))
     sock = connect(path)
     rules = {"op": "rules", "allow": list(allow), "deny": list(deny), "names": names}
     if unix_allow:
@@ -119,9 +128,17 @@ def run_via_daemon(
             exit_status(child.pidfd)
             raise
         os.close(child.listener)  # the daemon's copy must be the last one
-        status = wait_child(child, signal_fd, until_notified=False)
+        # (no ping is due before half the grace period: a short command needs no watchdog)
+        deadline = time.monotonic() + grace / 2
+        status = wait_child(child, signal_fd, until_notified=False, deadline=deadline)
+        noticed = False
+        if status == TIMED_OUT:
+            from ._watchdog import watch
+
+            status, noticed = watch(child, signal_fd, sock, path, grace)
         assert status is not None
-        _await_exit_notice(sock)
+        if not noticed:
+            _await_exit_notice(sock)
         return status
     finally:
         for fd in (child.pidfd, signal_fd, audit_fd):
@@ -131,12 +148,37 @@ def run_via_daemon(
 
 
 def _await_exit_notice(sock: _socket.socket) -> None:
-    """Wait (briefly) for the daemon to finish its reports for this sandbox."""
-    sock.settimeout(_EXIT_NOTICE_TIMEOUT)
+    """Wait (briefly) for the daemon to finish its reports for this sandbox (a ping's
+    late reply may come first)."""
+    end = time.monotonic() + _EXIT_NOTICE_TIMEOUT
+    while (left := end - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            got = _wire.recv(sock)
+        except _wire.WireError:
+            continue
+        except OSError:
+            return
+        if got is None:
+            return
+        _wire.close_all(got[1])
+        if "event" in got[0]:
+            return
+
+
+def _grace(text: str | None) -> float:
+    """The grace period $SANDLOCK_DAEMON_TIMEOUT gives (seconds), GRACE without it."""
+    if text is None:
+        return GRACE
     try:
-        _wire.recv(sock)
-    except (OSError, _wire.WireError):
-        pass
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise LaunchError(
+            f"{GRACE_VARIABLE}: expected a positive number of seconds, not {text!r}", exit_code=2
+        )
+    return value
 
 
 def ps(path: str) -> list[dict[str, Any]]:

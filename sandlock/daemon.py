@@ -20,6 +20,8 @@ Requests (one JSON object per record, see _wire.py), each answered with
   [listener, pidfd, stderr, audit?], after "rules"; later, when the command has exited,
   the daemon sends ``{"event": "exit"}``.
 * ``{"op": "ps"}``: the caller's live sandboxes (root sees all).
+* ``{"op": "ping"}``: answered ``{"ok": true}`` by the event loop; a client asks it
+  while its command runs, to learn that the daemon still serves it (client.py).
 * ``{"op": "policy", "id": ..., "allow": [...], "deny": [...]}``: replace a sandbox's
   policy; it decides from the sandbox's next call.
 
@@ -238,12 +240,15 @@ class Daemon:
                     del self.clients[uid]
 
     async def _send(self, conn: trio.socket.SocketType, message: dict[str, Any]) -> bool:
-        """Send one record, waiting at most the send timeout for the client to take it."""
+        """Send one record, waiting at most the send timeout for the client to take it.
+        A reply and an exit notice may meet on one connection: while one waits for a
+        client that reads nothing, the other is not sent (BusyResourceError), and one
+        still waiting when its session ends fails (ClosedResourceError)."""
         with trio.move_on_after(self.limits.send_timeout):
             try:
                 await conn.sendmsg([_encode_reply(message)])
                 return True
-            except OSError:
+            except (OSError, trio.BusyResourceError, trio.ClosedResourceError):
                 return False
         return False
 
@@ -324,6 +329,8 @@ class Daemon:
             c.checked = None
             c.checked = await self.resolvers.plan(req, c.uid)
             return {"ok": True, "trap_open": c.checked.trap_open}
+        if op == "ping":
+            return {"ok": True}
         if op == "ps":
             return {"ok": True, "sandboxes": [self._describe(s) for s in self._visible(c.uid)]}
         box = self.sandboxes.get(req["id"])
