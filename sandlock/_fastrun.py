@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 # Read by sandlock, never passed on to the command (which must not learn where the
 # daemon listens, nor run its own sandlock under ours by accident).
-CONTROL_VARIABLES = ("SANDLOCK_DAEMON",)
+CONTROL_VARIABLES = ("SANDLOCK_DAEMON", "SANDLOCK_DAEMON_TIMEOUT")
 
 
 def command_environ(env: Mapping[str, str]) -> dict[str, str]:

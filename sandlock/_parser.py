@@ -71,7 +71,8 @@ examples:
   sandlock run --unix-allow "$SSH_AUTH_SOCK" -- git fetch
 
 exit status: CMD's own, 128+N if signal N killed it, 2 for a bad rule or usage,
-126/127 when CMD cannot be run.
+126/127 when CMD cannot be run, 125 when the daemon (--daemon) stopped answering
+for SANDLOCK_DAEMON_TIMEOUT seconds (default 10) and CMD was killed.
 """
 
 
