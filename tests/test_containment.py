@@ -153,9 +153,9 @@ def test_the_attacks_work_unsandboxed(reach: str, sinks: Sinks) -> None:
     sink = sinks.udp("127.0.0.1")
     n = Neighbour([*SETPRIV, reach, "serve", sink.target])
     try:
-        vectors = ("attach", "seize", "vmread", "getfd", "mem", "vmwrite", "stop")
+        vectors = ("attach", "attach32", "seize", "vmread", "getfd", "mem", "vmwrite", "stop")
         res = run_plain([*SETPRIV, reach, *n.attack(*vectors)], timeout=30)
-        assert len(probe_results(res.stdout)) == 10, describe(res)
+        assert len(probe_results(res.stdout)) == 11, describe(res)
         assert all(line.ok for line in probe_results(res.stdout).values()), describe(res)
         assert sink.settle().count == 1  # the stolen socket's datagram
         os.kill(n.pid, signal.SIGCONT)
@@ -168,6 +168,16 @@ def test_no_ptrace_of_a_neighbour(reach: str, neighbour: Neighbour, mode: str) -
     """PTRACE_ATTACH and PTRACE_SEIZE of a same-uid process outside fail with EPERM."""
     res = _attack(reach, mode, neighbour, "attach", "seize")
     assert _errnos(res) == {"attach": EPERM, "seize": EPERM}, describe(res)
+    assert neighbour.value() == UNTOUCHED
+
+
+def test_no_ptrace_through_the_i386_entry(
+    reach: str, neighbour: Neighbour, mode: str, features: Any
+) -> None:
+    """PTRACE_ATTACH through int 0x80 fails with EPERM too (the filter's IA-32 half)."""
+    features.require("ia32")
+    res = _attack(reach, mode, neighbour, "attach32")
+    assert _errnos(res) == {"attach32": EPERM}, describe(res)
     assert neighbour.value() == UNTOUCHED
 
 

@@ -9,6 +9,7 @@
  *       one result line each:
  *         attach    ptrace(PTRACE_ATTACH), then detach          "attach"
  *         seize     ptrace(PTRACE_SEIZE)                        "seize"
+ *         attach32  PTRACE_ATTACH through int 0x80 (i386 ptrace)  "attach32"
  *         mem       open /proc/PID/mem O_RDWR, pwrite at ADDR   "mem_open", "mem_write"
  *         vmwrite   process_vm_writev at ADDR                   "vm_write"
  *         vmread    process_vm_readv at ADDR                    "vm_read"
@@ -55,6 +56,19 @@ static void try_attach(pid_t pid)
 {
     long r = ptrace(PTRACE_ATTACH, pid, 0, 0);
     report("attach", r, errno);
+    if (r == 0) {
+        waitpid(pid, NULL, __WALL);
+        ptrace(PTRACE_DETACH, pid, 0, 0);
+    }
+}
+
+/* The IA-32 entry: i386 ptrace is 26, PTRACE_ATTACH 16; -errno comes back in eax. */
+static void try_attach32(pid_t pid)
+{
+    long r;
+    __asm__ volatile("int $0x80" : "=a"(r) : "a"(26L), "b"(16L), "c"((long)pid), "d"(0L),
+                     "S"(0L) : "memory");
+    report("attach32", r < 0 ? -1 : r, r < 0 ? (int)-r : 0);
     if (r == 0) {
         waitpid(pid, NULL, __WALL);
         ptrace(PTRACE_DETACH, pid, 0, 0);
@@ -150,6 +164,8 @@ int main(int argc, char **argv)
             try_attach(pid);
         else if (strcmp(v, "seize") == 0)
             try_seize(pid);
+        else if (strcmp(v, "attach32") == 0)
+            try_attach32(pid);
         else if (strcmp(v, "mem") == 0)
             try_mem(pid, addr);
         else if (strcmp(v, "vmwrite") == 0)
