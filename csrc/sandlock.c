@@ -64,19 +64,28 @@ struct seccomp_notif_addfd {
 #ifndef SYS_landlock_create_ruleset
 #define SYS_landlock_create_ruleset 444
 #endif
+#ifndef SYS_landlock_add_rule
+#define SYS_landlock_add_rule 445
+#endif
 #ifndef SYS_landlock_restrict_self
 #define SYS_landlock_restrict_self 446
 #endif
 #define LL_CREATE_RULESET_VERSION (1U << 0)
-#define LL_ACCESS_FS_MAKE_BLOCK (1ULL << 11)
+#define LL_RULE_PATH_BENEATH 1
+#define LL_ACCESS_FS_REFER (1ULL << 13)
 #define LL_SCOPE_ABSTRACT_UNIX_SOCKET (1ULL << 0)
 #define LL_SCOPE_SIGNAL (1ULL << 1)
+#define LL_ABI_REFER 2
 #define LL_ABI_SCOPES 6
 struct ll_ruleset_attr { /* struct landlock_ruleset_attr */
     uint64_t handled_access_fs;
     uint64_t handled_access_net;
     uint64_t scoped;
 };
+struct ll_path_beneath_attr { /* struct landlock_path_beneath_attr */
+    uint64_t allowed_access;
+    int32_t parent_fd;
+} __attribute__((packed));
 
 #define NEG_ERRNO (-errno)
 
@@ -122,21 +131,41 @@ static int drop_caps(void)
  * network access: what it changes is reach into other processes. The kernel refuses
  * ptrace-class access (ptrace, /proc/PID/mem, process_vm_*, pidfd_getfd) from inside a
  * domain to processes outside it, and with scopes (ABI >= 6) signals and abstract unix
- * sockets too. A ruleset must handle something: before ABI 6, creating block devices
- * (which needs CAP_MKNOD anyway). A kernel older than the struct ignores its zero tail. */
+ * sockets too. Before ABI 6 a ruleset must handle some access right to make a domain,
+ * and a domain that handles any file access refuses linking or renaming into another
+ * directory unless REFER is granted: so it handles REFER (ABI >= 2) and grants it
+ * beneath /. ABI 1 cannot grant it (EOPNOTSUPP: the caller uses the filter instead).
+ * A kernel older than the struct ignores its zero tail. */
 static int enter_landlock(int abi)
 {
     struct ll_ruleset_attr attr = {0};
     if (abi >= LL_ABI_SCOPES)
         attr.scoped = LL_SCOPE_SIGNAL | LL_SCOPE_ABSTRACT_UNIX_SOCKET;
-    else
-        attr.handled_access_fs = LL_ACCESS_FS_MAKE_BLOCK;
-    long fd = syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+    else if (abi >= LL_ABI_REFER)
+        attr.handled_access_fs = LL_ACCESS_FS_REFER;
+    else {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    int fd = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
     if (fd < 0)
         return -1;
-    long rc = syscall(SYS_landlock_restrict_self, (int)fd, 0);
+    long rc = 0;
+    if (attr.handled_access_fs) {
+        struct ll_path_beneath_attr rule = {.allowed_access = LL_ACCESS_FS_REFER};
+        rule.parent_fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        rc = rule.parent_fd < 0 ? -1
+                                : syscall(SYS_landlock_add_rule, fd, LL_RULE_PATH_BENEATH, &rule, 0);
+        if (rule.parent_fd >= 0) {
+            int err = errno;
+            close(rule.parent_fd);
+            errno = err;
+        }
+    }
+    if (rc == 0)
+        rc = syscall(SYS_landlock_restrict_self, fd, 0);
     int err = errno;
-    close((int)fd);
+    close(fd);
     errno = err;
     return rc < 0 ? -1 : 0;
 }

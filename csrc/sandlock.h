@@ -34,9 +34,10 @@ int sandlock_landlock_abi(void);
  * Descriptors >= 3 not in keep[] are closed at exec; keep[] lose close-on-exec.
  * unblock[] are signals to unblock in the child. cwd may be NULL. With new_pgrp the
  * child leads a process group of its own (so that its whole tree can be signalled).
- * With landlock_abi > 0 (sandlock_landlock_abi's answer) the child enters a Landlock
+ * With landlock_abi >= 2 (sandlock_landlock_abi's answer) the child enters a Landlock
  * domain after no_new_privs: no ptrace-class access to processes outside it, and from
- * ABI 6 no signals to them nor connects to their abstract unix sockets. 0: no domain.
+ * ABI 6 no signals to them nor connects to their abstract unix sockets. 0: no domain;
+ * 1 fails (EOPNOTSUPP: such a domain would refuse renames into another directory).
  * On success returns the pid and fills *listener and *pidfd (both close-on-exec).
  * On failure returns -errno and sets *stage to a SANDLOCK_STAGE_* value.
  */

@@ -40,10 +40,13 @@ _SIGKILL = 9  # signal.SIGKILL on Linux
 
 _FILTER_FLAGS = sys_.FILTER_FLAG_WAIT_KILLABLE_RECV
 
-# The Landlock ABI from which a domain also scopes signals and abstract unix sockets.
+# Landlock ABIs: from 2 a domain that leaves files alone can be made (REFER granted
+# beneath /; see csrc/sandlock.c), from 6 it scopes signals and abstract unix sockets too.
+LANDLOCK_REFER = 2
 LANDLOCK_SCOPES = 6
 # A test and debugging switch: SANDLOCK_LANDLOCK=off makes sandlock behave as on a kernel
-# without Landlock (the filter's refusals stand in; the warning says what is lost).
+# without Landlock (the filter's refusals stand in; the warning says what is lost), and
+# SANDLOCK_LANDLOCK=N as on one whose Landlock ABI is at most N.
 LANDLOCK_ENV = "SANDLOCK_LANDLOCK"
 _LOST = "signals and /proc/PID/mem of processes outside the sandbox are not contained"
 _landlock: list[int] = []  # the ABI the sandboxes of this process get, once known
@@ -57,14 +60,17 @@ def landlock() -> int:
     refuses what it can (ptrace attach, process_vm_*, pidfd_getfd). What is then not
     contained is said in one line on stderr, once per process."""
     if not _landlock:
-        off = os.environ.get(LANDLOCK_ENV) == "off"
-        abi = 0 if off else sys_.landlock_abi()
-        _landlock.append(abi)
+        setting = os.environ.get(LANDLOCK_ENV, "")
+        kernel = sys_.landlock_abi()
+        cap = 0 if setting == "off" else int(setting) if setting.isdigit() else kernel
+        abi = min(kernel, cap)
+        _landlock.append(abi if abi >= LANDLOCK_REFER else 0)
         warning = None
-        if off:
-            warning = f"Landlock off ({LANDLOCK_ENV}=off): {_LOST}"
-        elif abi == 0:
-            warning = f"Landlock unavailable: {_LOST}"
+        if abi < LANDLOCK_REFER:
+            why = "unavailable" if abi == 0 else f"ABI {abi} unused (no REFER)"
+            if cap < kernel and cap < LANDLOCK_REFER:
+                why = f"off ({LANDLOCK_ENV}={setting})"
+            warning = f"Landlock {why}: {_LOST}"
         elif abi < LANDLOCK_SCOPES:
             warning = (
                 f"Landlock ABI {abi} has no scopes: signals to processes outside the "
