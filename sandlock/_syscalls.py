@@ -73,7 +73,7 @@ def spawn(
 ) -> tuple[int, int, int]:
     """Fork, install the filter in the child, take its listener, exec ``path``.
 
-    With ``landlock_abi`` > 0 (``landlock_abi()``'s answer) the child first enters a
+    With ``landlock_abi`` >= 2 (``landlock_abi()``'s answer) the child first enters a
     Landlock domain of its own. Returns (pid, pidfd, listener)."""
     argv_keep = [_ffi.new("char[]", a) for a in argv]
     argv_c = _ffi.new("char *[]", [*argv_keep, _ffi.NULL])
