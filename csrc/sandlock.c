@@ -60,6 +60,32 @@ struct seccomp_notif_addfd {
 #ifndef PIDFD_THREAD
 #define PIDFD_THREAD O_EXCL
 #endif
+/* Landlock (linux/landlock.h may be missing or predate the scopes): the UAPI as of ABI 6. */
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#endif
+#ifndef SYS_landlock_add_rule
+#define SYS_landlock_add_rule 445
+#endif
+#ifndef SYS_landlock_restrict_self
+#define SYS_landlock_restrict_self 446
+#endif
+#define LL_CREATE_RULESET_VERSION (1U << 0)
+#define LL_RULE_PATH_BENEATH 1
+#define LL_ACCESS_FS_REFER (1ULL << 13)
+#define LL_SCOPE_ABSTRACT_UNIX_SOCKET (1ULL << 0)
+#define LL_SCOPE_SIGNAL (1ULL << 1)
+#define LL_ABI_REFER 2
+#define LL_ABI_SCOPES 6
+struct ll_ruleset_attr { /* struct landlock_ruleset_attr */
+    uint64_t handled_access_fs;
+    uint64_t handled_access_net;
+    uint64_t scoped;
+};
+struct ll_path_beneath_attr { /* struct landlock_path_beneath_attr */
+    uint64_t allowed_access;
+    int32_t parent_fd;
+} __attribute__((packed));
 
 #define NEG_ERRNO (-errno)
 
@@ -101,6 +127,55 @@ static int drop_caps(void)
     return (int)syscall(SYS_capset, &hdr, data);
 }
 
+/* Put the calling process in a Landlock domain of its own that allows every file and
+ * network access: what it changes is reach into other processes. The kernel refuses
+ * ptrace-class access (ptrace, /proc/PID/mem, process_vm_*, pidfd_getfd) from inside a
+ * domain to processes outside it, and with scopes (ABI >= 6) signals and abstract unix
+ * sockets too. Before ABI 6 a ruleset must handle some access right to make a domain,
+ * and a domain that handles any file access refuses linking or renaming into another
+ * directory unless REFER is granted: so it handles REFER (ABI >= 2) and grants it
+ * beneath /. ABI 1 cannot grant it (EOPNOTSUPP: the caller uses the filter instead).
+ * A kernel older than the struct ignores its zero tail. */
+static int enter_landlock(int abi)
+{
+    struct ll_ruleset_attr attr = {0};
+    if (abi >= LL_ABI_SCOPES)
+        attr.scoped = LL_SCOPE_SIGNAL | LL_SCOPE_ABSTRACT_UNIX_SOCKET;
+    else if (abi >= LL_ABI_REFER)
+        attr.handled_access_fs = LL_ACCESS_FS_REFER;
+    else {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    int fd = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr, 0);
+    if (fd < 0)
+        return -1;
+    long rc = 0;
+    if (attr.handled_access_fs) {
+        struct ll_path_beneath_attr rule = {.allowed_access = LL_ACCESS_FS_REFER};
+        rule.parent_fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        rc = rule.parent_fd < 0 ? -1
+                                : syscall(SYS_landlock_add_rule, fd, LL_RULE_PATH_BENEATH, &rule, 0);
+        if (rule.parent_fd >= 0) {
+            int err = errno;
+            close(rule.parent_fd);
+            errno = err;
+        }
+    }
+    if (rc == 0)
+        rc = syscall(SYS_landlock_restrict_self, fd, 0);
+    int err = errno;
+    close(fd);
+    errno = err;
+    return rc < 0 ? -1 : 0;
+}
+
+int sandlock_landlock_abi(void)
+{
+    long abi = syscall(SYS_landlock_create_ruleset, NULL, 0, LL_CREATE_RULESET_VERSION);
+    return abi < 0 ? NEG_ERRNO : (int)abi;
+}
+
 /* The child's report: what happened and a value (an fd number or an errno). */
 struct report {
     int stage; /* 0: listener number follows; else a SANDLOCK_STAGE_* failure */
@@ -118,7 +193,7 @@ static void child_fail(int wfd, int stage, int err)
 /* Runs between fork and exec: async-signal-safe calls only. */
 static void child_main(int rfd, int wfd, const char *path, char *const argv[],
                        char *const envp[], const char *cwd, const int stdio[3], int new_pgrp,
-                       const struct sock_fprog *prog, unsigned int flags,
+                       const struct sock_fprog *prog, unsigned int flags, int landlock_abi,
                        const int *keep, int nkeep, const int *unblock, int nunblock)
 {
     /* The supervisor made itself non-dumpable; the child inherited that, and a parent
@@ -157,6 +232,11 @@ static void child_main(int rfd, int wfd, const char *path, char *const argv[],
         child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
+    /* Landlock wants no_new_privs (above). The domain is entered before the filter, so
+     * the filter need not let the landlock calls through; the parent, outside the
+     * domain, still takes the listener from us (pidfd_getfd) and reads our memory. */
+    if (landlock_abi > 0 && enter_landlock(landlock_abi) < 0)
+        child_fail(wfd, SANDLOCK_STAGE_LANDLOCK, errno);
 
     long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
                             flags | SECCOMP_FILTER_FLAG_NEW_LISTENER, prog);
@@ -190,7 +270,7 @@ static int read_report(int fd, struct report *r)
 int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
                    const char *cwd, const int stdio[3], int new_pgrp,
                    const void *bpf, size_t bpf_len,
-                   unsigned int filter_flags, const int *keep, int nkeep,
+                   unsigned int filter_flags, int landlock_abi, const int *keep, int nkeep,
                    const int *unblock, int nunblock,
                    int *listener, int *pidfd, int *stage)
 {
@@ -221,7 +301,7 @@ int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
         close(up[0]);
         close(down[1]);
         child_main(down[0], up[1], path, argv, envp, cwd, stdio, new_pgrp, &prog,
-                   filter_flags, keep, nkeep, unblock, nunblock);
+                   filter_flags, landlock_abi, keep, nkeep, unblock, nunblock);
     }
     close(up[1]);
     close(down[0]);

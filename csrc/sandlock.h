@@ -19,8 +19,13 @@ enum {
     SANDLOCK_STAGE_SETUP = 2,    /* chdir, no_new_privs, close_range in the child */
     SANDLOCK_STAGE_FILTER = 3,   /* seccomp(2) refused the filter */
     SANDLOCK_STAGE_LISTENER = 4, /* pidfd_getfd of the listener */
-    SANDLOCK_STAGE_EXEC = 5      /* execve failed */
+    SANDLOCK_STAGE_EXEC = 5,     /* execve failed */
+    SANDLOCK_STAGE_LANDLOCK = 6  /* entering the Landlock domain failed */
 };
+
+/* The Landlock ABI version of this kernel (>= 1), or -errno: -ENOSYS (too old) or
+ * -EOPNOTSUPP (built in but not enabled at boot). */
+int sandlock_landlock_abi(void);
 
 /*
  * Fork a child that installs the BPF filter (flags: SECCOMP_FILTER_FLAG_*), hands its
@@ -29,13 +34,17 @@ enum {
  * Descriptors >= 3 not in keep[] are closed at exec; keep[] lose close-on-exec.
  * unblock[] are signals to unblock in the child. cwd may be NULL. With new_pgrp the
  * child leads a process group of its own (so that its whole tree can be signalled).
+ * With landlock_abi >= 2 (sandlock_landlock_abi's answer) the child enters a Landlock
+ * domain after no_new_privs: no ptrace-class access to processes outside it, and from
+ * ABI 6 no signals to them nor connects to their abstract unix sockets. 0: no domain;
+ * 1 fails (EOPNOTSUPP: such a domain would refuse renames into another directory).
  * On success returns the pid and fills *listener and *pidfd (both close-on-exec).
  * On failure returns -errno and sets *stage to a SANDLOCK_STAGE_* value.
  */
 int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
                    const char *cwd, const int stdio[3], int new_pgrp,
                    const void *bpf, size_t bpf_len,
-                   unsigned int filter_flags, const int *keep, int nkeep,
+                   unsigned int filter_flags, int landlock_abi, const int *keep, int nkeep,
                    const int *unblock, int nunblock,
                    int *listener, int *pidfd, int *stage);
 

@@ -7,9 +7,11 @@ from the file's ownership and mode below, not from the checksum):
 
     $XDG_CACHE_HOME/sandlock/filter-<crc32>-<size>.bpf        (default ~/.cache/sandlock/)
     $XDG_CACHE_HOME/sandlock/filter-<crc32>-<size>-open.bpf   (the trap_open variant)
+    $XDG_CACHE_HOME/sandlock/filter-<crc32>-<size>[-open]-reach.bpf   (refuse_reach)
 
-The two variants of the program (with and without the open traps of sandlock.vfiles) are
-built from the same source, so the variant is part of the name.
+The variants of the program (with and without the open traps of sandlock.vfiles; with
+and without the reach refusals that stand in for Landlock) are built from the same
+source, so the variant is part of the name.
 
 A cached file is used only if it belongs to us, is not writable by group or others, and
 holds a whole number of BPF instructions; anything else is ignored and the program is
@@ -27,26 +29,29 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_filter.py")
 _INSN = 8  # sizeof(struct sock_filter)
 
 
-def cache_path(trap_open: bool = False) -> str:
-    """Where the program (the ``trap_open`` variant or not) is cached."""
+def cache_path(trap_open: bool = False, refuse_reach: bool = False) -> str:
+    """Where the program (the ``trap_open`` and ``refuse_reach`` variants or not) is cached."""
     with open(_SOURCE, "rb") as f:
         source = f.read()
     key = f"{zlib.crc32(source):08x}-{len(source)}"
-    variant = "-open" if trap_open else ""
+    variant = ("-open" if trap_open else "") + ("-reach" if refuse_reach else "")
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "sandlock", f"filter-{key}{variant}.bpf")
 
 
-_loaded: dict[bool, bytes] = {}  # not functools.cache: functools costs a launch ~3 ms
+_loaded: dict[tuple[bool, bool], bytes] = {}  # not functools.cache: it costs a launch ~3 ms
 
 
-def filter_bpf(trap_open: bool = False) -> bytes:
+def filter_bpf(trap_open: bool = False, refuse_reach: bool = False) -> bytes:
     """The program: from the cache when it can be trusted, else built (and cached).
 
-    ``trap_open`` selects the variant that also traps read-only opens (sandlock.vfiles)."""
-    program = _loaded.get(trap_open)
+    ``trap_open`` selects the variant that also traps read-only opens (sandlock.vfiles),
+    ``refuse_reach`` the one that refuses ptrace attach, process_vm_* and pidfd_getfd
+    (where Landlock cannot keep the sandbox out of other processes)."""
+    key = (trap_open, refuse_reach)
+    program = _loaded.get(key)
     if program is None:
-        program = _loaded[trap_open] = _load(trap_open)
+        program = _loaded[key] = _load(trap_open, refuse_reach)
     return program
 
 
@@ -55,14 +60,14 @@ def forget() -> None:
     _loaded.clear()
 
 
-def _load(trap_open: bool) -> bytes:
-    path = cache_path(trap_open)
+def _load(trap_open: bool, refuse_reach: bool) -> bytes:
+    path = cache_path(trap_open, refuse_reach)
     cached = _read_trusted(path)
     if cached is not None:
         return cached
     from ._filter import build_bpf
 
-    program = build_bpf(trap_open)
+    program = build_bpf(trap_open, refuse_reach)
     _write(path, program)
     return program
 

@@ -27,6 +27,12 @@ once per process and cached. What it does, for x86-64:
   O_PATH, O_DIRECTORY or O_TMPFILE: ``OPEN_NOT_TRAPPED``), and openat2 always (its flags
   are in memory, out of the filter's reach). The supervisor answers everything it does not
   serve with SECCOMP_USER_NOTIF_FLAG_CONTINUE. Opens with write intent never reach it.
+* Only in the variant built with ``refuse_reach=True`` (for kernels without Landlock,
+  whose domain otherwise keeps the sandbox out of other processes; see launch.py):
+  ptrace(PTRACE_ATTACH) and ptrace(PTRACE_SEIZE), process_vm_readv, process_vm_writev
+  and pidfd_getfd are refused (EPERM), on both entries. The sandbox can then trace
+  nothing it did not start with PTRACE_TRACEME. Signals and /proc/PID/mem are out of a
+  filter's reach (the target is a pid, the path is in memory): not contained.
 * The IA-32 entry (int 0x80: socketcall and the direct i386 socket calls) is closed
   (ENOSYS), and so is every foreign architecture, including x32 syscall numbers
   (libseccomp treats them as a bad architecture).
@@ -152,6 +158,20 @@ def _add_accept_traps(f: sc.SyscallFilter) -> None:
     f.add_rule(sc.NOTIFY, "accept4")
 
 
+PTRACE_ATTACH = 16
+PTRACE_SEIZE = 0x4206
+_REACH_CALLS = ("process_vm_readv", "process_vm_writev", "pidfd_getfd")
+
+
+def _add_reach_refusals(f: sc.SyscallFilter) -> None:
+    """The fallback for kernels without Landlock: no attaching to, reading or writing
+    the memory of, or taking descriptors from another process (EPERM)."""
+    for request in (PTRACE_ATTACH, PTRACE_SEIZE):
+        f.add_rule(sc.ERRNO(errno.EPERM), "ptrace", sc.Arg(0, sc.EQ, request))
+    for name in _REACH_CALLS:
+        f.add_rule(sc.ERRNO(errno.EPERM), name)
+
+
 def _add_open_traps(f: sc.SyscallFilter) -> None:
     """open, openat with possibly read-only flags, and every openat2, to the supervisor."""
     f.add_rule(sc.NOTIFY, "open", sc.Arg(1, sc.MASKED_EQ, OPEN_NOT_TRAPPED, 0))
@@ -159,7 +179,7 @@ def _add_open_traps(f: sc.SyscallFilter) -> None:
     f.add_rule(sc.NOTIFY, "openat2")
 
 
-def _build_native(trap_open: bool) -> sc.SyscallFilter:
+def _build_native(trap_open: bool, refuse_reach: bool) -> sc.SyscallFilter:
     """The x86-64 rules (see the module docstring)."""
     f = sc.SyscallFilter(sc.ALLOW)
     f.set_attr(sc.Attr.ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
@@ -184,6 +204,8 @@ def _build_native(trap_open: bool) -> sc.SyscallFilter:
     _add_common_refusals(f)
     if trap_open:
         _add_open_traps(f)
+    if refuse_reach:
+        _add_reach_refusals(f)
     return f
 
 
@@ -193,24 +215,27 @@ def _i386_refusals(f: sc.SyscallFilter) -> None:
         f.add_rule(sc.ERRNO(errno.ENOSYS), name)
 
 
-def build_filter(trap_open: bool = False) -> sc.SyscallFilter:
+def build_filter(trap_open: bool = False, refuse_reach: bool = False) -> sc.SyscallFilter:
     """The whole filter: the native rules merged with the closed IA-32 entry.
 
-    With ``trap_open`` the read-only opens are trapped too (see the module docstring)."""
-    f = _build_native(trap_open)
+    With ``trap_open`` the read-only opens are trapped too, with ``refuse_reach`` the
+    calls that reach into other processes are refused (see the module docstring)."""
+    f = _build_native(trap_open, refuse_reach)
     x86 = sc.SyscallFilter(sc.ALLOW)
     x86.set_attr(sc.Attr.ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
     x86.remove_arch(sc.system_arch())
     x86.add_arch(sc.Arch.X86)
     _i386_refusals(x86)
     _add_common_refusals(x86)
+    if refuse_reach:
+        _add_reach_refusals(x86)
     f.merge(x86)
     return f
 
 
-def build_bpf(trap_open: bool = False) -> bytes:
+def build_bpf(trap_open: bool = False, refuse_reach: bool = False) -> bytes:
     """The filter as BPF bytes for seccomp(2) (sandlock._bpf caches them)."""
-    f = build_filter(trap_open)
+    f = build_filter(trap_open, refuse_reach)
     with tempfile.TemporaryFile() as out:
         f.export_bpf(out)
         out.seek(0)
@@ -224,6 +249,7 @@ if __name__ == "__main__":  # pragma: no cover - a debugging aid: print the filt
     import sys
 
     trap = "--trap-open" in sys.argv[1:]
-    build_filter(trap).export_pfc(sys.stdout)
-    print(f"{len(build_bpf(trap)) // 8} BPF instructions", file=sys.stderr)
+    reach = "--refuse-reach" in sys.argv[1:]
+    build_filter(trap, reach).export_pfc(sys.stdout)
+    print(f"{len(build_bpf(trap, reach)) // 8} BPF instructions", file=sys.stderr)
     os._exit(0)

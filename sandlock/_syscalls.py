@@ -38,6 +38,7 @@ STAGE_SETUP = 2
 STAGE_FILTER = 3
 STAGE_LISTENER = 4
 STAGE_EXEC = 5
+STAGE_LANDLOCK = 6
 
 
 def _oserror(name: str, neg_errno: int) -> OSError:
@@ -66,12 +67,14 @@ def spawn(
     new_pgrp: bool = False,
     bpf: bytes,
     filter_flags: int,
+    landlock_abi: int = 0,
     keep_fds: Sequence[int],
     unblock: Sequence[int],
 ) -> tuple[int, int, int]:
     """Fork, install the filter in the child, take its listener, exec ``path``.
 
-    Returns (pid, pidfd, listener)."""
+    With ``landlock_abi`` >= 2 (``landlock_abi()``'s answer) the child first enters a
+    Landlock domain of its own. Returns (pid, pidfd, listener)."""
     argv_keep = [_ffi.new("char[]", a) for a in argv]
     argv_c = _ffi.new("char *[]", [*argv_keep, _ffi.NULL])
     env_keep = [_ffi.new("char[]", e) for e in envp]
@@ -89,6 +92,7 @@ def spawn(
         bpf,
         len(bpf),
         filter_flags,
+        landlock_abi,
         list(keep_fds),
         len(keep_fds),
         list(unblock),
@@ -100,6 +104,12 @@ def spawn(
     if rc < 0:
         raise SpawnError(-rc, stage[0])
     return rc, pidfd[0], listener[0]
+
+
+def landlock_abi() -> int:
+    """This kernel's Landlock ABI version; 0 when Landlock is missing or disabled."""
+    rc: int = _lib.sandlock_landlock_abi()
+    return rc if rc > 0 else 0
 
 
 def protect_self() -> None:

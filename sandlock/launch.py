@@ -14,6 +14,7 @@ import errno
 import math
 import os
 import select
+import sys
 import time
 
 from . import _syscalls as sys_
@@ -38,6 +39,47 @@ if TYPE_CHECKING:
 _SIGKILL = 9  # signal.SIGKILL on Linux
 
 _FILTER_FLAGS = sys_.FILTER_FLAG_WAIT_KILLABLE_RECV
+
+# Landlock ABIs: from 2 a domain that leaves files alone can be made (REFER granted
+# beneath /; see csrc/sandlock.c), from 6 it scopes signals and abstract unix sockets too.
+LANDLOCK_REFER = 2
+LANDLOCK_SCOPES = 6
+# A test and debugging switch: SANDLOCK_LANDLOCK=off makes sandlock behave as on a kernel
+# without Landlock (the filter's refusals stand in; the warning says what is lost), and
+# SANDLOCK_LANDLOCK=N as on one whose Landlock ABI is at most N.
+LANDLOCK_ENV = "SANDLOCK_LANDLOCK"
+_LOST = "signals and /proc/PID/mem of processes outside the sandbox are not contained"
+_landlock: list[int] = []  # the ABI the sandboxes of this process get, once known
+
+
+def landlock() -> int:
+    """The Landlock ABI the sandbox's domain is made with (0: none).
+
+    A domain keeps the sandbox out of processes outside it: no ptrace, /proc/PID/mem,
+    process_vm_* or pidfd_getfd, and from ABI 6 no signals. Without one, the filter
+    refuses what it can (ptrace attach, process_vm_*, pidfd_getfd). What is then not
+    contained is said in one line on stderr, once per process."""
+    if not _landlock:
+        setting = os.environ.get(LANDLOCK_ENV, "")
+        kernel = sys_.landlock_abi()
+        cap = 0 if setting == "off" else int(setting) if setting.isdigit() else kernel
+        abi = min(kernel, cap)
+        _landlock.append(abi if abi >= LANDLOCK_REFER else 0)
+        warning = None
+        if abi < LANDLOCK_REFER:
+            why = "unavailable" if abi == 0 else f"ABI {abi} unused (no REFER)"
+            if cap < kernel and cap < LANDLOCK_REFER:
+                why = f"off ({LANDLOCK_ENV}={setting})"
+            warning = f"Landlock {why}: {_LOST}"
+        elif abi < LANDLOCK_SCOPES:
+            warning = (
+                f"Landlock ABI {abi} has no scopes: signals to processes outside the "
+                "sandbox are not contained"
+            )
+        if warning is not None:
+            sys.stderr.write(f"sandlock: warning: {warning}\n")
+            sys.stderr.flush()
+    return _landlock[0]
 
 
 class Child:
@@ -118,6 +160,7 @@ def start(
     # The supervisor is this process (or a daemon that does the same): the sandbox, which
     # runs under our uid, must not be able to ptrace it or write its memory.
     sys_.protect_self()
+    abi = landlock()
     try:
         spawned = sys_.spawn(
             os.fsencode(path),
@@ -126,8 +169,9 @@ def start(
             cwd=os.fsencode(cwd) if cwd is not None else None,
             stdio=stdio,
             new_pgrp=new_pgrp,
-            bpf=filter_bpf(trap_open=trap_open),
+            bpf=filter_bpf(trap_open=trap_open, refuse_reach=abi == 0),
             filter_flags=_FILTER_FLAGS,
+            landlock_abi=abi,
             keep_fds=keep_fds,
             unblock=unblock_signals,
         )
@@ -159,6 +203,7 @@ def _launch_error(name: str, cwd: str | None, err: sys_.SpawnError) -> Exception
         sys_.STAGE_SETUP: "preparing the child",
         sys_.STAGE_FILTER: "installing the seccomp filter",
         sys_.STAGE_LISTENER: "taking the seccomp listener (pidfd_getfd)",
+        sys_.STAGE_LANDLOCK: "entering the Landlock domain",
     }.get(err.stage, "starting the child")
     return SupervisorError(f"{what} failed: {reason}")
 
