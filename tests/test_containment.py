@@ -19,6 +19,7 @@ the daemon are root's here: those attacks come from a root command.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import select
 import shutil
@@ -310,15 +311,24 @@ def test_the_command_still_traces_its_own_processes(reach: str) -> None:
     assert _errnos(res) == {"attach": None, "seize": None}, describe(res)
 
 
-def test_abstract_unix_sockets_outside_stay_reachable() -> None:
-    """AF_UNIX is not restricted (README): the supervisor connects on the command's
-    behalf, outside the domain, so Landlock's abstract-socket scope changes nothing."""
-    name = f"\0sandlock-test-{os.getpid()}"
+def test_abstract_unix_sockets_outside_follow_the_unix_rules() -> None:
+    """The supervisor connects on the command's behalf, outside the domain, so Landlock's
+    abstract-socket scope is not what decides: the --unix-allow rules are (refused
+    without one, reachable with one)."""
+    name = f"sandlock-test-{os.getpid()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-        server.bind(name)
+        server.bind("\0" + name)
         server.listen()
-        code = f"import socket; socket.socket(socket.AF_UNIX).connect({name!r}); print('ok')"
+        code = (
+            "import socket, sys\n"
+            "try:\n"
+            f"    socket.socket(socket.AF_UNIX).connect({chr(0) + name!r}); print('ok')\n"
+            "except OSError as e:\n"
+            "    print(e.errno)\n"
+        )
         res = _run("landlock", [sys.executable, "-c", code])
+        assert (res.returncode, res.stdout) == (0, f"{errno.ECONNREFUSED}\n"), describe(res)
+        res = _run("landlock", [sys.executable, "-c", code], ("--unix-allow", "@" + name))
         assert (res.returncode, res.stdout) == (0, "ok\n"), describe(res)
 
 
