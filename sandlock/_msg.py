@@ -155,3 +155,36 @@ def check_control(control: bytes) -> int:
     if any((m.level, m.kind) in _REROUTING_CMSGS for m in found):
         return -errno.EPERM
     return 0
+
+
+_SOL_SOCKET = 1
+_SCM_CREDENTIALS = 2
+_UCRED = struct.Struct("<iII")  # struct ucred: pid, uid, gid
+_UCRED_CMSG_LEN = CMSG_HEADER + _UCRED.size
+
+
+def credentials(control: bytes) -> list[tuple[int, tuple[int, int, int]]] | int:
+    """Each SCM_CREDENTIALS of the control data: (offset of its ucred, (pid, uid, gid)),
+    or -EINVAL when one is malformed (as the kernel answers). Checked by _caller.py."""
+    found = cmsgs(control)
+    if isinstance(found, int):
+        return found
+    out = []
+    for m in found:
+        if m.level != _SOL_SOCKET or m.kind != _SCM_CREDENTIALS:
+            continue
+        if m.length != _UCRED_CMSG_LEN:
+            return -errno.EINVAL
+        start = m.offset + CMSG_HEADER
+        pid, uid, gid = _UCRED.unpack_from(control, start)
+        out.append((start, (pid, uid, gid)))
+    return out
+
+
+def with_pids(control: bytes, offsets: list[int], old: int, new: int) -> bytes:
+    """The control data with each ucred at ``offsets`` whose pid is ``old`` saying ``new``."""
+    out = bytearray(control)
+    for start in offsets:
+        if struct.unpack_from("<i", out, start)[0] == old:
+            struct.pack_into("<i", out, start, new)
+    return bytes(out)

@@ -36,7 +36,7 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 
-from . import _local, _msg
+from . import _caller, _local, _msg
 from . import _syscalls as sys_
 from ._msg import Message, int32
 from .events import Event, Listener
@@ -89,7 +89,7 @@ class _Call:
     """One notification in hand: the thread, our duplicate of its socket, what the kernel
     says the socket is, and every descriptor we opened for the call (closed at the end)."""
 
-    __slots__ = ("dup", "info", "ip", "n", "owned")
+    __slots__ = ("caller", "dup", "info", "ip", "n", "owned", "who")
 
     def __init__(self, n: sys_.Notif, dup: int, info: sys_.SockInfo) -> None:
         self.n = n
@@ -97,6 +97,8 @@ class _Call:
         self.info = info
         self.ip = info.domain in _IP_DOMAINS
         self.owned = [dup]
+        self.caller: _caller.Caller | None = None
+        self.who: sys_.Creds | None = None  # whose credentials the call runs with
 
 
 Remember = Callable[[int, int, int, bytes, int], None]
@@ -250,6 +252,16 @@ class Handlers:
     def _still_waiting(self, n: sys_.Notif) -> bool:
         return sys_.notif_id_valid(self.listener, n.id)
 
+    def _who(self, c: _Call, msg: Message | None = None) -> sys_.Creds | int | None:
+        """Set ``c.who``: the caller's credentials where ours would give it more than it
+        has (AF_UNIX, netlink, control data: see _caller.py); or -errno."""
+        if c.caller is None:
+            c.caller = _caller.Caller(c.n.pid, lambda: self._still_waiting(c.n))
+        who = c.caller.switch(msg)
+        if not isinstance(who, int):
+            c.who = who
+        return who
+
     def _decide(self, c: _Call, syscall: str, dest: Dest) -> Event:
         proto = _PROTOS.get((c.info.type, c.info.protocol))
         if proto is None:  # the filter lets no such socket be made; fail closed anyway
@@ -333,12 +345,14 @@ class Handlers:
             name = _local.unix_name(c.n.pid, name, c.owned)
             if isinstance(name, int):
                 return name
+        if not c.ip and isinstance(who := self._who(c), int):
+            return who
         if c.info.nonblocking or c.info.type == socket.SOCK_DGRAM:
-            rc = sys_.connect(c.dup, name, nonblock=False)  # returns at once
+            rc = sys_.connect(c.dup, name, nonblock=False, who=c.who)  # returns at once
             self._report(event, rc)
             return rc
         # A blocking connect: start it non-blocking, finish it off the loop if it waits.
-        rc = sys_.connect(c.dup, name, nonblock=True)
+        rc = sys_.connect(c.dup, name, nonblock=True, who=c.who)
         if rc == -errno.EINPROGRESS and sys_.poll1(c.dup, select.POLLOUT) != 0:
             rc = sys_.sock_error(c.dup)
         if rc == -errno.EINPROGRESS and self.park is not None and self.park(c.n.id, c.dup):
@@ -361,7 +375,9 @@ class Handlers:
                 if rc == -errno.EINPROGRESS:  # a TCP handshake: wait for its end
                     rc = await self._wait_writable(c) or sys_.sock_error(c.dup)
                 else:  # AF_UNIX with a full backlog: the kernel would wait for room; retry
-                    rc = await self._backoff(c, attempt) or sys_.connect(c.dup, name, nonblock=True)
+                    rc = await self._backoff(c, attempt) or sys_.connect(
+                        c.dup, name, nonblock=True, who=c.who
+                    )
                     attempt += 1
         self._report(event, rc)
         return rc
@@ -411,7 +427,10 @@ class Handlers:
         event = self._prepare(c, syscall, msg, flags)
         if isinstance(event, int):
             return event
-        rc = sys_.sendmsg(c.dup, msg.name, msg.data, msg.control, flags | MSG_DONTWAIT)
+        c.who = None  # (each message of a sendmmsg asks again)
+        if (msg.control or not c.ip) and isinstance(who := self._who(c, msg), int):
+            return who
+        rc = sys_.sendmsg(c.dup, msg.name, msg.data, msg.control, flags | MSG_DONTWAIT, c.who)
         blocking = not c.info.nonblocking and not flags & MSG_DONTWAIT
         if blocking and _must_wait(c, len(msg.data), rc, max(rc, 0)):
             return Pending(lambda: self._finish_send(c, msg, flags, rc, event))
@@ -455,7 +474,9 @@ class Handlers:
                     return
                 p.flags &= ~MSG_FASTOPEN
                 p.name = None
-            p.rc = sys_.sendmsg(c.dup, p.name, data[p.sent :], p.control, p.flags | MSG_DONTWAIT)
+            p.rc = sys_.sendmsg(
+                c.dup, p.name, data[p.sent :], p.control, p.flags | MSG_DONTWAIT, c.who
+            )
             if p.rc > 0:
                 p.sent += p.rc
                 p.control = b""
