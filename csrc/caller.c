@@ -33,7 +33,7 @@ struct saved {
     gid_t *groups;
     int ngroups;
     int dumpable;
-    int set_groups, set_gids, set_uids;
+    int set_groups, set_gids, set_uids, set_fsgid, set_fsuid;
 };
 
 static int caps_get(struct __user_cap_data_struct d[2])
@@ -120,14 +120,17 @@ static int become(const struct sandlock_creds *as, struct saved *s)
         return -errno;
     if (s->set_gids && syscall(SYS_setresgid, as->gid[0], as->gid[1], NO_ID) < 0)
         return -errno;
-    if (fsgid_now() != as->gid[2]) {
+    /* setresgid made the fsgid the new egid (and setresuid below the fsuid the euid). */
+    s->set_fsgid = as->gid[2] != (s->set_gids ? as->gid[1] : s->fsgid);
+    if (s->set_fsgid) {
         syscall(SYS_setfsgid, as->gid[2]);
         if (fsgid_now() != as->gid[2])
             return -EPERM;
     }
     if (s->set_uids && syscall(SYS_setresuid, as->uid[0], as->uid[1], NO_ID) < 0)
         return -errno;
-    if (fsuid_now() != as->uid[2]) {
+    s->set_fsuid = as->uid[2] != (s->set_uids ? as->uid[1] : s->fsuid);
+    if (s->set_fsuid) {
         /* Leaving euid 0 cleared our effective set: CAP_SETUID back for setfsuid. */
         if (caps_set(caps) < 0)
             return -EPERM;
@@ -142,6 +145,7 @@ static int become(const struct sandlock_creds *as, struct saved *s)
     return caps_set(caps) < 0 ? -EPERM : 0;
 }
 
+/* Cheap reads only; the fs ids only if the switch touched them (a query is a write). */
 static int ids_are(const struct saved *s)
 {
     uid_t u[3];
@@ -150,24 +154,29 @@ static int ids_are(const struct saved *s)
     if (syscall(SYS_getresuid, &u[0], &u[1], &u[2]) < 0 ||
         syscall(SYS_getresgid, &g[0], &g[1], &g[2]) < 0 || caps_get(caps) < 0)
         return 0;
-    return memcmp(u, s->uid, sizeof u) == 0 && memcmp(g, s->gid, sizeof g) == 0 &&
-           fsuid_now() == s->fsuid && fsgid_now() == s->fsgid &&
+    int fs_ok = (!(s->set_uids || s->set_fsuid) || fsuid_now() == s->fsuid) &&
+                (!(s->set_gids || s->set_fsgid) || fsgid_now() == s->fsgid);
+    return fs_ok && memcmp(u, s->uid, sizeof u) == 0 && memcmp(g, s->gid, sizeof g) == 0 &&
            memcmp(caps, s->caps, sizeof caps) == 0;
 }
 
 /* Put back every credential of *s, in the reverse order; abort() if any is not back. */
 static void restore(struct saved *s)
 {
+    int ids = s->set_uids || s->set_fsuid || s->set_gids || s->set_fsgid || s->set_groups;
     int ok = caps_set(s->caps) == 0; /* first: CAP_SETUID and CAP_SETGID again */
     if (s->set_uids)
         ok &= syscall(SYS_setresuid, s->uid[0], s->uid[1], NO_ID) == 0;
-    syscall(SYS_setfsuid, s->fsuid);
+    if (s->set_uids || s->set_fsuid)
+        syscall(SYS_setfsuid, s->fsuid);
     if (s->set_gids)
         ok &= syscall(SYS_setresgid, s->gid[0], s->gid[1], NO_ID) == 0;
-    syscall(SYS_setfsgid, s->fsgid);
+    if (s->set_gids || s->set_fsgid)
+        syscall(SYS_setfsgid, s->fsgid);
     if (s->set_groups)
         ok &= syscall(SYS_setgroups, (size_t)s->ngroups, s->groups) == 0;
-    ok &= caps_set(s->caps) == 0; /* again: a return to euid 0 reset the effective set */
+    if (ids) /* again: a return to euid 0 reset the effective set */
+        ok &= caps_set(s->caps) == 0;
     if (s->set_groups && s->ngroups <= SMALL_GROUPS) { /* (longer: setgroups' word) */
         gid_t now[SMALL_GROUPS];
         long n = syscall(SYS_getgroups, SMALL_GROUPS, now);

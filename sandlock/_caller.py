@@ -62,23 +62,27 @@ class Creds:
         return bool(self.caps >> cap & 1)
 
 
-def parse_status(text: str, userns: str) -> Creds | None:
+_FIELDS = (b"Tgid", b"NStgid", b"Uid", b"Gid", b"Groups")
+_CAPS = (b"CapEff", b"CapPrm")
+
+
+def parse_status(text: bytes, userns: str) -> Creds | None:
     """The credentials in a /proc/<tid>/status text (None if a field is missing)."""
-    f: dict[str, list[int]] = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("Tgid", "NStgid", "Uid", "Gid", "Groups"):
+    f: dict[bytes, list[int]] = {}
+    for line in text.split(b"\n"):
+        key, _, rest = line.partition(b":")
+        if key in _FIELDS:
             f[key] = [int(v) for v in rest.split()]
-        elif key in ("CapEff", "CapPrm"):
+        elif key in _CAPS:
             f[key] = [int(rest, 16)]
     try:
-        nstgid = f.get("NStgid") or f["Tgid"]
+        nstgid = f.get(b"NStgid") or f[b"Tgid"]
         return Creds(
-            (f["Tgid"][0], nstgid[-1]),
-            tuple(f["Uid"][:4]),
-            tuple(f["Gid"][:4]),
-            tuple(f["Groups"]),
-            (f["CapEff"][0], f["CapPrm"][0]),
+            (f[b"Tgid"][0], nstgid[-1]),
+            tuple(f[b"Uid"][:4]),
+            tuple(f[b"Gid"][:4]),
+            tuple(f[b"Groups"]),
+            (f[b"CapEff"][0], f[b"CapPrm"][0]),
             userns,
         )
     except (KeyError, IndexError):
@@ -88,8 +92,11 @@ def parse_status(text: str, userns: str) -> Creds | None:
 def read(tid: int | str) -> Creds | int:
     """A thread's credentials, or -ESRCH when it is gone."""
     try:
-        with open(f"/proc/{tid}/status") as f:
-            text = f.read()
+        fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, 1 << 16)
+        finally:
+            os.close(fd)
         userns = os.readlink(f"/proc/{tid}/ns/user")
     except OSError:
         return -errno.ESRCH

@@ -428,7 +428,7 @@ class Handlers:
         if isinstance(event, int):
             return event
         c.who = None  # (each message of a sendmmsg asks again)
-        if (msg.control or not c.ip) and isinstance(who := self._who(c, msg), int):
+        if (not c.ip or _msg.privileged(msg.control)) and isinstance(who := self._who(c, msg), int):
             return who
         rc = sys_.sendmsg(c.dup, msg.name, msg.data, msg.control, flags | MSG_DONTWAIT, c.who)
         blocking = not c.info.nonblocking and not flags & MSG_DONTWAIT

@@ -153,6 +153,14 @@ def test_an_ipv6_hop_by_hop_option_needs_net_raw(privs: str, sinks) -> None:  # 
     assert sink.settle().count == 0
 
 
+def test_control_messages_no_capability_governs_still_go(privs: str, sinks) -> None:  # type: ignore[no-untyped-def]
+    """IP_TTL needs nothing: a uid-12345 command's datagram with it arrives."""
+    sink = sinks.udp("127.0.0.1")
+    res = run_sandboxed(["--net-allow", sink.spec], [*AS_USER, privs, "ttl", sink.target])
+    assert probe_results(res.stdout)["sendmsg"].ok, describe(res)
+    assert sink.settle().count == 1
+
+
 def test_a_netlink_multicast_send_needs_net_admin(privs: str) -> None:
     """Sending to an rtnetlink group needs CAP_NET_ADMIN (the supervisor's would do)."""
     res = run_sandboxed([], [privs, "netlink"])
@@ -222,9 +230,21 @@ def test_own_credentials_still_go_through(
     assert _received(server) == [(pid, uid, uid)]
 
 
+def test_a_credentials_reader_sees_the_callers_uid(
+    privs: str, cred_sink: tuple[str, socket.socket]
+) -> None:
+    """With no SCM_CREDENTIALS given, the kernel attaches the sender's own: the command's
+    uid and gid, not the root supervisor's (the pid is the supervisor's: a known limit)."""
+    path, server = cred_sink
+    res = run_sandboxed(unix_args(path), [*AS_USER, privs, "dgram", path])
+    assert probe_results(res.stdout)["sendto"].ok, describe(res)
+    [(_pid, uid, gid)] = _received(server)
+    assert (uid, gid) == (UID, UID)
+
+
 # ---- the pure parts ---------------------------------------------------------------------------
 
-STATUS = """Name:\tx
+STATUS = b"""Name:\tx
 Tgid:\t500
 NStgid:\t500\t1
 Uid:\t1000\t1001\t1002\t1003
@@ -243,11 +263,11 @@ def test_status_parsing() -> None:
     assert c.gids == (2000, 2001, 2002, 2003)
     assert c.groups == (5, 6)
     assert c.has(_caller.CAP_SYS_ADMIN) and not c.has(_caller.CAP_SETUID)
-    assert _caller.parse_status("Name:\tx\n", "ns") is None
+    assert _caller.parse_status(b"Name:\tx\n", "ns") is None
 
 
 def test_credentials_are_checked_as_the_kernel_does() -> None:
-    c = _caller.parse_status(STATUS.replace("0000000000200000", "0" * 16), _caller.own().userns)
+    c = _caller.parse_status(STATUS.replace(b"0000000000200000", b"0" * 16), _caller.own().userns)
     assert c is not None
     check = _caller.check_credentials
     assert check([(1, 1002, 2000)], c) == 0  # its own pid, as it sees it
@@ -255,6 +275,17 @@ def test_credentials_are_checked_as_the_kernel_does() -> None:
     assert check([(1, 0, 2000)], c) == -EPERM
     assert check([(1, 1000, 0)], c) == -EPERM
     assert check([(1, 0xFFFF_FFFF, 2000)], c) == -22  # EINVAL: not an id
+
+
+def test_which_ip_control_messages_need_the_callers_capabilities() -> None:
+    def cmsg(level: int, kind: int) -> bytes:
+        return struct.pack("<Qii", 20, level, kind) + bytes(8)
+
+    assert not _msg.privileged(b"")
+    assert not _msg.privileged(cmsg(0, 2) + cmsg(41, 67))  # IP_TTL, IPV6_TCLASS
+    assert _msg.privileged(cmsg(0, 2) + cmsg(1, 36))  # SO_MARK
+    assert _msg.privileged(cmsg(41, 54))  # IPV6_HOPOPTS
+    assert _msg.privileged(cmsg(99, 99))  # unknown: the caller's, to be safe
 
 
 def test_credentials_in_control_data() -> None:

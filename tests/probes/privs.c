@@ -6,6 +6,8 @@
  *   privs hopopts [::1]:PORT         a UDP sendmsg with an IPV6_HOPOPTS control message
  *   privs creds PATH PID UID GID     an AF_UNIX datagram to PATH with SCM_CREDENTIALS;
  *                                    "self" means getpid()/getuid()/getgid()
+ *   privs dgram PATH                 an AF_UNIX datagram to PATH, no control data
+ *   privs ttl HOST:PORT              a UDP sendmsg with an IP_TTL control message
  *   privs netlink                    an rtnetlink sendto() to multicast group 1
  *
  * One "<label> ok ret=N" / "<label> errno=N" line per call (common.c). */
@@ -103,6 +105,23 @@ int main(int argc, char **argv)
         SAY("sendmsg", send_with_cmsg(fd, (struct sockaddr *)&sun, len, SOL_SOCKET,
                                          SCM_CREDENTIALS, &cr, sizeof cr));
         printf("pid=%d\n", (int)getpid());
+        return 0;
+    }
+    if (strcmp(cmd, "dgram") == 0 && argc == 3) {
+        struct sockaddr_un sun;
+        socklen_t len = unix_name(argv[2], &sun);
+        int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+        SAY("sendto", sendto(fd, "privs", 5, 0, (struct sockaddr *)&sun, len));
+        printf("pid=%d\n", (int)getpid());
+        return 0;
+    }
+    if (strcmp(cmd, "ttl") == 0 && argc == 3) {
+        struct sockaddr_storage ss;
+        socklen_t len = parse_target(argv[2], &ss);
+        int fd = socket(AF_INET, SOCK_DGRAM, 0);
+        int ttl = 9;
+        SAY("sendmsg", send_with_cmsg(fd, (struct sockaddr *)&ss, len, IPPROTO_IP, IP_TTL,
+                                      &ttl, sizeof ttl));
         return 0;
     }
     if (strcmp(cmd, "netlink") == 0 && argc == 2) {
