@@ -12,8 +12,9 @@ that make the supervisor's call mean what the child's would have meant:
 * descriptors passed with SCM_RIGHTS are the child's numbers: each is duplicated into
   the supervisor (pidfd_getfd) and the message carries our duplicates.
 
-What cannot be made identical: a peer that asks for credentials (SO_PEERCRED,
-SO_PASSCRED) sees the supervisor's pid (same uid and gid).
+The call runs with the child's credentials where ours are more (_caller.py). What cannot
+be made identical: a peer that asks for credentials (SO_PEERCRED, SO_PASSCRED) sees the
+supervisor's pid (with the child's uid and gid).
 """
 
 from __future__ import annotations
