@@ -62,30 +62,47 @@ class Creds:
         return bool(self.caps >> cap & 1)
 
 
-_FIELDS = (b"Tgid", b"NStgid", b"Uid", b"Gid", b"Groups")
-_CAPS = (b"CapEff", b"CapPrm")
+def _field(text: bytes, key: bytes) -> bytes | None:
+    start = text.find(key)
+    if start < 0:
+        return None
+    start += len(key)
+    end = text.find(b"\n", start)
+    return text[start:] if end < 0 else text[start:end]
 
 
 def parse_status(text: bytes, userns: str) -> Creds | None:
     """The credentials in a /proc/<tid>/status text (None if a field is missing)."""
-    f: dict[bytes, list[int]] = {}
-    for line in text.split(b"\n"):
-        key, _, rest = line.partition(b":")
-        if key in _FIELDS:
-            f[key] = [int(v) for v in rest.split()]
-        elif key in _CAPS:
-            f[key] = [int(rest, 16)]
+    text = b"\n" + text  # (every key is then looked up as a line's start)
+    tgid, nstgid, uid, gid, groups, eff, prm = (
+        _field(text, key)
+        for key in (
+            b"\nTgid:",
+            b"\nNStgid:",
+            b"\nUid:",
+            b"\nGid:",
+            b"\nGroups:",
+            b"\nCapEff:",
+            b"\nCapPrm:",
+        )
+    )
+    if None in (tgid, uid, gid, groups, eff, prm):
+        return None
+    assert tgid and uid and gid and groups is not None and eff and prm  # (for mypy)
     try:
-        nstgid = f.get(b"NStgid") or f[b"Tgid"]
+        uids = tuple(int(v) for v in uid.split())
+        gids = tuple(int(v) for v in gid.split())
+        if len(uids) != 4 or len(gids) != 4:
+            return None
         return Creds(
-            (f[b"Tgid"][0], nstgid[-1]),
-            tuple(f[b"Uid"][:4]),
-            tuple(f[b"Gid"][:4]),
-            tuple(f[b"Groups"]),
-            (f[b"CapEff"][0], f[b"CapPrm"][0]),
+            (int(tgid), int((nstgid or tgid).split()[-1])),
+            uids,
+            gids,
+            tuple(int(v) for v in groups.split()),
+            (int(eff, 16), int(prm, 16)),
             userns,
         )
-    except (KeyError, IndexError):
+    except ValueError:
         return None
 
 
