@@ -13,7 +13,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-UNITS = ("sandlock", "gate")  # csrc/<unit>.h and csrc/<unit>.c
+UNITS = ("sandlock", "gate", "caller")  # csrc/<unit>.h and csrc/<unit>.c
 
 
 def _cdef(header: str) -> str:

@@ -12,8 +12,9 @@ supervisor's call mean what the child's would have meant:
 * descriptors passed with SCM_RIGHTS are the child's numbers: each is duplicated into
   the supervisor (pidfd_getfd) and the message carries our duplicates.
 
-What cannot be made identical: a peer that asks for credentials (SO_PEERCRED,
-SO_PASSCRED) sees the supervisor's pid (same uid and gid).
+The call runs with the child's credentials where ours are more (_caller.py). What cannot
+be made identical: a peer that asks for credentials (SO_PEERCRED, SO_PASSCRED) sees the
+supervisor's pid (with the child's uid and gid).
 
 AF_UNIX is egress too: a socket served outside the sandbox (docker.sock, an ssh-agent,
 the sandlock daemon) is a way out. ``UnixGuard`` decides every AF_UNIX connect, and every
@@ -147,17 +148,20 @@ class UnixGuard:
 
     # -- bind
 
-    def bind(self, tid: int, dup: int, name: bytes, keep: list[int]) -> int:
-        """bind(2) on our duplicate with the child's name, recorded if it succeeds."""
+    def bind(
+        self, tid: int, dup: int, name: bytes, keep: list[int], who: sys_.Creds | None = None
+    ) -> int:
+        """bind(2) on our duplicate with the child's name (as ``who``), recorded if it
+        succeeds."""
         if len(name) < 2 or len(name) > _SOCKADDR_UN_MAX:
             return -errno.EINVAL
         path = name[2:]
         if path[:1] == b"\0":
             if path[1:].startswith(MARKER_PREFIX):
                 return -errno.EPERM  # a daemon's mark (unixrules.py) is not for sandboxes
-            return self._record(_bind(dup, path), dup)
+            return self._record(_bind(dup, path, who), dup)
         if not path:  # autobind: the kernel picks an abstract name, visible to all
-            return self._record(_bind(dup, b""), dup)
+            return self._record(_bind(dup, b"", who), dup)
         given = _sun_path(name)
         fs = child_path(tid, given, keep)
         if isinstance(fs, int):
@@ -166,7 +170,7 @@ class UnixGuard:
         # directory and umask of its own: the socket keeps the very name the child gave
         # (getsockname, the peer's accept), translated only for a child in a chroot.
         at = fs if given.startswith(b"/") else given  # (fs is given when root is ours)
-        rc = _binder().bind(dup, at, tid, _umask(tid))
+        rc = _binder().bind(dup, at, tid, _umask(tid), who)
         if rc < 0:
             return rc
         try:
@@ -291,16 +295,12 @@ class UnixGuard:
             self._nl = None
 
 
-def _bind(dup: int, path: bytes) -> int:
-    """bind(2) of our duplicate to ``path`` (b"": autobind; a leading NUL: abstract)."""
-    sock = socket.socket(socket.AF_UNIX, fileno=dup)
-    try:
-        sock.bind(path)
-    except OSError as err:
-        return -(err.errno or errno.EINVAL)
-    finally:
-        sock.detach()
-    return 0
+def _bind(dup: int, path: bytes, who: sys_.Creds | None) -> int:
+    """bind(2) of our duplicate to ``path`` (b"": autobind; a leading NUL: abstract), as
+    ``who`` (the child's credentials where ours are more: _caller.py)."""
+    if path and path[0] != 0:
+        path += b"\0"  # a pathname's length counts its terminating NUL, as libc's does
+    return sys_.bind(dup, struct.pack("<H", socket.AF_UNIX) + path, who)
 
 
 def _umask(tid: int) -> int:
@@ -334,8 +334,9 @@ class _Binder:
             job, done = self._jobs.get()
             done.put(job() if own else -errno.ENOSYS)
 
-    def bind(self, dup: int, path: bytes, tid: int, umask: int) -> int:
-        """bind(2) of ``dup`` to ``path`` from the thread ``tid``'s working directory."""
+    def bind(self, dup: int, path: bytes, tid: int, umask: int, who: sys_.Creds | None) -> int:
+        """bind(2) of ``dup`` to ``path`` from the thread ``tid``'s working directory (as
+        ``who``: the switch is this thread's own)."""
 
         def job() -> int:
             try:
@@ -347,7 +348,7 @@ class _Binder:
                 os.umask(umask)
             except OSError as err:
                 return -(err.errno or errno.ENOENT)
-            return _bind(dup, path)
+            return _bind(dup, path, who)
 
         done: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._jobs.put((job, done))

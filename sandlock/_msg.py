@@ -34,6 +34,26 @@ _CMSGHDR = struct.Struct("<Qii")  # cmsg_len, cmsg_level, cmsg_type
 _REROUTING_CMSGS = frozenset({(0, 7), (41, 5), (41, 57)})  # IP_RETOPTS, IPV6_[2292]RTHDR
 
 
+# Control messages of IP sends that no capability governs (ip_cmsg_send,
+# ip6_datagram_send_ctl, __sock_cmsg_send, udp_cmsg_send): sent without asking whose call
+# it is. Any other (SO_MARK, SO_PRIORITY, IPV6_HOPOPTS/DSTOPTS, whatever a newer kernel
+# adds) is sent with the caller's capabilities (_caller.py).
+_UNPRIVILEGED_CMSGS = frozenset(
+    {
+        (0, 1),  # IP_TOS
+        (0, 2),  # IP_TTL
+        (0, 8),  # IP_PKTINFO
+        (41, 50),  # IPV6_PKTINFO
+        (41, 52),  # IPV6_HOPLIMIT
+        (41, 62),  # IPV6_DONTFRAG
+        (41, 67),  # IPV6_TCLASS
+        (17, 103),  # UDP_SEGMENT
+        (1, 37),  # SO_TIMESTAMPING_OLD
+        (1, 61),  # SCM_TXTIME
+    }
+)
+
+
 class Message:
     """Our copy of one message: what we decide on and what we send. (Plain classes here
     and in events.py, onbehalf.py: dataclasses costs the first decision ~7 ms of imports.)"""
@@ -166,3 +186,47 @@ def check_control(control: bytes) -> int:
     if any((m.level, m.kind) in _REROUTING_CMSGS for m in found):
         return -errno.EPERM
     return 0
+
+
+_SOL_SOCKET = 1
+_SCM_CREDENTIALS = 2
+_UCRED = struct.Struct("<iII")  # struct ucred: pid, uid, gid
+_UCRED_CMSG_LEN = CMSG_HEADER + _UCRED.size
+
+
+def credentials(control: bytes) -> list[tuple[int, tuple[int, int, int]]] | int:
+    """Each SCM_CREDENTIALS of the control data: (offset of its ucred, (pid, uid, gid)),
+    or -EINVAL when one is malformed (as the kernel answers). Checked by _caller.py."""
+    found = cmsgs(control)
+    if isinstance(found, int):
+        return found
+    out = []
+    for m in found:
+        if m.level != _SOL_SOCKET or m.kind != _SCM_CREDENTIALS:
+            continue
+        if m.length != _UCRED_CMSG_LEN:
+            return -errno.EINVAL
+        start = m.offset + CMSG_HEADER
+        pid, uid, gid = _UCRED.unpack_from(control, start)
+        out.append((start, (pid, uid, gid)))
+    return out
+
+
+def with_pids(control: bytes, offsets: list[int], old: int, new: int) -> bytes:
+    """The control data with each ucred at ``offsets`` whose pid is ``old`` saying ``new``."""
+    out = bytearray(control)
+    for start in offsets:
+        if struct.unpack_from("<i", out, start)[0] == old:
+            struct.pack_into("<i", out, start, new)
+    return bytes(out)
+
+
+def privileged(control: bytes) -> bool:
+    """Whether an IP send's control data holds a message some capability governs (or one
+    we do not know): then it is sent with the caller's capabilities, not ours."""
+    if not control:
+        return False
+    found = cmsgs(control)
+    return isinstance(found, int) or any(
+        (m.level, m.kind) not in _UNPRIVILEGED_CMSGS for m in found
+    )

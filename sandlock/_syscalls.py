@@ -249,15 +249,50 @@ def write_mem(tid: int, addr: int, data: bytes) -> int:
 # ---- the on-behalf syscalls ---------------------------------------------------------------
 
 
-def connect(fd: int, addr: bytes, *, nonblock: bool) -> int:
-    """connect(2) on our duplicate with our copy of the address: 0 or a negative errno."""
-    rc: int = _lib.sandlock_connect(fd, addr, len(addr), 1 if nonblock else 0)
+class Creds:
+    """Credentials to perform a call with (struct sandlock_creds, csrc/caller.h): real,
+    effective and fs uid and gid, groups, effective capabilities."""
+
+    __slots__ = ("_c", "_groups")
+
+    def __init__(
+        self, uid: Sequence[int], gid: Sequence[int], groups: Sequence[int], caps: int
+    ) -> None:
+        self._groups = _ffi.new("uint32_t[]", list(groups) or [0])
+        self._c = _ffi.new(
+            "struct sandlock_creds *",
+            {
+                "uid": list(uid),
+                "gid": list(gid),
+                "caps": caps,
+                "groups": self._groups,
+                "ngroups": len(groups),
+            },
+        )
+
+
+def connect(fd: int, addr: bytes, *, nonblock: bool, who: Creds | None = None) -> int:
+    """connect(2) on our duplicate with our copy of the address: 0 or a negative errno.
+    With ``who``, performed with those credentials (csrc/caller.h)."""
+    if who is not None:
+        rc: int = _lib.sandlock_connect_as(who._c, fd, addr, len(addr), 1 if nonblock else 0)
+        return rc
+    rc = _lib.sandlock_connect(fd, addr, len(addr), 1 if nonblock else 0)
     return rc
 
 
-def sendmsg(fd: int, name: bytes | None, data: bytes, control: bytes, flags: int) -> int:
-    """sendmsg(2) with one iovec: bytes sent or a negative errno."""
-    n: int = _lib.sandlock_sendmsg(
+def bind(fd: int, addr: bytes, who: Creds | None = None) -> int:
+    """bind(2) of our duplicate to our copy of the address: 0 or a negative errno (as
+    ``who``, if given: csrc/caller.h)."""
+    rc: int = _lib.sandlock_bind_as(_ffi.NULL if who is None else who._c, fd, addr, len(addr))
+    return rc
+
+
+def sendmsg(
+    fd: int, name: bytes | None, data: bytes, control: bytes, flags: int, who: Creds | None = None
+) -> int:
+    """sendmsg(2) with one iovec: bytes sent or a negative errno (as ``who``, if given)."""
+    args = (
         fd,
         name if name is not None else _ffi.NULL,
         len(name) if name is not None else 0,
@@ -267,6 +302,10 @@ def sendmsg(fd: int, name: bytes | None, data: bytes, control: bytes, flags: int
         len(control),
         flags,
     )
+    if who is not None:
+        n: int = _lib.sandlock_sendmsg_as(who._c, *args)
+        return n
+    n = _lib.sandlock_sendmsg(*args)
     return n
 
 

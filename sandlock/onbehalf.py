@@ -37,7 +37,7 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 
-from . import _local, _msg
+from . import _caller, _local, _msg
 from . import _syscalls as sys_
 from ._msg import Message, int32
 from .events import Event, Listener
@@ -108,7 +108,7 @@ class _Call:
     """One notification in hand: the thread, our duplicate of its socket, what the kernel
     says the socket is, and every descriptor we opened for the call (closed at the end)."""
 
-    __slots__ = ("dup", "info", "ip", "n", "owned")
+    __slots__ = ("caller", "dup", "info", "ip", "n", "owned", "who")
 
     def __init__(self, n: sys_.Notif, dup: int, info: sys_.SockInfo) -> None:
         self.n = n
@@ -116,6 +116,8 @@ class _Call:
         self.info = info
         self.ip = info.domain in _IP_DOMAINS
         self.owned = [dup]
+        self.caller: _caller.Caller | None = None
+        self.who: sys_.Creds | None = None  # whose credentials the call runs with
 
 
 Remember = Callable[[int, int, int, bytes, int], None]
@@ -176,11 +178,12 @@ class Handlers:
         dup = sys_.getfd(n.pid, fd)
         if dup < 0:
             return Reply.CONTINUE  # not a descriptor: the kernel says so itself
-        owned = [dup]
+        info = sys_.sock_info(dup)
+        if isinstance(info, int) or info.domain != socket.AF_UNIX:
+            os.close(dup)
+            return Reply.CONTINUE
+        c = _Call(n, dup, info)
         try:
-            info = sys_.sock_info(dup)
-            if isinstance(info, int) or info.domain != socket.AF_UNIX:
-                return Reply.CONTINUE
             name = _msg.read_name(n.pid, addr_p, addrlen)
             if isinstance(name, int):
                 return name
@@ -188,9 +191,11 @@ class Handlers:
                 return -errno.EFAULT if addr_p == 0 and addrlen else -errno.EINVAL
             if not self._still_waiting(n):
                 return -errno.ENOENT
-            return self.unix.bind(n.pid, dup, name, owned)
+            if isinstance(who := self._who(c), int):
+                return who
+            return self.unix.bind(n.pid, dup, name, c.owned, c.who)
         finally:
-            _close_all(owned)
+            _close_all(c.owned)
 
     def connect(self, n: sys_.Notif) -> Outcome:
         """connect(fd, addr, addrlen) on our duplicate with our copy of addr."""
@@ -315,6 +320,16 @@ class Handlers:
 
     def _still_waiting(self, n: sys_.Notif) -> bool:
         return sys_.notif_id_valid(self.listener, n.id)
+
+    def _who(self, c: _Call, msg: Message | None = None) -> sys_.Creds | int | None:
+        """Set ``c.who``: the caller's credentials where ours would give it more than it
+        has (AF_UNIX, netlink, control data: see _caller.py); or -errno."""
+        if c.caller is None:
+            c.caller = _caller.Caller(c.n.pid, lambda: self._still_waiting(c.n))
+        who = c.caller.switch(msg)
+        if not isinstance(who, int):
+            c.who = who
+        return who
 
     def _decide(self, c: _Call, syscall: str, dest: Dest) -> Event:
         proto = _PROTOS.get((c.info.type, c.info.protocol))
@@ -448,12 +463,14 @@ class Handlers:
             if isinstance(decided, int):
                 return decided
             name, event = decided
+        if not c.ip and isinstance(who := self._who(c), int):
+            return who
         if c.info.nonblocking or c.info.type == socket.SOCK_DGRAM:
-            rc = sys_.connect(c.dup, name, nonblock=False)  # returns at once
+            rc = sys_.connect(c.dup, name, nonblock=False, who=c.who)  # returns at once
             self._report(event, rc)
             return rc
         # A blocking connect: start it non-blocking, finish it off the loop if it waits.
-        rc = sys_.connect(c.dup, name, nonblock=True)
+        rc = sys_.connect(c.dup, name, nonblock=True, who=c.who)
         if rc == -errno.EINPROGRESS and sys_.poll1(c.dup, select.POLLOUT) != 0:
             rc = sys_.sock_error(c.dup)
         if rc == -errno.EINPROGRESS and self.park is not None and self.park(c.n.id, c.dup):
@@ -476,7 +493,9 @@ class Handlers:
                 if rc == -errno.EINPROGRESS:  # a TCP handshake: wait for its end
                     rc = await self._wait_writable(c) or sys_.sock_error(c.dup)
                 else:  # AF_UNIX with a full backlog: the kernel would wait for room; retry
-                    rc = await self._backoff(c, attempt) or sys_.connect(c.dup, name, nonblock=True)
+                    rc = await self._backoff(c, attempt) or sys_.connect(
+                        c.dup, name, nonblock=True, who=c.who
+                    )
                     attempt += 1
         self._report(event, rc)
         return rc
@@ -528,7 +547,10 @@ class Handlers:
         event = self._prepare(c, syscall, msg, flags)
         if isinstance(event, int):
             return event
-        rc = sys_.sendmsg(c.dup, msg.name, msg.data, msg.control, flags | MSG_DONTWAIT)
+        c.who = None  # (each message of a sendmmsg asks again)
+        if (not c.ip or _msg.privileged(msg.control)) and isinstance(who := self._who(c, msg), int):
+            return who
+        rc = sys_.sendmsg(c.dup, msg.name, msg.data, msg.control, flags | MSG_DONTWAIT, c.who)
         blocking = not c.info.nonblocking and not flags & MSG_DONTWAIT
         if blocking and _must_wait(c, len(msg.data), rc, max(rc, 0)):
             size = len(msg.data) - max(rc, 0)
@@ -582,7 +604,9 @@ class Handlers:
                     return
                 p.flags &= ~MSG_FASTOPEN
                 p.name = None
-            p.rc = sys_.sendmsg(c.dup, p.name, data[p.sent :], p.control, p.flags | MSG_DONTWAIT)
+            p.rc = sys_.sendmsg(
+                c.dup, p.name, data[p.sent :], p.control, p.flags | MSG_DONTWAIT, c.who
+            )
             if p.rc > 0:
                 p.sent += p.rc
                 p.control = b""
