@@ -68,17 +68,22 @@ def _status(pid: int, key: str) -> int:
     raise AssertionError(f"no {key} for {pid}")
 
 
-def test_waiting_stream_sends_keep_the_supervisor_small() -> None:
-    """48 threads x a 64 MiB sendmsg on an unread socketpair: the supervisor's peak RSS
-    stays under 256 MiB (the old one copied and held every whole message: ~3 GB)."""
-    proc = subprocess.Popen(
-        [*SANDLOCK, "--", sys.executable, "-c", HOARD],
+def _start(script: str) -> subprocess.Popen[str]:
+    """``script`` under sandlock, in a process group of its own (killed as a whole)."""
+    return subprocess.Popen(
+        [*SANDLOCK, "--", sys.executable, "-c", script],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=sandlock_env(),
         start_new_session=True,
     )
+
+
+def test_waiting_stream_sends_keep_the_supervisor_small() -> None:
+    """48 threads x a 64 MiB sendmsg on an unread socketpair: the supervisor's peak RSS
+    stays under 256 MiB (the old one copied and held every whole message: ~3 GB)."""
+    proc = _start(HOARD)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "started"
@@ -96,14 +101,7 @@ def test_waiting_stream_sends_keep_the_supervisor_small() -> None:
 def test_sends_over_the_budget_wait_and_lose_nothing() -> None:
     """200 senders of 1 MiB each on sockets with tiny buffers (more waiting data than the
     per-sandbox budget): every byte arrives once, in order, and the supervisor stays small."""
-    proc = subprocess.Popen(
-        [*SANDLOCK, "--", sys.executable, "-c", INTEGRITY],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=sandlock_env(),
-        start_new_session=True,
-    )
+    proc = _start(INTEGRITY)
     peak = 0
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:

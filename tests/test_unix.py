@@ -223,6 +223,24 @@ def test_datagrams_to_outside_refused_inside_allowed(tmp_path: Path) -> None:
 
 # ---- swaps: what is decided is what is reached ---------------------------------------------
 
+# The end of both race scripts below: connect to `target` while swap() runs.
+RACE = textwrap.dedent("""
+    t = threading.Thread(target=swap)
+    t.start()
+    ok = 0
+    for _ in range(1500):
+        c = socket.socket(socket.AF_UNIX)
+        try:
+            c.connect(target)
+            ok += 1
+        except OSError:
+            pass
+        c.close()
+    done = True
+    t.join()
+    print("connected", ok)
+""")
+
 SWAP = textwrap.dedent("""
     import os, socket, sys, threading
     work, outside = sys.argv[1], sys.argv[2]
@@ -244,21 +262,7 @@ SWAP = textwrap.dedent("""
                     os.rename(target, f)
                 except OSError:
                     pass
-    t = threading.Thread(target=swap)
-    t.start()
-    ok = 0
-    for _ in range(1500):
-        c = socket.socket(socket.AF_UNIX)
-        try:
-            c.connect(target)
-            ok += 1
-        except OSError:
-            pass
-        c.close()
-    done = True
-    t.join()
-    print("connected", ok)
-""")
+""") + RACE
 
 
 def test_renaming_sockets_under_a_connect_reaches_nothing_outside(tmp_path: Path) -> None:
@@ -296,21 +300,7 @@ LINKS = textwrap.dedent("""
             tmp = os.path.join(allowed, f".t{i}")
             os.symlink(outside if i % 2 else os.path.join(allowed, "a.sock"), tmp)
             os.rename(tmp, target)
-    t = threading.Thread(target=swap)
-    t.start()
-    ok = 0
-    for _ in range(1500):
-        c = socket.socket(socket.AF_UNIX)
-        try:
-            c.connect(target)
-            ok += 1
-        except OSError:
-            pass
-        c.close()
-    done = True
-    t.join()
-    print("connected", ok)
-""")
+""") + RACE
 
 
 def test_links_into_an_allowed_directory_lead_nowhere_else(tmp_path: Path) -> None:
