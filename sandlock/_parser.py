@@ -12,15 +12,15 @@ import os
 from collections.abc import Sequence
 from typing import NoReturn
 
-from .cli import EXIT_USAGE, _fail
+from .errors import UsageError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line, never a usage dump, and a value of
-    exactly ``--`` stays a value."""
+    """argparse, but a usage mistake is a UsageError (cli.py prints it as one line, never
+    a usage dump), and a value of exactly ``--`` stays a value."""
 
     def error(self, message: str) -> NoReturn:
-        _fail(f"{self.prog}: {message} (see '{self.prog} --help')", EXIT_USAGE)
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
