@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
     from types import SimpleNamespace
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
     from ._syscalls import Handoff
     from .audit import AuditLog
@@ -45,16 +45,22 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _name_fields(args: Args) -> dict[str, Any]:
+    """The hostname options, as names.NameOptions takes them and its to_wire() gives them
+    (the daemon's form), without loading names.py."""
+    return {
+        "virtual_hosts": args.virtual_hosts,
+        "dns_proxy": args.dns_proxy,
+        "dns_upstream": args.dns_upstream,
+        "ttl_min": args.dns_ttl_min,
+        "ttl_max": args.dns_ttl_max,
+    }
+
+
 def _name_options(args: Args) -> NameOptions:
     from .names import NameOptions
 
-    return NameOptions(
-        virtual_hosts=args.virtual_hosts,
-        dns_proxy=args.dns_proxy,
-        dns_upstream=args.dns_upstream,
-        ttl_min=args.dns_ttl_min,
-        ttl_max=args.dns_ttl_max,
-    )
+    return NameOptions(**_name_fields(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,13 +150,7 @@ def _run(args: Args) -> int:
             audit=args.audit,
             quiet=args.quiet,
             summary=args.summary,
-            names={  # names.NameOptions.to_wire(), without loading names.py here
-                "virtual_hosts": args.virtual_hosts,
-                "dns_proxy": args.dns_proxy,
-                "dns_upstream": args.dns_upstream,
-                "ttl_min": args.dns_ttl_min,
-                "ttl_max": args.dns_ttl_max,
-            },
+            names=_name_fields(args),
         )
 
     learner = None
