@@ -15,10 +15,14 @@ without loading trio unless it needs it.
 
 from __future__ import annotations
 
+from .errors import DaemonError as DaemonError
+from .errors import DnsConfigError as DnsConfigError
 from .errors import LaunchError as LaunchError
 from .errors import PolicyError as PolicyError
 from .errors import SandlockError as SandlockError
 from .errors import SupervisorError as SupervisorError
+from .errors import TimeoutExpired as TimeoutExpired
+from .errors import UsageError as UsageError
 
 # typing costs a launch ~7 ms; the daemon client's path does without it at run time.
 TYPE_CHECKING = False
@@ -27,14 +31,15 @@ if TYPE_CHECKING:
 
     from .api import Result as Result
     from .api import Sandbox as Sandbox
-    from .api import TimeoutExpired as TimeoutExpired
     from .audit import AuditSeal as AuditSeal
     from .audit import DecisionRecord as DecisionRecord
     from .names import NameOptions as NameOptions
 
 __all__ = [
     "AuditSeal",
+    "DaemonError",
     "DecisionRecord",
+    "DnsConfigError",
     "LaunchError",
     "NameOptions",
     "PolicyError",
@@ -43,12 +48,12 @@ __all__ = [
     "SandlockError",
     "SupervisorError",
     "TimeoutExpired",
+    "UsageError",
 ]
 
 _LAZY = {
     "Result": ".api",
     "Sandbox": ".api",
-    "TimeoutExpired": ".api",
     "AuditSeal": ".audit",
     "DecisionRecord": ".audit",
     "NameOptions": ".names",

@@ -12,15 +12,15 @@ import os
 from collections.abc import Sequence
 from typing import NoReturn
 
-from .cli import EXIT_USAGE, _fail
+from .errors import UsageError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line, never a usage dump, and a value of
-    exactly ``--`` stays a value."""
+    """argparse, but a usage mistake is a UsageError (cli.py prints it as one line, never
+    a usage dump), and a value of exactly ``--`` stays a value."""
 
     def error(self, message: str) -> NoReturn:
-        _fail(f"{self.prog}: {message} (see '{self.prog} --help')", EXIT_USAGE)
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
@@ -203,6 +203,14 @@ def _add_command_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_daemon_arg(
+    p: argparse.ArgumentParser, help: str = "the daemon's socket (default: $SANDLOCK_DAEMON)"
+) -> None:
+    p.add_argument(
+        "--daemon", metavar="PATH", default=os.environ.get("SANDLOCK_DAEMON"), help=help
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser for every `sandlock` subcommand."""
     parser = _Parser(
@@ -229,11 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="at exit, print a table of destinations, call counts and actions",
     )
-    run.add_argument(
-        "--daemon",
-        metavar="PATH",
-        default=os.environ.get("SANDLOCK_DAEMON"),
-        help="let the daemon listening on PATH supervise CMD (default: $SANDLOCK_DAEMON; "
+    _add_daemon_arg(
+        run,
+        "let the daemon listening on PATH supervise CMD (default: $SANDLOCK_DAEMON; "
         "unset: supervise here)",
     )
     _add_name_args(run)
@@ -261,24 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--socket", required=True, metavar="PATH", help="where to listen")
     ps = sub.add_parser("ps", help="list the sandboxes a daemon supervises")
-    ps.add_argument(
-        "--daemon",
-        metavar="PATH",
-        default=os.environ.get("SANDLOCK_DAEMON"),
-        help="the daemon's socket (default: $SANDLOCK_DAEMON)",
-    )
+    _add_daemon_arg(ps)
     pol = sub.add_parser(
         "policy",
         help="replace the rules of a running sandbox",
         description="Replace the policy of sandbox ID (see `sandlock ps`) atomically; it "
         "decides from the sandbox's next call. The new rules replace all old ones.",
     )
-    pol.add_argument(
-        "--daemon",
-        metavar="PATH",
-        default=os.environ.get("SANDLOCK_DAEMON"),
-        help="the daemon's socket (default: $SANDLOCK_DAEMON)",
-    )
+    _add_daemon_arg(pol)
     pol.add_argument("id", metavar="ID", help="the sandbox, as `sandlock ps` shows it")
     _add_rule_args(pol)
     _add_audit(sub)

@@ -28,31 +28,16 @@ import trio
 from . import launch
 from ._fastrun import command_environ
 from .audit import AuditLog, AuditSeal, DecisionRecord
-from .errors import SandlockError
+from .errors import SandlockError, TimeoutExpired
 from .names import NameOptions, Names, Plan
 from .policy import Policy, Resolver
 from .profile import load_profile
 from .report import Observer
 from .supervisor import Supervisor
 
-__all__ = ["Result", "Sandbox", "TimeoutExpired"]
+__all__ = ["Result", "Sandbox"]
 
 StrPath = str | os.PathLike[str]
-
-
-class TimeoutExpired(SandlockError):
-    """The command ran past ``timeout``; its whole tree was killed.
-
-    ``stdout`` and ``stderr`` hold what was captured until then (None if not captured)."""
-
-    def __init__(
-        self, cmd: Sequence[str], timeout: float, stdout: bytes | None, stderr: bytes | None
-    ) -> None:
-        super().__init__(f"{cmd[0] if cmd else 'command'} timed out after {timeout:g} s")
-        self.cmd = list(cmd)
-        self.timeout = timeout
-        self.stdout = stdout
-        self.stderr = stderr
 
 
 @dataclass(slots=True)

@@ -154,16 +154,6 @@ class AuditLog:
         self._where: str | None = os.path.abspath(self.path)  # (an API caller may chdir)
         self._chain: Chain | None = None
 
-    @classmethod
-    def from_fd(cls, fd: int) -> AuditLog:
-        """A log on a descriptor opened elsewhere (the daemon gets the client's)."""
-        log = cls.__new__(cls)
-        log.path = None
-        log._where = None
-        log._fd = fd
-        log._chain = None
-        return log
-
     def write(self, record: DecisionRecord) -> None:
         """Append one line: a single write(2), so lines never tear."""
         self._append(asdict(record))

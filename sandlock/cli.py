@@ -13,7 +13,7 @@ import os
 import sys
 
 from ._fastrun import command_environ, parse_run
-from .errors import LaunchError, PolicyError, SandlockError
+from .errors import LaunchError, SandlockError, UsageError
 
 # typing costs a launch ~7 ms; the daemon client's path does without it at run time.
 TYPE_CHECKING = False
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
     from types import SimpleNamespace
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
     from ._syscalls import Handoff
     from .audit import AuditLog
@@ -45,16 +45,22 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _name_fields(args: Args) -> dict[str, Any]:
+    """The hostname options, as names.NameOptions takes them and its to_wire() gives them
+    (the daemon's form), without loading names.py."""
+    return {
+        "virtual_hosts": args.virtual_hosts,
+        "dns_proxy": args.dns_proxy,
+        "dns_upstream": args.dns_upstream,
+        "ttl_min": args.dns_ttl_min,
+        "ttl_max": args.dns_ttl_max,
+    }
+
+
 def _name_options(args: Args) -> NameOptions:
     from .names import NameOptions
 
-    return NameOptions(
-        virtual_hosts=args.virtual_hosts,
-        dns_proxy=args.dns_proxy,
-        dns_upstream=args.dns_upstream,
-        ttl_min=args.dns_ttl_min,
-        ttl_max=args.dns_ttl_max,
-    )
+    return NameOptions(**_name_fields(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +76,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     words = sys.argv[1:] if argv is None else list(argv)
     args: Args | None = parse_run(words, os.environ)  # None: not one of the common lines
     if args is None:
-        args = build_parser().parse_args(words)
+        try:
+            args = build_parser().parse_args(words)
+        except UsageError as err:  # the parser's, as "sandlock run: ..."
+            _fail(str(err), EXIT_USAGE)
     if args.command is None:
         build_parser().print_help(sys.stderr)
         raise SystemExit(EXIT_USAGE)
@@ -84,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     }
     try:
         code = handlers[args.command](args)
-    except PolicyError as err:
+    except UsageError as err:  # PolicyError among them
         _fail(str(err), EXIT_USAGE)
     except LaunchError as err:
         _fail(str(err), err.exit_code)
@@ -116,10 +125,7 @@ def _run(args: Args) -> int:
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        raise LaunchError(
-            "run: no command given (usage: sandlock run [RULES] -- CMD [ARGS...])",
-            exit_code=EXIT_USAGE,
-        )
+        raise UsageError("run: no command given (usage: sandlock run [RULES] -- CMD [ARGS...])")
     allow, deny, unix_allow = _rule_specs(args)
     if getattr(args, "audit", None):
         from ._cmdline import hide
@@ -129,9 +135,7 @@ def _run(args: Args) -> int:
         try:
             os.fstat(fd)
         except OSError:
-            raise LaunchError(
-                f"--keep-fds: descriptor {fd} is not open", exit_code=EXIT_USAGE
-            ) from None
+            raise UsageError(f"--keep-fds: descriptor {fd} is not open") from None
 
     if args.command == "run" and args.daemon:
         from .client import run_via_daemon  # the daemon checks the rules: no policy here
@@ -146,13 +150,7 @@ def _run(args: Args) -> int:
             audit=args.audit,
             quiet=args.quiet,
             summary=args.summary,
-            names={  # names.NameOptions.to_wire(), without loading names.py here
-                "virtual_hosts": args.virtual_hosts,
-                "dns_proxy": args.dns_proxy,
-                "dns_upstream": args.dns_upstream,
-                "ttl_min": args.dns_ttl_min,
-                "ttl_max": args.dns_ttl_max,
-            },
+            names=_name_fields(args),
         )
 
     learner = None
@@ -251,10 +249,7 @@ def _rule_specs(args: Args) -> tuple[list[str], list[str], list[str]]:
 
 def _need_daemon(args: Args) -> str:
     if not args.daemon:
-        raise LaunchError(
-            f"{args.command}: no daemon given (--daemon PATH or $SANDLOCK_DAEMON)",
-            exit_code=EXIT_USAGE,
-        )
+        raise UsageError(f"{args.command}: no daemon given (--daemon PATH or $SANDLOCK_DAEMON)")
     return str(args.daemon)
 
 
@@ -323,9 +318,7 @@ def _open_audit(args: Args) -> AuditLog | None:
     try:
         return AuditLog(args.audit)
     except OSError as err:
-        raise LaunchError(
-            f"--audit: cannot open {args.audit}: {err.strerror}", exit_code=EXIT_USAGE
-        ) from None
+        raise UsageError(f"--audit: cannot open {args.audit}: {err.strerror}") from None
 
 
 def _observer(args: Args, learner: Learner | None, audit: AuditLog | None) -> Observer | None:
@@ -366,9 +359,7 @@ def _audit(args: Args) -> int:
         with open(args.file, "rb") as f:
             data = f.read()
     except OSError as err:
-        raise LaunchError(
-            f"audit verify: cannot read {args.file}: {err.strerror}", exit_code=EXIT_USAGE
-        ) from None
+        raise UsageError(f"audit verify: cannot read {args.file}: {err.strerror}") from None
     verdict = verify_lines(data, args.head)
     for line in verdict.lines:
         print(line)

@@ -22,7 +22,7 @@ import time
 from . import _wire
 from ._fastrun import command_environ
 from ._signals import FORWARDED_SIGNALS, open_signalfd
-from .errors import LaunchError, PolicyError, SandlockError
+from .errors import DaemonError, PolicyError, UsageError
 from .launch import TIMED_OUT, exit_status, original_environ, start, wait_child
 
 # typing costs a launch ~7 ms; the daemon client's path does without it at run time.
@@ -36,11 +36,7 @@ _EXIT_NOTICE_TIMEOUT = 5.0
 GRACE = 10.0  # seconds a daemon may leave a ping unanswered before its sandbox is ended
 GRACE_VARIABLE = "SANDLOCK_DAEMON_TIMEOUT"
 
-__all__ = ["DaemonError", "connect", "ps", "run_via_daemon", "set_policy"]
-
-
-class DaemonError(SandlockError):
-    """The daemon cannot be reached, or refused a request."""
+__all__ = ["connect", "ps", "run_via_daemon", "set_policy"]
 
 
 def connect(path: str) -> _socket.socket:
@@ -104,9 +100,7 @@ def run_via_daemon(
         try:
             audit_fd = os.open(audit, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as err:
-            raise LaunchError(
-                f"--audit: cannot open {audit}: {err.strerror}", exit_code=2
-            ) from None
+            raise UsageError(f"--audit: cannot open {audit}: {err.strerror}") from None
     signal_fd = open_signalfd()
     child = start(
         cmd,
@@ -175,9 +169,7 @@ def _grace(text: str | None) -> float:
     except ValueError:
         value = -1.0
     if not 0 < value < float("inf"):
-        raise LaunchError(
-            f"{GRACE_VARIABLE}: expected a positive number of seconds, not {text!r}", exit_code=2
-        )
+        raise UsageError(f"{GRACE_VARIABLE}: expected a positive number of seconds, not {text!r}")
     return value
 
 

@@ -89,7 +89,6 @@ DRAIN_GRACE = 1.0  # seconds a finished sandbox's last records may wait for thei
 ACCEPT_RETRY = 0.1  # seconds to wait when accept fails for want of descriptors or memory
 FDS_PER_CLIENT = 12  # descriptors a client with a live sandbox may cost (worst case)
 RESERVED_FDS = 32  # kept for the daemon itself (trio, resolvers, the DNS forwarders)
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ import dns.rdtypes.IN.AAAA
 import dns.resolver
 import trio
 
-from .errors import PolicyError
+from .errors import DnsConfigError
 from .policy import Policy
 
 __all__ = [
@@ -118,10 +118,6 @@ _RELAYED_FLAGS = dns.flags.AA | dns.flags.AD
 _UPSTREAM_PAYLOAD = 1232  # the DNS flag day 2020 size: no IP fragmentation
 _MAX_MESSAGE = 65535
 _PORT_TRIES = 20
-
-
-class DnsConfigError(PolicyError):
-    """A bad ``--dns-upstream`` value; ``flag`` and ``spec`` are set as for rules."""
 
 
 class DnsLookupError(OSError):

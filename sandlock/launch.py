@@ -19,7 +19,7 @@ import time
 
 from . import _syscalls as sys_
 from ._bpf import filter_bpf
-from .errors import LaunchError, SupervisorError
+from .errors import LaunchError, SupervisorError, UsageError
 
 # signal (its enums) and collections.abc cost a launch ~2 ms; annotations need no import.
 TYPE_CHECKING = False
@@ -146,7 +146,8 @@ def start(
     gate: bool = True,
     trap_open: bool = False,
 ) -> Child:
-    """Start ``argv`` under the filter; raise LaunchError or SupervisorError if it cannot.
+    """Start ``argv`` under the filter; raise LaunchError or SupervisorError if it cannot,
+    UsageError if ``argv`` is empty.
 
     ``stdio`` gives descriptors for the child's 0, 1, 2 (-1: inherit ours); with
     ``new_pgrp`` the child leads its own process group (its pid is the group id). With
@@ -154,7 +155,7 @@ def start(
     for another process (the daemon) to serve. With ``trap_open`` the filter also
     traps opens, for the virtual files (vfiles.py)."""
     if not argv:
-        raise LaunchError("no command given", exit_code=2)
+        raise UsageError("no command given")
     environ = dict(os.environ if env is None else env)
     path = find_executable(argv[0], environ)
     # The supervisor is this process (or a daemon that does the same): the sandbox, which

@@ -329,14 +329,6 @@ class Names:
         """Whether the filter must trap opens (some file is virtual)."""
         return self.vfiles is not None
 
-    def describe(self) -> str:
-        """One line for logs: the mode and where lookups go."""
-        if self.address is None:
-            return "hostnames resolved at start"
-        assert self.upstream is not None
-        host, port = self.upstream
-        return f"DNS proxy on {self.address}:53, upstream {host}:{port}"
-
     def redirect(self, domain: int, dest: Dest) -> bytes | None:
         """In DNS mode, the name to use instead of a port-53 destination; else None."""
         if self.address is None or dest.port != DNS_PORT:

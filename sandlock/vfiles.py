@@ -280,15 +280,6 @@ class VirtualFiles:
         if old is not None:
             os.close(old)
 
-    def discard(self, path: str) -> None:
-        """Stop serving ``path`` (opens of it reach the real file again)."""
-        key = b"/" + os.fsencode(os.path.normpath(path)).lstrip(b"/")
-        with self._lock:
-            old = self._fds.pop(key, None)
-            self._rebuild()
-        if old is not None:
-            os.close(old)
-
     def close(self) -> None:
         """Close every memfd; nothing is served afterwards."""
         with self._lock:
