@@ -82,7 +82,8 @@ import dns.resolver
 import trio
 
 from .errors import DnsConfigError
-from .policy import Policy
+from .policy import Policy, stored_address
+from .sockaddr import unmapped_ip
 
 __all__ = [
     "ALLOWED_TYPES",
@@ -149,9 +150,7 @@ def parse_upstream(text: str) -> Upstream:
         address = ipaddress.ip_address(host_text)
     except ValueError:
         _bad_upstream(text, f"invalid address `{host_text}` in `{text}` {_UPSTREAM_HINT}")
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return str(address), 53 if port_text is None else _parse_port(port_text, text)
+    return str(unmapped_ip(address)), 53 if port_text is None else _parse_port(port_text, text)
 
 
 def _parse_port(port_text: str, text: str) -> int:
@@ -250,20 +249,12 @@ def _chain_addresses(reply: dns.message.Message, qname: dns.name.Name) -> list[t
                     owners.add(rdata.target)
                     grown = True
     return [
-        (_canonical(rdata.address), rrset.ttl)
+        (stored_address(rdata.address), rrset.ttl)
         for rrset in reply.answer
         if rrset.name in owners and rrset.rdclass == dns.rdataclass.IN
         for rdata in rrset
         if isinstance(rdata, dns.rdtypes.IN.A.A | dns.rdtypes.IN.AAAA.AAAA)
     ]
-
-
-def _canonical(address: str) -> str:
-    """The address as the policy stores it: mapped IPv6 as IPv4."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
 
 
 # --- learned addresses -------------------------------------------------------------
@@ -293,7 +284,7 @@ class HostBook:
         changed = False
         for address, ttl in answers:
             until = now + min(max(ttl, self.ttl_min), self.ttl_max)
-            key = _canonical(address)
+            key = stored_address(address)
             if key not in held:
                 changed = True
             held[key] = max(until, held.get(key, until))

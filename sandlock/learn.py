@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from .audit import seen_address
 from .events import Event
 from .policy import Policy, Resolver
+from .sockaddr import shown
 from .unixrules import EVERYTHING as _UNIX_EVERYTHING
 
 __all__ = ["Learner"]
@@ -54,7 +54,7 @@ class Learner:
             return
         if not d.allowed or d.rule not in _EVERYTHING:
             return
-        target = d.host or seen_address(event.dest.addr)
+        target = d.host or shown(event.dest.addr)
         self._ports[(event.proto, target)].add(event.dest.port)
 
     def rules(self) -> list[str]:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from .errors import PolicyError, SandlockError
 from .policy import Policy
 from .rules import parse_rule
-from .sockaddr import Dest
+from .sockaddr import MAPPED_PREFIX, Dest
 from .vfiles import HOSTS, RESOLV_CONF, VirtualFiles, hosts_text, resolv_text
 
 # dnspython and trio cost a launch ~190 ms: they are imported only where a run needs them.
@@ -50,7 +50,6 @@ __all__ = ["NameOptions", "Names", "Plan"]
 DNS_PORT = 53
 _BIND_TRIES = 16
 _FAMILY = struct.Struct("=H")  # sa_family_t, host order; the rest is network order
-_MAPPED = bytes(10) + b"\xff\xff"
 
 
 class NameOptions:
@@ -336,7 +335,7 @@ class Names:
         ip = socket.inet_aton(self.address)
         port = DNS_PORT.to_bytes(2, "big")
         if domain == socket.AF_INET6:  # flowinfo 0, the v4-mapped address, scope id 0
-            return _FAMILY.pack(socket.AF_INET6) + port + bytes(4) + _MAPPED + ip + bytes(4)
+            return _FAMILY.pack(socket.AF_INET6) + port + bytes(4) + MAPPED_PREFIX + ip + bytes(4)
         return _FAMILY.pack(socket.AF_INET) + port + ip + bytes(8)
 
     async def run(

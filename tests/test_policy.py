@@ -10,8 +10,9 @@ from collections.abc import Sequence
 import pytest
 
 from sandlock.errors import PolicyError
-from sandlock.policy import Decision, Policy, resolve_host
+from sandlock.policy import Decision, Policy, resolve_host, stored_address, stored_addresses
 from sandlock.rules import parse_rule
+from sandlock.sockaddr import canonical
 
 HOSTS = {
     "example.com": ["93.184.216.34", "2606:2800:220:1::1"],
@@ -574,3 +575,61 @@ def test_host_for_name(name: str, key: str | None) -> None:
 def test_host_for_name_without_rules() -> None:
     """A policy without hostnames covers no name."""
     assert make(["*"]).host_for_name("example.com") is None
+
+
+# --- how addresses are read and kept ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("192.0.2.1", "192.0.2.1"),
+        ("::ffff:192.0.2.1", "192.0.2.1"),
+        (ipaddress.ip_address("::ffff:192.0.2.1"), "192.0.2.1"),
+        ("0.0.0.0", "0.0.0.0"),
+        ("::ffff:0.0.0.0", "0.0.0.0"),
+        ("::", "::"),
+        ("fe80::1%eth0", "fe80::1"),
+        (ipaddress.IPv6Address("fe80::1%eth0"), "fe80::1"),
+        ("2001:DB8::1", "2001:db8::1"),
+    ],
+)
+def test_stored_address(
+    value: str | ipaddress.IPv4Address | ipaddress.IPv6Address, kept: str
+) -> None:
+    """A host's address is kept unmapped and without its zone, never made loopback."""
+    assert stored_address(value) == kept
+
+
+def test_stored_addresses() -> None:
+    """Each address once, in the order first given; junk is a ValueError."""
+    assert stored_addresses(["192.0.2.1", "::ffff:192.0.2.1", "::1", "192.0.2.1"]) == (
+        "192.0.2.1",
+        "::1",
+    )
+    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
+        stored_addresses(["192.0.2.1", "nowhere"])
+
+
+@pytest.mark.parametrize("size", [0, 3, 5, 15, 17])
+def test_decide_peer_bad_length(size: int) -> None:
+    """A peer address of another length than 4 or 16 bytes is refused."""
+    assert make(["*"]).decide_peer("tcp", b"\x7f" * size) == Decision(False, None, None)
+
+
+def test_decide_peer_unknown_protocol_or_address() -> None:
+    """A protocol the policy does not know, or an address no rule covers, is refused for
+    peers too."""
+    assert make(["*"]).decide_peer("sctp", ip("127.0.0.1")) == Decision(False, None, None)
+    assert make(["127.0.0.1:80"]).decide_peer("tcp", ip("127.0.0.2")) == Decision(False, None, None)
+
+
+@pytest.mark.parametrize(
+    "dest", ["0.0.0.0", "::", "::ffff:0.0.0.0", "::ffff:127.0.0.1", "::ffff:10.1.2.3", "::1"]
+)
+def test_decide_and_decide_peer_read_canonical(dest: str) -> None:
+    """Both decisions read an address exactly as sockaddr.canonical says."""
+    policy = make(["127.0.0.1:80", "[::1]:80", "10.0.0.0/8"], ["10.1.0.0/16"])
+    seen = canonical(ip(dest))
+    assert policy.decide("tcp", ip(dest), 80) == policy.decide("tcp", seen, 80)
+    assert policy.decide_peer("tcp", ip(dest)) == policy.decide_peer("tcp", seen)

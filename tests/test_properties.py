@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sandlock.errors import PolicyError
 from sandlock.policy import Decision, Policy
 from sandlock.rules import Network, Rule, parse_rule
-from sandlock.sockaddr import Dest, Invalid, NoDest, parse_sockaddr
+from sandlock.sockaddr import Dest, Invalid, NoDest, canonical, parse_sockaddr
 
 FLAGS = st.sampled_from(["--net-allow", "--net-deny"])
 GRAMMAR_CHARS = "0123456789abcdefx:./[]*,-_% \t" + "tcpudpimTCP" + "\u212a\u00fc\u0660"
@@ -265,3 +265,21 @@ def test_decide_never_raises(proto: str, addr: bytes, port: int) -> None:
         assert decision == Decision(False, None, None)
     if decision.allowed:
         assert decision.rule in POOL_SPECS
+
+
+@given(
+    st.lists(st.sampled_from(POOL_SPECS), max_size=6),
+    st.lists(st.sampled_from([s for s in POOL_SPECS if "example" not in s]), max_size=3),
+    PROTO_NAMES,
+    ADDRESSES | st.sampled_from(["::ffff:0.0.0.0", "0.0.0.0", "::"]).map(ipaddress.ip_address),
+    st.integers(0, 65535),
+)
+def test_decide_fast_path_is_canonical(
+    allow: list[str], deny: list[str], proto: str, address: IPAddress, port: int
+) -> None:
+    """decide's inlined integers read an address exactly as sockaddr.canonical does, and
+    decide_peer calls it: the same decision for an address and its canonical form."""
+    policy = Policy.from_specs(allow, deny, resolver=resolver)
+    seen = canonical(address.packed)
+    assert policy.decide(proto, address.packed, port) == policy.decide(proto, seen, port)
+    assert policy.decide_peer(proto, address.packed) == policy.decide_peer(proto, seen)
