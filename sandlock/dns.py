@@ -82,6 +82,7 @@ import dns.resolver
 import trio
 
 from .errors import DnsConfigError
+from .plan import TTL_MAX, TTL_MIN
 from .policy import Policy, stored_address
 from .sockaddr import unmapped_ip
 
@@ -227,7 +228,7 @@ def _ask_blocking(
 def resolver_for(
     upstream: Upstream, *, timeout: float = DEFAULT_TIMEOUT
 ) -> Callable[[str], list[str]]:
-    """A ``resolver=`` for :meth:`Policy.from_specs` that asks ``upstream`` (see :func:`lookup`)."""
+    """A ``resolver=`` for :func:`sandlock.plan.make` that asks ``upstream`` (:func:`lookup`)."""
 
     def resolve(name: str) -> list[str]:
         return [address for address, _ttl in lookup(upstream, name, timeout=timeout)]
@@ -268,7 +269,7 @@ class HostBook:
     a TTL is clamped to ``[ttl_min, ttl_max]`` seconds.
     """
 
-    def __init__(self, *, ttl_min: float = 30.0, ttl_max: float = 3600.0) -> None:
+    def __init__(self, *, ttl_min: float = TTL_MIN, ttl_max: float = TTL_MAX) -> None:
         if not 0 < ttl_min <= ttl_max:
             raise ValueError(f"need 0 < ttl_min <= ttl_max, got {ttl_min} and {ttl_max}")
         self.ttl_min = ttl_min

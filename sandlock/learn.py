@@ -15,9 +15,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from .events import Event
-from .policy import Policy, Resolver
+from .plan import make
 from .sockaddr import shown
 from .unixrules import EVERYTHING as _UNIX_EVERYTHING
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .plan import Resolver
 
 __all__ = ["Learner"]
 
@@ -36,12 +40,13 @@ class Learner:
     ) -> None:
         self.given = list(allow)
         self.given_unix = list(unix_allow)
-        self.policy = Policy.from_specs(
+        self.policy = make(
             [*allow, *_EVERYTHING],
             list(deny),
             resolver=resolver,
             unix_allow=[*unix_allow, *_UNIX_EVERYTHING],
-        )
+            learn=True,
+        ).policy
         self._ports: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
         self._unix: dict[str, None] = {}
 

@@ -17,48 +17,36 @@ The model, as in ``net-rules.md``:
   that ``--net-deny 0.0.0.0`` is not silently dead. Addresses a hostname resolves to
   are only unmapped: a sinkholed name (``0.0.0.0``) grants nothing.
 - **Host keys.** Addresses are kept per host key: an exact hostname, or a wildcard
-  pattern (``*.example.com``). Exact names are resolved at start; wildcards start
-  with no address and match nothing until the DNS-following mode
-  (:mod:`sandlock.dns`) learns addresses for them (:meth:`Policy.with_hosts`).
-  :meth:`Policy.host_for_name` says which key covers a name the command looks up.
+  pattern (``*.example.com``). The plan (:mod:`sandlock.plan`) resolves exact names
+  at start; wildcards start with no address and match nothing until the
+  DNS-following mode (:mod:`sandlock.dns`) learns addresses for them
+  (:meth:`Policy.with_hosts`). :meth:`Policy.host_for_name` says which key covers a
+  name the command looks up.
 
-A :class:`Policy` is immutable: the supervisor swaps whole objects. Building one
-compiles the rules into per-protocol tables of plain integers so that
-:meth:`Policy.decide` does no allocation and no ``ipaddress`` work per call.
+Pure: no I/O, no resolver; a Policy is built from parsed rules and the addresses of
+their hosts, in one way (its constructor). It is immutable: the supervisor swaps whole
+objects. Building one compiles the rules into per-protocol tables of plain integers
+so that :meth:`Policy.decide` does no allocation and no ``ipaddress`` work per call.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import NamedTuple
 
-from .errors import PolicyError
-from .rules import PROTOS, WILDCARD_PREFIX, Rule, is_wildcard, parse_rule
+from .rules import PROTOS, WILDCARD_PREFIX, Rule, is_wildcard
 from .sockaddr import MAPPED_PREFIX, IPAddress, canonical, unmapped
 
-__all__ = [
-    "Decision",
-    "HostAddrs",
-    "IPAddress",
-    "Policy",
-    "Resolver",
-    "resolve_host",
-    "stored_address",
-    "stored_addresses",
-]
+__all__ = ["Decision", "HostAddrs", "IPAddress", "Policy", "stored_address", "stored_addresses"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .unixrules import UnixRules
 
-Resolver = Callable[[str], Sequence[str]]
 HostAddrs = Mapping[str, Iterable[str | IPAddress]]
 
-_ALLOW_FLAG = "--net-allow"
-_DENY_FLAG = "--net-deny"
 _ALL4 = (1 << 32) - 1
 _ALL6 = (1 << 128) - 1
 # canonical() in integers, for decide(): the 96 bits above a mapped address, and what
@@ -107,20 +95,14 @@ class _Table(NamedTuple):
     allow6: tuple[_Entry, ...]
 
 
-def resolve_host(host: str) -> list[str]:
-    """The system resolver: every A and AAAA address of ``host``, deduplicated."""
-    found: dict[str, None] = {}
-    for family, _type, _proto, _canon, sockaddr in socket.getaddrinfo(host, None):
-        if family in (socket.AF_INET, socket.AF_INET6):
-            found[str(sockaddr[0])] = None
-    return list(found)
-
-
 class Policy:
-    """An immutable, compiled set of allow and deny rules.
+    """An immutable, compiled set of allow and deny rules: build it, then :meth:`decide`.
 
-    Build it with :meth:`from_specs` (parses and resolves) or :meth:`from_rules`
-    (the caller resolved the hostnames), then call :meth:`decide`.
+    ``host_addrs`` must name exactly the hostnames of the allow rules (an empty address
+    list is allowed and matches nothing); a deny rule may not carry a hostname.
+    Addresses are strings or ``ipaddress`` objects (:func:`stored_address`). Raises
+    ValueError otherwise. ``unix`` are the ``--unix-allow`` rules (None: none given).
+    The plan (:mod:`sandlock.plan`) parses the rule strings and resolves the hostnames.
     """
 
     __slots__ = ("_allow", "_deny", "_domains", "_hosts", "_tables", "_unix")
@@ -139,7 +121,6 @@ class Policy:
         host_addrs: HostAddrs,
         unix: UnixRules | None = None,
     ) -> None:
-        """Same as :meth:`from_rules`."""
         allow, deny = tuple(allow), tuple(deny)
         object.__setattr__(self, "_unix", unix)
         hosts = _check_hosts(allow, deny, host_addrs)
@@ -157,55 +138,6 @@ class Policy:
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"Policy is immutable (cannot delete {name!r})")
-
-    @classmethod
-    def from_specs(
-        cls,
-        allow: Sequence[str],
-        deny: Sequence[str],
-        *,
-        resolver: Resolver | None = None,
-        unix_allow: Sequence[str] = (),
-    ) -> Policy:
-        """Parse ``--net-allow``/``--net-deny`` specs and resolve each hostname once;
-        ``unix_allow`` are ``--unix-allow`` specs (:mod:`sandlock.unixrules`).
-
-        The first bad spec raises :class:`PolicyError`, and so does a hostname
-        that does not resolve (or resolves to nothing). ``resolver`` defaults to
-        :func:`resolve_host`; tests pass a fake, and the DNS-following mode passes
-        one that asks its upstream (:func:`sandlock.dns.resolver_for`). Wildcard
-        patterns are never resolved: they start with no address.
-        """
-        allow_rules = [parse_rule(spec, flag=_ALLOW_FLAG) for spec in allow]
-        deny_rules = [parse_rule(spec, flag=_DENY_FLAG) for spec in deny]
-        unix = None
-        if unix_allow:
-            from .unixrules import UnixRules
-
-            unix = UnixRules.from_specs(unix_allow)
-        lookup = resolve_host if resolver is None else resolver
-        first_spec: dict[str, str] = {}
-        for rule in allow_rules:
-            if rule.host is not None:
-                first_spec.setdefault(rule.host, rule.spec)
-        hosts = {
-            host: () if is_wildcard(host) else _resolve(lookup, host, spec)
-            for host, spec in first_spec.items()
-        }
-        return cls(allow_rules, deny_rules, hosts, unix)
-
-    @classmethod
-    def from_rules(
-        cls, allow: Sequence[Rule], deny: Sequence[Rule], host_addrs: HostAddrs
-    ) -> Policy:
-        """Build from parsed rules and the addresses of every allow hostname.
-
-        ``host_addrs`` must name exactly the hostnames of the allow rules (an empty
-        address list is allowed and matches nothing); a deny rule may not carry a
-        hostname. Addresses are strings or ``ipaddress`` objects (:func:`stored_address`).
-        Raises ValueError otherwise.
-        """
-        return cls(allow, deny, host_addrs)
 
     def with_host_addresses(self, host: str, addrs: Iterable[str | IPAddress]) -> Policy:
         """A new Policy where ``host``'s addresses are ``addrs``; this one is unchanged."""
@@ -338,25 +270,6 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"<Policy {self.describe()}>"
-
-
-def _resolve(lookup: Resolver, host: str, spec: str) -> tuple[str, ...]:
-    def fail(reason: str) -> PolicyError:
-        message = f"{_ALLOW_FLAG}: cannot resolve `{host}` in `{spec}`: {reason}"
-        return PolicyError(message, flag=_ALLOW_FLAG, spec=spec)
-
-    try:
-        found = lookup(host)
-    except (OSError, UnicodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise fail(reason) from err
-    try:
-        addrs = stored_addresses(found)
-    except ValueError as err:
-        raise fail(str(err)) from err
-    if not addrs:
-        raise fail("no addresses")
-    return addrs
 
 
 def stored_address(value: str | IPAddress) -> str:
