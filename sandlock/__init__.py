@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .api import Sandbox as Sandbox
     from .audit import AuditSeal as AuditSeal
     from .audit import DecisionRecord as DecisionRecord
-    from .names import NameOptions as NameOptions
+    from .plan import NameOptions as NameOptions
 
 __all__ = [
     "AuditSeal",
@@ -56,7 +56,7 @@ _LAZY = {
     "Sandbox": ".api",
     "AuditSeal": ".audit",
     "DecisionRecord": ".audit",
-    "NameOptions": ".names",
+    "NameOptions": ".plan",
 }
 
 

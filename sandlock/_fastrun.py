@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from .plan import TTL_MAX, TTL_MIN
+
 # typing costs a launch ~7 ms; the daemon client's path does without it at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -70,8 +72,8 @@ def parse_run(argv: Sequence[str], environ: Mapping[str, str]) -> SimpleNamespac
         daemon=daemon,
         dns_proxy=None,
         dns_upstream=None,
-        dns_ttl_min=30.0,
-        dns_ttl_max=3600.0,
+        dns_ttl_min=TTL_MIN,
+        dns_ttl_max=TTL_MAX,
         virtual_hosts=True,
         keep_fds=[],
         argv=list(argv[i:]),  # with its "--", as argparse's REMAINDER keeps it

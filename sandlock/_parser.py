@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .errors import UsageError
+from .plan import TTL_MAX, TTL_MIN
 
 
 class _Parser(argparse.ArgumentParser):
@@ -169,16 +170,16 @@ def _add_name_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dns-ttl-min",
         type=_seconds,
-        default=30.0,
+        default=TTL_MIN,
         metavar="SECONDS",
-        help="a learned address stays allowed at least this long (default: 30)",
+        help=f"a learned address stays allowed at least this long (default: {TTL_MIN:g})",
     )
     g.add_argument(
         "--dns-ttl-max",
         type=_seconds,
-        default=3600.0,
+        default=TTL_MAX,
         metavar="SECONDS",
-        help="and at most this long, whatever its TTL (default: 3600)",
+        help=f"and at most this long, whatever its TTL (default: {TTL_MAX:g})",
     )
     g.add_argument(
         "--no-virtual-hosts",

@@ -1,12 +1,13 @@
 """The daemon's rules requests made into Plans: parsed at once, hostnames resolved in a
 pool of the daemon's own.
 
-A request naming no hostname is parsed on the event loop (no thread, no wait). One that
-names hosts is resolved in a thread, at most ``per_uid`` at once per uid and ``total`` at
-once in all: a request beyond is refused, never queued, so slow lookups cannot starve
-other clients. A getaddrinfo in progress cannot be stopped; when the client that asked
-leaves, its thread is abandoned and stops before its next lookup (names.Plan's
-``interrupt``), and its slot is released only once it has really ended.
+Every request is parsed on the event loop (plan.parse: no thread, no wait), and its
+hostnames counted from the parsed rules. A request naming no hostname becomes its Plan
+there too. One that names hosts is resolved in a thread, at most ``per_uid`` at once per
+uid and ``total`` at once in all: a request beyond is refused, never queued, so slow
+lookups cannot starve other clients. A getaddrinfo in progress cannot be stopped; when
+the client that asked leaves, its thread is abandoned and stops before its next lookup
+(plan.Plan's ``interrupt``), and its slot is released only once it has really ended.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 
 import trio
 
-from ._request import MAX_HOSTS, RequestError, count_hosts
+from ._request import MAX_HOSTS, RequestError
 from .errors import PolicyError
-from .names import NameOptions, Plan
+from .plan import NameOptions, Plan, parse
 
 __all__ = ["Resolvers"]
 
@@ -63,21 +64,20 @@ class Resolvers:
         self._per_uid: dict[int, trio.CapacityLimiter] = {}
 
     async def plan(self, req: dict[str, Any], uid: int) -> Plan:
-        """The rules (and hostname options) a request describes (see names.Plan): parsed
+        """The rules (and hostname options) a request describes (see plan.Plan): parsed
         here, resolved in a thread of the daemon's own bounded pool."""
-        allow, deny = req.get("allow", []), req.get("deny", [])
-        unix_allow = req.get("unix_allow", [])
-        hosts = count_hosts(allow)
-        if hosts > MAX_HOSTS:
-            raise RequestError(
-                f"--net-allow: {hosts} hostnames in one request (the daemon's limit is "
-                f"{MAX_HOSTS})",
-                policy_error=True,
-            )
         try:
+            rules = parse(req.get("allow", []), req.get("deny", []), req.get("unix_allow", []))
+            hosts = len(rules.hostnames)
+            if hosts > MAX_HOSTS:
+                raise RequestError(
+                    f"--net-allow: {hosts} hostnames in one request (the daemon's limit is "
+                    f"{MAX_HOSTS})",
+                    policy_error=True,
+                )
             options = NameOptions.from_wire(req.get("names"))
             if not hosts:
-                return Plan(allow, deny, options, unix_allow=unix_allow)  # no lookup: no thread
+                return Plan(rules, options)  # no lookup: no thread
             gone = threading.Event()
 
             def interrupt() -> None:
@@ -87,9 +87,7 @@ class Resolvers:
             limiter = self._per_uid.setdefault(uid, trio.CapacityLimiter(self.per_uid))
             try:
                 return await trio.to_thread.run_sync(
-                    functools.partial(
-                        Plan, allow, deny, options, unix_allow=unix_allow, interrupt=interrupt
-                    ),
+                    functools.partial(Plan, rules, options, interrupt=interrupt),
                     abandon_on_cancel=True,
                     limiter=_Slots(self._total, limiter),  # type: ignore[arg-type]
                 )

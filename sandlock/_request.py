@@ -33,7 +33,6 @@ __all__ = [
     "check_names",
     "check_request",
     "check_supervise_fds",
-    "count_hosts",
 ]
 
 MAX_RULES = 1024  # rules (allow + deny) in one request
@@ -115,7 +114,7 @@ def _check_rules(req: dict[str, Any]) -> None:
 
 
 def check_names(data: object) -> None:
-    """The hostname options (names.NameOptions.to_wire), each of its exact type."""
+    """The hostname options (plan.NameOptions.to_wire), each of its exact type."""
     if data is None:
         return
     if not isinstance(data, dict):
@@ -136,23 +135,6 @@ def check_names(data: object) -> None:
             raise RequestError(f"{key} must be a number")
         if not math.isfinite(value):
             raise RequestError(f"{key} must be finite")
-
-
-def count_hosts(allow: list[str]) -> int:
-    """How many distinct hostnames the allow rules name (each one a lookup); a bad
-    rule counts nothing here: parsing it later gives its own error."""
-    from .errors import PolicyError
-    from .rules import parse_rule
-
-    hosts = set()
-    for spec in allow:
-        try:
-            rule = parse_rule(spec, flag="--net-allow")
-        except PolicyError:
-            continue
-        if rule.host is not None and not rule.wildcard:
-            hosts.add(rule.host)
-    return len(hosts)
 
 
 def _link(fd: int) -> str:

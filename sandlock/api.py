@@ -29,11 +29,16 @@ from . import launch
 from ._fastrun import command_environ
 from .audit import AuditLog, AuditSeal, DecisionRecord
 from .errors import SandlockError, TimeoutExpired
-from .names import NameOptions, Names, Plan
-from .policy import Policy, Resolver
+from .names import Names
+from .plan import NameOptions, Plan, make
+from .policy import Policy
 from .profile import load_profile
 from .report import Observer
 from .supervisor import Supervisor
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .plan import Resolver
 
 __all__ = ["Result", "Sandbox"]
 
@@ -74,7 +79,7 @@ class Sandbox:
     hostnames are resolved here, so a bad rule raises :class:`~sandlock.PolicyError` before anything
     runs. ``audit`` names a JSON-lines file that receives every decision. ``names``
     chooses how hostname rules behave (the CLI's --dns-proxy, --dns-upstream, ...; see
-    :class:`~sandlock.names.NameOptions`); each run gets its own DNS forwarder.
+    :class:`~sandlock.plan.NameOptions`); each run gets its own DNS forwarder.
     """
 
     def __init__(
@@ -88,7 +93,7 @@ class Sandbox:
         resolver: Resolver | None = None,
     ) -> None:
         options = names or NameOptions()
-        self._plan = Plan(
+        self._plan = make(
             list(net_allow), list(net_deny), options, resolver=resolver, unix_allow=unix_allow
         )
         self.policy = self._plan.policy

@@ -21,7 +21,6 @@ record, so a run that decides nothing writes nothing, as before.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
 import time
@@ -29,31 +28,22 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from .events import Event
+from .sockaddr import shown
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .auditchain import Chain
 
-__all__ = ["AuditLog", "AuditSeal", "DecisionRecord", "seen_address"]
+__all__ = ["AuditLog", "AuditSeal", "DecisionRecord"]
 
 _APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-_UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1"}
-
-
-def seen_address(addr: bytes) -> str:
-    """The packed address as the rules saw it (mapped as IPv4, unspecified as loopback)."""
-    ip = ipaddress.ip_address(addr)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    text = str(ip)
-    return _UNSPECIFIED.get(text, text)
 
 
 def seen_destination(event: Event) -> tuple[str, int | None]:
     """(dst, port) of a decision as records show it (AF_UNIX: the path or @name, None)."""
     if event.proto == "unix":
         return event.dest.addr.decode("utf-8", "backslashreplace"), None
-    return seen_address(event.dest.addr), event.dest.port
+    return shown(event.dest.addr), event.dest.port
 
 
 def timestamp() -> str:

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from .audit import AuditLog
     from .launch import Child
     from .learn import Learner
-    from .names import NameOptions, Names
+    from .names import Names
+    from .plan import NameOptions
     from .policy import Policy
     from .report import Observer
     from .supervisor import Supervisor
@@ -46,8 +47,8 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def _name_fields(args: Args) -> dict[str, Any]:
-    """The hostname options, as names.NameOptions takes them and its to_wire() gives them
-    (the daemon's form), without loading names.py."""
+    """The hostname options, as plan.NameOptions takes them and its to_wire() gives them
+    (the daemon's form)."""
     return {
         "virtual_hosts": args.virtual_hosts,
         "dns_proxy": args.dns_proxy,
@@ -58,7 +59,7 @@ def _name_fields(args: Args) -> dict[str, Any]:
 
 
 def _name_options(args: Args) -> NameOptions:
-    from .names import NameOptions
+    from .plan import NameOptions
 
     return NameOptions(**_name_fields(args))
 
@@ -161,9 +162,9 @@ def _run(args: Args) -> int:
         learner = Learner(allow, deny, unix_allow=unix_allow)
         policy = learner.policy
     else:
-        from .names import Plan
+        from .plan import make
 
-        plan = Plan(allow, deny, _name_options(args), unix_allow=unix_allow)
+        plan = make(allow, deny, _name_options(args), unix_allow=unix_allow)
         policy = plan.policy
         names = plan.start(policy)
 

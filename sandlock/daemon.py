@@ -70,7 +70,8 @@ from ._plans import Resolvers
 from ._request import RequestError, check_request, check_supervise_fds
 from ._sink import DEFAULT_LIMIT, AuditSink, Sink, SinkText, audit_note, report_note
 from .errors import SandlockError
-from .names import Names, Plan
+from .names import Names
+from .plan import Plan
 from .report import DenialReport, Observer, Summary
 from .supervisor import Supervisor
 from .unixrules import daemon_marker

@@ -82,7 +82,9 @@ import dns.resolver
 import trio
 
 from .errors import DnsConfigError
-from .policy import Policy
+from .plan import TTL_MAX, TTL_MIN
+from .policy import Policy, stored_address
+from .sockaddr import unmapped_ip
 
 __all__ = [
     "ALLOWED_TYPES",
@@ -149,9 +151,7 @@ def parse_upstream(text: str) -> Upstream:
         address = ipaddress.ip_address(host_text)
     except ValueError:
         _bad_upstream(text, f"invalid address `{host_text}` in `{text}` {_UPSTREAM_HINT}")
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return str(address), 53 if port_text is None else _parse_port(port_text, text)
+    return str(unmapped_ip(address)), 53 if port_text is None else _parse_port(port_text, text)
 
 
 def _parse_port(port_text: str, text: str) -> int:
@@ -228,7 +228,7 @@ def _ask_blocking(
 def resolver_for(
     upstream: Upstream, *, timeout: float = DEFAULT_TIMEOUT
 ) -> Callable[[str], list[str]]:
-    """A ``resolver=`` for :meth:`Policy.from_specs` that asks ``upstream`` (see :func:`lookup`)."""
+    """A ``resolver=`` for :func:`sandlock.plan.make` that asks ``upstream`` (:func:`lookup`)."""
 
     def resolve(name: str) -> list[str]:
         return [address for address, _ttl in lookup(upstream, name, timeout=timeout)]
@@ -250,20 +250,12 @@ def _chain_addresses(reply: dns.message.Message, qname: dns.name.Name) -> list[t
                     owners.add(rdata.target)
                     grown = True
     return [
-        (_canonical(rdata.address), rrset.ttl)
+        (stored_address(rdata.address), rrset.ttl)
         for rrset in reply.answer
         if rrset.name in owners and rrset.rdclass == dns.rdataclass.IN
         for rdata in rrset
         if isinstance(rdata, dns.rdtypes.IN.A.A | dns.rdtypes.IN.AAAA.AAAA)
     ]
-
-
-def _canonical(address: str) -> str:
-    """The address as the policy stores it: mapped IPv6 as IPv4."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
 
 
 # --- learned addresses -------------------------------------------------------------
@@ -277,7 +269,7 @@ class HostBook:
     a TTL is clamped to ``[ttl_min, ttl_max]`` seconds.
     """
 
-    def __init__(self, *, ttl_min: float = 30.0, ttl_max: float = 3600.0) -> None:
+    def __init__(self, *, ttl_min: float = TTL_MIN, ttl_max: float = TTL_MAX) -> None:
         if not 0 < ttl_min <= ttl_max:
             raise ValueError(f"need 0 < ttl_min <= ttl_max, got {ttl_min} and {ttl_max}")
         self.ttl_min = ttl_min
@@ -293,7 +285,7 @@ class HostBook:
         changed = False
         for address, ttl in answers:
             until = now + min(max(ttl, self.ttl_min), self.ttl_max)
-            key = _canonical(address)
+            key = stored_address(address)
             if key not in held:
                 changed = True
             held[key] = max(until, held.get(key, until))

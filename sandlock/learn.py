@@ -14,10 +14,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from .audit import seen_address
 from .events import Event
-from .policy import Policy, Resolver
+from .plan import make
+from .sockaddr import shown
 from .unixrules import EVERYTHING as _UNIX_EVERYTHING
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .plan import Resolver
 
 __all__ = ["Learner"]
 
@@ -36,12 +40,13 @@ class Learner:
     ) -> None:
         self.given = list(allow)
         self.given_unix = list(unix_allow)
-        self.policy = Policy.from_specs(
+        self.policy = make(
             [*allow, *_EVERYTHING],
             list(deny),
             resolver=resolver,
             unix_allow=[*unix_allow, *_UNIX_EVERYTHING],
-        )
+            learn=True,
+        ).policy
         self._ports: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
         self._unix: dict[str, None] = {}
 
@@ -54,7 +59,7 @@ class Learner:
             return
         if not d.allowed or d.rule not in _EVERYTHING:
             return
-        target = d.host or seen_address(event.dest.addr)
+        target = d.host or shown(event.dest.addr)
         self._ports[(event.proto, target)].add(event.dest.port)
 
     def rules(self) -> list[str]:

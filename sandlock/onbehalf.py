@@ -42,7 +42,7 @@ from . import _syscalls as sys_
 from ._msg import Message, int32
 from .events import Event, Listener
 from .policy import Decision, Policy
-from .sockaddr import Dest, Invalid, NoDest, parse_sockaddr
+from .sockaddr import MAPPED_PREFIX, Dest, Invalid, NoDest, canonical, parse_sockaddr
 from .vfiles import OPEN_SYSCALLS, VirtualFiles
 
 TYPE_CHECKING = False
@@ -640,25 +640,21 @@ class Handlers:
         return i or rc
 
 
-_ZERO4 = bytes(4)
-_ZERO16 = bytes(16)
-_MAPPED_ZERO = bytes(10) + b"\xff\xff" + bytes(4)
-
-
 def pin_unspecified(name: bytes, dest: Dest) -> bytes:
     """Our copy of a name, with an unspecified destination made the loopback address the
-    policy decided on (0.0.0.0 -> 127.0.0.1, :: -> ::1, ::ffff:0.0.0.0 -> ::ffff:127.0.0.1).
+    policy decided on (sockaddr.canonical), in the name's own form: 0.0.0.0 -> 127.0.0.1,
+    :: -> ::1, ::ffff:0.0.0.0 -> ::ffff:127.0.0.1. Any other name is returned as is.
 
     The kernel sends "unspecified" to the socket's own bound address, or to 127.0.0.1 from
     a v4-mapped IPv6 socket: not necessarily the loopback the decision was about."""
     addr = dest.addr
-    if addr == _ZERO4:
-        return name[:4] + b"\x7f\x00\x00\x01" + name[8:]
-    if addr == _ZERO16:
-        return name[:8] + bytes(15) + b"\x01" + name[24:]
-    if addr == _MAPPED_ZERO:
-        return name[:8] + _MAPPED_ZERO[:12] + b"\x7f\x00\x00\x01" + name[24:]
-    return name
+    seen = canonical(addr)
+    if len(seen) < len(addr):  # decided as IPv4: the name stays IPv4-mapped
+        seen = MAPPED_PREFIX + seen
+    if seen == addr:
+        return name
+    start = 4 if len(addr) == 4 else 8  # sin_addr, sin6_addr
+    return name[:start] + seen + name[start + len(addr) :]
 
 
 class _Progress:

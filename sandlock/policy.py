@@ -8,54 +8,52 @@ The model, as in ``net-rules.md``:
 - **Deny wins.** ``--net-deny`` rules of that protocol are checked first; a match
   refuses the call even where an allow rule would match. Then the allow rules:
   the first one that matches (in the order given) allows the call.
-- **Mapped addresses are IPv4.** ``::ffff:a.b.c.d`` is the IPv4 address
-  ``a.b.c.d`` for every rule, allow and deny alike; rules written in mapped form
-  are already IPv4 (see :mod:`sandlock.rules`).
-- **Unspecified addresses are loopback.** Connecting to ``0.0.0.0`` (or
-  ``::ffff:0.0.0.0``) reaches ``127.0.0.1``, and ``::`` reaches ``::1``; they are
-  matched as such, so a deny on loopback stops them too. A *rule* written as
-  exactly ``0.0.0.0`` or ``::`` is read the same way (as ``127.0.0.1`` / ``::1``),
-  so that ``--net-deny 0.0.0.0`` is not silently dead. Addresses a hostname
-  resolves to are not rewritten: a sinkholed name (``0.0.0.0``) grants nothing.
+- **The address as the rules see it** (:func:`sandlock.sockaddr.canonical`): a
+  mapped ``::ffff:a.b.c.d`` is the IPv4 address ``a.b.c.d`` for every rule, allow and
+  deny alike (rules written in mapped form are already IPv4: see :mod:`sandlock.rules`);
+  an unspecified destination is the loopback address it reaches (``0.0.0.0`` and
+  ``::ffff:0.0.0.0`` are ``127.0.0.1``, ``::`` is ``::1``), so a deny on loopback stops
+  it too. A *rule* written as exactly ``0.0.0.0`` or ``::`` is read the same way, so
+  that ``--net-deny 0.0.0.0`` is not silently dead. Addresses a hostname resolves to
+  are only unmapped: a sinkholed name (``0.0.0.0``) grants nothing.
 - **Host keys.** Addresses are kept per host key: an exact hostname, or a wildcard
-  pattern (``*.example.com``). Exact names are resolved at start; wildcards start
-  with no address and match nothing until the DNS-following mode
-  (:mod:`sandlock.dns`) learns addresses for them (:meth:`Policy.with_hosts`).
-  :meth:`Policy.host_for_name` says which key covers a name the command looks up.
+  pattern (``*.example.com``). The plan (:mod:`sandlock.plan`) resolves exact names
+  at start; wildcards start with no address and match nothing until the
+  DNS-following mode (:mod:`sandlock.dns`) learns addresses for them
+  (:meth:`Policy.with_hosts`). :meth:`Policy.host_for_name` says which key covers a
+  name the command looks up.
 
-A :class:`Policy` is immutable: the supervisor swaps whole objects. Building one
-compiles the rules into per-protocol tables of plain integers so that
-:meth:`Policy.decide` does no allocation and no ``ipaddress`` work per call.
+Pure: no I/O, no resolver; a Policy is built from parsed rules and the addresses of
+their hosts, in one way (its constructor). It is immutable: the supervisor swaps whole
+objects. Building one compiles the rules into per-protocol tables of plain integers
+so that :meth:`Policy.decide` does no allocation and no ``ipaddress`` work per call.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import NamedTuple
 
-from .errors import PolicyError
-from .rules import PROTOS, WILDCARD_PREFIX, Rule, is_wildcard, parse_rule
+from .rules import PROTOS, WILDCARD_PREFIX, Rule, is_wildcard
+from .sockaddr import MAPPED_PREFIX, IPAddress, canonical, unmapped
 
-__all__ = ["Decision", "HostAddrs", "IPAddress", "Policy", "Resolver", "resolve_host"]
+__all__ = ["Decision", "HostAddrs", "IPAddress", "Policy", "stored_address", "stored_addresses"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .unixrules import UnixRules
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Resolver = Callable[[str], Sequence[str]]
 HostAddrs = Mapping[str, Iterable[str | IPAddress]]
 
-_ALLOW_FLAG = "--net-allow"
-_DENY_FLAG = "--net-deny"
 _ALL4 = (1 << 32) - 1
 _ALL6 = (1 << 128) - 1
-_LOOPBACK4 = int(ipaddress.IPv4Address("127.0.0.1"))
-_LOOPBACK6 = 1
-_MAPPED_TAG = 0xFFFF  # the 96 bits above a mapped address: ::ffff:0:0/96
+# canonical() in integers, for decide(): the 96 bits above a mapped address, and what
+# an unspecified address becomes (both read from sockaddr.py's bytes, not retyped).
+_MAPPED_TAG = int.from_bytes(MAPPED_PREFIX, "big")
+_LOOPBACK4 = int.from_bytes(canonical(bytes(4)), "big")
+_LOOPBACK6 = int.from_bytes(canonical(bytes(16)), "big")
 
 
 class Decision(NamedTuple):
@@ -97,20 +95,14 @@ class _Table(NamedTuple):
     allow6: tuple[_Entry, ...]
 
 
-def resolve_host(host: str) -> list[str]:
-    """The system resolver: every A and AAAA address of ``host``, deduplicated."""
-    found: dict[str, None] = {}
-    for family, _type, _proto, _canon, sockaddr in socket.getaddrinfo(host, None):
-        if family in (socket.AF_INET, socket.AF_INET6):
-            found[str(sockaddr[0])] = None
-    return list(found)
-
-
 class Policy:
-    """An immutable, compiled set of allow and deny rules.
+    """An immutable, compiled set of allow and deny rules: build it, then :meth:`decide`.
 
-    Build it with :meth:`from_specs` (parses and resolves) or :meth:`from_rules`
-    (the caller resolved the hostnames), then call :meth:`decide`.
+    ``host_addrs`` must name exactly the hostnames of the allow rules (an empty address
+    list is allowed and matches nothing); a deny rule may not carry a hostname.
+    Addresses are strings or ``ipaddress`` objects (:func:`stored_address`). Raises
+    ValueError otherwise. ``unix`` are the ``--unix-allow`` rules (None: none given).
+    The plan (:mod:`sandlock.plan`) parses the rule strings and resolves the hostnames.
     """
 
     __slots__ = ("_allow", "_deny", "_domains", "_hosts", "_tables", "_unix")
@@ -129,7 +121,6 @@ class Policy:
         host_addrs: HostAddrs,
         unix: UnixRules | None = None,
     ) -> None:
-        """Same as :meth:`from_rules`."""
         allow, deny = tuple(allow), tuple(deny)
         object.__setattr__(self, "_unix", unix)
         hosts = _check_hosts(allow, deny, host_addrs)
@@ -147,55 +138,6 @@ class Policy:
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"Policy is immutable (cannot delete {name!r})")
-
-    @classmethod
-    def from_specs(
-        cls,
-        allow: Sequence[str],
-        deny: Sequence[str],
-        *,
-        resolver: Resolver | None = None,
-        unix_allow: Sequence[str] = (),
-    ) -> Policy:
-        """Parse ``--net-allow``/``--net-deny`` specs and resolve each hostname once;
-        ``unix_allow`` are ``--unix-allow`` specs (:mod:`sandlock.unixrules`).
-
-        The first bad spec raises :class:`PolicyError`, and so does a hostname
-        that does not resolve (or resolves to nothing). ``resolver`` defaults to
-        :func:`resolve_host`; tests pass a fake, and the DNS-following mode passes
-        one that asks its upstream (:func:`sandlock.dns.resolver_for`). Wildcard
-        patterns are never resolved: they start with no address.
-        """
-        allow_rules = [parse_rule(spec, flag=_ALLOW_FLAG) for spec in allow]
-        deny_rules = [parse_rule(spec, flag=_DENY_FLAG) for spec in deny]
-        unix = None
-        if unix_allow:
-            from .unixrules import UnixRules
-
-            unix = UnixRules.from_specs(unix_allow)
-        lookup = resolve_host if resolver is None else resolver
-        first_spec: dict[str, str] = {}
-        for rule in allow_rules:
-            if rule.host is not None:
-                first_spec.setdefault(rule.host, rule.spec)
-        hosts = {
-            host: () if is_wildcard(host) else _resolve(lookup, host, spec)
-            for host, spec in first_spec.items()
-        }
-        return cls(allow_rules, deny_rules, hosts, unix)
-
-    @classmethod
-    def from_rules(
-        cls, allow: Sequence[Rule], deny: Sequence[Rule], host_addrs: HostAddrs
-    ) -> Policy:
-        """Build from parsed rules and the addresses of every allow hostname.
-
-        ``host_addrs`` must name exactly the hostnames of the allow rules (an empty
-        address list is allowed and matches nothing); a deny rule may not carry a
-        hostname. Addresses are strings or ``ipaddress`` objects; mapped IPv6
-        addresses are stored as IPv4. Raises ValueError otherwise.
-        """
-        return cls(allow, deny, host_addrs)
 
     def with_host_addresses(self, host: str, addrs: Iterable[str | IPAddress]) -> Policy:
         """A new Policy where ``host``'s addresses are ``addrs``; this one is unchanged."""
@@ -261,10 +203,12 @@ class Policy:
         return self._hosts
 
     def decide(self, proto: str, addr: bytes, port: int) -> Decision:
-        """Decide on a destination: ``addr`` is the packed 4- or 16-byte address."""
+        """Decide on a destination: ``addr`` is the packed 4- or 16-byte address, read as
+        :func:`sandlock.sockaddr.canonical` says."""
         table = self._tables.get(proto)
         if table is None:
             return _DEFAULT_DENY
+        # canonical(), inlined on integers: this runs on every call the gate hands on.
         size = len(addr)
         if size == 4:
             value = int.from_bytes(addr, "big")
@@ -298,12 +242,12 @@ class Policy:
 
         Ports are ignored: a deny rule that covers the address refuses the peer whatever
         its ports, then the first allow rule that covers it allows it. Addresses are
-        read as :meth:`decide` reads them (mapped IPv6 is IPv4)."""
+        read as :meth:`decide` reads them (:func:`sandlock.sockaddr.canonical`)."""
         table = self._tables.get(proto)
-        key = _address_key(addr)
-        if table is None or key is None:
+        if table is None or len(addr) not in (4, 16):
             return _DEFAULT_DENY
-        value, v4 = key
+        seen = canonical(addr)
+        value, v4 = int.from_bytes(seen, "big"), len(seen) == 4
         deny, allow = (table.deny4, table.allow4) if v4 else (table.deny6, table.allow6)
         for entry in (*deny, *allow):
             if value & entry.mask == entry.net:
@@ -328,49 +272,18 @@ class Policy:
         return f"<Policy {self.describe()}>"
 
 
-def _address_key(addr: bytes) -> tuple[int, bool] | None:
-    """(the address as an integer, is it IPv4) as :meth:`Policy.decide` matches it."""
-    if len(addr) not in (4, 16):
-        return None
-    value = int.from_bytes(addr, "big")
-    v4 = len(addr) == 4 or value >> 32 == _MAPPED_TAG
-    if v4:
-        value &= _ALL4
-        return (value or _LOOPBACK4), True
-    return (value or _LOOPBACK6), False
+def stored_address(value: str | IPAddress) -> str:
+    """An address of a host key as the policy keeps it: text, an IPv4-mapped address as
+    IPv4 (:func:`sandlock.sockaddr.unmapped`, never made loopback), a zone index
+    (``%eth0``) dropped. ValueError if ``value`` is not an IP address."""
+    if isinstance(value, str):
+        value = ipaddress.ip_address(value.partition("%")[0])
+    return str(ipaddress.ip_address(unmapped(value.packed)))
 
 
-def _resolve(lookup: Resolver, host: str, spec: str) -> tuple[str, ...]:
-    def fail(reason: str) -> PolicyError:
-        message = f"{_ALLOW_FLAG}: cannot resolve `{host}` in `{spec}`: {reason}"
-        return PolicyError(message, flag=_ALLOW_FLAG, spec=spec)
-
-    try:
-        found = lookup(host)
-    except (OSError, UnicodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise fail(reason) from err
-    try:
-        addrs = _canonical_addrs(found)
-    except ValueError as err:
-        raise fail(str(err)) from err
-    if not addrs:
-        raise fail("no addresses")
-    return addrs
-
-
-def _canonical_addrs(addrs: Iterable[str | IPAddress]) -> tuple[str, ...]:
-    """Deduplicated address strings, mapped IPv6 as IPv4, zone indexes dropped."""
-    seen: dict[str, None] = {}
-    for value in addrs:
-        if isinstance(value, str):
-            ip = ipaddress.ip_address(value.partition("%")[0])
-        else:
-            ip = ipaddress.ip_address(value.packed)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        seen[str(ip)] = None
-    return tuple(seen)
+def stored_addresses(addrs: Iterable[str | IPAddress]) -> tuple[str, ...]:
+    """Each address as :func:`stored_address` gives it, once, in the order given."""
+    return tuple({stored_address(value): None for value in addrs})
 
 
 def _check_hosts(
@@ -383,7 +296,7 @@ def _check_hosts(
     extra = [host for host in host_addrs if host not in named]
     if missing or extra:
         raise ValueError(f"host addresses do not match the rules: missing {missing}, extra {extra}")
-    return {host: _canonical_addrs(host_addrs[host]) for host in named}
+    return {host: stored_addresses(host_addrs[host]) for host in named}
 
 
 def _compile(
@@ -423,7 +336,8 @@ def _entries(
 
 
 def _network_ints(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]:
-    """(network, mask) as integers; exactly ``0.0.0.0``/``::`` is read as loopback."""
+    """(network, mask) as integers; exactly ``0.0.0.0``/``::`` is read as the loopback
+    address a destination written so is (:func:`sandlock.sockaddr.canonical`)."""
     net, mask = int(network.network_address), int(network.netmask)
     full = _ALL4 if network.version == 4 else _ALL6
     if net == 0 and mask == full:

@@ -51,6 +51,7 @@ import re
 from typing import Literal, NamedTuple, NoReturn
 
 from .errors import PolicyError
+from .sockaddr import unmapped_ip
 
 __all__ = ["PROTOS", "WILDCARD_PREFIX", "Network", "Proto", "Rule", "is_wildcard", "parse_rule"]
 
@@ -258,9 +259,9 @@ def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
 def _unmap(network: Network) -> Network:
     """Turn an IPv4-mapped IPv6 network (``::ffff:0:0/96`` or narrower) into IPv4."""
     if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
-        mapped = network.network_address.ipv4_mapped
-        if mapped is not None:
-            return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+        address = unmapped_ip(network.network_address)
+        if address.version == 4:
+            return ipaddress.IPv4Network((address, network.prefixlen - 96))
     return network
 
 

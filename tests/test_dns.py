@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from sandlock.dns import (
     system_upstreams,
 )
 from sandlock.errors import PolicyError
+from sandlock.plan import NameOptions, make
 from sandlock.policy import Policy
 
 from .dnsfake import FakeUpstream
@@ -166,7 +167,7 @@ def test_lookup_truncated_retries_over_tcp(fake: FakeUpstream) -> None:
 
 
 def test_lookup_name_without_addresses(fake: FakeUpstream) -> None:
-    """A name that exists but has no A/AAAA gives [] (from_specs then says so)."""
+    """A name that exists but has no A/AAAA gives [] (the plan then says so)."""
     fake.add("txt-only.test", "TXT", ['"x"'])
     assert lookup(where(fake), "txt-only.test", timeout=5) == []
 
@@ -205,16 +206,23 @@ def test_lookup_bad_name() -> None:
         lookup(("127.0.0.1", closed_port()), "a" * 64 + ".test", timeout=1)
 
 
+def dns_policy(specs: Sequence[str], resolver: Callable[[str], Sequence[str]]) -> Policy:
+    """The plan's policy of ``specs`` in the DNS-following mode, its exact names resolved
+    by ``resolver`` (the upstream given is only parsed)."""
+    options = NameOptions(dns_proxy=True, dns_upstream="127.0.0.1")
+    return make(specs, [], options, resolver=resolver).policy
+
+
 def test_resolver_for_feeds_policy(fake: FakeUpstream) -> None:
-    """from_specs resolves exact names at the upstream, and reports its errors as usual."""
-    policy = Policy.from_specs(SPECS, [], resolver=resolver_for(where(fake), timeout=5))
+    """The plan resolves exact names at the upstream, and reports its errors as usual."""
+    policy = dns_policy(SPECS, resolver_for(where(fake), timeout=5))
     assert dict(policy.host_addresses) == {
         "*.example.test": (),
         "api.example.test": ("192.0.2.1", "2001:db8::1"),
         "*.b.example.test": (),
     }
     with pytest.raises(PolicyError) as info:
-        Policy.from_specs(["nosuch.test:443"], [], resolver=resolver_for(where(fake)))
+        dns_policy(["nosuch.test:443"], resolver_for(where(fake)))
     assert str(info.value) == (
         f"--net-allow: cannot resolve `nosuch.test` in `nosuch.test:443`: "
         f"NXDOMAIN from 127.0.0.1:{fake.port}"
@@ -278,7 +286,7 @@ class Env:
 
     def __init__(self, fake: FakeUpstream, specs: Sequence[str], **options: object) -> None:
         self.book = HostBook()
-        self.policy = Policy.from_specs(specs, [], resolver=lambda host: ["192.0.2.99"])
+        self.policy = dns_policy(specs, lambda host: ["192.0.2.99"])
         self.records: list[Record] = []
         self.swaps = 0
         upstream = options.pop("upstream", where(fake))
@@ -700,7 +708,7 @@ async def test_escaped_name_is_not_covered(fake: FakeUpstream) -> None:
 def test_answer_never_raises_on_junk(wire: bytes) -> None:
     """Any bytes at all: a reply or a drop, never an exception (nothing is covered here)."""
     book = HostBook()
-    policy = Policy.from_specs(["*"], [])
+    policy = make(["*"], []).policy
     fwd = Forwarder(lambda: policy, ("127.0.0.1", 9), book, on_learn=lambda: None)
     reply = trio.run(lambda: fwd.answer(wire, transport="udp"))
     assert reply is None or isinstance(reply, bytes)

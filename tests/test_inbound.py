@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from sandlock.policy import Policy
+from sandlock.plan import make
 
 from .conftest import SANDLOCK, describe, kill_group, run_sandboxed, sandlock_env
 
@@ -59,7 +59,7 @@ def _ip(text: str) -> bytes:
 )
 def test_decide_peer(allow: list[str], deny: list[str], peer: str, expected: bool) -> None:
     """A peer is allowed when a connect to its address is allowed on some port."""
-    policy = Policy.from_specs(allow, deny)
+    policy = make(allow, deny).policy
     decision = policy.decide_peer("tcp", _ip(peer))
     assert decision.allowed is expected
     if not expected and deny:
@@ -69,7 +69,7 @@ def test_decide_peer(allow: list[str], deny: list[str], peer: str, expected: boo
 def test_decide_peer_agrees_with_decide() -> None:
     """Without port-specific deny rules, decide_peer allows exactly the addresses that
     decide allows on some port (the two read addresses the same way)."""
-    policy = Policy.from_specs(["127.0.0.0/8:80", "[::1]:443", "192.0.2.1"], ["127.0.0.9", "[::2]"])
+    policy = make(["127.0.0.0/8:80", "[::1]:443", "192.0.2.1"], ["127.0.0.9", "[::2]"]).policy
     addrs = [
         "127.0.0.1",
         "127.0.0.9",

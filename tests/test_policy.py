@@ -1,17 +1,19 @@
 """The policy of net-rules.md: per-protocol default deny, deny wins, mapped and
-unspecified addresses, hostnames through an injected resolver (never real DNS)."""
+unspecified addresses, hostnames with the addresses given (resolving them is the plan's
+job: tests/test_plan.py). Pure: no resolver, no socket."""
 
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections.abc import Sequence
 
 import pytest
 
 from sandlock.errors import PolicyError
-from sandlock.policy import Decision, Policy, resolve_host
+from sandlock.plan import parse
+from sandlock.policy import Decision, Policy, stored_address, stored_addresses
 from sandlock.rules import parse_rule
+from sandlock.sockaddr import canonical
 
 HOSTS = {
     "example.com": ["93.184.216.34", "2606:2800:220:1::1"],
@@ -21,16 +23,12 @@ HOSTS = {
 }
 
 
-def fake_resolver(host: str) -> Sequence[str]:
-    """Resolve from HOSTS; anything else does not exist."""
-    try:
-        return HOSTS[host]
-    except KeyError:
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
-
-
 def make(allow: Sequence[str], deny: Sequence[str] = ()) -> Policy:
-    return Policy.from_specs(allow, deny, resolver=fake_resolver)
+    """The Policy of these rule strings, each hostname with its HOSTS addresses and each
+    wildcard with none (as the plan builds it)."""
+    rules = parse(allow, deny)
+    hosts = {r.host: () if r.wildcard else HOSTS[r.host] for r in rules.allow if r.host}
+    return Policy(rules.allow, rules.deny, hosts)
 
 
 def ip(text: str) -> bytes:
@@ -275,22 +273,6 @@ def test_host_addresses_are_canonical() -> None:
     assert allowed(policy, "203.0.113.6", 443)
 
 
-def test_each_hostname_resolved_once() -> None:
-    """A hostname named by several rules is resolved a single time."""
-    calls: list[str] = []
-
-    def counting(host: str) -> Sequence[str]:
-        calls.append(host)
-        return fake_resolver(host)
-
-    Policy.from_specs(
-        ["example.com:443", "udp://example.com:53", "Example.com", "api.example.org"],
-        [],
-        resolver=counting,
-    )
-    assert calls == ["example.com", "api.example.org"]
-
-
 def test_sinkholed_hostname_grants_nothing() -> None:
     """A name resolving to 0.0.0.0 does not open loopback."""
     policy = make(["sinkhole.example"])
@@ -303,74 +285,6 @@ def test_deny_wins_over_hostname() -> None:
     policy = make(["example.com"], ["93.184.216.34"])
     assert not allowed(policy, "93.184.216.34", 443)
     assert allowed(policy, "2606:2800:220:1::1", 443)
-
-
-def test_unresolvable_hostname_is_an_error() -> None:
-    """A name that does not resolve stops the start with the flag, name and spec."""
-    with pytest.raises(PolicyError) as info:
-        make(["*", "nosuch.invalid:443"])
-    assert str(info.value) == (
-        "--net-allow: cannot resolve `nosuch.invalid` in `nosuch.invalid:443`: "
-        "Name or service not known"
-    )
-    assert info.value.flag == "--net-allow"
-    assert info.value.spec == "nosuch.invalid:443"
-    assert isinstance(info.value.__cause__, socket.gaierror)
-
-
-@pytest.mark.parametrize(
-    ("result", "reason"),
-    [
-        ([], "no addresses"),
-        (["not-an-ip"], "'not-an-ip' does not appear to be an IPv4 or IPv6 address"),
-    ],
-)
-def test_resolver_without_usable_addresses(result: list[str], reason: str) -> None:
-    """No address, or a junk address, is a start-up error too."""
-    with pytest.raises(PolicyError) as info:
-        Policy.from_specs(["h:1"], [], resolver=lambda host: result)
-    assert str(info.value) == f"--net-allow: cannot resolve `h` in `h:1`: {reason}"
-
-
-@pytest.mark.parametrize(
-    ("error", "reason"),
-    [
-        (OSError("plain message"), "plain message"),
-        (OSError(11, "Resource temporarily unavailable"), "Resource temporarily unavailable"),
-        (UnicodeError("label too long"), "label too long"),
-    ],
-)
-def test_resolver_errors(error: Exception, reason: str) -> None:
-    """OSError and UnicodeError from the resolver become PolicyError."""
-
-    def failing(host: str) -> Sequence[str]:
-        raise error
-
-    with pytest.raises(PolicyError) as info:
-        Policy.from_specs(["h"], [], resolver=failing)
-    assert str(info.value) == f"--net-allow: cannot resolve `h` in `h`: {reason}"
-    assert info.value.__cause__ is error
-
-
-def test_default_resolver_uses_getaddrinfo(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without `resolver=`, getaddrinfo gives every A and AAAA address, once each."""
-    seen: list[object] = []
-
-    def fake_getaddrinfo(host: str, port: object) -> list[tuple[object, ...]]:
-        seen.append((host, port))
-        tcp, udp = socket.SOCK_STREAM, socket.SOCK_DGRAM
-        return [
-            (socket.AF_INET, tcp, 6, "", ("192.0.2.1", 0)),
-            (socket.AF_INET, udp, 17, "", ("192.0.2.1", 0)),
-            (socket.AF_INET6, tcp, 6, "", ("2001:db8::1", 0, 0, 0)),
-            (socket.AF_UNIX, tcp, 0, "", "/nowhere"),
-        ]
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
-    assert resolve_host("h.example") == ["192.0.2.1", "2001:db8::1"]
-    policy = Policy.from_specs(["h.example:443"], [])
-    assert policy.host_addresses["h.example"] == ("192.0.2.1", "2001:db8::1")
-    assert seen == [("h.example", None), ("h.example", None)]
 
 
 # --- building ------------------------------------------------------------------------
@@ -387,11 +301,11 @@ def test_first_bad_spec_raises() -> None:
     assert info.value.flag == "--net-deny"
 
 
-def test_from_rules() -> None:
-    """Callers that resolve themselves pass the addresses, as strings or ip objects."""
+def test_constructor() -> None:
+    """The plan passes the parsed rules and the addresses, as strings or ip objects."""
     allow = [parse_rule("example.com:443", flag="--net-allow")]
     deny = [parse_rule("10.0.0.0/8", flag="--net-deny")]
-    policy = Policy.from_rules(
+    policy = Policy(
         allow,
         deny,
         {
@@ -415,25 +329,25 @@ def test_from_rules() -> None:
     "hosts",
     [{}, {"example.com": ["1.1.1.1"], "other.example": ["1.1.1.2"]}, {"EXAMPLE.COM": []}],
 )
-def test_from_rules_host_addresses_must_match_rules(hosts: dict[str, list[str]]) -> None:
+def test_host_addresses_must_match_rules(hosts: dict[str, list[str]]) -> None:
     """Every hostname needs addresses, and no address list may be left over."""
     allow = [parse_rule("example.com", flag="--net-allow")]
     with pytest.raises(ValueError, match="host addresses do not match the rules"):
-        Policy.from_rules(allow, [], hosts)
+        Policy(allow, [], hosts)
 
 
-def test_from_rules_refuses_hostname_in_deny() -> None:
+def test_refuses_hostname_in_deny() -> None:
     """A hand-built deny rule naming a host is refused (deny has no DNS)."""
     rule = parse_rule("example.com", flag="--net-allow")
     with pytest.raises(ValueError, match="--net-deny rule cannot name a hostname"):
-        Policy.from_rules([], [rule], {})
+        Policy([], [rule], {})
 
 
-def test_from_rules_refuses_junk_addresses() -> None:
+def test_refuses_junk_addresses() -> None:
     """An address that is not an IP is a ValueError."""
     allow = [parse_rule("example.com", flag="--net-allow")]
     with pytest.raises(ValueError):
-        Policy.from_rules(allow, [], {"example.com": ["example.com"]})
+        Policy(allow, [], {"example.com": ["example.com"]})
 
 
 def test_with_host_addresses_returns_a_new_policy() -> None:
@@ -494,23 +408,6 @@ def test_describe_and_repr() -> None:
 
 
 # --- wildcards and the DNS-following mode ----------------------------------------------
-
-
-def test_wildcards_are_not_resolved_and_start_empty() -> None:
-    """A wildcard pattern never reaches the resolver and allows nothing until learned."""
-    calls: list[str] = []
-
-    def counting(host: str) -> Sequence[str]:
-        calls.append(host)
-        return fake_resolver(host)
-
-    policy = Policy.from_specs(["*.example.com:443", "example.com:443"], [], resolver=counting)
-    assert calls == ["example.com"]
-    assert dict(policy.host_addresses) == {
-        "*.example.com": (),
-        "example.com": tuple(HOSTS["example.com"]),
-    }
-    assert not allowed(policy, "198.51.100.9", 443)
 
 
 def test_with_hosts_fills_several_keys_at_once() -> None:
@@ -574,3 +471,61 @@ def test_host_for_name(name: str, key: str | None) -> None:
 def test_host_for_name_without_rules() -> None:
     """A policy without hostnames covers no name."""
     assert make(["*"]).host_for_name("example.com") is None
+
+
+# --- how addresses are read and kept ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("192.0.2.1", "192.0.2.1"),
+        ("::ffff:192.0.2.1", "192.0.2.1"),
+        (ipaddress.ip_address("::ffff:192.0.2.1"), "192.0.2.1"),
+        ("0.0.0.0", "0.0.0.0"),
+        ("::ffff:0.0.0.0", "0.0.0.0"),
+        ("::", "::"),
+        ("fe80::1%eth0", "fe80::1"),
+        (ipaddress.IPv6Address("fe80::1%eth0"), "fe80::1"),
+        ("2001:DB8::1", "2001:db8::1"),
+    ],
+)
+def test_stored_address(
+    value: str | ipaddress.IPv4Address | ipaddress.IPv6Address, kept: str
+) -> None:
+    """A host's address is kept unmapped and without its zone, never made loopback."""
+    assert stored_address(value) == kept
+
+
+def test_stored_addresses() -> None:
+    """Each address once, in the order first given; junk is a ValueError."""
+    assert stored_addresses(["192.0.2.1", "::ffff:192.0.2.1", "::1", "192.0.2.1"]) == (
+        "192.0.2.1",
+        "::1",
+    )
+    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
+        stored_addresses(["192.0.2.1", "nowhere"])
+
+
+@pytest.mark.parametrize("size", [0, 3, 5, 15, 17])
+def test_decide_peer_bad_length(size: int) -> None:
+    """A peer address of another length than 4 or 16 bytes is refused."""
+    assert make(["*"]).decide_peer("tcp", b"\x7f" * size) == Decision(False, None, None)
+
+
+def test_decide_peer_unknown_protocol_or_address() -> None:
+    """A protocol the policy does not know, or an address no rule covers, is refused for
+    peers too."""
+    assert make(["*"]).decide_peer("sctp", ip("127.0.0.1")) == Decision(False, None, None)
+    assert make(["127.0.0.1:80"]).decide_peer("tcp", ip("127.0.0.2")) == Decision(False, None, None)
+
+
+@pytest.mark.parametrize(
+    "dest", ["0.0.0.0", "::", "::ffff:0.0.0.0", "::ffff:127.0.0.1", "::ffff:10.1.2.3", "::1"]
+)
+def test_decide_and_decide_peer_read_canonical(dest: str) -> None:
+    """Both decisions read an address exactly as sockaddr.canonical says."""
+    policy = make(["127.0.0.1:80", "[::1]:80", "10.0.0.0/8"], ["10.1.0.0/16"])
+    seen = canonical(ip(dest))
+    assert policy.decide("tcp", ip(dest), 80) == policy.decide("tcp", seen, 80)
+    assert policy.decide_peer("tcp", ip(dest)) == policy.decide_peer("tcp", seen)

@@ -12,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sandlock.errors import PolicyError
+from sandlock.plan import make
 from sandlock.policy import Decision, Policy
 from sandlock.rules import Network, Rule, parse_rule
-from sandlock.sockaddr import Dest, Invalid, NoDest, parse_sockaddr
+from sandlock.sockaddr import Dest, Invalid, NoDest, canonical, parse_sockaddr
 
 FLAGS = st.sampled_from(["--net-allow", "--net-deny"])
 GRAMMAR_CHARS = "0123456789abcdefx:./[]*,-_% \t" + "tcpudpimTCP" + "\u212a\u00fc\u0660"
@@ -236,7 +237,7 @@ def test_decide_agrees_with_model(
     allow: list[str], deny: list[str], proto: str, address: IPAddress, port: int
 ) -> None:
     """The compiled integer tables decide exactly as the plain model does."""
-    policy = Policy.from_specs(allow, deny, resolver=resolver)
+    policy = make(allow, deny, resolver=resolver).policy
     assert policy.decide(proto, address.packed, port) == model_decide(policy, proto, address, port)
 
 
@@ -250,7 +251,7 @@ def test_mapped_destination_decides_as_ipv4(
     allow: list[str], proto: str, address: ipaddress.IPv4Address, port: int
 ) -> None:
     """`::ffff:a.b.c.d` always gets the same decision as `a.b.c.d`."""
-    policy = Policy.from_specs(allow, ["::ffff:10.0.0.0/104", "127.0.0.1:22"], resolver=resolver)
+    policy = make(allow, ["::ffff:10.0.0.0/104", "127.0.0.1:22"], resolver=resolver).policy
     mapped = ipaddress.IPv6Address(f"::ffff:{address}").packed
     assert policy.decide(proto, mapped, port) == policy.decide(proto, address.packed, port)
 
@@ -258,10 +259,28 @@ def test_mapped_destination_decides_as_ipv4(
 @given(st.text(max_size=8) | PROTO_NAMES, st.binary(max_size=20), st.integers())
 def test_decide_never_raises(proto: str, addr: bytes, port: int) -> None:
     """Any protocol string, address bytes and port give a Decision; junk is denied."""
-    policy = Policy.from_specs(POOL_SPECS, ["10.0.0.0/8"], resolver=resolver)
+    policy = make(POOL_SPECS, ["10.0.0.0/8"], resolver=resolver).policy
     decision = policy.decide(proto, addr, port)
     assert isinstance(decision, Decision)
     if len(addr) not in (4, 16) or proto not in ("tcp", "udp", "icmp"):
         assert decision == Decision(False, None, None)
     if decision.allowed:
         assert decision.rule in POOL_SPECS
+
+
+@given(
+    st.lists(st.sampled_from(POOL_SPECS), max_size=6),
+    st.lists(st.sampled_from([s for s in POOL_SPECS if "example" not in s]), max_size=3),
+    PROTO_NAMES,
+    ADDRESSES | st.sampled_from(["::ffff:0.0.0.0", "0.0.0.0", "::"]).map(ipaddress.ip_address),
+    st.integers(0, 65535),
+)
+def test_decide_fast_path_is_canonical(
+    allow: list[str], deny: list[str], proto: str, address: IPAddress, port: int
+) -> None:
+    """decide's inlined integers read an address exactly as sockaddr.canonical does, and
+    decide_peer calls it: the same decision for an address and its canonical form."""
+    policy = make(allow, deny, resolver=resolver).policy
+    seen = canonical(address.packed)
+    assert policy.decide(proto, address.packed, port) == policy.decide(proto, seen, port)
+    assert policy.decide_peer(proto, address.packed) == policy.decide_peer(proto, seen)

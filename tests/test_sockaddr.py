@@ -9,7 +9,17 @@ import struct
 
 import pytest
 
-from sandlock.sockaddr import Dest, Invalid, NoDest, format_dest, parse_sockaddr
+from sandlock.sockaddr import (
+    MAPPED_PREFIX,
+    Dest,
+    Invalid,
+    NoDest,
+    canonical,
+    parse_sockaddr,
+    shown,
+    unmapped,
+    unmapped_ip,
+)
 
 AF_INET, AF_INET6, AF_UNSPEC = int(socket.AF_INET), int(socket.AF_INET6), int(socket.AF_UNSPEC)
 
@@ -110,21 +120,75 @@ def test_port_zero_and_max() -> None:
     assert parse_sockaddr(sin("1.2.3.4", 65535)) == Dest(AF_INET, bytes([1, 2, 3, 4]), 65535)
 
 
+def packed(text: str) -> bytes:
+    """The 4 or 16 bytes of an address, as a sockaddr carries them."""
+    return ipaddress.ip_address(text).packed
+
+
 @pytest.mark.parametrize(
-    ("data", "text"),
+    ("dest", "seen"),
     [
-        (sin("127.0.0.1", 80), "127.0.0.1:80"),
-        (sin6("::1", 80), "[::1]:80"),
-        (sin6("2001:db8::1", 443), "[2001:db8::1]:443"),
-        (sin6("::ffff:10.0.0.1", 22), "10.0.0.1:22"),
-        (sin6("::", 0), "[::]:0"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("192.0.2.1", "192.0.2.1"),
+        ("0.0.0.0", "127.0.0.1"),
+        ("::", "::1"),
+        ("::1", "::1"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("::ffff:10.0.0.1", "10.0.0.1"),
+        ("::ffff:0.0.0.0", "127.0.0.1"),
+        ("::ffff:127.0.0.1", "127.0.0.1"),
+        ("::ffff:255.255.255.255", "255.255.255.255"),
+        ("::10.0.0.1", "::a00:1"),  # IPv4-compatible (deprecated): IPv6 like any other
+        ("::ffff:0:10.0.0.1", "::ffff:0:a00:1"),  # SIIT's IPv4-translated: IPv6 too
+        ("64:ff9b::10.0.0.1", "64:ff9b::a00:1"),  # NAT64: sent over IPv6
+        ("2002:a00:1::", "2002:a00:1::"),  # 6to4: sent over IPv6
+        ("0.0.0.1", "0.0.0.1"),  # only the unspecified address itself is loopback
+        ("::2", "::2"),
+        ("fe80::", "fe80::"),
     ],
 )
-def test_format_dest(data: bytes, text: str) -> None:
-    """Destinations print as host:port, IPv6 in brackets, mapped as IPv4."""
-    dest = parse_sockaddr(data)
-    assert isinstance(dest, Dest)
-    assert format_dest(dest) == text
+def test_canonical_and_shown(dest: str, seen: str) -> None:
+    """The address as the rules see it: mapped is IPv4, unspecified is loopback, and
+    nothing else is rewritten; shown() prints exactly that."""
+    assert canonical(packed(dest)) == packed(seen)
+    assert shown(packed(dest)) == seen
+
+
+@pytest.mark.parametrize("size", [0, 3, 5, 12, 15, 17])
+def test_canonical_leaves_other_lengths(size: int) -> None:
+    """Bytes that are no address come back as they are; shown() refuses them."""
+    junk = MAPPED_PREFIX[:size] + bytes(max(0, size - 12))
+    assert canonical(junk) == junk
+    with pytest.raises(ValueError):
+        shown(junk)
+
+
+def test_unmapped_is_only_the_first_half() -> None:
+    """unmapped() turns mapped into IPv4 but leaves unspecified addresses as they are (a
+    name sinkholed to 0.0.0.0 must not become loopback)."""
+    assert unmapped(packed("::ffff:192.0.2.7")) == packed("192.0.2.7")
+    assert unmapped(packed("::ffff:0.0.0.0")) == bytes(4)
+    assert unmapped(bytes(4)) == bytes(4)
+    assert unmapped(bytes(16)) == bytes(16)
+    plain = packed("2001:db8::1")
+    assert unmapped(plain) is plain
+
+
+def test_unmapped_ip() -> None:
+    """The same on ipaddress objects; an address that is not mapped is returned itself,
+    its zone index kept."""
+    assert unmapped_ip(ipaddress.ip_address("::ffff:10.1.2.3")) == ipaddress.IPv4Address(
+        "10.1.2.3"
+    )
+    zoned = ipaddress.ip_address("fe80::1%eth0")
+    assert unmapped_ip(zoned) is zoned
+    v4 = ipaddress.IPv4Address("0.0.0.0")
+    assert unmapped_ip(v4) is v4
+
+
+def test_mapped_prefix() -> None:
+    """MAPPED_PREFIX is the ::ffff:0:0/96 network's 12 leading bytes."""
+    assert MAPPED_PREFIX == ipaddress.ip_network("::ffff:0:0/96").network_address.packed[:12]
 
 
 def test_results_are_frozen() -> None:

@@ -22,9 +22,8 @@ import pytest
 import trio
 
 from sandlock import _syscalls as sys_
-from sandlock import launch
+from sandlock import launch, plan
 from sandlock.onbehalf import Event
-from sandlock.policy import Policy
 from sandlock.runner import supervise
 from sandlock.supervisor import Supervisor
 
@@ -91,7 +90,7 @@ async def test_policy_swap_takes_effect_on_the_next_call(sinks: Sinks, tmp_path:
     out = tmp_path / "out"
     argv = ["/bin/sh", "-c", f'exec "$0" -c "$1" > {out}', PY, script]
     events: list[Event] = []
-    allow = Policy.from_specs([sink.spec], [])
+    allow = plan.make([sink.spec], []).policy
     sups: list[Supervisor] = []
 
     def make(gate: sys_.Gate) -> Supervisor:
@@ -100,7 +99,7 @@ async def test_policy_swap_takes_effect_on_the_next_call(sinks: Sinks, tmp_path:
 
     async def swap() -> None:
         await _until(ready.exists)
-        sups[0].policy = Policy.from_specs([], [])
+        sups[0].policy = plan.make([], []).policy
         go.touch()
 
     with trio.fail_after(60):
@@ -120,7 +119,7 @@ async def test_killed_child_mid_connect_leaks_no_descriptor(full_listener: str) 
     host, port = full_listener.rsplit(":", 1)
     script = f"import socket; socket.create_connection(({host!r}, {port}))"
     before = _own_fds()
-    policy = Policy.from_specs([full_listener], [])
+    policy = plan.make([full_listener], []).policy
     child = launch.start([PY, "-c", script])
     try:
         with trio.fail_after(60):
@@ -160,7 +159,7 @@ async def test_many_calls_leak_no_descriptor(sinks: Sinks, wait: str) -> None:
                 pass
     """)
     before = _own_fds()
-    policy = Policy.from_specs([sink.spec], [])
+    policy = plan.make([sink.spec], []).policy
     sups: list[Supervisor] = []
 
     def make(gate: sys_.Gate) -> Supervisor:
@@ -226,11 +225,11 @@ def test_a_closed_gate_is_inert_and_keeps_its_counts(sinks: Sinks) -> None:
     child = launch.start([PY, "-c", send])
     assert child.gate is not None
     gate = child.gate
-    sup = Supervisor(gate, Policy.from_specs([sink.spec], []))
+    sup = Supervisor(gate, plan.make([sink.spec], []).policy)
     assert trio.run(supervise, child, sup) == 0
     child.close()
     assert gate.stats()[1] == 2  # the first send was Python's, the next two the gate's
-    sup.policy = Policy.from_specs([], [])  # clear()
+    sup.policy = plan.make([], []).policy  # clear()
     gate.allow(socket.AF_INET, socket.SOCK_DGRAM, 17, bytes([127, 0, 0, 1]), 9)
     gate.set_flags(0)
     spare = os.dup(0)
@@ -261,7 +260,7 @@ async def test_a_new_socket_at_a_sent_on_descriptor_is_checked_anew(sinks: Sinks
             except OSError as e:
                 raise SystemExit(e.errno)
         """)
-        policy = Policy.from_specs([sink.spec], [])
+        policy = plan.make([sink.spec], []).policy
         events: list[Event] = []
         child = launch.start([PY, "-c", script], keep_fds=[lite.fileno()])
         try:

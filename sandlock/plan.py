@@ -1,0 +1,360 @@
+"""The plan of a run: the user's options in; a pure Policy and the hostname mode out.
+
+Everything sandlock decides before a command starts is decided here, once, in order:
+
+1. **The rules parsed**, each string once (:func:`parse`, with :mod:`sandlock.rules` and
+   :mod:`sandlock.unixrules`): allow, then deny, then ``--unix-allow``; the first bad one
+   raises :class:`~sandlock.errors.PolicyError`. Everything after reads the parsed rules.
+2. **The hostname options** (:class:`NameOptions`), their defaults written here and
+   nowhere else: the CLI's parser and its fast reader, the daemon's wire form and the
+   DNS forwarder's book take them from here.
+3. **The mode chosen** (:mod:`sandlock.names` says what each one is at run time):
+   DNS-following when an allow rule names a host, unless ``--no-dns-proxy`` (or a
+   ``resolver`` hook) asks for resolving at start; a wildcard rule needs DNS-following.
+   Learn mode has neither: nothing runs for names, everything being allowed anyway.
+4. **The hostnames resolved**, each exact name once: the plan's only I/O. In the
+   DNS-following mode, or whenever ``--dns-upstream`` is given, by that upstream, whose
+   TTLs then seed the forwarder's book (``localhost`` there is loopback, asked of
+   nobody); by the system resolver (getaddrinfo) otherwise. A name that does not
+   resolve is a PolicyError that quotes its rule.
+
+:func:`make` is the way in; its result's :attr:`Plan.policy` is a pure
+:class:`~sandlock.policy.Policy`, and :meth:`Plan.start` makes what each run under it
+needs (the API runs one plan many times). The daemon, which counts a request's hostnames
+before it resolves them in a thread of its own pool, calls the two halves: :func:`parse`,
+then :class:`Plan`.
+
+The daemon client's lean launch path imports this module for the defaults alone, so at
+import it loads nothing but errors.py: the rest is imported where a plan is made.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .errors import PolicyError, SandlockError
+
+# typing, collections and socket cost a launch several ms: only where they are used.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from . import dns
+    from .names import Names
+    from .policy import Policy
+    from .rules import Rule
+    from .unixrules import UnixRules
+
+    Resolver = Callable[[str], Sequence[str]]
+    """A start-up resolver: a hostname in, its addresses out (OSError if it has none)."""
+
+__all__ = ["TTL_MAX", "TTL_MIN", "NameOptions", "Plan", "Rules", "make", "parse", "resolve_host"]
+
+TTL_MIN = 30.0
+"""Seconds a learned address stays allowed at least (--dns-ttl-min): see dns.py."""
+TTL_MAX = 3600.0
+"""Seconds a learned address stays allowed at most, whatever its TTL (--dns-ttl-max)."""
+
+_ALLOW_FLAG = "--net-allow"
+_DENY_FLAG = "--net-deny"
+
+
+class NameOptions:
+    """How hostname rules behave (the CLI's --[no-]dns-proxy, --dns-upstream, ...).
+
+    ``dns_proxy`` None means: on when an allow rule names a host; ``dns_upstream`` None
+    means the first nameserver of the host's /etc/resolv.conf. (A plain class: the
+    dataclasses module costs the CLI's launch ~8 ms.)"""
+
+    __slots__ = ("dns_proxy", "dns_upstream", "ttl_max", "ttl_min", "virtual_hosts")
+
+    def __init__(
+        self,
+        *,
+        virtual_hosts: bool = True,
+        dns_proxy: bool | None = None,
+        dns_upstream: str | None = None,
+        ttl_min: float = TTL_MIN,
+        ttl_max: float = TTL_MAX,
+    ) -> None:
+        self.virtual_hosts = virtual_hosts
+        self.dns_proxy = dns_proxy
+        self.dns_upstream = dns_upstream
+        self.ttl_min = ttl_min
+        self.ttl_max = ttl_max
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"NameOptions({fields})"
+
+    def to_wire(self) -> dict[str, object]:
+        """A JSON-able form, for the daemon."""
+        return {
+            "virtual_hosts": self.virtual_hosts,
+            "dns_proxy": self.dns_proxy,
+            "dns_upstream": self.dns_upstream,
+            "ttl_min": self.ttl_min,
+            "ttl_max": self.ttl_max,
+        }
+
+    @classmethod
+    def from_wire(cls, data: object) -> NameOptions:
+        """The inverse of :meth:`to_wire` (a field left out has its default); a malformed
+        value raises PolicyError."""
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise PolicyError("name options must be an object")
+        try:
+            options = cls(
+                virtual_hosts=bool(data.get("virtual_hosts", True)),
+                dns_proxy=_opt_bool(data.get("dns_proxy")),
+                dns_upstream=_opt_str(data.get("dns_upstream")),
+                ttl_min=float(data.get("ttl_min", TTL_MIN)),
+                ttl_max=float(data.get("ttl_max", TTL_MAX)),
+            )
+        except (TypeError, ValueError) as err:
+            raise PolicyError(f"bad name options: {err}") from None
+        options.check()
+        return options
+
+    def check(self) -> None:
+        """Raise PolicyError for a TTL range that makes no sense."""
+        if not 0 < self.ttl_min <= self.ttl_max:
+            raise PolicyError(
+                f"--dns-ttl-min/--dns-ttl-max: need 0 < min <= max, "
+                f"got {self.ttl_min:g} and {self.ttl_max:g}",
+                flag="--dns-ttl-min",
+            )
+
+
+def _opt_bool(value: object) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _opt_str(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError("dns_upstream must be a string")
+
+
+class Rules:
+    """The rule strings of a run, each parsed once (:func:`parse`)."""
+
+    __slots__ = ("allow", "deny", "unix")
+
+    def __init__(
+        self, allow: tuple[Rule, ...], deny: tuple[Rule, ...], unix: UnixRules | None
+    ) -> None:
+        self.allow = allow
+        self.deny = deny
+        self.unix = unix
+
+    @property
+    def hostnames(self) -> dict[str, str]:
+        """Each exact hostname of the allow rules (what start-up resolution looks up), in
+        the order first named, with the spec of the first rule that names it."""
+        first: dict[str, str] = {}
+        for rule in self.allow:
+            if rule.host is not None and not rule.wildcard:
+                first.setdefault(rule.host, rule.spec)
+        return first
+
+    @property
+    def wildcards(self) -> list[str]:
+        """The specs of the wildcard allow rules (``*.example.com``)."""
+        return [rule.spec for rule in self.allow if rule.wildcard]
+
+
+def parse(allow: Sequence[str], deny: Sequence[str], unix_allow: Sequence[str] = ()) -> Rules:
+    """Parse every rule string once: ``--net-allow``, then ``--net-deny``, then
+    ``--unix-allow``; the first bad one raises PolicyError."""
+    from .rules import parse_rule
+
+    allow_rules = tuple(parse_rule(spec, flag=_ALLOW_FLAG) for spec in allow)
+    deny_rules = tuple(parse_rule(spec, flag=_DENY_FLAG) for spec in deny)
+    unix = None
+    if unix_allow:
+        from .unixrules import UnixRules
+
+        unix = UnixRules.from_specs(unix_allow)
+    return Rules(allow_rules, deny_rules, unix)
+
+
+def make(
+    allow: Sequence[str],
+    deny: Sequence[str],
+    options: NameOptions | None = None,
+    *,
+    unix_allow: Sequence[str] = (),
+    resolver: Resolver | None = None,
+    learn: bool = False,
+) -> Plan:
+    """The plan of these rule strings and hostname options (see :class:`Plan`)."""
+    return Plan(parse(allow, deny, unix_allow), options, resolver=resolver, learn=learn)
+
+
+class Plan:
+    """The rules parsed and resolved once, and the mode decided: :meth:`start` makes the
+    run-time part for each sandbox run under them.
+
+    ``options`` None are the defaults. ``resolver`` (tests, the API's hook) replaces the
+    start-up resolution and, unless ``options.dns_proxy`` says otherwise, means
+    resolving at start. ``interrupt`` is called before each lookup, and may raise to
+    stop the rest (the daemon's, when the client that asked has gone). ``learn`` is
+    learn mode: no hostname machinery at run time, wildcards allowed (and empty)."""
+
+    def __init__(
+        self,
+        rules: Rules,
+        options: NameOptions | None = None,
+        *,
+        resolver: Resolver | None = None,
+        interrupt: Callable[[], None] | None = None,
+        learn: bool = False,
+    ) -> None:
+        if learn:  # nothing at run time: no forwarder, no virtual files
+            options = NameOptions(virtual_hosts=False, dns_proxy=False)
+        options = options if options is not None else NameOptions()
+        options.check()
+        self.options = options
+        self.has_hosts = any(rule.host is not None for rule in rules.allow)
+        wildcards = rules.wildcards
+        self.wildcards = bool(wildcards)
+        default = self.has_hosts and resolver is None
+        self.dns_on = options.dns_proxy if options.dns_proxy is not None else default
+        if wildcards and not (self.dns_on or learn):
+            raise PolicyError(
+                f"{_ALLOW_FLAG}: `{wildcards[0]}` is a wildcard rule, which needs the DNS "
+                "proxy (its addresses come from the command's lookups): drop --no-dns-proxy",
+                flag=_ALLOW_FLAG,
+                spec=wildcards[0],
+            )
+        upstream = None
+        if options.dns_upstream:
+            from .dns import parse_upstream
+
+            upstream = parse_upstream(options.dns_upstream)
+        if self.dns_on and upstream is None:
+            upstream = _system_upstream()
+        self.upstream = upstream
+        self.seeds: dict[str, list[tuple[str, int]]] = {}
+        lookup = resolver if resolver is not None else _resolver(upstream, self.seeds)
+        if interrupt is not None:
+            lookup = _interruptible(lookup, interrupt)
+        found = {host: _resolve(lookup, host, spec) for host, spec in rules.hostnames.items()}
+        hosts = {r.host: found.get(r.host, ()) for r in rules.allow if r.host is not None}
+
+        from .policy import Policy
+
+        self.policy = Policy(rules.allow, rules.deny, hosts, rules.unix)
+
+    @property
+    def trap_open(self) -> bool:
+        """Whether runs under this plan have virtual files (the filter must trap opens)."""
+        return self.dns_on or (self.has_hosts and self.options.virtual_hosts)
+
+    def start(self, policy: Policy) -> Names | None:
+        """What one run under ``policy`` needs: virtual files, a bound forwarder; None if
+        nothing. Raises SandlockError if the forwarder must run and cannot bind; else,
+        without it, the run keeps the addresses resolved at start (with a warning)."""
+        from .names import Names, bind_forwarder
+
+        sockets = None
+        if self.dns_on:
+            try:
+                sockets = bind_forwarder()
+            except OSError as err:
+                if self.wildcards or self.options.dns_proxy:
+                    raise SandlockError(
+                        f"cannot start the DNS proxy on port 53 of a loopback address: "
+                        f"{err.strerror} (it needs root or CAP_NET_BIND_SERVICE)"
+                    ) from None
+                print(
+                    f"sandlock: DNS proxy unavailable ({err.strerror}; port 53 needs root or "
+                    "CAP_NET_BIND_SERVICE): hostnames are resolved once at start",
+                    file=sys.stderr,
+                )
+        if not self.has_hosts and sockets is None:
+            return None
+        return Names(policy, self.options, self.upstream, sockets, self.seeds)
+
+
+def resolve_host(host: str) -> list[str]:
+    """The system resolver: every A and AAAA address of ``host``, deduplicated."""
+    import socket
+
+    found: dict[str, None] = {}
+    for family, _type, _proto, _canon, sockaddr in socket.getaddrinfo(host, None):
+        if family in (socket.AF_INET, socket.AF_INET6):
+            found[str(sockaddr[0])] = None
+    return list(found)
+
+
+def _resolve(lookup: Resolver, host: str, spec: str) -> tuple[str, ...]:
+    """``host``'s addresses as the policy keeps them; PolicyError quoting ``spec`` if it
+    has none (or the lookup fails)."""
+    from .policy import stored_addresses
+
+    def fail(reason: str) -> PolicyError:
+        message = f"{_ALLOW_FLAG}: cannot resolve `{host}` in `{spec}`: {reason}"
+        return PolicyError(message, flag=_ALLOW_FLAG, spec=spec)
+
+    try:
+        found = lookup(host)
+    except (OSError, UnicodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise fail(reason) from err
+    try:
+        addrs = stored_addresses(found)
+    except ValueError as err:
+        raise fail(str(err)) from err
+    if not addrs:
+        raise fail("no addresses")
+    return addrs
+
+
+def _resolver(upstream: dns.Upstream | None, seeds: dict[str, list[tuple[str, int]]]) -> Resolver:
+    """Start-up resolution: through ``upstream`` (recording TTLs in ``seeds``) when there
+    is one, else the system resolver. ``localhost`` (RFC 6761) is always loopback, and
+    never asked of an upstream."""
+    if upstream is None:
+        return resolve_host
+    from . import dns
+
+    where = upstream
+
+    def resolve(name: str) -> list[str]:
+        if name == "localhost" or name.endswith(".localhost"):
+            return ["127.0.0.1", "::1"]
+        try:
+            found = dns.lookup(where, name)
+        except dns.DnsLookupError as err:
+            import errno
+
+            raise OSError(errno.EHOSTUNREACH, str(err)) from None
+        seeds[name] = found
+        return [address for address, _ttl in found]
+
+    return resolve
+
+
+def _interruptible(lookup: Resolver, interrupt: Callable[[], None]) -> Resolver:
+    def resolve(name: str) -> Sequence[str]:
+        interrupt()
+        return lookup(name)
+
+    return resolve
+
+
+def _system_upstream() -> dns.Upstream:
+    from .dns import system_upstreams
+
+    upstreams = system_upstreams()
+    if not upstreams:
+        raise PolicyError(
+            "--dns-upstream: /etc/resolv.conf names no nameserver; give one "
+            "(--dns-upstream IP[:PORT])",
+            flag="--dns-upstream",
+        )
+    return upstreams[0]
