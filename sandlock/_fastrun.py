@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 
 # Read by sandlock, never passed on to the command (which must not learn where the
-# daemon listens, nor run its own sandlock under ours by accident).
-CONTROL_VARIABLES = ("SANDLOCK_DAEMON", "SANDLOCK_DAEMON_TIMEOUT")
+# daemon listens, nor run its own sandlock under ours by accident, nor see which of
+# _gatemode.py's modes answers it).
+CONTROL_VARIABLES = ("SANDLOCK_DAEMON", "SANDLOCK_DAEMON_TIMEOUT", "SANDLOCK_GATE")
 
 
 def command_environ(env: Mapping[str, str]) -> dict[str, str]:

@@ -66,6 +66,7 @@ import trio
 
 from . import _syscalls as sys_
 from . import _wire
+from ._gatemode import gate_answers
 from ._plans import Resolvers
 from ._request import RequestError, check_request, check_supervise_fds
 from ._sink import DEFAULT_LIMIT, AuditSink, Sink, SinkText, audit_note, report_note
@@ -392,7 +393,7 @@ class Daemon:
             if len(fds) == 4:
                 sinks.append(Sink(fds[3], functools.partial(audit_note, box_id), limit=limit))
                 audit = AuditSink(sinks[1], box_id)
-            gate = sys_.Gate(fds[0], sys_.GATE_OPEN if plan.trap_open else 0)
+            gate = sys_.Gate(fds[0], sys_.GATE_OPEN if gate_answers() and plan.trap_open else 0)
         except BaseException:
             for sink in sinks:
                 sink.abort()
@@ -507,6 +508,7 @@ async def serve(path: str) -> None:
     """Run a daemon on ``path`` until cancelled (SIGINT/SIGTERM end it)."""
     from . import _syscalls
 
+    gate_answers()  # a bad $SANDLOCK_GATE fails the start, not each sandbox
     _syscalls.protect_self()  # sandboxes of our uid must not ptrace their supervisor
     _raise_fd_limit()
     listener = await _bind(path)  # outside any nursery: its errors stay one line

@@ -19,6 +19,7 @@ import time
 
 from . import _syscalls as sys_
 from ._bpf import filter_bpf
+from ._gatemode import gate_answers
 from .errors import LaunchError, SupervisorError, UsageError
 
 # signal (its enums) and collections.abc cost a launch ~2 ms; annotations need no import.
@@ -158,6 +159,7 @@ def start(
         raise UsageError("no command given")
     environ = dict(os.environ if env is None else env)
     path = find_executable(argv[0], environ)
+    flags = sys_.GATE_OPEN if gate_answers() and trap_open else 0  # (checked before spawning)
     # The supervisor is this process (or a daemon that does the same): the sandbox, which
     # runs under our uid, must not be able to ptrace it or write its memory.
     sys_.protect_self()
@@ -180,7 +182,6 @@ def start(
         raise _launch_error(argv[0], cwd, err) from err
     pid, pidfd, listener = spawned
     try:
-        flags = sys_.GATE_OPEN if trap_open else 0
         return Child(pid, pidfd, listener, sys_.Gate(listener, flags) if gate else None)
     except OSError as err:
         sys_.pidfd_send_signal(pidfd, _SIGKILL)

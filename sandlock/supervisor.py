@@ -28,6 +28,7 @@ import errno
 import sys
 
 from . import _syscalls as sys_
+from ._gatemode import gate_answers
 from .events import Listener
 from .onbehalf import Handlers, Outcome, Pending, Reply
 from .policy import Policy
@@ -68,7 +69,7 @@ class Supervisor:
         self.names: Names | None = None
         self._on_dns: Callable[[Record], None] | None = None
         self._waiting: list[tuple[sys_.Notif, Pending]] = []  # from serve_now, for serve
-        if remember:
+        if remember and gate_answers():  # (not under SANDLOCK_GATE=python: _gatemode.py)
             self.handlers.remember = gate.allow
             self.handlers.park = gate.park_connect
             gate.set_flags(gate.flags | sys_.GATE_CACHE)

@@ -17,6 +17,9 @@ receiving side, what actually arrived.  Everything here stays on loopback:
 - ``features``: what this kernel can do, so that a test whose vector does not exist here
   is skipped with the reason (never silently).
 - ``parse_probe`` / ``probe_kv``: read the probes' "label ok ret=N" / "label errno=N" lines.
+- ``gate_mode``: runs a test twice, with the gate answering what Python remembered (the
+  default) and with every call handed to Python (SANDLOCK_GATE=python): the differential
+  tests, which must see the same at the sinks and in the command both ways.
 """
 
 from __future__ import annotations
@@ -719,3 +722,24 @@ class Features:
 @pytest.fixture(scope="session")
 def features(probe: Callable[[str], str]) -> Features:
     return Features(probe)
+
+
+# ---------------------------------------------------------------------------- gate modes
+
+# Who answers the sandbox's calls (sandlock/_gatemode.py): "gate", the default, where the
+# gate answers calls to destinations Python remembered, parks blocking connects and lets
+# non-virtual opens continue; "python", where it hands every call to Python.
+GATE_MODES = ["gate", "python"]
+
+
+@pytest.fixture(params=GATE_MODES)
+def gate_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test once per gate mode: $SANDLOCK_GATE set in our environment, so that a
+    `sandlock run` or `sandlock serve` started with sandlock_env() (or with a copy of
+    os.environ) and a Sandbox run in this process all get it. A test that uses it asserts
+    the same in both modes: the gate is a cache of Python's decisions, never a second
+    policy. (tests/test_gate_mode.py proves the python mode leaves the gate idle.)"""
+    from sandlock._gatemode import GATE_ENV
+
+    monkeypatch.setenv(GATE_ENV, request.param)
+    return str(request.param)

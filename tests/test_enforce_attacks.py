@@ -13,6 +13,10 @@ import pytest
 
 from .conftest import describe, parse_probe, probe_kv, probe_results
 
+# Every test twice: the gate answering what Python remembered, and Python answering every
+# call (SANDLOCK_GATE=python): the same must reach the sinks and the command (conftest.py).
+pytestmark = pytest.mark.usefixtures("gate_mode")
+
 ECONNREFUSED = errno.ECONNREFUSED
 
 

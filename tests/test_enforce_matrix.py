@@ -16,6 +16,10 @@ import pytest
 
 from .conftest import SANDLOCK, describe, parse_probe, run_command, sandlock_env
 
+# Every test twice: the gate answering what Python remembered, and Python answering every
+# call (SANDLOCK_GATE=python): the same must reach the sinks and the command (conftest.py).
+pytestmark = pytest.mark.usefixtures("gate_mode")
+
 OPS = ["connect", "sendto", "sendmsg", "sendmmsg"]
 COUNT = 2
 SIZE = 16

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from .conftest import Sinks, describe, run_plain, run_sandboxed
+
+# Every test twice: the gate answering what Python remembered, and Python answering every
+# call (SANDLOCK_GATE=python): the same must reach the sinks and the command (conftest.py).
+pytestmark = pytest.mark.usefixtures("gate_mode")
 
 
 def test_fd_flip_between_unix_and_inet_never_connects(probe, sinks: Sinks) -> None:  # type: ignore[no-untyped-def]
