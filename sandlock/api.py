@@ -1,7 +1,8 @@
 """The Python API: ``Sandbox(net_allow=..., net_deny=...).run(cmd) -> Result``.
 
-``run`` blocks and needs no trio (it runs its own loop, so any thread may call it, and
-without pipes it waits and answers with no loop at all until a call must wait);
+``run`` blocks and needs no trio loop of the caller's, so any thread may call it: it
+waits, answers and moves its pipes with no event loop at all until a call must wait, and
+only then loads trio and runs a loop of its own (session.py does both, for the CLI too);
 ``run_async`` is the same for trio callers and is cancellable: cancelling kills the
 command's whole process tree, waits for it, and re-raises ``Cancelled``.
 
