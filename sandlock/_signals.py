@@ -1,4 +1,5 @@
-"""Signals sent to sandlock, forwarded to the command (no trio: the daemon client uses it).
+"""Signals sent to sandlock, forwarded to the command (trio only in ``forward``: the
+daemon client uses the rest).
 
 The command stays in sandlock's process group, so the terminal treats the two as one
 job: Ctrl-C, Ctrl-\\ and Ctrl-Z reach both directly. Signals sent to sandlock alone
@@ -45,3 +46,12 @@ def forward_pending(fd: int, pidfd: int) -> None:
         except OSError as err:
             if err.errno != errno.ESRCH:
                 raise
+
+
+async def forward(fd: int, pidfd: int) -> None:
+    """Forward what arrives on the signalfd ``fd`` until cancelled (a trio task)."""
+    import trio
+
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        forward_pending(fd, pidfd)

@@ -24,7 +24,8 @@ import sys
 import time
 
 from . import _wire
-from .launch import TIMED_OUT, Child, exit_status, wait_child
+from .launch import Child
+from .session import TIMED_OUT, exit_status, wait_child
 
 EXIT_DAEMON_STALLED = 125  # the command was killed because the daemon stopped answering
 _SIGSTOP, _SIGKILL = 19, 9  # Linux's numbers: the signal module loads enum

@@ -1,7 +1,8 @@
 """The Python API: ``Sandbox(net_allow=..., net_deny=...).run(cmd) -> Result``.
 
-``run`` blocks and needs no trio (it runs its own loop, so any thread may call it, and
-without pipes it waits and answers with no loop at all until a call must wait);
+``run`` blocks and needs no trio loop of the caller's, so any thread may call it: it
+waits, answers and moves its pipes with no event loop at all until a call must wait, and
+only then loads trio and runs a loop of its own (session.py does both, for the CLI too);
 ``run_async`` is the same for trio callers and is cancellable: cancelling kills the
 command's whole process tree, waits for it, and re-raises ``Cancelled``.
 
@@ -12,29 +13,22 @@ cancellation can kill every process of it (the group, and any descendant that le
 from __future__ import annotations
 
 import contextlib
-import functools
-import math
 import os
 import select
-import signal
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import trio
-
-from . import launch
 from ._fastrun import command_environ
 from .audit import AuditLog, AuditSeal, DecisionRecord
 from .errors import SandlockError, TimeoutExpired
-from .names import Names
 from .plan import NameOptions, Plan, make
 from .policy import Policy
 from .profile import load_profile
 from .report import Observer
-from .supervisor import Supervisor
+from .session import TIMED_OUT, Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -117,11 +111,7 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
     ) -> Result:
         """Run ``cmd`` under this sandbox and wait for it (see ``run_async``)."""
-        try:
-            trio.lowlevel.current_trio_token()
-        except RuntimeError:
-            pass  # no trio loop in this thread: the normal case
-        else:
+        if _trio_running():
             raise SandlockError(
                 "Sandbox.run() blocks and cannot be called from a trio task; "
                 "use `await sandbox.run_async(...)`"
@@ -146,8 +136,21 @@ class Sandbox:
         return await run.execute(timeout, capture_output, input, cwd, env)
 
 
+def _trio_running() -> bool:
+    """Whether this thread runs a trio loop (none can while trio is not even loaded: a
+    blocking run loads it only if a call must wait)."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
+
+
 class _Run:
-    """One run of one command: its pipes, its supervisor, its records."""
+    """One run of one command: its pipes and its session, then its Result."""
 
     def __init__(self, argv: list[str], policy: Policy, plan: Plan, audit: str | None) -> None:
         self.argv = argv
@@ -157,8 +160,24 @@ class _Run:
         self.sandbox_id = uuid.uuid4().hex[:8]
         self.out = bytearray()
         self.err = bytearray()
-        self.audit: AuditLog | None = None
+        self.observer: Observer | None = None
         self.audit_seal: AuditSeal | None = None
+
+    def execute_blocking(
+        self,
+        timeout: float | None,
+        capture: bool,
+        input: bytes | None,
+        cwd: StrPath | None,
+        env: Mapping[str, str] | None,
+    ) -> Result:
+        """Run and wait for the command; without trio until a call must wait (session.py),
+        as the CLI does: a command whose calls all return at once costs no event loop."""
+        started = time.monotonic()
+        with self._session(capture, input, cwd, env) as (session, streams):
+            deadline = None if timeout is None else started + timeout
+            status = session.run(deadline=deadline, streams=streams)
+        return self._result(status, timeout, capture, started)
 
     async def execute(
         self,
@@ -169,146 +188,55 @@ class _Run:
         env: Mapping[str, str] | None,
     ) -> Result:
         started = time.monotonic()
-        pipes = _Pipes(capture, input is not None)
-        observer = self._observer()
-        with self._running(cwd, env, pipes, observer) as (child, sup, _):
-            status, timed_out = await self._supervise(child, sup, pipes, input, timeout)
-        return self._result(status, timed_out, timeout, capture, observer, started)
+        with self._session(capture, input, cwd, env) as (session, streams):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            status = await session.run_async(deadline=deadline, streams=streams)
+        return self._result(status, timeout, capture, started)
 
-    def execute_blocking(
+    def _observer(self) -> Observer:
+        audit = AuditLog(self.audit_path) if self.audit_path is not None else None
+        return Observer(self.sandbox_id, audit=audit, keep_denied=True)
+
+    @contextlib.contextmanager
+    def _session(
         self,
-        timeout: float | None,
         capture: bool,
         input: bytes | None,
         cwd: StrPath | None,
         env: Mapping[str, str] | None,
-    ) -> Result:
-        """``execute`` for a blocking run, which waits, answers and moves its pipes without
-        trio until a call must wait (launch.wait_child, Supervisor.serve_now), as the CLI
-        does: a command whose calls all return at once costs no event loop."""
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
+    ) -> Iterator[tuple[Session, _PipeStreams]]:
+        """The command started in its session, its pipes ours; on leaving, all closed."""
         pipes = _Pipes(capture, input is not None)
-        observer = self._observer()
-        with self._running(cwd, env, pipes, observer) as (child, sup, names):
-            status: int | None = None
-            streams = _PipeStreams(pipes, self.out, self.err, input)
-            if names is None or not names.dns_mode:  # (trio serves the DNS forwarder)
-                status = _wait_blocking(child, deadline, sup, streams)
-            if status is None:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                rest = streams.unsent()
-                call = functools.partial(self._supervise, child, sup, pipes, rest, left)
-                status, timed_out = trio.run(call)
-            else:
-                timed_out = status == launch.TIMED_OUT
-                if timed_out:
-                    status = _kill_and_reap(child)
-        return self._result(status, timed_out, timeout, capture, observer, started)
-
-    def _observer(self) -> Observer:
-        self.audit = AuditLog(self.audit_path) if self.audit_path is not None else None
-        return Observer(self.sandbox_id, audit=self.audit, keep_denied=True)
-
-    @contextlib.contextmanager
-    def _running(
-        self,
-        cwd: StrPath | None,
-        env: Mapping[str, str] | None,
-        pipes: _Pipes,
-        observer: Observer,
-    ) -> Iterator[tuple[launch.Child, Supervisor, Names | None]]:
-        """The command started under its supervisor; on leaving, everything closed."""
-        names = None
         try:
-            names = self.plan.start(self.policy)
-            child = launch.start(
-                self.argv,
-                env=command_environ(os.environ if env is None else env),
-                cwd=os.fspath(cwd) if cwd is not None else None,
-                stdio=pipes.child_ends(),
-                new_pgrp=True,
-                trap_open=names is not None and names.trap_open,
+            session = Session(
+                self.policy, names=self.plan.start(self.policy), observe=self._observer
             )
             try:
+                self.observer = session.observer()  # (the audit log opens before the start)
+                session.start(
+                    self.argv,
+                    env=command_environ(os.environ if env is None else env),
+                    cwd=os.fspath(cwd) if cwd is not None else None,
+                    stdio=pipes.child_ends(),
+                    new_pgrp=True,
+                )
                 pipes.close_child_ends()
-                yield child, self._supervisor(child, observer, names), names
+                yield session, _PipeStreams(pipes, self.out, self.err, input)
             finally:
-                child.close()
+                self.audit_seal = session.close()
         finally:
             pipes.close()
-            if names is not None:
-                names.close()
-            if self.audit is not None:
-                self.audit_seal = self.audit.close()
 
-    def _supervisor(
-        self, child: launch.Child, observer: Observer, names: Names | None
-    ) -> Supervisor:
-        assert child.gate is not None
-        sup = Supervisor(child.gate, self.policy, observer, remember=not observer.hears_every_call)
-        if names is not None:
-            sup.use_names(names, observer.dns)
-        return sup
-
-    def _result(
-        self,
-        status: int,
-        timed_out: bool,
-        timeout: float | None,
-        capture: bool,
-        observer: Observer,
-        started: float,
-    ) -> Result:
+    def _result(self, status: int, timeout: float | None, capture: bool, started: float) -> Result:
         out = bytes(self.out) if capture else None
         err = bytes(self.err) if capture else None
-        if timed_out:
+        if status == TIMED_OUT:
             assert timeout is not None
             raise TimeoutExpired(self.argv, timeout, out, err)
         killed_by = status - 128 if status > 128 else None
-        denied = observer.denied or []
+        denied = (self.observer.denied if self.observer is not None else None) or []
         duration = time.monotonic() - started
         return Result(status, killed_by, out, err, denied, duration, self.audit_seal)
-
-    async def _supervise(
-        self,
-        child: launch.Child,
-        sup: Supervisor,
-        pipes: _Pipes,
-        input: bytes | None,
-        timeout: float | None,
-    ) -> tuple[int, bool]:
-        """Serve the sandbox until the command has exited and its output is drained.
-
-        The timeout covers both: a descendant that keeps the output pipe open after the
-        command exited cannot stretch a run past it."""
-        reaped = False
-        try:
-            async with trio.open_nursery() as outer:
-                await outer.start(sup.serve)
-                with trio.move_on_after(math.inf if timeout is None else timeout) as deadline:
-                    async with trio.open_nursery() as io:
-                        if pipes.stdin >= 0 and input is not None:
-                            io.start_soon(_feed, pipes.take_stdin(), input)
-                        if pipes.stdout >= 0:
-                            io.start_soon(_drain, pipes.stdout, self.out)
-                        if pipes.stderr >= 0:
-                            io.start_soon(_drain, pipes.stderr, self.err)
-                        await trio.lowlevel.wait_readable(child.pidfd)
-                if deadline.cancelled_caught:
-                    kill_tree(child.pid)  # exited or not, it is not reaped yet: still ours
-                    await trio.lowlevel.wait_readable(child.pidfd)
-                status = launch.exit_status(child.pidfd)
-                reaped = True
-                outer.cancel_scope.cancel()
-        except BaseException:
-            if not reaped:  # never signal a pid that may already belong to someone else
-                with trio.CancelScope(shield=True):
-                    kill_tree(child.pid)
-                    await trio.lowlevel.wait_readable(child.pidfd)
-                    launch.exit_status(child.pidfd)
-            raise
-        return status, deadline.cancelled_caught
 
 
 class _Pipes:
@@ -350,9 +278,10 @@ class _Pipes:
 
 
 class _PipeStreams:
-    """A blocking run's pipes, moved by launch.wait_child's own poll loop: output read into
-    the run's buffers, input written, each pipe closed (and taken out of ``pipes``) at its
-    end, as _feed and _drain do under trio, which take over whatever is left."""
+    """A run's pipes, moved by the session (the Streams of session.py), in wait_child's
+    poll loop or under trio, which takes over whatever is left: output read into the
+    run's buffers, input written, each pipe closed (and taken out of ``pipes``) at its
+    end."""
 
     def __init__(
         self, pipes: _Pipes, out: bytearray, err: bytearray, input: bytes | None
@@ -388,7 +317,7 @@ class _PipeStreams:
         except BlockingIOError:
             return False
         except BrokenPipeError:
-            self.input = self.input[:0]  # the command stopped reading: as _feed
+            self.input = self.input[:0]  # the command stopped reading: as subprocess
         if self.input:
             return False
         self._close(self.pipes.stdin)
@@ -402,91 +331,3 @@ class _PipeStreams:
 
     def done(self) -> bool:
         return not self.into and self.pipes.stdin < 0
-
-    def unsent(self) -> bytes | None:
-        """The input not written yet, for _feed (None once stdin is closed)."""
-        return bytes(self.input) if self.pipes.stdin >= 0 else None
-
-
-async def _feed(fd: int, data: bytes) -> None:
-    """Write ``data`` to the child's stdin, then close it (the child sees end of file)."""
-    view = memoryview(data)
-    try:
-        while view:
-            try:
-                n = os.write(fd, view)
-                view = view[n:]
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(fd)
-    except BrokenPipeError:
-        pass  # the command stopped reading: like subprocess, not an error
-    finally:
-        trio.lowlevel.notify_closing(fd)
-        os.close(fd)
-
-
-async def _drain(fd: int, into: bytearray) -> None:
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(fd)
-            continue
-        if not chunk:
-            return
-        into += chunk
-
-
-def _wait_blocking(
-    child: launch.Child, deadline: float | None, sup: Supervisor, streams: _PipeStreams
-) -> int | None:
-    """launch.wait_child, answering calls and moving the pipes without trio until a call
-    must wait; on any exception (KeyboardInterrupt) the tree is killed and reaped first,
-    as a cancelled run_async does."""
-    try:
-        return launch.wait_child(
-            child, -1, until_notified=True, deadline=deadline, serve=sup.serve_now, streams=streams
-        )
-    except BaseException:
-        _kill_and_reap(child)
-        raise
-
-
-def _kill_and_reap(child: launch.Child) -> int:
-    """Kill the not yet reaped child's tree and wait for its status."""
-    kill_tree(child.pid)  # exited or not, it is not reaped yet: still ours
-    status = launch.wait_child(child, -1, until_notified=False)
-    assert status is not None
-    return status
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL the process group led by ``pid`` and every descendant of ``pid``."""
-    for target in [pid, *_descendants(pid)]:
-        try:
-            os.kill(target, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for kid in children.get(todo.pop(), []):
-            found.append(kid)
-            todo.append(kid)
-    return found

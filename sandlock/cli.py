@@ -23,15 +23,10 @@ if TYPE_CHECKING:
     from types import SimpleNamespace
     from typing import Any, NoReturn
 
-    from ._syscalls import Handoff
     from .audit import AuditLog
-    from .launch import Child
     from .learn import Learner
-    from .names import Names
     from .plan import NameOptions
-    from .policy import Policy
     from .report import Observer
-    from .supervisor import Supervisor
 
     # What the handlers get: the parser's namespace, or the same made by _fastrun.py.
     Args = argparse.Namespace | SimpleNamespace
@@ -168,73 +163,34 @@ def _run(args: Args) -> int:
         policy = plan.policy
         names = plan.start(policy)
 
-    from ._signals import FORWARDED_SIGNALS, open_signalfd
-    from .launch import original_environ, start, wait_child
+    from .launch import original_environ
+    from .session import Session
 
-    observer = None
-    child = None
-    audit = None
+    audit: AuditLog | None = None
+    session = Session(
+        policy,
+        names=names,
+        observe=lambda: _observer(args, learner, audit),
+        report_to=sys.stderr,
+    )
     try:
         audit = _open_audit(args) if learner is None else None  # a bad path fails before start
-        signal_fd = open_signalfd()
-        child = start(
+        if audit is not None or getattr(args, "summary", False):
+            session.observer()  # it has lines to say at exit even if nothing is decided
+        # Otherwise the observer is made with the supervisor, on the command's first
+        # trapped call: a command that makes none never loads either.
+        session.start(
             cmd,
             env=command_environ(original_environ()),
             keep_fds=args.keep_fds,
-            unblock_signals=FORWARDED_SIGNALS,
-            trap_open=names is not None and names.trap_open,
+            forward_signals=True,
         )
-        # The supervisor starts only when the command first makes a trapped call (until
-        # then the notification simply waits in the kernel), and trio only when a call
-        # must wait, or the DNS forwarder must run: until then serve_now answers here.
-        made: list[Supervisor] = []
-
-        def supervisor() -> Supervisor:
-            nonlocal observer
-            if not made:
-                observer = _observer(args, learner, audit)
-                made.append(_supervisor(child, policy, observer, names))
-            return made[0]
-
-        def serve_now(handed: list[Handoff]) -> bool:
-            return supervisor().serve_now(handed)
-
-        dns_mode = names is not None and names.dns_mode
-        status = wait_child(
-            child, signal_fd, until_notified=True, serve=None if dns_mode else serve_now
-        )
-        if status is None:
-            import trio
-
-            from .runner import supervise
-
-            sup = supervisor()
-            status = trio.run(lambda: supervise(child, sup, signal_fd=signal_fd))
-        code = status
+        code = session.run()
     finally:
-        if child is not None:
-            child.close()
-        if names is not None:
-            names.close()
-        _finish_observer(observer, audit, quiet=getattr(args, "quiet", False))
-        if observer is None and getattr(args, "summary", False):
-            print("sandlock: no network calls were decided", file=sys.stderr)
+        session.close()
     if learner is not None:
         _finish_learning(learner, args.profile_out)
     return code
-
-
-def _supervisor(
-    child: Child, policy: Policy, observer: Observer | None, names: Names | None
-) -> Supervisor:
-    from .supervisor import Supervisor
-
-    assert child.gate is not None
-    remember = observer is None or not observer.hears_every_call
-    sup = Supervisor(child.gate, policy, observer, remember=remember)
-    if names is not None:
-        sup.use_names(names, observer.dns if observer is not None else None)
-    return sup
 
 
 def _rule_specs(args: Args) -> tuple[list[str], list[str], list[str]]:
@@ -334,22 +290,6 @@ def _observer(args: Args, learner: Learner | None, audit: AuditLog | None) -> Ob
         return None
     sandbox_id = os.urandom(4).hex()  # as the API's uuid4().hex[:8]; uuid costs ~4 ms
     return Observer(sandbox_id, audit=audit, report=report, summary=summary)
-
-
-def _finish_observer(observer: Observer | None, audit: AuditLog | None, *, quiet: bool) -> None:
-    seal = audit.close() if audit is not None else None
-    if observer is not None:
-        if observer.report is not None:
-            observer.report.close()
-        if observer.summary is not None:
-            print(observer.summary.render(), file=sys.stderr)
-    if seal is not None:
-        assert audit is not None
-        warning = seal.warning(audit.path)
-        if warning is not None:
-            print(warning, file=sys.stderr)
-        if not quiet:
-            print(seal.head_line(), file=sys.stderr)
 
 
 def _audit(args: Args) -> int:

@@ -23,7 +23,8 @@ from . import _wire
 from ._fastrun import command_environ
 from ._signals import FORWARDED_SIGNALS, open_signalfd
 from .errors import DaemonError, PolicyError, UsageError
-from .launch import TIMED_OUT, exit_status, original_environ, start, wait_child
+from .launch import original_environ, start
+from .session import TIMED_OUT, exit_status, wait_child
 
 # typing costs a launch ~7 ms; the daemon client's path does without it at run time.
 TYPE_CHECKING = False

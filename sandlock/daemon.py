@@ -71,10 +71,11 @@ from ._plans import Resolvers
 from ._request import RequestError, check_request, check_supervise_fds
 from ._sink import DEFAULT_LIMIT, AuditSink, Sink, SinkText, audit_note, report_note
 from .errors import SandlockError
+from .launch import Child
 from .names import Names
 from .plan import Plan
 from .report import DenialReport, Observer, Summary
-from .supervisor import Supervisor
+from .session import Session
 from .unixrules import daemon_marker
 
 __all__ = ["Daemon", "Limits", "RequestError", "serve"]
@@ -135,12 +136,10 @@ class _Sandbox:
     pid: int
     uid: int
     cmd: list[str]
-    supervisor: Supervisor
+    session: Session
     observer: Observer
     rules: int
-    stderr: SinkText
     sinks: list[Sink] = field(default_factory=list)
-    names: Names | None = None
 
 
 def _peer(sock: trio.socket.SocketType) -> tuple[int, int]:
@@ -340,7 +339,7 @@ class Daemon:
         plan = await self.resolvers.plan(req, c.uid)  # (hostnames: it may await a while)
         if self.sandboxes.get(box.id) is not box:
             raise RequestError(f"sandbox {box.id} ended before its policy was replaced")
-        box.supervisor.policy = plan.policy
+        box.session.policy = plan.policy
         box.rules = len(plan.policy.allow_rules) + len(plan.policy.deny_rules)
         return {"ok": True, "id": box.id}
 
@@ -354,7 +353,7 @@ class Daemon:
             "pid": s.pid,
             "cmd": s.cmd,
             "rules": s.rules,
-            "allowed": s.observer.allowed_count + s.supervisor.answered_by_gate,
+            "allowed": s.observer.allowed_count + s.session.answered_by_gate,
             "denied": s.observer.denied_count,
         }
 
@@ -400,7 +399,7 @@ class Daemon:
             if names is not None:
                 names.close()
             raise
-        listener, pidfd = fds[0], fds[1]
+        child = Child(pid, fds[1], fds[0], gate)
         _wire.close_all(fds[2:])  # the sinks hold descriptors of their own
         fds.clear()  # the rest is the sandbox's now
         observer = Observer(
@@ -409,57 +408,34 @@ class Daemon:
             report=None if req.get("quiet") else DenialReport(stderr),  # type: ignore[arg-type]
             summary=Summary() if req.get("summary") else None,
         )
-        supervisor = Supervisor(gate, policy, observer, remember=not observer.hears_every_call)
+        # The sandbox's last lines (the report's count, the summary) go to the client's
+        # stderr when the session closes.
+        session = Session(policy, names=names, observe=lambda: observer, report_to=stderr)
+        session.adopt(child)
         rules = len(policy.allow_rules) + len(policy.deny_rules)
-        box = _Sandbox(box_id, pid, owner, req["cmd"], supervisor, observer, rules, stderr, sinks)
-        box.names = names
-        if names is not None:
-            supervisor.use_names(names, observer.dns)
+        box = _Sandbox(box_id, pid, owner, req["cmd"], session, observer, rules, sinks)
         self.sandboxes[box_id] = box
         c.sandboxes += 1
-        nursery.start_soon(self._run_sandbox, box, listener, pidfd, c)
+        nursery.start_soon(self._run_sandbox, box, c)
         return {"ok": True, "id": box_id}
 
-    async def _run_sandbox(self, box: _Sandbox, listener: int, pidfd: int, c: _Client) -> None:
+    async def _run_sandbox(self, box: _Sandbox, c: _Client) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(box.supervisor.serve)
                 for sink in box.sinks:
                     nursery.start_soon(sink.run)
-                await trio.lowlevel.wait_readable(pidfd)  # the command exited
+                await box.session.supervise()  # until the command exits
                 nursery.cancel_scope.cancel()
         except Exception:  # a bug in one sandbox must not end the others
             traceback.print_exc(file=sys.stderr)
         finally:
             del self.sandboxes[box.id]
             c.sandboxes -= 1
-            trio.lowlevel.notify_closing(box.supervisor.gate.fd)
-            box.supervisor.gate.close()
-            if box.names is not None:
-                box.names.close()
-            for fd in (listener, pidfd):
-                trio.lowlevel.notify_closing(fd)
-                os.close(fd)
-            await _finish(box)
+            box.session.close()
+            for sink in box.sinks:  # closed once their reader took the rest, or after DRAIN_GRACE
+                await sink.close(DRAIN_GRACE)
             with trio.CancelScope(shield=True):  # (bounded by the send timeout)
                 await self._send(c.conn, {"event": "exit", "id": box.id})
-
-
-async def _finish(box: _Sandbox) -> None:
-    """The sandbox's last lines (the report's count, the summary), then its sinks closed
-    once their reader took the rest, or after DRAIN_GRACE."""
-    obs = box.observer
-    seal = obs.audit.close() if obs.audit is not None else None  # (its lines go below)
-    if obs.report is not None:
-        obs.report.close()
-    if obs.summary is not None:
-        print(obs.summary.render(), file=box.stderr)
-    if seal is not None:  # as cli._finish_observer: the warning always, the head unless quiet
-        for line in (seal.warning(None), None if obs.report is None else seal.head_line()):
-            if line is not None:
-                print(line, file=box.stderr)
-    for sink in box.sinks:
-        await sink.close(DRAIN_GRACE)
 
 
 async def _bind(path: str) -> trio.socket.SocketType:

@@ -4,18 +4,16 @@ The fork/exec path is in C (``sandlock_spawn``): the child installs the filter i
 (we cannot install one in another process), writes the listener's fd number into a pipe
 and waits; we take the listener with pidfd_getfd and ack; only then does it exec. The
 listener is close-on-exec, and the child cannot pass it with sendmsg(SCM_RIGHTS) because
-sendmsg is already trapped. Nothing here imports trio: this module is the lean part of
-the launch path.
+sendmsg is already trapped. This module only starts (the environment, the executable's
+path, Landlock, the spawn); waiting and serving are session.py's. Nothing here imports
+trio: it is the lean part of the launch path.
 """
 
 from __future__ import annotations
 
 import errno
-import math
 import os
-import select
 import sys
-import time
 
 from . import _syscalls as sys_
 from ._bpf import filter_bpf
@@ -25,17 +23,7 @@ from .errors import LaunchError, SupervisorError, UsageError
 # signal (its enums) and collections.abc cost a launch ~2 ms; annotations need no import.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
-    from typing import Protocol
-
-    class Streams(Protocol):
-        """Descriptors of the run that wait_child serves besides the child (api.py's
-        pipes): ``watched`` gives (fd, poll events) pairs, ``ready`` serves one and says
-        whether that fd is finished (closed), ``done`` whether all are."""
-
-        def watched(self) -> list[tuple[int, int]]: ...
-        def ready(self, fd: int) -> bool: ...
-        def done(self) -> bool: ...
+    from collections.abc import Mapping, Sequence
 
 _SIGKILL = 9  # signal.SIGKILL on Linux
 
@@ -208,83 +196,3 @@ def _launch_error(name: str, cwd: str | None, err: sys_.SpawnError) -> Exception
         sys_.STAGE_LANDLOCK: "entering the Landlock domain",
     }.get(err.stage, "starting the child")
     return SupervisorError(f"{what} failed: {reason}")
-
-
-TIMED_OUT = -1  # what wait_child returns when its deadline passed first
-
-
-def wait_child(
-    child: Child,
-    signal_fd: int,
-    *,
-    until_notified: bool,
-    deadline: float | None = None,
-    serve: Callable[[list[sys_.Handoff]], bool] | None = None,
-    streams: Streams | None = None,
-) -> int | None:
-    """Wait for the child without trio, forwarding signals from ``signal_fd`` (-1: none).
-
-    Returns its exit status; or, with ``until_notified`` (and a gate), None as soon as the
-    gate hands a notification over (the caller then starts the supervisor). A command that
-    never needs a decision thus never pays for the supervisor's start-up. With ``serve``
-    (Supervisor.serve_now), what the gate hands over goes to it, and the wait goes on
-    while it answers everything: None only once a call must wait, which needs trio.
-    With ``streams``, the exit status comes once the child has exited and every stream
-    is done, as subprocess.communicate waits for the end of the output. With a
-    ``deadline`` (time.monotonic()), TIMED_OUT once it has passed, the child not reaped
-    (it may have exited: still ours to signal until reaped)."""
-    from ._signals import forward_pending
-
-    poller = select.poll()
-    poller.register(child.pidfd, select.POLLIN)
-    if signal_fd >= 0:
-        poller.register(signal_fd, select.POLLIN)
-    gate = child.gate if until_notified else None
-    if gate is not None:
-        poller.register(gate.fd, select.POLLIN)
-    own: dict[int, int] = {}
-    if streams is not None:
-        own = dict(streams.watched())
-        for fd, events in own.items():
-            poller.register(fd, events)
-    exited = False
-    while True:
-        wait_ms = None
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return TIMED_OUT
-            wait_ms = math.ceil(left * 1000)
-        ready = dict(poller.poll(wait_ms))
-        if gate is not None and ready.get(gate.fd, 0) & select.POLLIN:
-            handed = gate.read()
-            if handed is None:
-                poller.unregister(gate.fd)  # the gate saw the sandbox go: wait for the status
-                gate = None
-            elif serve is None:
-                gate.hold(handed)  # the supervisor answers them first
-                return None
-            elif not serve(handed):
-                return None
-        if signal_fd in ready:
-            forward_pending(signal_fd, child.pidfd)
-        if streams is not None:
-            for fd in [fd for fd in ready if fd in own]:
-                if streams.ready(fd):
-                    poller.unregister(fd)
-                    del own[fd]
-        if child.pidfd in ready and not exited:
-            exited = True
-            poller.unregister(child.pidfd)  # (stays readable: reaped below)
-        if exited and (streams is None or streams.done()):
-            return exit_status(child.pidfd)
-
-
-def exit_status(pidfd: int) -> int:
-    """Reap the exited child: its exit code, or 128+N when signal N killed it."""
-    info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
-    if info is None:  # pragma: no cover - only with WNOHANG
-        raise SupervisorError("waitid found no exited child")
-    if info.si_code == os.CLD_EXITED:
-        return info.si_status
-    return 128 + info.si_status

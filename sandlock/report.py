@@ -20,7 +20,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import TextIO
 
-    from .audit import AuditLog, DecisionRecord
+    from _typeshed import SupportsWrite
+
+    from .audit import AuditLog, AuditSeal, DecisionRecord
 
 __all__ = ["DenialReport", "Observer", "Summary"]
 
@@ -187,6 +189,26 @@ class Observer:
             self.denied.append(record)
         if self.report is not None:
             self.report(record)
+
+    def finish(self, stream: SupportsWrite[str] | None) -> AuditSeal | None:
+        """The run is over: its audit log sealed and closed, and on ``stream`` (None: say
+        nothing) the report's last line, the summary, and the seal's lines: the warning
+        of a log moved away always, the head unless the report is off (--quiet).
+        Returns the seal (None if the run wrote no record)."""
+        seal = self.audit.close() if self.audit is not None else None
+        if stream is None:
+            return seal
+        if self.report is not None:
+            self.report.close()
+        if self.summary is not None:
+            print(self.summary.render(), file=stream)
+        if seal is not None:
+            assert self.audit is not None
+            head = None if self.report is None else seal.head_line()
+            for line in (seal.warning(self.audit.path), head):
+                if line is not None:
+                    print(line, file=stream)
+        return seal
 
 
 def _record(event: Event, sandbox: str) -> DecisionRecord:

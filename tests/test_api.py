@@ -290,6 +290,35 @@ def test_launch_errors() -> None:
     assert info.value.exit_code == 127
 
 
+def test_every_way_a_run_ends_leaves_no_descriptor(tmp_path: Path, full_listener: str) -> None:
+    """A run that exits, captures, moves into trio for a call that must wait, times out
+    (before and after that move), fails to start, or is cancelled (run_async) leaves the
+    caller's descriptor table as it was: the session closes all it opened."""
+    host, port = full_listener.rsplit(":", 1)
+    hang = f"import socket, time; socket.create_connection(('{host}', {port})); time.sleep(60)"
+    sandbox = Sandbox([full_listener], audit=tmp_path / "a.jsonl")
+
+    async def cancelled() -> None:
+        with trio.move_on_after(1):
+            await sandbox.run_async(["/bin/sleep", "60"], capture_output=True, input=b"x")
+
+    def runs() -> None:
+        sandbox.run(["/bin/true"])
+        sandbox.run([PY, "-c", "print(input())"], capture_output=True, input=b"hi\n")
+        sandbox.run([PY, "-c", "import socket; socket.create_connection(('127.0.0.2', 9))"])
+        for cmd in (["/bin/sleep", "60"], [PY, "-c", hang]):
+            with pytest.raises(TimeoutExpired):
+                sandbox.run(cmd, capture_output=True, timeout=1.5)
+        with pytest.raises(sandlock.LaunchError):
+            sandbox.run(["no-such-command-sandlock"], capture_output=True)
+        trio.run(cancelled)
+
+    runs()  # (the first runs load modules and caches that open descriptors once)
+    before = sorted(os.listdir("/proc/self/fd"))
+    runs()
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
 def test_run_from_threads_concurrently(sinks: Sinks) -> None:
     """run() needs no trio: eight threads run sandboxes at once."""
     ok = sinks.tcp("127.0.0.1")

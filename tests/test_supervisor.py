@@ -1,7 +1,7 @@
 """The supervisor in-process: live policy swaps, lifetimes, descriptors, fail-closed.
 
-These drive ``launch.start`` and ``runner.supervise`` directly (as the Python API and
-the daemon do), with real children on loopback.
+These drive ``launch.start`` and a Supervisor made here, run by a Session (as the Python
+API and the daemon run theirs), with real children on loopback.
 """
 
 from __future__ import annotations
@@ -24,12 +24,19 @@ import trio
 from sandlock import _syscalls as sys_
 from sandlock import launch, plan
 from sandlock.onbehalf import Event
-from sandlock.runner import supervise
+from sandlock.session import Session
 from sandlock.supervisor import Supervisor
 
 from .conftest import SANDLOCK, Sinks
 
 PY = sys.executable
+
+
+async def supervise(child: launch.Child, sup: Supervisor) -> int:
+    """Serve ``child`` with ``sup`` until it exits; its status (the caller closes it)."""
+    session = Session(sup.policy)
+    session.adopt(child, reap=True, supervisor=sup)
+    return await session.run_async()
 
 
 def _own_fds() -> set[str]:
