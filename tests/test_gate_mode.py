@@ -24,7 +24,7 @@ import pytest
 from sandlock import Sandbox, UsageError
 from sandlock import _syscalls as sys_
 from sandlock._gatemode import GATE_ENV
-from sandlock.names import NameOptions
+from sandlock.plan import NameOptions
 
 from .conftest import GATE_MODES, Sinks, UdpSink, describe, probe_kv, run_command, sandlock_env
 
