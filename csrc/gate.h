@@ -26,40 +26,20 @@
  * With SANDLOCK_GATE_OPEN it also answers open/openat/openat2 of any file whose last
  * path component is not "hosts" or "resolv.conf" with CONTINUE (the kernel opens it as
  * usual), and hands the rest to Python, which serves the virtual files.
+ *
+ * The pieces: gate.c the thread, its waiting and the handoff; fastpath.c the answers;
+ * destset.c the remembered destinations; connecting.c the connects in progress.
  */
 #ifndef SANDLOCK_GATE_H
 #define SANDLOCK_GATE_H
 
 #include <stdint.h>
 
-#include "sandlock.h"
+#include "abi.h"
 
 /* cdef-begin */
 
 struct sandlock_gate;
-
-/* What the gate hands to Python, one record per SOCK_SEQPACKET message. */
-struct sandlock_handoff {
-    uint64_t id;
-    uint32_t pid;
-    int32_t nr;
-    uint32_t arch;
-    int32_t kind;      /* SANDLOCK_HANDOFF_* */
-    uint64_t args[6];
-    int32_t fd;        /* _CONNECTING: our duplicate, now Python's to close; else -1 */
-    int32_t rc;        /* _CONNECTING: what the non-blocking connect returned */
-};
-
-enum {
-    SANDLOCK_HANDOFF_NOTIF = 0,      /* untouched: Python answers it from the start */
-    SANDLOCK_HANDOFF_CONNECTING = 1  /* a blocking connect the gate started: finish it */
-};
-
-enum {
-    SANDLOCK_GATE_CACHE = 1,  /* answer calls to remembered destinations */
-    SANDLOCK_GATE_OPEN = 2,   /* CONTINUE opens of files that cannot be virtual */
-    SANDLOCK_GATE_POLL = 4    /* wait in poll() even where RECV could wait (tests) */
-};
 
 /* Counters of what the gate answered itself, and of what it handed over. */
 struct sandlock_gate_stats {
@@ -69,9 +49,10 @@ struct sandlock_gate_stats {
     uint64_t handoffs;
 };
 
-/* Start a gate on listener (which stays the caller's: stop the gate before closing it).
- * *handoff gets the non-blocking, close-on-exec socket Python reads records from; it
- * reads end-of-file once the sandbox is gone (every task of the filter exited). */
+/* Start a gate on listener (which stays the caller's: stop the gate before closing it),
+ * with SANDLOCK_GATE_* flags. *handoff gets the non-blocking, close-on-exec socket Python
+ * reads records from (struct sandlock_handoff, abi.h); it reads end-of-file once the
+ * sandbox is gone (every task of the filter exited). */
 struct sandlock_gate *sandlock_gate_start(int listener, unsigned int flags, int *handoff,
                                           int *err);
 void sandlock_gate_set_flags(struct sandlock_gate *gate, unsigned int flags);

@@ -58,10 +58,10 @@ from collections.abc import Collection, Mapping, Sequence
 
 from . import _syscalls as sys_
 
-AUDIT_ARCH_X86_64 = 0xC000_003E
-NR_OPEN = 2
-NR_OPENAT = 257
-NR_OPENAT2 = 437
+AUDIT_ARCH_X86_64 = sys_.AUDIT_ARCH
+NR_OPEN = sys_.NR_OPEN
+NR_OPENAT = sys_.NR_OPENAT
+NR_OPENAT2 = sys_.NR_OPENAT2
 OPEN_SYSCALLS = frozenset({NR_OPEN, NR_OPENAT, NR_OPENAT2})
 
 HOSTS = "/etc/hosts"
@@ -75,7 +75,7 @@ NOT_SERVED_FLAGS = (
 )
 
 _AT_FDCWD = -100
-_PATH_MAX = 4096  # including the NUL
+_PATH_MAX = sys_.PATH_MAX  # including the NUL (the gate reads no further either)
 _PAGE = os.sysconf("SC_PAGESIZE")
 _OPEN_HOW_SIZE_VER0 = 24  # struct open_how {u64 flags; u64 mode; u64 resolve;}
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
@@ -176,11 +176,6 @@ class _Open:
         self.flags = flags
 
 
-def _int32(value: int) -> int:
-    value &= 0xFFFF_FFFF
-    return value - (1 << 32) if value & 0x8000_0000 else value
-
-
 def _flags_of(n: sys_.Notif) -> int | None:
     """The open flags, or None when the call is not one we would serve."""
     if n.nr == NR_OPEN:
@@ -207,7 +202,7 @@ def _read_open(n: sys_.Notif, names: Collection[bytes]) -> _Open | None:
     if n.nr == NR_OPEN:
         dirfd, addr = _AT_FDCWD, n.args[0]
     else:
-        dirfd, addr = _int32(n.args[0]), n.args[1]
+        dirfd, addr = sys_.int32(n.args[0]), n.args[1]
     path = read_path(n.pid, addr)
     if isinstance(path, int) or not maybe_virtual(path, names):
         return None
@@ -328,7 +323,7 @@ class VirtualFiles:
     def _install(self, listener: int, n: sys_.Notif, resolved: bytes, flags: int) -> bool:
         with self._lock:
             key = self._aliases.get(resolved)
-            if key is None:  # discarded meanwhile
+            if key is None:  # closed meanwhile
                 return False
             # A description of our own for this open: its own offset (module docstring).
             # Opened under the lock, so set() cannot close the memfd (and the number be

@@ -1,9 +1,13 @@
-"""The C boundary's wrappers, called the way several supervisors in threads call them."""
+"""The C boundary's wrappers, called the way several supervisors in threads call them;
+the numbers and layouts they share with C (csrc/abi.h)."""
 
 from __future__ import annotations
 
 import socket
 import threading
+
+import pyseccomp as sc
+import pytest
 
 from sandlock import _syscalls as sys_
 
@@ -33,3 +37,56 @@ def test_sock_info_is_thread_safe() -> None:
     udp4.close()
     tcp6.close()
     assert mixed == [0, 0]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "open",
+        "openat",
+        "openat2",
+        "connect",
+        "sendto",
+        "sendmsg",
+        "sendmmsg",
+        "bind",
+        "accept",
+        "accept4",
+    ],
+)
+def test_abi_numbers_are_the_calls_the_filter_traps(name: str) -> None:
+    """The filter traps calls by name (libseccomp numbers them); the gate and Python
+    dispatch on abi.h's x86-64 numbers: the two agree, and so do the arches."""
+    assert getattr(sys_, f"NR_{name.upper()}") == sc.resolve_syscall(sc.Arch.X86_64, name)
+    assert sys_.AUDIT_ARCH == int(sc.Arch.X86_64)
+
+
+def test_layouts_are_read_from_the_compiler() -> None:
+    """A handoff written by C is unpacked field for field; msghdr is x86-64's 56 bytes."""
+    ffi = sys_._ffi
+    fields = {
+        "id": 1 << 40,
+        "pid": 7,
+        "nr": -3,
+        "arch": sys_.AUDIT_ARCH,
+        "fd": 9,
+        "args": [1, 2, 3, 4, 5, 1 << 63],
+        "rc": -115,
+    }
+    raw = bytes(ffi.buffer(ffi.new("struct sandlock_handoff *", fields)))
+    assert sys_._HANDOFF.unpack(raw) == (
+        1 << 40,
+        7,
+        -3,
+        sys_.AUDIT_ARCH,
+        9,
+        1,
+        2,
+        3,
+        4,
+        5,
+        1 << 63,
+        -115,
+    )
+    assert sys_.MSGHDR.size == sys_.MSGHDR_SIZE == 56
+    assert (sys_.MMSGHDR_SIZE, sys_.MSG_LEN_OFFSET, sys_.SOCKADDR_MAX) == (64, 56, 128)

@@ -3,7 +3,8 @@
 The kernel tests spawn the child the way sandlock.launch.start does (sys_.spawn with the
 ``trap_open`` filter) and answer its notifications with a small synchronous loop: opens go
 to VirtualFiles.handle_open, anything it does not answer is CONTINUEd, and the network
-calls are refused outright, so these tests send no traffic at all.
+calls are refused outright, so these tests send no traffic at all. The gate hands every
+notification over, unless a test turns its open filter on (GATE_OPEN, as launch does).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from sandlock import _syscalls as sys_
 from sandlock.vfiles import VirtualFiles, hosts_text, maybe_virtual, read_path, resolv_text
 
 # sandlock.launch._FILTER_FLAGS (launch.py is not imported here: it is being reworked).
-FILTER_FLAGS = 32  # SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+FILTER_FLAGS = sys_.FILTER_FLAG_WAIT_KILLABLE_RECV
 TIMEOUT = 30.0
-NETWORK = {42, 44, 46, 307}  # connect, sendto, sendmsg, sendmmsg: refused, never sent
+NETWORK = {sys_.NR_CONNECT, sys_.NR_SENDTO, sys_.NR_SENDMSG, sys_.NR_SENDMMSG}  # refused
 HOSTS = hosts_text({"api.example.test": ["127.0.0.3"], "db.example.test": ["::1", "127.0.0.4"]})
 REAL_HOSTS = Path("/etc/hosts")
 
@@ -200,6 +201,7 @@ class Ran:
     stderr: str
     served: int  # notifications VirtualFiles answered
     continued: int  # notifications the loop CONTINUEd
+    gate_opens: int  # opens the gate CONTINUEd itself (its open filter on)
 
     def json(self) -> dict[str, object]:
         assert self.status == 0, f"exit={self.status}\n{self.stdout}\n{self.stderr}"
@@ -211,8 +213,11 @@ def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def run_child(argv: Sequence[str], vf: VirtualFiles, cwd: str | None = None) -> Ran:
-    """Run argv under the trap_open filter, serving vf, within TIMEOUT seconds."""
+def run_child(
+    argv: Sequence[str], vf: VirtualFiles, cwd: str | None = None, gate: str = "python"
+) -> Ran:
+    """Run argv under the trap_open filter, serving vf, within TIMEOUT seconds; ``gate``
+    as for _serve."""
     path = shutil.which(argv[0]) or argv[0]
     env = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in os.environ.items()]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -232,7 +237,7 @@ def run_child(argv: Sequence[str], vf: VirtualFiles, cwd: str | None = None) -> 
         finally:
             os.close(devnull)
         try:
-            served, continued = _serve(pidfd, listener, vf)
+            served, continued, gate_opens = _serve(pidfd, listener, vf, gate)
             info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
             assert info is not None
             status = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
@@ -241,15 +246,17 @@ def run_child(argv: Sequence[str], vf: VirtualFiles, cwd: str | None = None) -> 
             os.close(pidfd)
         out.seek(0)
         err.seek(0)
-        return Ran(status, out.read().decode(), err.read().decode(), served, continued)
+        return Ran(status, out.read().decode(), err.read().decode(), served, continued, gate_opens)
 
 
-def _serve(pidfd: int, listener: int, vf: VirtualFiles) -> tuple[int, int]:
+def _serve(pidfd: int, listener: int, vf: VirtualFiles, mode: str) -> tuple[int, int, int]:
     """Answer the child's notifications until it exits; kill it and fail on a hang.
-    A gate with no flags hands every notification over (nothing answered in C)."""
-    gate = sys_.Gate(listener)
+    mode "python": a gate with no flags hands every notification over (nothing answered
+    in C); "gate": its open filter on (as launch.start turns it on)."""
+    gate = sys_.Gate(listener, 0 if mode == "python" else sys_.GATE_OPEN)
     try:
-        return _serve_gate(pidfd, gate, vf)
+        served, continued = _serve_gate(pidfd, gate, vf)
+        return served, continued, gate.stats()[2]
     finally:
         gate.close()
 
@@ -467,3 +474,4 @@ def test_many_opens_leak_no_supervisor_fds(vf: VirtualFiles) -> None:
     assert ran.stdout.strip() == str(len(HOSTS))
     assert ran.served >= 500
     assert _fd_count() == before
+
