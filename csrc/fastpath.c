@@ -528,7 +528,52 @@ static int do_sendmmsg(struct fastpath *f, const struct seccomp_notif *n)
 
 /* ---- opens -------------------------------------------------------------------------------- */
 
-/* open/openat/openat2: CONTINUE unless the last component could name a virtual file. */
+/*
+ * Why the names make the open filter exact. The gate must be a cache of Python's decision:
+ * with SANDLOCK_GATE_OPEN on, every open gets the answer vfiles.py would give it alone.
+ * Python serves an open only if the last component of the path as given is one of
+ * VirtualFiles.names (maybe_virtual: the last components of the virtual paths and of
+ * their realpaths, taken when the files were set); only such paths are resolved
+ * (symlinks and all) and looked up, and every other open is CONTINUEd. So a symlink
+ * /tmp/x/alias -> /etc/hosts reads the real file with or without the gate, while
+ * /run/systemd/resolve/stub-resolv.conf, the realpath of a virtual /etc/resolv.conf, is
+ * served: its name is among them. The gate applies that very test, to the very names
+ * (Python passes them whenever they change, sandlock_gate_set_open_names), and CONTINUEs
+ * only what fails it: cheap (no /proc, no realpath here) and exact. Until it is told the
+ * names, or if they do not fit, it hands over every open. Should Python ever resolve the
+ * symlinks of every open, any name could be virtual: it must then tell the gate nothing.
+ *
+ * The path is read as vfiles.read_path reads it: page by page (a path may end just before
+ * an unmapped page), SANDLOCK_PATH_MAX bytes at most, its NUL included; what cannot be read
+ * that way Python CONTINUEs too, and the kernel then gives the error itself.
+ */
+static int may_be_virtual(struct open_names *o, const char *last)
+{
+    pthread_mutex_lock(&o->lock);
+    int hit = !o->known;
+    for (size_t at = 0; !hit && at < o->len; at += strlen(o->names + at) + 1)
+        hit = strcmp(o->names + at, last) == 0;
+    pthread_mutex_unlock(&o->lock);
+    return hit;
+}
+
+int fastpath_set_open_names(struct fastpath *f, const char *names, size_t len)
+{
+    struct open_names *o = &f->open;
+    int err = 0;
+    if (names != NULL && len > sizeof o->names)
+        err = -E2BIG;
+    else if (names != NULL && len > 0 && names[len - 1] != '\0')
+        err = -EINVAL;
+    pthread_mutex_lock(&o->lock);
+    o->known = names != NULL && err == 0;
+    o->len = o->known ? len : 0;
+    if (o->len)
+        memcpy(o->names, names, o->len);
+    pthread_mutex_unlock(&o->lock);
+    return err;
+}
+
 static int do_open(struct fastpath *f, const struct seccomp_notif *n)
 {
     char path[SANDLOCK_PATH_MAX + 1];
@@ -546,11 +591,9 @@ static int do_open(struct fastpath *f, const struct seccomp_notif *n)
     }
     if (end != NULL) {
         char *slash = strrchr(path, '/');
-        const char *last = slash ? slash + 1 : path;
-        if (strcmp(last, "hosts") == 0 || strcmp(last, "resolv.conf") == 0)
+        if (may_be_virtual(&f->open, slash ? slash + 1 : path))
             return HAND_OVER;
     }
-    /* Unreadable or too long: the kernel reads it again and gives the error itself. */
     sandlock_notif_send(f->listener, n->id, 0, 0, SANDLOCK_NOTIF_FLAG_CONTINUE);
     atomic_fetch_add(&f->opens, 1);
     return DONE;
@@ -586,11 +629,14 @@ int fastpath_answer(struct fastpath *f, const struct seccomp_notif *n, int *fd, 
     return HAND_OVER;
 }
 
-void fastpath_init(struct fastpath *f, int listener, unsigned int flags)
+void fastpath_init(struct fastpath *f, int listener, unsigned int flags, const char *open_names,
+                   size_t len)
 {
     f->listener = listener;
     f->flags = flags;
     destset_init(&f->dests);
+    pthread_mutex_init(&f->open.lock, NULL);
+    fastpath_set_open_names(f, open_names, len);
     f->connecting = connecting_new(listener, &f->connects); /* NULL: Python finishes */
 }
 
@@ -599,4 +645,5 @@ void fastpath_release(struct fastpath *f)
     if (f->connecting != NULL)
         connecting_free(f->connecting);
     destset_destroy(&f->dests);
+    pthread_mutex_destroy(&f->open.lock);
 }

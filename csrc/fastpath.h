@@ -11,8 +11,8 @@
  *   connect, sendto, sendmsg, sendmmsg (SANDLOCK_GATE_CACHE) to a destination in the set
  *     Python filled (destset.h), on a duplicate of the child's socket (pidfd_getfd), with
  *     the destination and the data copied out of the child once, never blocking;
- *   open, openat, openat2 (SANDLOCK_GATE_OPEN) whose last path component is not "hosts"
- *     or "resolv.conf": CONTINUE.
+ *   open, openat, openat2 (SANDLOCK_GATE_OPEN) that cannot name a virtual file: CONTINUE
+ *     (see do_open in fastpath.c for why the names Python gives make that exact).
  *
  * Internal to the C side (not in the cdef): gate.c owns one and calls it from its thread.
  */
@@ -35,6 +35,7 @@
 #define FP_MMSG_BATCH 64         /* sendmmsg entries read at once */
 #define FP_PIDFDS 64             /* pidfds kept open, one per thread of the sandbox */
 #define FP_KINDS 64              /* sockets whose kind is remembered, by cookie */
+#define FP_OPEN_NAMES 1024       /* bytes of virtual names held; more: every open is Python's */
 
 /* The result of trying to answer: answered (or nothing left to answer), or hand over. */
 enum { FASTPATH_DONE = 0, FASTPATH_HAND_OVER = 1 };
@@ -52,13 +53,23 @@ struct sock_kind {
     int domain, type, protocol;
 };
 
+/* The last path components an open must have to be handed over (sandlock_gate_set_open_names):
+ * names[0..len) is a run of NUL-terminated names. Not known: every open is handed over. */
+struct open_names {
+    pthread_mutex_t lock;
+    int known;
+    size_t len;
+    char names[FP_OPEN_NAMES];
+};
+
 struct fastpath {
-    /* Shared with Python's thread (flags, dests, park) and the second thread. */
+    /* Shared with Python's thread (flags, dests, open, park) and the second thread. */
     int listener;
     _Atomic unsigned int flags;                 /* SANDLOCK_GATE_* */
     _Atomic uint64_t connects, sends, opens;    /* what it answered */
     struct connecting *connecting;              /* NULL: Python finishes blocking connects */
     struct destset dests;
+    struct open_names open;
     /* The gate thread's own: its pidfds, and its scratch memory for what it copies out of
      * the child (names and iovec arrays in meta, the data in data; the ranges to read). */
     struct pidfd_slot pidfds[FP_PIDFDS];
@@ -70,14 +81,16 @@ struct fastpath {
     uint8_t data[FP_MAX_DATA + FP_MAX_NAME];
 };
 
-/* Set up f (zeroed by the caller) for listener. */
-void fastpath_init(struct fastpath *f, int listener, unsigned int flags);
+/* Set up f (zeroed by the caller) for listener; open_names as sandlock_gate_set_open_names. */
+void fastpath_init(struct fastpath *f, int listener, unsigned int flags, const char *open_names,
+                   size_t len);
 /* Answer n, or say FASTPATH_HAND_OVER: then *fd is -1 (untouched), or a blocking connect's
  * duplicate (now the caller's) with what the non-blocking connect returned in *rc. */
 int fastpath_answer(struct fastpath *f, const struct seccomp_notif *n, int *fd, int *rc);
 /* Park notification id's blocking connect in progress on our duplicate fd with the second
  * thread: 0 if parked (fd is its own now), -1 if not (fd still the caller's). */
 int fastpath_park(struct fastpath *f, uint64_t id, int fd);
+int fastpath_set_open_names(struct fastpath *f, const char *names, size_t len);
 /* Close the gate thread's pidfds (at its end). */
 void fastpath_drop_pidfds(struct fastpath *f);
 /* Free the rest, once no thread calls in any more. */

@@ -39,7 +39,7 @@ struct sandlock_gate {
     _Atomic int stopping;
     pthread_t thread;
     _Atomic uint64_t n_handoffs;
-    struct fastpath fp; /* the answers, and what they need: flags, destinations */
+    struct fastpath fp; /* the answers, and what they need: flags, destinations, names */
 };
 
 /* ---- the thread ------------------------------------------------------------------------- */
@@ -192,8 +192,9 @@ static void *gate_main(void *arg)
     return NULL;
 }
 
-struct sandlock_gate *sandlock_gate_start(int listener, unsigned int flags, int *handoff,
-                                          int *err)
+struct sandlock_gate *sandlock_gate_start(int listener, unsigned int flags,
+                                          const char *open_names, size_t names_len,
+                                          int *handoff, int *err)
 {
     int sv[2] = {-1, -1};
     struct sandlock_gate *g = calloc(1, sizeof *g);
@@ -202,7 +203,7 @@ struct sandlock_gate *sandlock_gate_start(int listener, unsigned int flags, int 
         return NULL;
     }
     g->listener = listener;
-    fastpath_init(&g->fp, listener, flags);
+    fastpath_init(&g->fp, listener, flags, open_names, names_len);
     g->wake = eventfd(0, EFD_CLOEXEC);
     if (g->wake < 0 || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
         *err = -errno;
@@ -244,6 +245,11 @@ fail:
 void sandlock_gate_set_flags(struct sandlock_gate *g, unsigned int flags)
 {
     atomic_store(&g->fp.flags, flags);
+}
+
+int sandlock_gate_set_open_names(struct sandlock_gate *g, const char *names, size_t len)
+{
+    return fastpath_set_open_names(&g->fp, names, len);
 }
 
 int sandlock_gate_allow(struct sandlock_gate *g, int domain, int type, int protocol,

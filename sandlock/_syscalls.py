@@ -23,7 +23,7 @@ from ._native import ffi, lib
 # path does without them at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
     from typing import Any
 
 _lib: Any = lib
@@ -381,6 +381,16 @@ def signalfd(signals: Sequence[int]) -> int:
 _HANDOFF = _struct_of("struct sandlock_handoff")  # id, pid, nr, arch, fd, args[6], rc
 
 
+def _names_arg(names: Collection[bytes] | None) -> tuple[Any, int]:
+    """Open names as the gate takes them: each NUL-terminated, end to end; None: NULL."""
+    if names is None:
+        return _ffi.NULL, 0
+    if any(b"\0" in name or b"/" in name for name in names):
+        raise ValueError(f"not last path components: {sorted(names)!r}")
+    joined = b"".join(name + b"\0" for name in sorted(names))
+    return joined, len(joined)
+
+
 class Handoff:
     """A notification handed over: untouched (``fd`` -1), or a blocking connect the gate
     started on its duplicate ``fd`` (now ours) with result ``rc``."""
@@ -398,15 +408,19 @@ class Gate:
     already decided (see csrc/gate.h). ``fd`` is readable when it hands one over, and
     reads end-of-file once the sandbox is gone.
 
-    Once closed, the C side is freed: ``allow``, ``clear`` and ``set_flags`` do nothing,
-    ``park_connect`` takes nothing, and ``stats`` gives the counters as the gate stopped
-    (a policy swap may land just after its sandbox ended: the daemon awaits in between)."""
+    ``flags``: GATE_*; ``open_names`` as for ``set_open_names``, from the first
+    notification on. Once closed, the C side is freed: ``allow``, ``clear`` and the setters
+    do nothing, ``park_connect`` takes nothing, and ``stats`` gives the counters as the gate
+    stopped (a policy swap may land just after its sandbox ended: the daemon awaits)."""
 
     __slots__ = ("_final", "_g", "_held", "fd", "flags", "listener")
 
-    def __init__(self, listener: int, flags: int = 0) -> None:
+    def __init__(
+        self, listener: int, flags: int = 0, open_names: Collection[bytes] | None = None
+    ) -> None:
         out = _ffi.new("int[2]")
-        g = _lib.sandlock_gate_start(listener, flags, out, out + 1)
+        names, size = _names_arg(open_names)
+        g = _lib.sandlock_gate_start(listener, flags, names, size, out, out + 1)
         if g == _ffi.NULL:
             raise _oserror("sandlock_gate_start", out[1])
         self._g = g
@@ -421,6 +435,14 @@ class Gate:
         self.flags = flags
         if self._g != _ffi.NULL:
             _lib.sandlock_gate_set_flags(self._g, flags)
+
+    def set_open_names(self, names: Collection[bytes] | None) -> None:
+        """With GATE_OPEN, hand over only opens whose last path component is one of
+        ``names`` (VirtualFiles.names), CONTINUE the rest (csrc/fastpath.c says why that is
+        Python's answer); None: hand over every open (so too if the names do not fit)."""
+        arg, size = _names_arg(names)
+        if self._g != _ffi.NULL:
+            _lib.sandlock_gate_set_open_names(self._g, arg, size)
 
     def allow(self, domain: int, type: int, protocol: int, addr: bytes, port: int) -> None:
         """Remember an allowed destination (``addr``: the packed 4 or 16 bytes)."""

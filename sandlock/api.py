@@ -224,6 +224,7 @@ class _Run:
                 stdio=pipes.child_ends(),
                 new_pgrp=True,
                 trap_open=names is not None and names.trap_open,
+                open_names=names.vfiles.names if names is not None and names.vfiles else None,
             )
             try:
                 pipes.close_child_ends()

@@ -182,6 +182,7 @@ def _run(args: Args) -> int:
             keep_fds=args.keep_fds,
             unblock_signals=FORWARDED_SIGNALS,
             trap_open=names is not None and names.trap_open,
+            open_names=names.vfiles.names if names is not None and names.vfiles else None,
         )
         # The supervisor starts only when the command first makes a trapped call (until
         # then the notification simply waits in the kernel), and trio only when a call

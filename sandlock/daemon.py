@@ -391,7 +391,8 @@ class Daemon:
             if len(fds) == 4:
                 sinks.append(Sink(fds[3], functools.partial(audit_note, box_id), limit=limit))
                 audit = AuditSink(sinks[1], box_id)
-            gate = sys_.Gate(fds[0], sys_.GATE_OPEN if plan.trap_open else 0)
+            open_names = names.vfiles.names if names is not None and names.vfiles else None
+            gate = sys_.Gate(fds[0], sys_.GATE_OPEN if plan.trap_open else 0, open_names)
         except BaseException:
             for sink in sinks:
                 sink.abort()

@@ -24,7 +24,7 @@ from .errors import LaunchError, SupervisorError, UsageError
 # signal (its enums) and collections.abc cost a launch ~2 ms; annotations need no import.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
     from typing import Protocol
 
     class Streams(Protocol):
@@ -145,6 +145,7 @@ def start(
     new_pgrp: bool = False,
     gate: bool = True,
     trap_open: bool = False,
+    open_names: Collection[bytes] | None = None,
 ) -> Child:
     """Start ``argv`` under the filter; raise LaunchError or SupervisorError if it cannot,
     UsageError if ``argv`` is empty.
@@ -153,7 +154,8 @@ def start(
     ``new_pgrp`` the child leads its own process group (its pid is the group id). With
     ``gate`` a gate starts reading the listener at once; without, the listener is left
     for another process (the daemon) to serve. With ``trap_open`` the filter also
-    traps opens, for the virtual files (vfiles.py)."""
+    traps opens, for the virtual files (vfiles.py), and the gate hands Python those whose
+    last path component is one of ``open_names`` (VirtualFiles.names; None: every one)."""
     if not argv:
         raise UsageError("no command given")
     environ = dict(os.environ if env is None else env)
@@ -181,7 +183,7 @@ def start(
     pid, pidfd, listener = spawned
     try:
         flags = sys_.GATE_OPEN if trap_open else 0
-        return Child(pid, pidfd, listener, sys_.Gate(listener, flags) if gate else None)
+        return Child(pid, pidfd, listener, sys_.Gate(listener, flags, open_names) if gate else None)
     except OSError as err:
         sys_.pidfd_send_signal(pidfd, _SIGKILL)
         Child(pid, pidfd, listener, None).close()

@@ -43,7 +43,9 @@ What is served, and what is not (all of it CONTINUEs):
   whose bytes beyond the known 24 are not zero (the kernel answers E2BIG);
 * a path whose last component is not the last component of a virtual path (or of its
   realpath): the cheap test of ``maybe_virtual``; a symlink of another name that points
-  to /etc/hosts therefore reads the real file.
+  to /etc/hosts therefore reads the real file. The gate applies the same test to the same
+  names (``VirtualFiles.watch`` tells it them; csrc/fastpath.c) and CONTINUEs such opens
+  itself, so every open gets the same answer with the gate's open filter on or off.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ import ipaddress
 import os
 import struct
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from . import _syscalls as sys_
 
@@ -235,12 +237,13 @@ class VirtualFiles:
     ``set`` and ``handle_open`` may be called from different threads. ``handle_open``
     makes a few quick blocking syscalls (/proc, process_vm_readv, the ADDFD ioctl)."""
 
-    __slots__ = ("_aliases", "_fds", "_lock", "_names")
+    __slots__ = ("_aliases", "_fds", "_lock", "_names", "_watcher")
 
     def __init__(self) -> None:
         self._fds: dict[bytes, int] = {}  # normalised path -> sealed memfd
         self._aliases: dict[bytes, bytes] = {}  # path or its realpath -> normalised path
         self._names: frozenset[bytes] = frozenset()
+        self._watcher: Callable[[frozenset[bytes]], object] | None = None
         self._lock = threading.Lock()
 
     def __enter__(self) -> VirtualFiles:
@@ -259,6 +262,15 @@ class VirtualFiles:
     def names(self) -> frozenset[bytes]:
         """Last components of the virtual paths and their realpaths (for maybe_virtual)."""
         return self._names
+
+    def watch(self, watcher: Callable[[frozenset[bytes]], object] | None) -> None:
+        """Tell ``watcher`` the names now and after every change (the gate's
+        ``set_open_names``: Supervisor.use_names); None: nobody. Told under the lock, so
+        the last names it hears are the names."""
+        with self._lock:
+            self._watcher = watcher
+            if watcher is not None:
+                watcher(self._names)
 
     def set(self, path: str, content: bytes) -> None:
         """Serve ``content`` for ``path`` from now on (replacing what was served before).
@@ -292,6 +304,8 @@ class VirtualFiles:
             aliases[key] = key  # a path named outright wins over another's realpath
         self._aliases = aliases
         self._names = frozenset(p.rpartition(b"/")[2] for p in aliases)
+        if self._watcher is not None:
+            self._watcher(self._names)
 
     def lookup(self, resolved: bytes) -> bytes | None:
         """The virtual path served for an opened path that resolved to ``resolved``."""

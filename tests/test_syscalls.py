@@ -1,15 +1,19 @@
 """The C boundary's wrappers, called the way several supervisors in threads call them;
-the numbers and layouts they share with C (csrc/abi.h)."""
+the numbers and layouts they share with C (csrc/abi.h); the gate's entry points, leak-free."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import sys
 import threading
 
 import pyseccomp as sc
 import pytest
 
 from sandlock import _syscalls as sys_
+from sandlock import launch
 
 
 def test_sock_info_is_thread_safe() -> None:
@@ -90,3 +94,32 @@ def test_layouts_are_read_from_the_compiler() -> None:
     )
     assert sys_.MSGHDR.size == sys_.MSGHDR_SIZE == 56
     assert (sys_.MMSGHDR_SIZE, sys_.MSG_LEN_OFFSET, sys_.SOCKADDR_MAX) == (64, 56, 128)
+
+
+@pytest.mark.parametrize("names", [[b"a/b"], [b"a\0b"], [b"hosts", b"/"]])
+def test_open_names_must_be_last_path_components(names: list[bytes]) -> None:
+    """A name with a slash or a NUL could never be an open's last component: ValueError."""
+    with pytest.raises(ValueError):
+        sys_._names_arg(names)
+
+
+def test_gate_entry_points_leak_nothing() -> None:
+    """Every entry point of the gate, many times over (start, flags, names of every kind,
+    destinations, clear, stats, stop): the descriptor table ends as it began."""
+    child = launch.start([sys.executable, "-c", "import time; time.sleep(60)"], gate=False)
+    try:
+        before = set(os.listdir("/proc/self/fd"))
+        for i in range(200):
+            gate = sys_.Gate(child.listener, sys_.GATE_OPEN, [b"hosts", b"resolv.conf"])
+            gate.set_flags(sys_.GATE_OPEN | sys_.GATE_CACHE)
+            gate.set_open_names([b"x" * 255] * 8 if i % 2 else None)  # too many; none known
+            gate.set_open_names(frozenset())
+            gate.allow(socket.AF_INET, socket.SOCK_DGRAM, 17, bytes([127, 0, 0, i % 256]), 9)
+            gate.clear()
+            assert gate.stats() == (0, 0, 0, 0)
+            gate.close()
+        assert set(os.listdir("/proc/self/fd")) == before
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        os.waitpid(child.pid, 0)
+        child.close()

@@ -252,12 +252,19 @@ def run_child(
 def _serve(pidfd: int, listener: int, vf: VirtualFiles, mode: str) -> tuple[int, int, int]:
     """Answer the child's notifications until it exits; kill it and fail on a hang.
     mode "python": a gate with no flags hands every notification over (nothing answered
-    in C); "gate": its open filter on (as launch.start turns it on)."""
-    gate = sys_.Gate(listener, 0 if mode == "python" else sys_.GATE_OPEN)
+    in C); "gate": its open filter on, told vf's names when started (as launch.start
+    does); "gate-watch": told them by vf.watch (as Supervisor.use_names does);
+    "gate-full": told more names than it holds (it hands every open over)."""
+    flags = 0 if mode == "python" else sys_.GATE_OPEN
+    names = {"gate": vf.names, "gate-full": vf.names | _TOO_MANY_NAMES}.get(mode)
+    gate = sys_.Gate(listener, flags, names)
+    if mode == "gate-watch":
+        vf.watch(gate.set_open_names)
     try:
         served, continued = _serve_gate(pidfd, gate, vf)
         return served, continued, gate.stats()[2]
     finally:
+        vf.watch(None)
         gate.close()
 
 
@@ -289,6 +296,9 @@ def _serve_gate(pidfd: int, gate: sys_.Gate, vf: VirtualFiles) -> tuple[int, int
                 poller.unregister(gate.fd)  # the sandbox is gone
         if pidfd in ready:
             return served, continued
+
+
+_TOO_MANY_NAMES = {bytes([ord("a") + i]) * 255 for i in range(5)}  # more than the gate holds
 
 
 def python(script: str, *args: str) -> list[str]:
@@ -475,3 +485,39 @@ def test_many_opens_leak_no_supervisor_fds(vf: VirtualFiles) -> None:
     assert ran.served >= 500
     assert _fd_count() == before
 
+
+_ALIASES = r"""
+import json, os, sys
+r = {}
+for name in sys.argv[1:]:
+    with open(name) as f:
+        r[name] = f.read()
+print(json.dumps(r))
+"""
+
+
+@pytest.mark.parametrize("gate", ["python", "gate", "gate-watch", "gate-full"])
+def test_the_gate_continues_only_opens_python_would(tmp_path: Path, gate: str) -> None:
+    """The gate's open filter is a cache of Python's answer: with it on (as in production)
+    or off, a virtual path's realpath of another name (as a stub-resolv.conf that
+    /etc/resolv.conf links to) reads the virtual file, and a symlink of a name no virtual
+    file has reads the real one."""
+    (tmp_path / "data").mkdir()
+    target = tmp_path / "data" / "stub-hosts"
+    target.write_text("real\n")
+    link = tmp_path / "hosts"  # the virtual path: a symlink of another name
+    link.symlink_to(target)
+    alias = tmp_path / "alias"  # Python never resolves this name: the real file
+    alias.symlink_to(target)
+    opened = [str(link), str(target), "data/stub-hosts", str(alias)]
+    with VirtualFiles() as files:
+        files.set(str(link), HOSTS)
+        assert files.names == {b"hosts", b"stub-hosts"}
+        ran = run_child(python(_ALIASES, *opened), files, cwd=str(tmp_path), gate=gate)
+    virtual = HOSTS.decode()
+    assert ran.json() == dict(zip(opened, [virtual, virtual, virtual, "real\n"], strict=True))
+    assert ran.served == 3
+    if gate in ("gate", "gate-watch"):  # the other opens never reached Python
+        assert ran.gate_opens > 0 and ran.continued < ran.gate_opens
+    else:  # no filter, or names it could not hold: every open reached Python
+        assert ran.gate_opens == 0
