@@ -1,33 +1,39 @@
 """The cffi builder for sandlock._native (API mode).
 
-The cdef is the block between the cdef markers of each header: csrc/sandlock.h (the
-syscalls, one job each) and csrc/gate.h (the notification thread that answers what
-Python already decided). The headers are the statement of the C boundary. setup.py
-names ``build_ffi.py:ffibuilder``.
+The cdef is the block between the cdef markers of each header: csrc/abi.h (every number
+C and Python share), csrc/sandlock.h (the syscalls, one job each), csrc/gate.h (the
+notification thread that answers what Python already decided) and csrc/caller.h (calls
+made with the caller's credentials). The headers are the statement of the C boundary.
+Each ``#define NAME VALUE`` of a block is given to cffi as ``#define NAME ...``: the
+compiler supplies the value, so the headers stay plain C and kernel constants come from
+the system's headers. setup.py names ``build_ffi.py:ffibuilder``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-UNITS = ("sandlock", "gate", "caller")  # csrc/<unit>.h and csrc/<unit>.c
+HEADERS = ("abi", "sandlock", "gate", "caller")  # csrc/<name>.h, cdef blocks in this order
+# csrc/<name>.c; the headers of the last four are C only (not in the cdef).
+SOURCES = ("sandlock", "gate", "caller", "fastpath", "destset", "connecting")
 
 
 def _cdef(header: str) -> str:
     start = header.index("/* cdef-begin */")
     end = header.index("/* cdef-end */")
-    return header[start:end]
+    return re.sub(r"^#define (\w+) .*$", r"#define \1 ...", header[start:end], flags=re.M)
 
 
 ffibuilder = FFI()
-ffibuilder.cdef("".join(_cdef((HERE / "csrc" / f"{u}.h").read_text()) for u in UNITS))
+ffibuilder.cdef("".join(_cdef((HERE / "csrc" / f"{h}.h").read_text()) for h in HEADERS))
 ffibuilder.set_source(
     "sandlock._native",
-    "".join(f'#include "{u}.h"\n' for u in UNITS),
-    sources=[f"csrc/{u}.c" for u in (*UNITS, "connecting")],  # (connecting.h: C only)
+    "".join(f'#include "{h}.h"\n' for h in HEADERS),
+    sources=[f"csrc/{s}.c" for s in SOURCES],
     include_dirs=[str((HERE / "csrc").relative_to(HERE))],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-pthread"],
     extra_link_args=["-pthread"],

@@ -23,43 +23,23 @@
  * (see gate.c); an application that handles that signal itself keeps it, and its gates
  * wait in poll().
  *
- * With SANDLOCK_GATE_OPEN it also answers open/openat/openat2 of any file whose last
- * path component is not "hosts" or "resolv.conf" with CONTINUE (the kernel opens it as
- * usual), and hands the rest to Python, which serves the virtual files.
+ * With SANDLOCK_GATE_OPEN it also answers open/openat/openat2 with CONTINUE (the kernel
+ * opens the file as usual) when the last path component is none of the names Python says
+ * a virtual file may have, and hands the rest to Python, which serves the virtual files.
+ *
+ * The pieces: gate.c the thread, its waiting and the handoff; fastpath.c the answers;
+ * destset.c the remembered destinations; connecting.c the connects in progress.
  */
 #ifndef SANDLOCK_GATE_H
 #define SANDLOCK_GATE_H
 
 #include <stdint.h>
 
-#include "sandlock.h"
+#include "abi.h"
 
 /* cdef-begin */
 
 struct sandlock_gate;
-
-/* What the gate hands to Python, one record per SOCK_SEQPACKET message. */
-struct sandlock_handoff {
-    uint64_t id;
-    uint32_t pid;
-    int32_t nr;
-    uint32_t arch;
-    int32_t kind;      /* SANDLOCK_HANDOFF_* */
-    uint64_t args[6];
-    int32_t fd;        /* _CONNECTING: our duplicate, now Python's to close; else -1 */
-    int32_t rc;        /* _CONNECTING: what the non-blocking connect returned */
-};
-
-enum {
-    SANDLOCK_HANDOFF_NOTIF = 0,      /* untouched: Python answers it from the start */
-    SANDLOCK_HANDOFF_CONNECTING = 1  /* a blocking connect the gate started: finish it */
-};
-
-enum {
-    SANDLOCK_GATE_CACHE = 1,  /* answer calls to remembered destinations */
-    SANDLOCK_GATE_OPEN = 2,   /* CONTINUE opens of files that cannot be virtual */
-    SANDLOCK_GATE_POLL = 4    /* wait in poll() even where RECV could wait (tests) */
-};
 
 /* Counters of what the gate answered itself, and of what it handed over. */
 struct sandlock_gate_stats {
@@ -69,12 +49,20 @@ struct sandlock_gate_stats {
     uint64_t handoffs;
 };
 
-/* Start a gate on listener (which stays the caller's: stop the gate before closing it).
- * *handoff gets the non-blocking, close-on-exec socket Python reads records from; it
- * reads end-of-file once the sandbox is gone (every task of the filter exited). */
-struct sandlock_gate *sandlock_gate_start(int listener, unsigned int flags, int *handoff,
-                                          int *err);
+/* Start a gate on listener (which stays the caller's: stop the gate before closing it),
+ * with SANDLOCK_GATE_* flags and open names as sandlock_gate_set_open_names (known from
+ * the first notification on). *handoff gets the non-blocking, close-on-exec socket Python
+ * reads records from (struct sandlock_handoff, abi.h); it reads end-of-file once the
+ * sandbox is gone (every task of the filter exited). */
+struct sandlock_gate *sandlock_gate_start(int listener, unsigned int flags,
+                                          const char *open_names, size_t names_len,
+                                          int *handoff, int *err);
 void sandlock_gate_set_flags(struct sandlock_gate *gate, unsigned int flags);
+/* The last path components that may name a virtual file (VirtualFiles.names): len bytes,
+ * each name NUL-terminated. With SANDLOCK_GATE_OPEN, an open of any other name is
+ * CONTINUEd; names NULL: none known, every open is handed over (so it is too when they do
+ * not fit: -E2BIG, or are not NUL-terminated: -EINVAL). */
+int sandlock_gate_set_open_names(struct sandlock_gate *gate, const char *names, size_t len);
 /* Remember an allowed destination: addr is the 4- or 16-byte address of the sockaddr. */
 int sandlock_gate_allow(struct sandlock_gate *gate, int domain, int type, int protocol,
                         const void *addr, uint32_t addrlen, int port);

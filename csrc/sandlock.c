@@ -23,13 +23,9 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 
-/* Debian 12's headers predate some of what we use: define it ourselves. */
-#ifndef SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
-#define SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (1UL << 5)
-#endif
+/* Debian 12's headers predate some of what we use: define it ourselves (and in abi.h). */
 #ifndef SECCOMP_IOCTL_NOTIF_ADDFD
 #define SECCOMP_ADDFD_FLAG_SETFD (1UL << 0)
-#define SECCOMP_ADDFD_FLAG_SEND (1UL << 1)
 struct seccomp_notif_addfd {
     __u64 id;
     __u32 flags;
@@ -38,9 +34,6 @@ struct seccomp_notif_addfd {
     __u32 newfd_flags;
 };
 #define SECCOMP_IOCTL_NOTIF_ADDFD SECCOMP_IOW(3, struct seccomp_notif_addfd)
-#endif
-#ifndef SECCOMP_ADDFD_FLAG_SEND
-#define SECCOMP_ADDFD_FLAG_SEND (1UL << 1)
 #endif
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -398,30 +391,33 @@ int sandlock_notif_id_valid(int listener, uint64_t id)
 
 /* ---- pidfds ------------------------------------------------------------------ */
 
-int sandlock_pidfd_open(int pid, unsigned int flags)
-{
-    long fd = syscall(SYS_pidfd_open, pid, flags);
-    return fd < 0 ? NEG_ERRNO : (int)fd;
-}
-
 int sandlock_pidfd_send_signal(int pidfd, int sig)
 {
     return syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) < 0 ? NEG_ERRNO : 0;
 }
 
+int sandlock_pidfd_open_thread(int tid)
+{
+    long fd = syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+    if (fd < 0 && errno == EINVAL) /* before 6.9: the leader's */
+        fd = syscall(SYS_pidfd_open, tid, 0);
+    return fd < 0 ? NEG_ERRNO : (int)fd;
+}
+
+int sandlock_pidfd_getfd(int pidfd, int fd)
+{
+    long dup = syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    return dup < 0 ? NEG_ERRNO : (int)dup;
+}
+
 int sandlock_getfd(int tid, int fd)
 {
-    /* A thread's own pidfd (kernel >= 6.9) reaches its own descriptor table even
-     * when it was cloned without CLONE_FILES; older kernels want the leader. */
-    long pidfd = syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
-    if (pidfd < 0 && errno == EINVAL)
-        pidfd = syscall(SYS_pidfd_open, tid, 0);
+    int pidfd = sandlock_pidfd_open_thread(tid);
     if (pidfd < 0)
-        return NEG_ERRNO;
-    long dup = syscall(SYS_pidfd_getfd, (int)pidfd, fd, 0);
-    int err = NEG_ERRNO;
-    close((int)pidfd);
-    return dup < 0 ? err : (int)dup;
+        return pidfd;
+    int dup = sandlock_pidfd_getfd(pidfd, fd);
+    close(pidfd);
+    return dup;
 }
 
 /* ---- sockets ----------------------------------------------------------------- */
@@ -441,6 +437,8 @@ int sandlock_sock_info(int fd, int *domain, int *type, int *protocol, int *statu
         return err;
     if ((err = sockopt_int(fd, SO_PROTOCOL, protocol)) < 0)
         return err;
+    if (status_flags == NULL)
+        return 0;
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0)
         return NEG_ERRNO;
@@ -464,21 +462,22 @@ int64_t sandlock_sock_sndtimeo(int fd)
     return (int64_t)tv.tv_sec * 1000000 + tv.tv_usec;
 }
 
+int sandlock_connect_nonblock(int fd, const void *addr, uint32_t addrlen, int fl)
+{
+    if (fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+        return NEG_ERRNO;
+    int rc = connect(fd, (const struct sockaddr *)addr, addrlen) < 0 ? NEG_ERRNO : 0;
+    fcntl(fd, F_SETFL, fl);
+    return rc;
+}
+
 int sandlock_connect(int fd, const void *addr, uint32_t addrlen, int nonblock)
 {
-    int fl = -1;
     if (nonblock) {
-        fl = fcntl(fd, F_GETFL);
-        if (fl < 0)
-            return NEG_ERRNO;
-        if (fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
-            return NEG_ERRNO;
+        int fl = fcntl(fd, F_GETFL);
+        return fl < 0 ? NEG_ERRNO : sandlock_connect_nonblock(fd, addr, addrlen, fl);
     }
-    int rc = connect(fd, (const struct sockaddr *)addr, addrlen);
-    int err = rc < 0 ? NEG_ERRNO : 0;
-    if (fl >= 0)
-        fcntl(fd, F_SETFL, fl);
-    return err;
+    return connect(fd, (const struct sockaddr *)addr, addrlen) < 0 ? NEG_ERRNO : 0;
 }
 
 int64_t sandlock_sendmsg(int fd, const void *name, uint32_t namelen,
@@ -522,32 +521,57 @@ static int64_t proc_mem(int tid, uint64_t addr, void *buf, size_t len, int writi
     return res == -EIO ? -EFAULT : res;
 }
 
-int64_t sandlock_read_mem(int tid, uint64_t addr, void *buf, size_t len)
+/* process_vm_readv/writev of the ranges, or through /proc/TID/mem a range at a time where
+ * those are missing (ENOSYS) or refused (EPERM). */
+static int64_t copy_ranges(int tid, void *buf, size_t len, const struct iovec *r,
+                           unsigned long n, int writing)
 {
-    struct iovec local = {.iov_base = buf, .iov_len = len};
-    struct iovec remote = {.iov_base = (void *)(uintptr_t)addr, .iov_len = len};
     if (len == 0)
         return 0;
-    ssize_t n = process_vm_readv(tid, &local, 1, &remote, 1, 0);
-    if (n >= 0)
-        return n;
-    if (errno == ENOSYS || errno == EPERM)
-        return proc_mem(tid, addr, buf, len, 0);
-    return NEG_ERRNO;
+    struct iovec local = {.iov_base = buf, .iov_len = len};
+    ssize_t got = writing ? process_vm_writev(tid, &local, 1, r, n, 0)
+                          : process_vm_readv(tid, &local, 1, r, n, 0);
+    if (got >= 0)
+        return got;
+    if (errno != ENOSYS && errno != EPERM)
+        return NEG_ERRNO;
+    size_t off = 0;
+    for (unsigned long i = 0; i < n; i++) {
+        if (r[i].iov_len == 0)
+            continue;
+        int64_t one = proc_mem(tid, (uint64_t)(uintptr_t)r[i].iov_base, (uint8_t *)buf + off,
+                               r[i].iov_len, writing);
+        if (one < 0)
+            return off ? (int64_t)off : one;
+        off += (size_t)one;
+        if ((size_t)one != r[i].iov_len)
+            break;
+    }
+    return (int64_t)off;
+}
+
+int64_t sandlock_read_ranges(int tid, void *buf, size_t len, const struct iovec *r,
+                             unsigned long n)
+{
+    return copy_ranges(tid, buf, len, r, n, 0);
+}
+
+int64_t sandlock_write_ranges(int tid, const void *buf, size_t len, const struct iovec *r,
+                              unsigned long n)
+{
+    return copy_ranges(tid, (void *)buf, len, r, n, 1);
+}
+
+int64_t sandlock_read_mem(int tid, uint64_t addr, void *buf, size_t len)
+{
+    struct iovec remote = {.iov_base = (void *)(uintptr_t)addr, .iov_len = len};
+    return copy_ranges(tid, buf, len, &remote, 1, 0);
 }
 
 int64_t sandlock_write_mem(int tid, uint64_t addr, const void *buf, size_t len)
 {
-    struct iovec local = {.iov_base = (void *)buf, .iov_len = len};
     struct iovec remote = {.iov_base = (void *)(uintptr_t)addr, .iov_len = len};
-    if (len == 0)
-        return 0;
-    ssize_t n = process_vm_writev(tid, &local, 1, &remote, 1, 0);
-    if (n >= 0)
-        return n;
-    if (errno == ENOSYS || errno == EPERM)
-        return proc_mem(tid, addr, (void *)buf, len, 1);
-    return NEG_ERRNO;
+    return copy_ranges(tid, (void *)buf, len, &remote, 1, 1);
 }
 
 /* ---- signals ------------------------------------------------------------------ */

@@ -10,18 +10,11 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
+
+#include "abi.h"
 
 /* cdef-begin */
-
-/* What the spawned child reports when a step before exec fails. */
-enum {
-    SANDLOCK_STAGE_PARENT = 1,   /* pipe/fork/pidfd in the parent */
-    SANDLOCK_STAGE_SETUP = 2,    /* chdir, no_new_privs, close_range in the child */
-    SANDLOCK_STAGE_FILTER = 3,   /* seccomp(2) refused the filter */
-    SANDLOCK_STAGE_LISTENER = 4, /* pidfd_getfd of the listener */
-    SANDLOCK_STAGE_EXEC = 5,     /* execve failed */
-    SANDLOCK_STAGE_LANDLOCK = 6  /* entering the Landlock domain failed */
-};
 
 /* The Landlock ABI version of this kernel (>= 1), or -errno: -ENOSYS (too old) or
  * -EOPNOTSUPP (built in but not enabled at boot). */
@@ -39,7 +32,7 @@ int sandlock_landlock_abi(void);
  * ABI 6 no signals to them nor connects to their abstract unix sockets. 0: no domain;
  * 1 fails (EOPNOTSUPP: such a domain would refuse renames into another directory).
  * On success returns the pid and fills *listener and *pidfd (both close-on-exec).
- * On failure returns -errno and sets *stage to a SANDLOCK_STAGE_* value.
+ * On failure returns -errno and sets *stage to a SANDLOCK_STAGE_* value (abi.h).
  */
 int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
                    const char *cwd, const int stdio[3], int new_pgrp,
@@ -53,23 +46,23 @@ int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
 int sandlock_protect_self(void);
 
 /* Notifications are received by the gate (gate.h); these answer them. */
-/* flags: SECCOMP_USER_NOTIF_FLAG_CONTINUE (1) lets the kernel run the call as usual. */
+/* flags: SANDLOCK_NOTIF_FLAG_CONTINUE lets the kernel run the call as usual. */
 int sandlock_notif_send(int listener, uint64_t id, int64_t val, int32_t error, uint32_t flags);
 /* SECCOMP_IOCTL_NOTIF_ADDFD: install a duplicate of our srcfd in the notifying thread
- * (newfd_flags: O_CLOEXEC or 0; flags: SECCOMP_ADDFD_FLAG_*; with SECCOMP_ADDFD_FLAG_SEND
- * (2) the notification is answered with the new fd at the same time). Returns the
+ * (newfd_flags: O_CLOEXEC or 0; flags: SECCOMP_ADDFD_FLAG_*; with SANDLOCK_ADDFD_FLAG_SEND
+ * the notification is answered with the new fd at the same time). Returns the
  * thread's new fd number; -ENOENT when the notification is gone; with SEND, any other
  * failure leaves the notification waiting for an answer. */
 int sandlock_notif_addfd(int listener, uint64_t id, int srcfd, uint32_t newfd_flags,
                          uint32_t flags);
 int sandlock_notif_id_valid(int listener, uint64_t id);
 
-int sandlock_pidfd_open(int pid, unsigned int flags);
 int sandlock_pidfd_send_signal(int pidfd, int sig);
 /* A duplicate of descriptor fd of thread tid (pidfd_open + pidfd_getfd). */
 int sandlock_getfd(int tid, int fd);
 
-/* SO_DOMAIN, SO_TYPE, SO_PROTOCOL and the file status flags (O_NONBLOCK) at once. */
+/* SO_DOMAIN, SO_TYPE, SO_PROTOCOL and the file status flags (O_NONBLOCK) at once
+ * (status_flags NULL: not asked). */
 int sandlock_sock_info(int fd, int *domain, int *type, int *protocol, int *status_flags);
 int sandlock_sock_error(int fd);
 /* SO_SNDTIMEO in microseconds (0: none), or -errno. */
@@ -93,5 +86,24 @@ int sandlock_poll1(int fd, int events, int timeout_ms);
 int sandlock_signalfd(const int *sigs, int nsigs);
 
 /* cdef-end */
+
+/* C only: the pieces of the above that the gate's fast path (fastpath.c) calls one by one,
+ * to spare a syscall or to read several ranges at once. */
+
+/* A pidfd of thread tid that reaches its own descriptor table: the thread's own (kernel
+ * >= 6.9, PIDFD_THREAD) even when it was cloned without CLONE_FILES, else the leader's. */
+int sandlock_pidfd_open_thread(int tid);
+/* Our duplicate of descriptor fd of pidfd's process. */
+int sandlock_pidfd_getfd(int pidfd, int fd);
+/* Copy the child's ranges r[0..n) one after another into buf (len bytes: their total) / out
+ * of buf into them: the bytes copied, a prefix that ends at the first fault; -errno when
+ * none could be. (Without process_vm_*, through /proc/TID/mem, a range at a time.) */
+int64_t sandlock_read_ranges(int tid, void *buf, size_t len, const struct iovec *r,
+                             unsigned long n);
+int64_t sandlock_write_ranges(int tid, const void *buf, size_t len, const struct iovec *r,
+                              unsigned long n);
+/* connect(2) with O_NONBLOCK set on the open file for this one call; fl: the file's
+ * status flags as the caller read them (F_GETFL), put back before returning. */
+int sandlock_connect_nonblock(int fd, const void *addr, uint32_t addrlen, int fl);
 
 #endif

@@ -51,11 +51,13 @@ from collections.abc import Iterator
 
 import pyseccomp as sc
 
+from . import _syscalls as sys_
+
 _INT = 0xFFFF_FFFF
 _FULL = 0xFFFF_FFFF_FFFF_FFFF
 
-SECCOMP_SET_MODE_FILTER = 1
-SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
+SECCOMP_SET_MODE_FILTER = sys_.SET_MODE_FILTER
+SECCOMP_FILTER_FLAG_NEW_LISTENER = sys_.FILTER_FLAG_NEW_LISTENER
 
 # IP options that reroute a packet: refused at setsockopt.
 _SOURCE_ROUTES = (

@@ -12,12 +12,13 @@ import struct
 from typing import NamedTuple
 
 from . import _syscalls as sys_
+from ._syscalls import int32 as int32  # (onbehalf.py and inbound.py take it from here)
 
-MSGHDR_SIZE = 56  # struct msghdr
-MMSGHDR_SIZE = 64  # struct mmsghdr: a msghdr and its unsigned msg_len (+4 padding)
-MSG_LEN_OFFSET = 56
-SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
-UIO_MAXIOV = 1024
+MSGHDR_SIZE = sys_.MSGHDR_SIZE  # struct msghdr
+MMSGHDR_SIZE = sys_.MMSGHDR_SIZE  # struct mmsghdr: a msghdr and its unsigned msg_len
+MSG_LEN_OFFSET = sys_.MSG_LEN_OFFSET
+SOCKADDR_MAX = sys_.SOCKADDR_MAX  # sizeof(struct sockaddr_storage)
+UIO_MAXIOV = sys_.UIO_MAXIOV
 MAX_DATA = 16 << 20  # our cap on one datagram's payload: EMSGSIZE above (*)
 STREAM_CHUNK = 256 << 10  # what one call copies of a stream send: the rest is a short count
 MAX_CONTROL = 64 << 10  # the kernel's optmem_max is far smaller: ENOBUFS above
@@ -27,7 +28,6 @@ MAX_CONTROL = 64 << 10  # the kernel's optmem_max is far smaller: ENOBUFS above
 # may answer a blocking send: a program sends the rest with its next call. So the
 # supervisor never holds more than one chunk or one datagram per call in progress.
 
-_MSGHDR = struct.Struct("<QI4xQQQQ")  # name, namelen, iov, iovlen, control, controllen
 _CMSGHDR = struct.Struct("<Qii")  # cmsg_len, cmsg_level, cmsg_type
 
 # Control messages that reroute a packet (a source route): refused like the socket options.
@@ -66,12 +66,6 @@ class Message:
         self.control = control
 
 
-def int32(value: int) -> int:
-    """A syscall argument register read as the C int the kernel sees."""
-    value &= 0xFFFF_FFFF
-    return value - (1 << 32) if value & 0x8000_0000 else value
-
-
 def read_name(tid: int, addr: int, length: int) -> bytes | int | None:
     """A destination address (``None`` for NULL/empty), or a negative errno."""
     if length < 0 or length > SOCKADDR_MAX:
@@ -84,7 +78,7 @@ def read_name(tid: int, addr: int, length: int) -> bytes | int | None:
 def read_msghdr(tid: int, raw: bytes, stream: bool = False) -> Message | int:
     """Copy the name, iovecs and control data a struct msghdr points at: of a stream
     send, at most STREAM_CHUNK bytes of data."""
-    name_p, namelen, iov_p, iovlen, ctl_p, ctllen = _MSGHDR.unpack_from(raw)
+    name_p, namelen, iov_p, iovlen, ctl_p, ctllen, _flags = sys_.MSGHDR.unpack_from(raw)
     namelen = int32(namelen)
     if name_p and namelen < 0:
         return -errno.EINVAL

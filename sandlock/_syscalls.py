@@ -23,22 +23,67 @@ from ._native import ffi, lib
 # path does without them at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Collection, Sequence
     from typing import Any
 
 _lib: Any = lib
 _ffi: Any = ffi
 
-FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
-NOTIF_FLAG_CONTINUE = 1  # SECCOMP_USER_NOTIF_FLAG_CONTINUE: the kernel runs the call itself
-ADDFD_FLAG_SEND = 2  # SECCOMP_ADDFD_FLAG_SEND: install and answer with the fd, atomically
+# ---- the numbers C and Python share: csrc/abi.h's, read from lib, never retyped -------
+AUDIT_ARCH: int = _lib.SANDLOCK_AUDIT_ARCH  # x86-64, the only arch answered; the calls:
+NR_OPEN: int = _lib.SANDLOCK_NR_OPEN  # the opens: the virtual files (vfiles.py)
+NR_OPENAT: int = _lib.SANDLOCK_NR_OPENAT
+NR_OPENAT2: int = _lib.SANDLOCK_NR_OPENAT2
+NR_CONNECT: int = _lib.SANDLOCK_NR_CONNECT  # connect and the sends (onbehalf.py)
+NR_SENDTO: int = _lib.SANDLOCK_NR_SENDTO
+NR_SENDMSG: int = _lib.SANDLOCK_NR_SENDMSG
+NR_SENDMMSG: int = _lib.SANDLOCK_NR_SENDMMSG
+NR_BIND: int = _lib.SANDLOCK_NR_BIND  # what the command binds is its own (_local.py)
+NR_ACCEPT: int = _lib.SANDLOCK_NR_ACCEPT  # accepts: the peer decided (inbound.py)
+NR_ACCEPT4: int = _lib.SANDLOCK_NR_ACCEPT4
+# seccomp(2): the filter's mode and flags, and the answers' flags.
+SET_MODE_FILTER: int = _lib.SANDLOCK_SET_MODE_FILTER
+FILTER_FLAG_NEW_LISTENER: int = _lib.SANDLOCK_FILTER_FLAG_NEW_LISTENER
+FILTER_FLAG_WAIT_KILLABLE_RECV: int = _lib.SANDLOCK_FILTER_FLAG_WAIT_KILLABLE_RECV
+NOTIF_FLAG_CONTINUE: int = _lib.SANDLOCK_NOTIF_FLAG_CONTINUE  # the kernel runs the call itself
+ADDFD_FLAG_SEND: int = _lib.SANDLOCK_ADDFD_FLAG_SEND  # install and answer with the fd, atomically
+# What is copied out of the child, and how much of it at most.
+SOCKADDR_MAX: int = _lib.SANDLOCK_SOCKADDR_MAX  # sizeof(struct sockaddr_storage)
+SOCKADDR_IN_SIZE: int = _lib.SANDLOCK_SOCKADDR_IN_SIZE
+SIN6_LEN_RFC2133: int = _lib.SANDLOCK_SIN6_LEN_RFC2133  # an AF_INET6 name without scope id
+MSGHDR_SIZE: int = _lib.SANDLOCK_MSGHDR_SIZE
+MMSGHDR_SIZE: int = _lib.SANDLOCK_MMSGHDR_SIZE  # a msghdr, its msg_len, padding
+MSG_LEN_OFFSET: int = _lib.SANDLOCK_MSG_LEN_OFFSET
+UIO_MAXIOV: int = _lib.SANDLOCK_UIO_MAXIOV
+PATH_MAX: int = _lib.SANDLOCK_PATH_MAX  # a path read out of the child, its NUL included
+# What the spawned child reports when a step before exec fails (SpawnError.stage).
+STAGE_PARENT: int = _lib.SANDLOCK_STAGE_PARENT  # pipe/fork/pidfd in the parent
+STAGE_SETUP: int = _lib.SANDLOCK_STAGE_SETUP  # chdir, no_new_privs, close_range in the child
+STAGE_FILTER: int = _lib.SANDLOCK_STAGE_FILTER  # seccomp(2) refused the filter
+STAGE_LISTENER: int = _lib.SANDLOCK_STAGE_LISTENER  # pidfd_getfd of the listener
+STAGE_EXEC: int = _lib.SANDLOCK_STAGE_EXEC  # execve failed
+STAGE_LANDLOCK: int = _lib.SANDLOCK_STAGE_LANDLOCK  # entering the Landlock domain failed
+# What the gate may answer itself (Gate flags).
+GATE_CACHE: int = _lib.SANDLOCK_GATE_CACHE  # answer calls to destinations Python remembered
+GATE_OPEN: int = _lib.SANDLOCK_GATE_OPEN  # CONTINUE opens that cannot name a virtual file
+GATE_POLL: int = _lib.SANDLOCK_GATE_POLL  # wait in poll() even where RECV could (tests)
 
-STAGE_PARENT = 1
-STAGE_SETUP = 2
-STAGE_FILTER = 3
-STAGE_LISTENER = 4
-STAGE_EXEC = 5
-STAGE_LANDLOCK = 6
+_CODES = {"uint64_t": "Q", "uint32_t": "I", "int32_t": "i"}  # the field types of our structs
+
+
+def _struct_of(ctype: str) -> struct.Struct:
+    """``ctype`` as the compiler laid it out (ffi's offsets): its fields in order, an array
+    as its items. (struct unpacks a handoff ~2x faster than a cdata's fields are read.)"""
+    fmt, at = "=", 0
+    for _name, field in _ffi.typeof(ctype).fields:
+        t = field.type
+        code = f"{t.length}{_CODES[t.item.cname]}" if t.kind == "array" else _CODES[t.cname]
+        fmt += "x" * (field.offset - at) + code
+        at = field.offset + _ffi.sizeof(t)
+    return struct.Struct(fmt + "x" * (_ffi.sizeof(ctype) - at))
+
+
+MSGHDR = _struct_of("struct sandlock_msghdr")  # name, namelen, iov, iovlen, control, ...
 
 
 def _oserror(name: str, neg_errno: int) -> OSError:
@@ -136,6 +181,12 @@ class Notif:
 
     def __repr__(self) -> str:
         return f"Notif(id={self.id}, pid={self.pid}, nr={self.nr})"
+
+
+def int32(value: int) -> int:
+    """A syscall argument register read as the C int the kernel sees."""
+    value &= 0xFFFF_FFFF
+    return value - (1 << 32) if value & 0x8000_0000 else value
 
 
 def notif_send(listener: int, notif_id: int, val: int, error: int) -> int:
@@ -327,15 +378,22 @@ def signalfd(signals: Sequence[int]) -> int:
 
 # ---- the gate (csrc/gate.h) ----------------------------------------------------------
 
-GATE_CACHE = 1  # answer calls to destinations Python allowed and remembered
-GATE_OPEN = 2  # CONTINUE opens whose last path component cannot be a virtual file
-GATE_POLL = 4  # wait in poll() even where the kernel lets RECV wait (tests the fallback)
-_HANDOFF = struct.Struct("<QIiIi6Qii")  # struct sandlock_handoff
+_HANDOFF = _struct_of("struct sandlock_handoff")  # id, pid, nr, arch, fd, args[6], rc
+
+
+def _names_arg(names: Collection[bytes] | None) -> tuple[Any, int]:
+    """Open names as the gate takes them: each NUL-terminated, end to end; None: NULL."""
+    if names is None:
+        return _ffi.NULL, 0
+    if any(b"\0" in name or b"/" in name for name in names):
+        raise ValueError(f"not last path components: {sorted(names)!r}")
+    joined = b"".join(name + b"\0" for name in sorted(names))
+    return joined, len(joined)
 
 
 class Handoff:
-    """A notification the gate handed to Python: untouched (``fd`` -1), or a blocking
-    connect the gate started on its duplicate ``fd`` (now ours) with result ``rc``."""
+    """A notification handed over: untouched (``fd`` -1), or a blocking connect the gate
+    started on its duplicate ``fd`` (now ours) with result ``rc``."""
 
     __slots__ = ("fd", "notif", "rc")
 
@@ -350,15 +408,19 @@ class Gate:
     already decided (see csrc/gate.h). ``fd`` is readable when it hands one over, and
     reads end-of-file once the sandbox is gone.
 
-    Once closed, the C side is freed: ``allow``, ``clear`` and ``set_flags`` do nothing,
-    ``park_connect`` takes nothing, and ``stats`` gives the counters as the gate stopped
-    (a policy swap may land just after its sandbox ended: the daemon awaits in between)."""
+    ``flags``: GATE_*; ``open_names`` as for ``set_open_names``, from the first
+    notification on. Once closed, the C side is freed: ``allow``, ``clear`` and the setters
+    do nothing, ``park_connect`` takes nothing, and ``stats`` gives the counters as the gate
+    stopped (a policy swap may land just after its sandbox ended: the daemon awaits)."""
 
     __slots__ = ("_final", "_g", "_held", "fd", "flags", "listener")
 
-    def __init__(self, listener: int, flags: int = 0) -> None:
+    def __init__(
+        self, listener: int, flags: int = 0, open_names: Collection[bytes] | None = None
+    ) -> None:
         out = _ffi.new("int[2]")
-        g = _lib.sandlock_gate_start(listener, flags, out, out + 1)
+        names, size = _names_arg(open_names)
+        g = _lib.sandlock_gate_start(listener, flags, names, size, out, out + 1)
         if g == _ffi.NULL:
             raise _oserror("sandlock_gate_start", out[1])
         self._g = g
@@ -373,6 +435,14 @@ class Gate:
         self.flags = flags
         if self._g != _ffi.NULL:
             _lib.sandlock_gate_set_flags(self._g, flags)
+
+    def set_open_names(self, names: Collection[bytes] | None) -> None:
+        """With GATE_OPEN, hand over only opens whose last path component is one of
+        ``names`` (VirtualFiles.names), CONTINUE the rest (csrc/fastpath.c says why that is
+        Python's answer); None: hand over every open (so too if the names do not fit)."""
+        arg, size = _names_arg(names)
+        if self._g != _ffi.NULL:
+            _lib.sandlock_gate_set_open_names(self._g, arg, size)
 
     def allow(self, domain: int, type: int, protocol: int, addr: bytes, port: int) -> None:
         """Remember an allowed destination (``addr``: the packed 4 or 16 bytes)."""
@@ -410,7 +480,7 @@ class Gate:
                 return out
             if not raw:
                 return out or None
-            id_, pid, nr, arch, _kind, a0, a1, a2, a3, a4, a5, fd, rc = _HANDOFF.unpack(raw)
+            id_, pid, nr, arch, fd, a0, a1, a2, a3, a4, a5, rc = _HANDOFF.unpack(raw)
             out.append(Handoff(Notif(id_, pid, nr, arch, (a0, a1, a2, a3, a4, a5)), fd, rc))
 
     def hold(self, handed: list[Handoff]) -> None:

@@ -392,7 +392,9 @@ class Daemon:
             if len(fds) == 4:
                 sinks.append(Sink(fds[3], functools.partial(audit_note, box_id), limit=limit))
                 audit = AuditSink(sinks[1], box_id)
-            gate = sys_.Gate(fds[0], sys_.GATE_OPEN if gate_answers() and plan.trap_open else 0)
+            open_names = names.vfiles.names if names is not None and names.vfiles else None
+            flags = sys_.GATE_OPEN if gate_answers() and plan.trap_open else 0
+            gate = sys_.Gate(fds[0], flags, open_names)
         except BaseException:
             for sink in sinks:
                 sink.abort()

@@ -23,7 +23,7 @@ from .errors import LaunchError, SupervisorError, UsageError
 # signal (its enums) and collections.abc cost a launch ~2 ms; annotations need no import.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Collection, Mapping, Sequence
 
 _SIGKILL = 9  # signal.SIGKILL on Linux
 
@@ -134,6 +134,7 @@ def start(
     new_pgrp: bool = False,
     gate: bool = True,
     trap_open: bool = False,
+    open_names: Collection[bytes] | None = None,
 ) -> Child:
     """Start ``argv`` under the filter; raise LaunchError or SupervisorError if it cannot,
     UsageError if ``argv`` is empty.
@@ -142,7 +143,8 @@ def start(
     ``new_pgrp`` the child leads its own process group (its pid is the group id). With
     ``gate`` a gate starts reading the listener at once; without, the listener is left
     for another process (the daemon) to serve. With ``trap_open`` the filter also
-    traps opens, for the virtual files (vfiles.py)."""
+    traps opens, for the virtual files (vfiles.py), and the gate hands Python those whose
+    last path component is one of ``open_names`` (VirtualFiles.names; None: every one)."""
     if not argv:
         raise UsageError("no command given")
     environ = dict(os.environ if env is None else env)
@@ -170,7 +172,7 @@ def start(
         raise _launch_error(argv[0], cwd, err) from err
     pid, pidfd, listener = spawned
     try:
-        return Child(pid, pidfd, listener, sys_.Gate(listener, flags) if gate else None)
+        return Child(pid, pidfd, listener, sys_.Gate(listener, flags, open_names) if gate else None)
     except OSError as err:
         sys_.pidfd_send_signal(pidfd, _SIGKILL)
         Child(pid, pidfd, listener, None).close()

@@ -137,6 +137,7 @@ class Session:
             stdio=stdio,
             new_pgrp=new_pgrp,
             trap_open=self.names is not None and self.names.trap_open,
+            open_names=self.names.vfiles.names if self.names and self.names.vfiles else None,
         )
         self._ours, self._contain = True, new_pgrp
         return self.child

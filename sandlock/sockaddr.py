@@ -34,6 +34,8 @@ import socket
 import struct
 from typing import NamedTuple
 
+from . import _syscalls as sys_
+
 __all__ = [
     "MAPPED_PREFIX",
     "Dest",
@@ -48,9 +50,9 @@ __all__ = [
     "unmapped_ip",
 ]
 
-SOCKADDR_STORAGE_SIZE = 128
-SOCKADDR_IN_SIZE = 16
-SIN6_LEN_RFC2133 = 24
+SOCKADDR_STORAGE_SIZE = sys_.SOCKADDR_MAX
+SOCKADDR_IN_SIZE = sys_.SOCKADDR_IN_SIZE
+SIN6_LEN_RFC2133 = sys_.SIN6_LEN_RFC2133
 
 _AF_UNSPEC = int(socket.AF_UNSPEC)
 _AF_INET = int(socket.AF_INET)

@@ -93,6 +93,8 @@ class Supervisor:
         self.names = names
         self._on_dns = on_dns
         self.handlers.vfiles = names.vfiles
+        if names.vfiles is not None:  # the gate CONTINUEs the opens of no other name
+            names.vfiles.watch(self.gate.set_open_names)
         self.handlers.redirect = names.redirect
 
     def _swap(self, policy: Policy) -> None:

@@ -43,7 +43,9 @@ What is served, and what is not (all of it CONTINUEs):
   whose bytes beyond the known 24 are not zero (the kernel answers E2BIG);
 * a path whose last component is not the last component of a virtual path (or of its
   realpath): the cheap test of ``maybe_virtual``; a symlink of another name that points
-  to /etc/hosts therefore reads the real file.
+  to /etc/hosts therefore reads the real file. The gate applies the same test to the same
+  names (``VirtualFiles.watch`` tells it them; csrc/fastpath.c) and CONTINUEs such opens
+  itself, so every open gets the same answer with the gate's open filter on or off.
 """
 
 from __future__ import annotations
@@ -54,14 +56,14 @@ import ipaddress
 import os
 import struct
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from . import _syscalls as sys_
 
-AUDIT_ARCH_X86_64 = 0xC000_003E
-NR_OPEN = 2
-NR_OPENAT = 257
-NR_OPENAT2 = 437
+AUDIT_ARCH_X86_64 = sys_.AUDIT_ARCH
+NR_OPEN = sys_.NR_OPEN
+NR_OPENAT = sys_.NR_OPENAT
+NR_OPENAT2 = sys_.NR_OPENAT2
 OPEN_SYSCALLS = frozenset({NR_OPEN, NR_OPENAT, NR_OPENAT2})
 
 HOSTS = "/etc/hosts"
@@ -75,7 +77,7 @@ NOT_SERVED_FLAGS = (
 )
 
 _AT_FDCWD = -100
-_PATH_MAX = 4096  # including the NUL
+_PATH_MAX = sys_.PATH_MAX  # including the NUL (the gate reads no further either)
 _PAGE = os.sysconf("SC_PAGESIZE")
 _OPEN_HOW_SIZE_VER0 = 24  # struct open_how {u64 flags; u64 mode; u64 resolve;}
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
@@ -176,11 +178,6 @@ class _Open:
         self.flags = flags
 
 
-def _int32(value: int) -> int:
-    value &= 0xFFFF_FFFF
-    return value - (1 << 32) if value & 0x8000_0000 else value
-
-
 def _flags_of(n: sys_.Notif) -> int | None:
     """The open flags, or None when the call is not one we would serve."""
     if n.nr == NR_OPEN:
@@ -207,7 +204,7 @@ def _read_open(n: sys_.Notif, names: Collection[bytes]) -> _Open | None:
     if n.nr == NR_OPEN:
         dirfd, addr = _AT_FDCWD, n.args[0]
     else:
-        dirfd, addr = _int32(n.args[0]), n.args[1]
+        dirfd, addr = sys_.int32(n.args[0]), n.args[1]
     path = read_path(n.pid, addr)
     if isinstance(path, int) or not maybe_virtual(path, names):
         return None
@@ -240,12 +237,13 @@ class VirtualFiles:
     ``set`` and ``handle_open`` may be called from different threads. ``handle_open``
     makes a few quick blocking syscalls (/proc, process_vm_readv, the ADDFD ioctl)."""
 
-    __slots__ = ("_aliases", "_fds", "_lock", "_names")
+    __slots__ = ("_aliases", "_fds", "_lock", "_names", "_watcher")
 
     def __init__(self) -> None:
         self._fds: dict[bytes, int] = {}  # normalised path -> sealed memfd
         self._aliases: dict[bytes, bytes] = {}  # path or its realpath -> normalised path
         self._names: frozenset[bytes] = frozenset()
+        self._watcher: Callable[[frozenset[bytes]], object] | None = None
         self._lock = threading.Lock()
 
     def __enter__(self) -> VirtualFiles:
@@ -264,6 +262,15 @@ class VirtualFiles:
     def names(self) -> frozenset[bytes]:
         """Last components of the virtual paths and their realpaths (for maybe_virtual)."""
         return self._names
+
+    def watch(self, watcher: Callable[[frozenset[bytes]], object] | None) -> None:
+        """Tell ``watcher`` the names now and after every change (the gate's
+        ``set_open_names``: Supervisor.use_names); None: nobody. Told under the lock, so
+        the last names it hears are the names."""
+        with self._lock:
+            self._watcher = watcher
+            if watcher is not None:
+                watcher(self._names)
 
     def set(self, path: str, content: bytes) -> None:
         """Serve ``content`` for ``path`` from now on (replacing what was served before).
@@ -297,6 +304,8 @@ class VirtualFiles:
             aliases[key] = key  # a path named outright wins over another's realpath
         self._aliases = aliases
         self._names = frozenset(p.rpartition(b"/")[2] for p in aliases)
+        if self._watcher is not None:
+            self._watcher(self._names)
 
     def lookup(self, resolved: bytes) -> bytes | None:
         """The virtual path served for an opened path that resolved to ``resolved``."""
@@ -328,7 +337,7 @@ class VirtualFiles:
     def _install(self, listener: int, n: sys_.Notif, resolved: bytes, flags: int) -> bool:
         with self._lock:
             key = self._aliases.get(resolved)
-            if key is None:  # discarded meanwhile
+            if key is None:  # closed meanwhile
                 return False
             # A description of our own for this open: its own offset (module docstring).
             # Opened under the lock, so set() cannot close the memfd (and the number be

@@ -3,7 +3,8 @@
 The kernel tests spawn the child the way sandlock.launch.start does (sys_.spawn with the
 ``trap_open`` filter) and answer its notifications with a small synchronous loop: opens go
 to VirtualFiles.handle_open, anything it does not answer is CONTINUEd, and the network
-calls are refused outright, so these tests send no traffic at all.
+calls are refused outright, so these tests send no traffic at all. The gate hands every
+notification over, unless a test turns its open filter on (GATE_OPEN, as launch does).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from sandlock import _syscalls as sys_
 from sandlock.vfiles import VirtualFiles, hosts_text, maybe_virtual, read_path, resolv_text
 
 # sandlock.launch._FILTER_FLAGS (launch.py is not imported here: it is being reworked).
-FILTER_FLAGS = 32  # SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+FILTER_FLAGS = sys_.FILTER_FLAG_WAIT_KILLABLE_RECV
 TIMEOUT = 30.0
-NETWORK = {42, 44, 46, 307}  # connect, sendto, sendmsg, sendmmsg: refused, never sent
+NETWORK = {sys_.NR_CONNECT, sys_.NR_SENDTO, sys_.NR_SENDMSG, sys_.NR_SENDMMSG}  # refused
 HOSTS = hosts_text({"api.example.test": ["127.0.0.3"], "db.example.test": ["::1", "127.0.0.4"]})
 REAL_HOSTS = Path("/etc/hosts")
 
@@ -200,6 +201,7 @@ class Ran:
     stderr: str
     served: int  # notifications VirtualFiles answered
     continued: int  # notifications the loop CONTINUEd
+    gate_opens: int  # opens the gate CONTINUEd itself (its open filter on)
 
     def json(self) -> dict[str, object]:
         assert self.status == 0, f"exit={self.status}\n{self.stdout}\n{self.stderr}"
@@ -211,8 +213,11 @@ def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def run_child(argv: Sequence[str], vf: VirtualFiles, cwd: str | None = None) -> Ran:
-    """Run argv under the trap_open filter, serving vf, within TIMEOUT seconds."""
+def run_child(
+    argv: Sequence[str], vf: VirtualFiles, cwd: str | None = None, gate: str = "python"
+) -> Ran:
+    """Run argv under the trap_open filter, serving vf, within TIMEOUT seconds; ``gate``
+    as for _serve."""
     path = shutil.which(argv[0]) or argv[0]
     env = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in os.environ.items()]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -232,7 +237,7 @@ def run_child(argv: Sequence[str], vf: VirtualFiles, cwd: str | None = None) -> 
         finally:
             os.close(devnull)
         try:
-            served, continued = _serve(pidfd, listener, vf)
+            served, continued, gate_opens = _serve(pidfd, listener, vf, gate)
             info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
             assert info is not None
             status = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
@@ -241,16 +246,25 @@ def run_child(argv: Sequence[str], vf: VirtualFiles, cwd: str | None = None) -> 
             os.close(pidfd)
         out.seek(0)
         err.seek(0)
-        return Ran(status, out.read().decode(), err.read().decode(), served, continued)
+        return Ran(status, out.read().decode(), err.read().decode(), served, continued, gate_opens)
 
 
-def _serve(pidfd: int, listener: int, vf: VirtualFiles) -> tuple[int, int]:
+def _serve(pidfd: int, listener: int, vf: VirtualFiles, mode: str) -> tuple[int, int, int]:
     """Answer the child's notifications until it exits; kill it and fail on a hang.
-    A gate with no flags hands every notification over (nothing answered in C)."""
-    gate = sys_.Gate(listener)
+    mode "python": a gate with no flags hands every notification over (nothing answered
+    in C); "gate": its open filter on, told vf's names when started (as launch.start
+    does); "gate-watch": told them by vf.watch (as Supervisor.use_names does);
+    "gate-full": told more names than it holds (it hands every open over)."""
+    flags = 0 if mode == "python" else sys_.GATE_OPEN
+    names = {"gate": vf.names, "gate-full": vf.names | _TOO_MANY_NAMES}.get(mode)
+    gate = sys_.Gate(listener, flags, names)
+    if mode == "gate-watch":
+        vf.watch(gate.set_open_names)
     try:
-        return _serve_gate(pidfd, gate, vf)
+        served, continued = _serve_gate(pidfd, gate, vf)
+        return served, continued, gate.stats()[2]
     finally:
+        vf.watch(None)
         gate.close()
 
 
@@ -282,6 +296,9 @@ def _serve_gate(pidfd: int, gate: sys_.Gate, vf: VirtualFiles) -> tuple[int, int
                 poller.unregister(gate.fd)  # the sandbox is gone
         if pidfd in ready:
             return served, continued
+
+
+_TOO_MANY_NAMES = {bytes([ord("a") + i]) * 255 for i in range(5)}  # more than the gate holds
 
 
 def python(script: str, *args: str) -> list[str]:
@@ -467,3 +484,40 @@ def test_many_opens_leak_no_supervisor_fds(vf: VirtualFiles) -> None:
     assert ran.stdout.strip() == str(len(HOSTS))
     assert ran.served >= 500
     assert _fd_count() == before
+
+
+_ALIASES = r"""
+import json, os, sys
+r = {}
+for name in sys.argv[1:]:
+    with open(name) as f:
+        r[name] = f.read()
+print(json.dumps(r))
+"""
+
+
+@pytest.mark.parametrize("gate", ["python", "gate", "gate-watch", "gate-full"])
+def test_the_gate_continues_only_opens_python_would(tmp_path: Path, gate: str) -> None:
+    """The gate's open filter is a cache of Python's answer: with it on (as in production)
+    or off, a virtual path's realpath of another name (as a stub-resolv.conf that
+    /etc/resolv.conf links to) reads the virtual file, and a symlink of a name no virtual
+    file has reads the real one."""
+    (tmp_path / "data").mkdir()
+    target = tmp_path / "data" / "stub-hosts"
+    target.write_text("real\n")
+    link = tmp_path / "hosts"  # the virtual path: a symlink of another name
+    link.symlink_to(target)
+    alias = tmp_path / "alias"  # Python never resolves this name: the real file
+    alias.symlink_to(target)
+    opened = [str(link), str(target), "data/stub-hosts", str(alias)]
+    with VirtualFiles() as files:
+        files.set(str(link), HOSTS)
+        assert files.names == {b"hosts", b"stub-hosts"}
+        ran = run_child(python(_ALIASES, *opened), files, cwd=str(tmp_path), gate=gate)
+    virtual = HOSTS.decode()
+    assert ran.json() == dict(zip(opened, [virtual, virtual, virtual, "real\n"], strict=True))
+    assert ran.served == 3
+    if gate in ("gate", "gate-watch"):  # the other opens never reached Python
+        assert ran.gate_opens > 0 and ran.continued < ran.gate_opens
+    else:  # no filter, or names it could not hold: every open reached Python
+        assert ran.gate_opens == 0
