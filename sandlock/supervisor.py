@@ -16,6 +16,10 @@ cannot be virtual. Everything else it hands over, and ``serve`` answers it here:
   blocking connect the gate started but could not park arrives with its duplicate, to
   be finished the same way.
 
+The handlers only decide and perform: each returns an answer (answer.py), and this
+module alone answers the kernel (``send_answer``) and reports the decisions that come
+with the answers to ``on_event``, in the order they were made.
+
 Python stays the authority: the gate only repeats decisions made here, and forgets them
 all when the policy is replaced. If a handler raises (a bug), the call is refused: a
 supervisor fails closed. If the supervisor itself goes away, the kernel answers every
@@ -25,11 +29,13 @@ pending and future call of the sandbox with ENOSYS: the network fails, it never 
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 from . import _syscalls as sys_
+from .answer import Answer, Decided, Install, Pending, Ready, Reply
 from .events import Listener
-from .onbehalf import Handlers, Outcome, Pending, Reply
+from .onbehalf import Handlers
 from .policy import Policy
 
 # trio is imported by serve(), when a call first has to wait: ``serve_now`` answers the
@@ -51,7 +57,7 @@ class Supervisor:
     then answers further calls to them itself, and so are blocking connects in progress:
     ``on_event`` no longer hears of those, nor of such a connect's outcome. Pass
     ``remember=False`` when every allowed call and its result must be seen (audit,
-    summary, learn).
+    summary, learn). ``names`` and ``on_dns``: as for ``use_names``.
     """
 
     def __init__(
@@ -61,19 +67,33 @@ class Supervisor:
         on_event: Listener | None = None,
         *,
         remember: bool = True,
+        names: Names | None = None,
+        on_dns: Callable[[Record], None] | None = None,
     ) -> None:
         self.gate = gate
         self.listener = gate.listener
-        self.handlers = Handlers(gate.listener, policy, on_event)
-        self.names: Names | None = None
-        self._on_dns: Callable[[Record], None] | None = None
-        self._waiting: list[tuple[sys_.Notif, Pending]] = []  # from serve_now, for serve
+        self.on_event = on_event
+        self._remember = remember
+        self._serving = False
+        self._waiting: list[tuple[sys_.Notif, Pending[Answer]]] = []  # from serve_now
         if remember:
-            self.handlers.remember = gate.allow
-            self.handlers.park = gate.park_connect
             gate.set_flags(gate.flags | sys_.GATE_CACHE)
         else:
             gate.set_flags(gate.flags & ~sys_.GATE_CACHE)
+        self.names = names
+        self._on_dns = on_dns
+        self.handlers = self._handlers(policy)
+
+    def _handlers(self, policy: Policy) -> Handlers:
+        """The handlers, given everything they work with."""
+        names = self.names
+        return Handlers(
+            self.listener,
+            policy,
+            gate=self.gate if self._remember else None,
+            vfiles=names.vfiles if names is not None else None,
+            redirect=names.redirect if names is not None else None,
+        )
 
     @property
     def policy(self) -> Policy:
@@ -88,11 +108,13 @@ class Supervisor:
 
     def use_names(self, names: Names, on_dns: Callable[[Record], None] | None = None) -> None:
         """Serve the sandbox's virtual files and, in DNS mode, its forwarder (names.py);
-        ``on_dns`` hears of every DNS decision."""
+        ``on_dns`` hears of every DNS decision. Before the first call is served (or pass
+        ``names`` to the constructor): the handlers are made anew with them."""
+        if self._serving:
+            raise RuntimeError("use_names: the supervisor is serving already")
         self.names = names
         self._on_dns = on_dns
-        self.handlers.vfiles = names.vfiles
-        self.handlers.redirect = names.redirect
+        self.handlers = self._handlers(self.policy)
 
     def _swap(self, policy: Policy) -> None:
         self.policy = policy
@@ -107,18 +129,20 @@ class Supervisor:
         """Answer what the gate handed over, without trio (launch.wait_child calls this
         until a call must wait, and serve for each batch). False if one must wait: it is
         kept for ``serve``, which runs it as a task."""
+        self._serving = True
         for h in handed:
-            result = self._outcome(h)
-            if isinstance(result, Pending):
-                self._waiting.append((h.notif, result))
+            answer = self._outcome(h)
+            if isinstance(answer, Pending):
+                self._waiting.append((h.notif, answer))
             else:
-                self._answer(h.notif, result)
+                send_answer(self.listener, h.notif.id, answer)
         return not self._waiting
 
     async def serve(self, *, task_status: trio.TaskStatus[None] | None = None) -> None:
         """Answer notifications until every task of the sandbox is gone."""
         import trio
 
+        self._serving = True
         async with trio.open_nursery() as nursery:
             if self.names is not None:
                 nursery.start_soon(self.names.run, lambda: self.policy, self._swap, self._on_dns)
@@ -138,34 +162,68 @@ class Supervisor:
                 await trio.lowlevel.checkpoint()  # let waiting calls finish meanwhile
             nursery.cancel_scope.cancel()
 
-    def _outcome(self, h: sys_.Handoff) -> Outcome:
+    def _outcome(self, h: sys_.Handoff) -> Ready | Pending[Answer]:
+        """The handler's answer to one call handed over, its decisions reported."""
         n = h.notif
         try:
             if h.fd >= 0:
-                return self.handlers.resume_connect(n, h.fd, h.rc)
-            return self.handlers.handle(n)
+                answer = self.handlers.resume_connect(n, h.fd, h.rc)
+            else:
+                answer = self.handlers.handle(n)
+            return self._report(answer) if isinstance(answer, Decided) else answer
         except Exception as err:  # a bug must refuse the call, never allow it
             _internal_error(n, err)
             return -errno.ECONNREFUSED
 
-    async def _finish(self, n: sys_.Notif, pending: Pending) -> None:
-        try:
-            result = await pending.finish()
-        except Exception as err:
-            _internal_error(n, err)
-            result = -errno.ECONNREFUSED
-        self._answer(n, result)
+    async def _finish(self, n: sys_.Notif, pending: Pending[Answer]) -> None:
+        """Run a call that waits until it has an answer (reporting on the way), and send it."""
+        answer: Ready | Pending[Answer] = pending
+        while isinstance(answer, Pending):  # (a Pending may finish with another)
+            try:
+                got = await answer.finish()
+                answer = self._report(got) if isinstance(got, Decided) else got
+            except Exception as err:
+                _internal_error(n, err)
+                answer = -errno.ECONNREFUSED
+        send_answer(self.listener, n.id, answer)
 
-    def _answer(self, n: sys_.Notif, result: int | Reply) -> None:
-        # -ENOENT: the thread is gone, or was interrupted by a fatal signal: nothing to do.
-        if result is Reply.ANSWERED:
-            return
-        if result is Reply.CONTINUE:
-            sys_.notif_continue(self.listener, n.id)
-        elif result >= 0:
-            sys_.notif_send(self.listener, n.id, result, 0)
+    def _report(self, decided: Decided) -> Ready | Pending[Answer]:
+        """Hand the decisions that came with an answer to ``on_event``: the one place that
+        reports them. The answer."""
+        if self.on_event is not None:
+            for event in decided.events:
+                self.on_event(event)
+        return decided.answer
+
+
+# Errors of an install that are the child's own (its table is full): the call gets them.
+_CHILDS_OWN = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def send_answer(listener: int, notif_id: int, answer: Ready) -> None:
+    """Answer one notification: the one place where the kernel is (tests/test_vfiles.py
+    answers with it too). -ENOENT from the kernel (the thread is gone, or was
+    interrupted by a fatal signal) leaves nothing to do."""
+    if type(answer) is int:
+        if answer >= 0:
+            sys_.notif_send(listener, notif_id, answer, 0)
         else:
-            sys_.notif_send(self.listener, n.id, 0, result)
+            sys_.notif_send(listener, notif_id, 0, answer)
+    elif answer is Reply.CONTINUE:
+        sys_.notif_continue(listener, notif_id)
+    elif isinstance(answer, Install):
+        try:
+            flags = os.O_CLOEXEC if answer.cloexec else 0
+            rc = sys_.notif_addfd(listener, notif_id, answer.fd, flags, sys_.ADDFD_FLAG_SEND)
+        finally:
+            os.close(answer.fd)
+        if rc >= 0 or rc == -errno.ENOENT:
+            return  # installed and answered (or the thread is gone)
+        if answer.fallback is None or -rc in _CHILDS_OWN:
+            sys_.notif_send(listener, notif_id, 0, rc)  # (on failure it is still waiting)
+        else:
+            send_answer(listener, notif_id, answer.fallback)
+    # else Reply.PARKED: the gate's connecting thread answers it
 
 
 def _internal_error(n: sys_.Notif, err: Exception) -> None:
