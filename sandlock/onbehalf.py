@@ -111,7 +111,8 @@ class Call:
         result is ``result``, to go with the answer (Event.with_result)."""
         if event is None:
             return
-        event = event.with_result(result)
+        if result < 0:
+            event = event.with_result(result)
         if self.events is None:
             self.events = [event]
         else:
