@@ -5,9 +5,9 @@ own what Python already decided: calls to destinations Python allowed and asked 
 remember (when nobody needs to hear of every allowed call), and opens of files that
 cannot be virtual. Everything else it hands over, and ``serve`` answers it here:
 
-* most calls are answered right away by ``Handlers.handle``: by ``serve_now``, with no
-  event loop, for as long as no call has had to wait (launch.wait_child calls it), then
-  in ``serve``'s trio loop;
+* most calls are decided and performed right away by ``Handlers.handle`` and answered:
+  by ``serve_now``, with no event loop, for as long as no call has had to wait
+  (launch.wait_child calls it), then in ``serve``'s trio loop;
 * a blocking TCP connect still in progress is parked with the gate's second thread
   (csrc/connecting.h), which answers it when the handshake ends, whenever nobody needs
   each call's outcome (the same condition as ``remember``);
