@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno as _errno
 from collections.abc import Callable
 
 from .policy import Decision
@@ -25,6 +26,13 @@ class Event:
         self.dest = dest
         self.decision = decision
         self.errno = errno  # what the child got back: 0 on success
+
+    def with_result(self, result: int) -> Event:
+        """This decision as reported once the call returned ``result``: an allowed call
+        that failed reports its errno (EINPROGRESS is a call started, not one failed)."""
+        if self.decision.allowed and result < 0 and result != -_errno.EINPROGRESS:
+            return Event(self.pid, self.syscall, self.proto, self.dest, self.decision, -result)
+        return self
 
     def _fields(self) -> tuple[object, ...]:
         return (self.pid, self.syscall, self.proto, self.dest, self.decision, self.errno)

@@ -19,11 +19,10 @@ it, never from the child's memory:
   SO_RCVTIMEO (then EAGAIN, as the kernel) or until the child stops waiting;
 * an allowed connection (and any connection of an AF_UNIX socket: not egress, no
   decision) gets the peer's sockaddr written to the child's addr/addrlen as the kernel
-  writes it, O_NONBLOCK if SOCK_NONBLOCK, and is installed in the child with ADDFD
-  (O_CLOEXEC if SOCK_CLOEXEC). A call answered at once uses ADDFD with SEND, which
-  installs and answers in one step. One that waited first is installed, then answered
-  with the new number (a Pending's result is a number): the filter waits killable, so
-  in between only a fatal signal can end the call, and the fd goes with the process.
+  writes it, O_NONBLOCK if SOCK_NONBLOCK, and is the answer: installed in the child by
+  the supervisor with ADDFD and SEND (answer.Install), which installs and answers in one
+  step, O_CLOEXEC if SOCK_CLOEXEC. The peers refused on the way are reported with it, or
+  before the call waits on (answer.Decided).
 
 What the kernel does differently: a connection accepted when the child has stopped
 waiting (it died meanwhile) is closed, not left queued; the child's listening socket is
@@ -43,8 +42,9 @@ from typing import Any
 
 from . import _syscalls as sys_
 from ._msg import int32
+from .answer import Answer, Install, Pending
 from .events import Event
-from .onbehalf import _PROTOS, _WATCHDOG, SYS_ACCEPT4, Handlers, Outcome, Pending, Reply, _Call
+from .onbehalf import PROTOS, SYS_ACCEPT4, WATCHDOG, Call, Handlers
 from .sockaddr import Dest, parse_sockaddr
 
 _FLAGS = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
@@ -55,14 +55,14 @@ _INT = struct.Struct("=i")
 _BATCH = 64  # refused peers taken in one go
 
 
-def accept(h: Handlers, n: sys_.Notif) -> Outcome:
+def accept(h: Handlers, n: sys_.Notif) -> Answer:
     """accept(fd, addr, addrlen) or accept4(fd, addr, addrlen, flags) for the child."""
     fd, addr_p, len_p = int32(n.args[0]), n.args[1], n.args[2]
     flags = int32(n.args[3]) if n.nr == SYS_ACCEPT4 else 0
     if flags & ~_FLAGS:
         return -errno.EINVAL
     call = _Accept(h, n, addr_p, len_p, flags)
-    return h._on_socket(n, fd, call.start)
+    return h.on_socket(n, fd, call.start)
 
 
 class _Accept:
@@ -81,51 +81,53 @@ class _Accept:
     def syscall(self) -> str:
         return "accept4" if self.n.nr == SYS_ACCEPT4 else "accept"
 
-    def start(self, c: _Call) -> Outcome:
-        got = self._take(c)
-        if got is None or (got == -errno.EAGAIN and not c.info.nonblocking):
-            return Pending(lambda: self._wait(c))
-        if isinstance(got, int):
-            return got
-        rc = self._deliver(got, sys_.ADDFD_FLAG_SEND)  # installed and answered at once
-        return Reply.ANSWERED if rc >= 0 else rc
+    def start(self, c: Call) -> Answer:
+        return self._next(c, self._take(c), None)
 
-    async def _wait(self, c: _Call) -> int:
-        """Go on off the loop: after a batch of refused peers, or in a blocking accept
-        until a connection the policy allows comes (then install it)."""
+    def _next(
+        self, c: Call, got: tuple[socket.socket, bytes] | int | None, deadline: float | None
+    ) -> Answer:
+        """The answer to what ``_take`` got: the connection installed, an error, or a
+        wait (after a batch of refused peers, or in a blocking accept with none queued)."""
+        if isinstance(got, tuple):
+            return self._deliver(got)
+        if got is None or (got == -errno.EAGAIN and not c.info.nonblocking):
+            flood = got is None
+            return Pending(lambda: self._wait(c, flood, deadline))
+        return got
+
+    async def _wait(self, c: Call, flood: bool, deadline: float | None) -> Answer:
+        """Wait off the loop, then take again: after a ``flood`` of refused peers only
+        until the sandbox's other calls had their turn, else until our duplicate is
+        readable; SO_RCVTIMEO after the first wait gives EAGAIN, as the kernel."""
         import trio
 
-        with trio.move_on_after(_rcvtimeo(c.dup) or math.inf):
-            while True:
-                got = self._take(c)
-                if got is None:  # let the sandbox's other calls be answered first
-                    await trio.lowlevel.checkpoint()
-                    if not self.h._still_waiting(c.n):
-                        return -errno.ENOENT
-                    continue
-                if got == -errno.EAGAIN and not c.info.nonblocking:
-                    rc = await self._readable(c)
-                    if rc < 0:
-                        return rc
-                    continue
-                if isinstance(got, int):
-                    return got
-                return self._deliver(got, 0)  # installed: the supervisor answers with it
+        if deadline is None:
+            deadline = trio.current_time() + (_rcvtimeo(c.dup) or math.inf)
+        with trio.move_on_at(deadline):
+            if flood:
+                await trio.lowlevel.checkpoint()
+                rc = 0 if self.h.still_waiting(c.n) else -errno.ENOENT
+            else:
+                rc = await self._readable(c)
+            if rc < 0:
+                return rc
+            return self._next(c, self._take(c), deadline)  # (waiting on: a new Pending)
         return -errno.EAGAIN  # SO_RCVTIMEO expired
 
-    async def _readable(self, c: _Call) -> int:
+    async def _readable(self, c: Call) -> int:
         """0 once our duplicate is readable and the child still waits; else -ENOENT."""
         import trio
 
         while True:
-            with trio.move_on_after(_WATCHDOG):
+            with trio.move_on_after(WATCHDOG):
                 await trio.lowlevel.wait_readable(c.dup)
                 break
-            if not self.h._still_waiting(c.n):
+            if not self.h.still_waiting(c.n):
                 return -errno.ENOENT
-        return 0 if self.h._still_waiting(c.n) else -errno.ENOENT
+        return 0 if self.h.still_waiting(c.n) else -errno.ENOENT
 
-    def _take(self, c: _Call) -> tuple[socket.socket, bytes] | int | None:
+    def _take(self, c: Call) -> tuple[socket.socket, bytes] | int | None:
         """The first queued connection the policy allows (each refused one reset on the
         way), -errno (-EAGAIN: none is queued), or None after _BATCH refused peers (a
         flood of them must not keep the supervisor from the sandbox's other calls)."""
@@ -146,32 +148,31 @@ class _Accept:
                 return got
         return None
 
-    def _allowed(self, c: _Call, peer: bytes) -> bool:
-        """Whether the policy allows this peer; a refusal is reported."""
+    def _allowed(self, c: Call, peer: bytes) -> bool:
+        """Whether the policy allows this peer; a refusal is noted, for the report."""
         dest = parse_sockaddr(peer)
         if not isinstance(dest, Dest):  # the kernel gave no IP peer: fail closed
             return False
-        proto = _PROTOS.get((c.info.type, c.info.protocol), f"proto-{c.info.protocol}")
+        proto = PROTOS.get((c.info.type, c.info.protocol), f"proto-{c.info.protocol}")
         decision = self.h.policy.decide_peer(proto, dest.addr)
         if not decision.allowed:
             event = Event(self.n.pid, self.syscall, proto, dest, decision, errno.ECONNREFUSED)
-            self.h._report(event, -errno.ECONNREFUSED)
+            c.note(event, -errno.ECONNREFUSED)
         return decision.allowed
 
-    def _deliver(self, got: tuple[socket.socket, bytes], how: int) -> int:
-        """Write the peer to the child's addr/addrlen and install the connection there
-        (ADDFD with the flags ``how``): the child's new fd number, or -errno."""
+    def _deliver(self, got: tuple[socket.socket, bytes]) -> Answer:
+        """Write the peer to the child's addr/addrlen; the connection is the answer, to
+        install in the child (the supervisor closes our descriptor of it then)."""
         conn, peer = got
         with conn:
             if self.addr_p:
                 rc = self._write_peer(peer)
                 if rc < 0:
                     return rc
-            elif not self.h._still_waiting(self.n):
+            elif not self.h.still_waiting(self.n):
                 return -errno.ENOENT
             conn.setblocking(not self.flags & socket.SOCK_NONBLOCK)  # shared with the child
-            cloexec = os.O_CLOEXEC if self.flags & socket.SOCK_CLOEXEC else 0
-            return sys_.notif_addfd(self.h.listener, self.n.id, conn.fileno(), cloexec, how)
+            return Install(conn.detach(), cloexec=bool(self.flags & socket.SOCK_CLOEXEC))
 
     def _write_peer(self, peer: bytes) -> int:
         """As the kernel's move_addr_to_user: copy min(*addrlen, size) bytes of the peer's
@@ -179,7 +180,7 @@ class _Accept:
         raw = sys_.read_mem(self.n.pid, self.len_p, _INT.size)
         if isinstance(raw, int):
             return raw
-        if not self.h._still_waiting(self.n):  # the tid was the caller's while we read
+        if not self.h.still_waiting(self.n):  # the tid was the caller's while we read
             return -errno.ENOENT
         size = _INT.unpack(raw)[0]
         if size < 0:

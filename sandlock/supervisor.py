@@ -5,9 +5,9 @@ own what Python already decided: calls to destinations Python allowed and asked 
 remember (when nobody needs to hear of every allowed call), and opens of files that
 cannot be virtual. Everything else it hands over, and ``serve`` answers it here:
 
-* most calls are answered right away by ``Handlers.handle``: by ``serve_now``, with no
-  event loop, for as long as no call has had to wait (launch.wait_child calls it), then
-  in ``serve``'s trio loop;
+* most calls are decided and performed right away by ``Handlers.handle`` and answered:
+  by ``serve_now``, with no event loop, for as long as no call has had to wait
+  (session.py calls it), then in ``serve``'s trio loop;
 * a blocking TCP connect still in progress is parked with the gate's second thread
   (csrc/connecting.h), which answers it when the handshake ends, whenever nobody needs
   each call's outcome (the same condition as ``remember``);
@@ -15,6 +15,10 @@ cannot be virtual. Everything else it hands over, and ``serve`` answers it here:
   buffer) becomes a task of the supervisor's nursery, so it never delays the others. A
   blocking connect the gate started but could not park arrives with its duplicate, to
   be finished the same way.
+
+The handlers only decide and perform: each returns an answer (answer.py), and this
+module alone answers the kernel (``send_answer``) and reports the decisions that come
+with the answers to ``on_event``, in the order they were made.
 
 Python stays the authority: the gate only repeats decisions made here, and forgets them
 all when the policy is replaced. If a handler raises (a bug), the call is refused: a
@@ -25,12 +29,14 @@ pending and future call of the sandbox with ENOSYS: the network fails, it never 
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 from . import _syscalls as sys_
 from ._gatemode import gate_answers
+from .answer import Answer, Decided, Install, Pending, Ready, Reply
 from .events import Listener
-from .onbehalf import Handlers, Outcome, Pending, Reply
+from .onbehalf import Handlers
 from .policy import Policy
 
 # trio is imported by serve(), when a call first has to wait: ``serve_now`` answers the
@@ -52,7 +58,7 @@ class Supervisor:
     then answers further calls to them itself, and so are blocking connects in progress:
     ``on_event`` no longer hears of those, nor of such a connect's outcome. Pass
     ``remember=False`` when every allowed call and its result must be seen (audit,
-    summary, learn).
+    summary, learn). ``names`` and ``on_dns``: as for ``use_names``.
     """
 
     def __init__(
@@ -62,19 +68,36 @@ class Supervisor:
         on_event: Listener | None = None,
         *,
         remember: bool = True,
+        names: Names | None = None,
+        on_dns: Callable[[Record], None] | None = None,
     ) -> None:
         self.gate = gate
         self.listener = gate.listener
-        self.handlers = Handlers(gate.listener, policy, on_event)
-        self.names: Names | None = None
-        self._on_dns: Callable[[Record], None] | None = None
-        self._waiting: list[tuple[sys_.Notif, Pending]] = []  # from serve_now, for serve
-        if remember and gate_answers():  # (not under SANDLOCK_GATE=python: _gatemode.py)
-            self.handlers.remember = gate.allow
-            self.handlers.park = gate.park_connect
+        self.on_event = on_event
+        self._remember = remember and gate_answers()  # (not under SANDLOCK_GATE=python)
+        self._serving = False
+        self._waiting: list[tuple[sys_.Notif, Pending[Answer]]] = []  # from serve_now
+        if self._remember:
             gate.set_flags(gate.flags | sys_.GATE_CACHE)
         else:
             gate.set_flags(gate.flags & ~sys_.GATE_CACHE)
+        self.names = names
+        self._on_dns = on_dns
+        self.handlers = self._handlers(policy)
+
+    def _handlers(self, policy: Policy) -> Handlers:
+        """The handlers, given everything they work with; the gate told which opens may
+        be of a virtual file (it CONTINUEs the opens of any other name)."""
+        names = self.names
+        if names is not None and names.vfiles is not None:
+            names.vfiles.watch(self.gate.set_open_names)
+        return Handlers(
+            self.listener,
+            policy,
+            gate=self.gate if self._remember else None,
+            vfiles=names.vfiles if names is not None else None,
+            redirect=names.redirect if names is not None else None,
+        )
 
     @property
     def policy(self) -> Policy:
@@ -89,13 +112,13 @@ class Supervisor:
 
     def use_names(self, names: Names, on_dns: Callable[[Record], None] | None = None) -> None:
         """Serve the sandbox's virtual files and, in DNS mode, its forwarder (names.py);
-        ``on_dns`` hears of every DNS decision."""
+        ``on_dns`` hears of every DNS decision. Before the first call is served (or pass
+        ``names`` to the constructor): the handlers are made anew with them."""
+        if self._serving:
+            raise RuntimeError("use_names: the supervisor is serving already")
         self.names = names
         self._on_dns = on_dns
-        self.handlers.vfiles = names.vfiles
-        if names.vfiles is not None:  # the gate CONTINUEs the opens of no other name
-            names.vfiles.watch(self.gate.set_open_names)
-        self.handlers.redirect = names.redirect
+        self.handlers = self._handlers(self.policy)
 
     def _swap(self, policy: Policy) -> None:
         self.policy = policy
@@ -107,21 +130,23 @@ class Supervisor:
         return connects + sends
 
     def serve_now(self, handed: list[sys_.Handoff]) -> bool:
-        """Answer what the gate handed over, without trio (launch.wait_child calls this
+        """Answer what the gate handed over, without trio (the session calls this
         until a call must wait, and serve for each batch). False if one must wait: it is
         kept for ``serve``, which runs it as a task."""
+        self._serving = True
         for h in handed:
-            result = self._outcome(h)
-            if isinstance(result, Pending):
-                self._waiting.append((h.notif, result))
+            answer = self._outcome(h)
+            if isinstance(answer, Pending):
+                self._waiting.append((h.notif, answer))
             else:
-                self._answer(h.notif, result)
+                send_answer(self.listener, h.notif.id, answer)
         return not self._waiting
 
     async def serve(self, *, task_status: trio.TaskStatus[None] | None = None) -> None:
         """Answer notifications until every task of the sandbox is gone."""
         import trio
 
+        self._serving = True
         async with trio.open_nursery() as nursery:
             if self.names is not None:
                 nursery.start_soon(self.names.run, lambda: self.policy, self._swap, self._on_dns)
@@ -141,34 +166,68 @@ class Supervisor:
                 await trio.lowlevel.checkpoint()  # let waiting calls finish meanwhile
             nursery.cancel_scope.cancel()
 
-    def _outcome(self, h: sys_.Handoff) -> Outcome:
+    def _outcome(self, h: sys_.Handoff) -> Ready | Pending[Answer]:
+        """The handler's answer to one call handed over, its decisions reported."""
         n = h.notif
         try:
             if h.fd >= 0:
-                return self.handlers.resume_connect(n, h.fd, h.rc)
-            return self.handlers.handle(n)
+                answer = self.handlers.resume_connect(n, h.fd, h.rc)
+            else:
+                answer = self.handlers.handle(n)
+            return self._report(answer) if isinstance(answer, Decided) else answer
         except Exception as err:  # a bug must refuse the call, never allow it
             _internal_error(n, err)
             return -errno.ECONNREFUSED
 
-    async def _finish(self, n: sys_.Notif, pending: Pending) -> None:
-        try:
-            result = await pending.finish()
-        except Exception as err:
-            _internal_error(n, err)
-            result = -errno.ECONNREFUSED
-        self._answer(n, result)
+    async def _finish(self, n: sys_.Notif, pending: Pending[Answer]) -> None:
+        """Run a call that waits until it has an answer (reporting on the way), and send it."""
+        answer: Ready | Pending[Answer] = pending
+        while isinstance(answer, Pending):  # (a Pending may finish with another)
+            try:
+                got = await answer.finish()
+                answer = self._report(got) if isinstance(got, Decided) else got
+            except Exception as err:
+                _internal_error(n, err)
+                answer = -errno.ECONNREFUSED
+        send_answer(self.listener, n.id, answer)
 
-    def _answer(self, n: sys_.Notif, result: int | Reply) -> None:
-        # -ENOENT: the thread is gone, or was interrupted by a fatal signal: nothing to do.
-        if result is Reply.ANSWERED:
-            return
-        if result is Reply.CONTINUE:
-            sys_.notif_continue(self.listener, n.id)
-        elif result >= 0:
-            sys_.notif_send(self.listener, n.id, result, 0)
+    def _report(self, decided: Decided) -> Ready | Pending[Answer]:
+        """Hand the decisions that came with an answer to ``on_event``: the one place that
+        reports them. The answer."""
+        if self.on_event is not None:
+            for event in decided.events:
+                self.on_event(event)
+        return decided.answer
+
+
+# Errors of an install that are the child's own (its table is full): the call gets them.
+_CHILDS_OWN = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def send_answer(listener: int, notif_id: int, answer: Ready) -> None:
+    """Answer one notification: the one place where the kernel is (tests/test_vfiles.py
+    answers with it too). -ENOENT from the kernel (the thread is gone, or was
+    interrupted by a fatal signal) leaves nothing to do."""
+    if type(answer) is int:
+        if answer >= 0:
+            sys_.notif_send(listener, notif_id, answer, 0)
         else:
-            sys_.notif_send(self.listener, n.id, 0, result)
+            sys_.notif_send(listener, notif_id, 0, answer)
+    elif answer is Reply.CONTINUE:
+        sys_.notif_continue(listener, notif_id)
+    elif isinstance(answer, Install):
+        try:
+            flags = os.O_CLOEXEC if answer.cloexec else 0
+            rc = sys_.notif_addfd(listener, notif_id, answer.fd, flags, sys_.ADDFD_FLAG_SEND)
+        finally:
+            os.close(answer.fd)
+        if rc >= 0 or rc == -errno.ENOENT:
+            return  # installed and answered (or the thread is gone)
+        if answer.fallback is None or -rc in _CHILDS_OWN:
+            sys_.notif_send(listener, notif_id, 0, rc)  # (on failure it is still waiting)
+        else:
+            send_answer(listener, notif_id, answer.fallback)
+    # else Reply.PARKED: the gate's connecting thread answers it
 
 
 def _internal_error(n: sys_.Notif, err: Exception) -> None:

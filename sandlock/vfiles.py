@@ -3,8 +3,8 @@
 With the filter variant built by ``filter_bpf(trap_open=True)``, open, openat (when their
 flags could be a plain read) and openat2 wait for the supervisor. ``VirtualFiles.handle_open``
 reads the path out of the child, resolves it as the child would, and when it names one of
-our files answers the open itself; everything else is left to the caller, who answers
-SECCOMP_USER_NOTIF_FLAG_CONTINUE so that the kernel performs the open as usual.
+our files answers the open with it (the supervisor installs it); everything else is
+answered SECCOMP_USER_NOTIF_FLAG_CONTINUE so that the kernel performs the open as usual.
 
 Why SECCOMP_IOCTL_NOTIF_ADDFD with SECCOMP_ADDFD_FLAG_SEND. Installing the descriptor
 and answering the open are one step: the kernel puts our file in the child's table and
@@ -59,6 +59,7 @@ import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 from . import _syscalls as sys_
+from .answer import Answer, Install, Reply
 
 AUDIT_ARCH_X86_64 = sys_.AUDIT_ARCH
 NR_OPEN = sys_.NR_OPEN
@@ -81,8 +82,6 @@ _PATH_MAX = sys_.PATH_MAX  # including the NUL (the gate reads no further either
 _PAGE = os.sysconf("SC_PAGESIZE")
 _OPEN_HOW_SIZE_VER0 = 24  # struct open_how {u64 flags; u64 mode; u64 resolve;}
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-# Errors of ADDFD that are the open's own (the child's table is full): the child gets them.
-_OPEN_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 # ---- contents -----------------------------------------------------------------------
@@ -311,34 +310,33 @@ class VirtualFiles:
         """The virtual path served for an opened path that resolved to ``resolved``."""
         return self._aliases.get(resolved)
 
-    def handle_open(self, listener: int, n: sys_.Notif) -> bool:
-        """Answer an open of a virtual file with our file (ADDFD + SEND).
-
-        True when the notification needs no other answer (answered, or the thread is
-        gone); False when the caller must answer it (with CONTINUE): not an open of a
-        virtual file, not read-only, or anything unexpected on the way."""
+    def handle_open(self, listener: int, n: sys_.Notif) -> Answer:
+        """How to answer an open: with our file (answer.Install: ADDFD + SEND) when it
+        opens a virtual file read-only, -ENOENT when the thread is gone meanwhile, else
+        CONTINUE: not an open of a virtual file, not read-only, or anything unexpected
+        on the way."""
         if n.arch != AUDIT_ARCH_X86_64 or n.nr not in OPEN_SYSCALLS or not self._fds:
-            return False
+            return Reply.CONTINUE
         try:
             op = _read_open(n, self._names)
             if op is None:
-                return False
+                return Reply.CONTINUE
             resolved = _resolve(n.pid, op)
             if resolved is None or self.lookup(resolved) is None:
-                return False
+                return Reply.CONTINUE
             # The path and the cwd were read from a thread that may have died and had
             # its tid reused: they count only if the notification is still alive.
             if not sys_.notif_id_valid(listener, n.id):
-                return True
-            return self._install(listener, n, resolved, op.flags)
+                return -errno.ENOENT
+            return self._install(resolved, op.flags)
         except OSError:
-            return False
+            return Reply.CONTINUE
 
-    def _install(self, listener: int, n: sys_.Notif, resolved: bytes, flags: int) -> bool:
+    def _install(self, resolved: bytes, flags: int) -> Answer:
         with self._lock:
             key = self._aliases.get(resolved)
             if key is None:  # closed meanwhile
-                return False
+                return Reply.CONTINUE
             # A description of our own for this open: its own offset (module docstring).
             # Opened under the lock, so set() cannot close the memfd (and the number be
             # reused by something else) in between.
@@ -346,14 +344,5 @@ class VirtualFiles:
                 f"/proc/self/fd/{self._fds[key]}",
                 os.O_RDONLY | os.O_CLOEXEC | (flags & os.O_NONBLOCK),
             )
-        try:
-            newfd_flags = os.O_CLOEXEC if flags & os.O_CLOEXEC else 0
-            rc = sys_.notif_addfd(listener, n.id, fd, newfd_flags, sys_.ADDFD_FLAG_SEND)
-        finally:
-            os.close(fd)
-        if rc >= 0 or rc == -errno.ENOENT:
-            return True
-        if -rc in _OPEN_ERRORS:  # the notification still waits: the open fails with it
-            sys_.notif_send(listener, n.id, 0, rc)
-            return True
-        return False
+        # An install that fails for a reason not the child's own: the real file instead.
+        return Install(fd, cloexec=bool(flags & os.O_CLOEXEC), fallback=Reply.CONTINUE)

@@ -28,6 +28,8 @@ import pytest
 
 from sandlock import _bpf, _filter, vfiles
 from sandlock import _syscalls as sys_
+from sandlock.answer import Install, Reply
+from sandlock.supervisor import send_answer
 from sandlock.vfiles import VirtualFiles, hosts_text, maybe_virtual, read_path, resolv_text
 
 # sandlock.launch._FILTER_FLAGS (launch.py is not imported here: it is being reworked).
@@ -161,8 +163,8 @@ def test_read_path_across_pages_and_too_long() -> None:
 
 
 def test_handle_open_leaves_other_calls_and_write_intent_alone() -> None:
-    """Not an open, or an open with write intent: False (the caller CONTINUEs), with no
-    answer attempted (the listener here is not even valid)."""
+    """Not an open, or an open with write intent: CONTINUE, with no answer attempted
+    (the listener here is not even valid)."""
     path = ctypes.create_string_buffer(b"/etc/hosts")
     addr = ctypes.addressof(path)
     at_fdcwd = (1 << 64) - 100
@@ -176,7 +178,7 @@ def test_handle_open_leaves_other_calls_and_write_intent_alone() -> None:
             (257, (at_fdcwd, addr, os.O_RDONLY | os.O_APPEND, 0, 0, 0)),
             (257, (at_fdcwd, addr, os.O_PATH, 0, 0, 0)),
         ]:
-            assert not vf.handle_open(-1, sys_.Notif(1, os.getpid(), nr, arch, args))
+            assert vf.handle_open(-1, sys_.Notif(1, os.getpid(), nr, arch, args)) is Reply.CONTINUE
 
 
 def test_set_replaces_without_leaking() -> None:
@@ -285,7 +287,10 @@ def _serve_gate(pidfd: int, gate: sys_.Gate, vf: VirtualFiles) -> tuple[int, int
         if gate.fd in ready:
             handed = gate.read()
             for n in (h.notif for h in handed or ()):
-                if n.nr in vfiles.OPEN_SYSCALLS and vf.handle_open(listener, n):
+                opened = vf.handle_open(listener, n) if n.nr in vfiles.OPEN_SYSCALLS else None
+                if opened is not None and opened is not Reply.CONTINUE:
+                    assert isinstance(opened, (int, Install))  # (never waits, decides nothing)
+                    send_answer(listener, n.id, opened)
                     served += 1
                 elif n.nr in NETWORK:
                     sys_.notif_send(listener, n.id, 0, -errno.ECONNREFUSED)
