@@ -13,6 +13,7 @@ import array
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import textwrap
@@ -135,6 +136,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         env=daemon_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the command too is ended by the killpg below
     )
     s = Served(daemon, ok, bad, victim, log)
     try:
@@ -143,7 +145,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         s.base = s.usage()
         yield s
     finally:
-        victim.kill()
+        # Killing the client alone would leave its command looping (fail-closed, but for
+        # ever): end the whole group.
+        os.killpg(victim.pid, signal.SIGKILL)
         victim.wait()
         daemon.stop()
         sinks.close()
