@@ -51,10 +51,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import resource
 import socket
-import stat
-import struct
 import sys
 import traceback
 import uuid
@@ -67,6 +64,7 @@ import trio
 from . import _syscalls as sys_
 from . import _wire
 from ._gatemode import gate_answers
+from ._listen import bind, fd_room, hung_up, peer, raise_fd_limit
 from ._plans import Resolvers
 from ._request import RequestError, check_request, check_supervise_fds
 from ._sink import DEFAULT_LIMIT, AuditSink, Sink, SinkText, audit_note, report_note
@@ -90,8 +88,6 @@ IDLE_TIMEOUT = 30.0  # seconds a connection may stay with no request and no sand
 SEND_TIMEOUT = 10.0  # seconds a reply may wait for a client to make room
 DRAIN_GRACE = 1.0  # seconds a finished sandbox's last records may wait for their reader
 ACCEPT_RETRY = 0.1  # seconds to wait when accept fails for want of descriptors or memory
-FDS_PER_CLIENT = 12  # descriptors a client with a live sandbox may cost (worst case)
-RESERVED_FDS = 32  # kept for the daemon itself (trio, resolvers, the DNS forwarders)
 
 
 @dataclass(frozen=True)
@@ -142,32 +138,6 @@ class _Sandbox:
     sinks: list[Sink] = field(default_factory=list)
 
 
-def _peer(sock: trio.socket.SocketType) -> tuple[int, int]:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", raw)
-    return int(pid), int(uid)
-
-
-def _fd_room() -> int:
-    """How many clients the descriptor limit leaves room for."""
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return MAX_CLIENTS
-    return max(1, (soft - RESERVED_FDS) // FDS_PER_CLIENT)
-
-
-async def _hung_up(conn: trio.socket.SocketType) -> None:
-    """Return once the client has hung up (wait for ever if it sends another record
-    meanwhile: that one waits its turn)."""
-    await trio.lowlevel.wait_readable(conn)
-    try:  # no room for descriptors: a peek must not install any
-        data = await conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except OSError:
-        return
-    if data:
-        await trio.sleep_forever()
-
-
 class Daemon:
     """The daemon's state: its clients and live sandboxes."""
 
@@ -213,7 +183,7 @@ class Daemon:
 
     def _refusal(self, uid: int) -> str | None:
         total = sum(self.clients.values())
-        if total >= min(self.limits.clients, _fd_room()):
+        if total >= min(self.limits.clients, fd_room(MAX_CLIENTS)):
             return "the daemon has too many connections; try again shortly"
         if self.clients[uid] >= self.limits.clients_per_uid:
             return f"too many connections of uid {uid} (limit {self.limits.clients_per_uid})"
@@ -222,7 +192,7 @@ class Daemon:
     async def _client(self, conn: trio.socket.SocketType, nursery: trio.Nursery) -> None:
         with conn:
             try:
-                pid, uid = _peer(conn)
+                pid, uid = peer(conn)
             except OSError:
                 return
             why = self._refusal(uid)
@@ -275,7 +245,7 @@ class Daemon:
                 request.cancel_scope.cancel()
 
             async def watch() -> None:
-                await _hung_up(c.conn)
+                await hung_up(c.conn)
                 request.cancel_scope.cancel()
 
             request.start_soon(watch)
@@ -440,56 +410,14 @@ class Daemon:
                 await self._send(c.conn, {"event": "exit", "id": box.id})
 
 
-async def _bind(path: str) -> trio.socket.SocketType:
-    """A listening socket at ``path``, mode 0600; a stale socket file is replaced."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        probe.connect(path)
-    except FileNotFoundError:
-        pass
-    except ConnectionRefusedError:
-        # Nobody listens: a stale socket of a dead daemon, which we replace -- or any
-        # other file (connecting to a regular file is refused too), which we never touch.
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise SandlockError(f"serve: {path} exists and is not a socket") from None
-        os.unlink(path)
-    except OSError as err:
-        if err.errno != errno.ENOTSOCK:
-            raise SandlockError(f"serve: cannot use {path}: {err.strerror}") from None
-        raise SandlockError(f"serve: {path} exists and is not a socket") from None
-    else:
-        raise SandlockError(f"serve: a daemon is already listening on {path}")
-    finally:
-        probe.close()
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    old = os.umask(0o177)  # the socket file is born 0600: no window with wider access
-    try:
-        await sock.bind(path)
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
-    sock.listen(128)
-    return sock
-
-
-def _raise_fd_limit() -> None:
-    """Take every descriptor the hard limit allows (each client costs a few)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (OSError, ValueError):
-            pass
-
-
 async def serve(path: str) -> None:
     """Run a daemon on ``path`` until cancelled (SIGINT/SIGTERM end it)."""
     from . import _syscalls
 
     gate_answers()  # a bad $SANDLOCK_GATE fails the start, not each sandbox
     _syscalls.protect_self()  # sandboxes of our uid must not ptrace their supervisor
-    _raise_fd_limit()
-    listener = await _bind(path)  # outside any nursery: its errors stay one line
+    raise_fd_limit()
+    listener = await bind(path)  # outside any nursery: its errors stay one line
     try:  # sandboxes are refused this socket, whatever their rules (unixrules.py)
         mark = daemon_marker(path)
     except OSError as err:
