@@ -115,8 +115,9 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="RULE",
-        help="refuse egress to RULE even where an allow rule matches "
-        "(repeatable; IPs and CIDRs only)",
+        help="refuse egress to RULE even where an allow rule matches (repeatable); a "
+        "hostname or '*.domain' rule means the name never resolves for CMD (NXDOMAIN), "
+        "whatever allow rule names it",
     )
     p.add_argument(
         "--unix-allow",
@@ -131,7 +132,8 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--profile",
         metavar="FILE",
-        help="read net_allow/net_deny/unix_allow lists from a TOML profile (added to the flags)",
+        help="read net_allow/net_deny/unix_allow lists (added to the flags) and "
+        "dns_allow_private from a TOML profile",
     )
 
 
@@ -180,6 +182,13 @@ def _add_name_args(p: argparse.ArgumentParser) -> None:
         default=TTL_MAX,
         metavar="SECONDS",
         help=f"and at most this long, whatever its TTL (default: {TTL_MAX:g})",
+    )
+    g.add_argument(
+        "--dns-allow-private",
+        action="store_true",
+        help="turn the rebinding guard off: let hostname rules allow answers in loopback, "
+        "private (RFC 1918), CGNAT, link-local, ULA, unspecified and multicast space (by "
+        "default such an answer resolves only where an IP/CIDR rule allows it)",
     )
     g.add_argument(
         "--no-virtual-hosts",
