@@ -307,7 +307,7 @@ class Plan:
             )
             self.records.append(
                 {"syscall": "dns", "proto": None, "host": host, "qtype": None}
-                | {"action": "deny", "rule": RULE, "answers": list(sorted_.dropped)}
+                | {"action": "deny", "rule": RULE, "answers": list(sorted_.dropped), "rcode": None}
             )
         return sorted_.allowed
 

@@ -133,6 +133,7 @@ def test_startup_drops_local_answers(capsys: pytest.CaptureFixture[str]) -> None
             "action": "deny",
             "rule": "rebinding-guard",
             "answers": ["127.0.0.5"],
+            "rcode": None,
         }
     ]
 
