@@ -48,8 +48,10 @@ checked; a refused call fails with ECONNREFUSED and nothing leaves the machine.
 A rule is  [SCHEME://]TARGET[:PORTS]
   SCHEME   tcp (the default), udp or icmp
   TARGET   *  (any address), an IP (127.0.0.1, ::1), a CIDR (10.0.0.0/8, fc00::/7)
-           or a hostname (resolved once at start to all its A and AAAA addresses;
-           --net-allow only). Write IPv6 with a port in brackets: [::1]:443
+           or a hostname or *.domain (allowed: its answers, followed through DNS;
+           answers in loopback or private space only where an IP rule allows
+           them, unless --dns-allow-private; denied: the name never resolves).
+           Write IPv6 with a port in brackets: [::1]:443
   PORTS    22,80,443 or * (all ports; also what no port means). icmp takes no port.
 
 Each protocol is decided on its own: with no --net-allow rule for a protocol, that

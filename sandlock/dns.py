@@ -52,8 +52,9 @@ Decisions:
 - DNS rebinding (an allowed name answering ``127.0.0.1`` or ``169.254.169.254``):
   answers in local and private space are never learned under a hostname rule
   (:mod:`sandlock.rebinding`). Those an IP/CIDR rule allows stay in the reply; the
-  others are removed from every section, the reply is NXDOMAIN when no address record
-  is left in the answer, and a second record says so (``"rule": "rebinding-guard"``).
+  others are removed from every section, the reply is NXDOMAIN when the name's own
+  addresses (the chain from it) were all dropped, and a second record says so
+  (``"rule": "rebinding-guard"``).
   ``guard=False`` (``--dns-allow-private``) turns this off.
 - A name a deny rule names (:meth:`sandlock.policy.Policy.denied_name`) gets NXDOMAIN
   and is never forwarded, whatever allow rule covers it; the record's ``rule`` is the
@@ -427,7 +428,7 @@ class Forwarder:
                     record | {"action": "deny", "rule": GUARD_RULE, "answers": list(sort.dropped)}
                 )
                 _drop_addresses(upstream_reply, frozenset(sort.dropped))
-                if not _addresses(upstream_reply, ("answer",)):
+                if learned and all(address in sort.dropped for address, _ttl in learned):
                     return _synthesize(query, dns.rcode.NXDOMAIN), records
             learned = [
                 (a, ttl) for a, ttl in learned if a not in sort.dropped and a not in sort.by_address
@@ -458,14 +459,12 @@ class Forwarder:
             return None
 
 
-def _addresses(
-    reply: dns.message.Message, sections: tuple[str, ...] = ("answer", "authority", "additional")
-) -> list[str]:
-    """Every A and AAAA address in ``sections`` of ``reply``, stored form, once each."""
+def _addresses(reply: dns.message.Message) -> list[str]:
+    """Every A and AAAA address in every section of ``reply``, stored form, once each."""
     found = {
         stored_address(rdata.address): None
-        for section in sections
-        for rrset in getattr(reply, section)
+        for section in (reply.answer, reply.authority, reply.additional)
+        for rrset in section
         if rrset.rdtype in _ADDRESS_TYPES and rrset.rdclass == dns.rdataclass.IN
         for rdata in rrset
     }

@@ -79,7 +79,7 @@ def addrs(name):
     return sorted({ai[4][0] for ai in socket.getaddrinfo(name, PORT, socket.AF_INET,
                                                            socket.SOCK_STREAM)})
 def attempt(ip):
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
     s.settimeout(10)
     try:
         s.connect((ip, PORT))

@@ -271,6 +271,20 @@ async def test_forwarder_keeps_public_answers(upstream: FakeUpstream) -> None:
             assert env.records[-1]["rcode"] == "NOERROR"
 
 
+async def test_forwarder_drops_stray_local_records(upstream: FakeUpstream) -> None:
+    """A local record off the name's chain is dropped too, without turning an answer with
+    no address of its own (NODATA) into NXDOMAIN."""
+    upstream.stray = ["elsewhere.test. 60 IN A 10.0.0.1"]
+    with trio.fail_after(IO_LIMIT):
+        async with running(upstream, ["mixed.example.test:443"]) as env:
+            nodata = await env.udp("mixed.example.test", "AAAA")
+            assert nodata.rcode() == dns.rcode.NOERROR and nodata.answer == []
+            reply = await env.udp("mixed.example.test")
+            assert addresses(reply) == ["192.0.2.5"]
+            assert env.records[-1]["rule"] == "rebinding-guard"
+            assert sorted(env.records[-1]["answers"]) == ["10.0.0.1", "127.0.0.7"]  # type: ignore[type-var]
+
+
 async def test_forwarder_allow_private(upstream: FakeUpstream) -> None:
     """guard=False (--dns-allow-private): every answer is relayed and learned."""
     with trio.fail_after(IO_LIMIT):

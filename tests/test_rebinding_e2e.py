@@ -19,14 +19,16 @@ import pytest
 
 from .conftest import Sinks, TcpSink, describe, run_sandboxed
 from .dnsfake import FakeUpstream
+from .test_names import CONNECT
 
 PY = sys.executable
 SLOW = 60
 
-SCRIPT = """
+SCRIPT = (
+    """
 import socket, sys
 import dns.message, dns.query
-mode, name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+mode, name, PORT = sys.argv[1], sys.argv[2], int(sys.argv[3])
 found = set()
 if mode == "dns":  # ask the forwarder itself: glibc would connect() to each answer to sort
     server = open("/etc/resolv.conf").read().split()[1]
@@ -37,19 +39,13 @@ else:  # resolved at start: the virtual /etc/hosts says it all
     for line in open("/etc/hosts"):
         if name in line.split()[1:]:
             found.add(line.split()[0])
-def attempt(ip):
-    s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
-    s.settimeout(10)
-    try:
-        s.connect((ip, port))
-        return "ok"
-    except OSError as e:
-        return str(e.errno)
-    finally:
-        s.close()
+"""
+    + CONNECT
+    + """
 loopback = [ip for ip in sorted(found) if ip.startswith(("127.", "::ffff:127."))]
 print(",".join(sorted(found)) or "-", attempt("127.0.0.1"), *[attempt(ip) for ip in loopback])
 """
+)
 
 
 @pytest.fixture
