@@ -182,3 +182,31 @@ def test_deny_names_against_an_allowing_wildcard(
     denied = {(r["host"], r["rule"]) for r in records if r.get("action") == "deny"}
     assert ("evil.example.test", "evil.example.test") in denied
     assert ("x.bad.example.test", "*.bad.example.test") in denied
+
+
+def test_through_the_daemon(upstream: FakeUpstream, sink: TcpSink, tmp_path: Path):
+    """run --daemon: the guard holds, its start-up line reaches the client's stderr, and
+    --dns-allow-private travels in the request's name options."""
+    from .test_daemon import Daemon
+
+    daemon = Daemon(tmp_path / "d.sock")
+    try:
+        where = f"{upstream.address}:{upstream.port}"
+        base = [
+            "--dns-upstream",
+            where,
+            "--no-dns-proxy",
+            "--net-allow",
+            f"api.example.test:{sink.port}",
+        ]
+        cmd = [PY, "-c", SCRIPT, "hosts", "api.example.test", str(sink.port)]
+        res = daemon.run(base, cmd, timeout=SLOW)
+        assert res.returncode == 0, describe(res)
+        assert res.stdout.split()[:2] == ["-", "111"], describe(res)
+        assert "rebinding guard: `api.example.test` answered" in res.stderr, describe(res)
+        res = daemon.run(["--dns-allow-private", *base], cmd, timeout=SLOW)
+        assert res.returncode == 0, describe(res)
+        assert res.stdout.split()[1:] == ["ok", "ok"], describe(res)
+        assert "rebinding guard" not in res.stderr, describe(res)
+    finally:
+        daemon.stop()
