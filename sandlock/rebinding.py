@@ -59,11 +59,21 @@ GUARDED_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tu
 )
 
 
+# The list as (network, mask) integers per IP version: a check is a few integer ands.
+_MASKS = {
+    version: tuple(
+        (int(n.network_address), int(n.netmask)) for n in GUARDED_NETWORKS if n.version == version
+    )
+    for version in (4, 6)
+}
+
+
 def guarded(address: str) -> bool:
     """Whether a stored answer (:func:`sandlock.policy.stored_address`: text, unmapped)
     lies in :data:`GUARDED_NETWORKS`."""
     ip = ipaddress.ip_address(address)
-    return any(ip in network for network in GUARDED_NETWORKS if network.version == ip.version)
+    value = int(ip)
+    return any(value & mask == net for net, mask in _MASKS[ip.version])
 
 
 def exempt(name: str) -> bool:
