@@ -86,10 +86,12 @@ class DenialReport:
 
 def _dns_why(record: Mapping[str, object]) -> str:
     """Why a lookup was refused, from its record (dns.py)."""
+    from .rebinding import RULE  # (DNS mode only: dns.py has loaded it already)
+
     rule = record.get("rule")
     if rule is None:
         return "no --net-allow rule names it"
-    if rule == "rebinding-guard":  # rebinding.RULE, unimported: it costs nothing here
+    if rule == RULE:
         answers = record.get("answers")
         shown = ", ".join(map(str, answers)) if isinstance(answers, list) else ""
         return f"rebinding guard: local or private answers {shown} (see --dns-allow-private)"
