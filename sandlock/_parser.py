@@ -48,8 +48,10 @@ checked; a refused call fails with ECONNREFUSED and nothing leaves the machine.
 A rule is  [SCHEME://]TARGET[:PORTS]
   SCHEME   tcp (the default), udp or icmp
   TARGET   *  (any address), an IP (127.0.0.1, ::1), a CIDR (10.0.0.0/8, fc00::/7)
-           or a hostname (resolved once at start to all its A and AAAA addresses;
-           --net-allow only). Write IPv6 with a port in brackets: [::1]:443
+           or a hostname or *.domain (allowed: its answers, followed through DNS;
+           answers in loopback or private space only where an IP rule allows
+           them, unless --dns-allow-private; denied: the name never resolves).
+           Write IPv6 with a port in brackets: [::1]:443
   PORTS    22,80,443 or * (all ports; also what no port means). icmp takes no port.
 
 Each protocol is decided on its own: with no --net-allow rule for a protocol, that
@@ -115,8 +117,9 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="RULE",
-        help="refuse egress to RULE even where an allow rule matches "
-        "(repeatable; IPs and CIDRs only)",
+        help="refuse egress to RULE even where an allow rule matches (repeatable); a "
+        "hostname or '*.domain' rule means the name never resolves for CMD (NXDOMAIN), "
+        "whatever allow rule names it",
     )
     p.add_argument(
         "--unix-allow",
@@ -131,7 +134,8 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--profile",
         metavar="FILE",
-        help="read net_allow/net_deny/unix_allow lists from a TOML profile (added to the flags)",
+        help="read net_allow/net_deny/unix_allow lists (added to the flags) and "
+        "dns_allow_private from a TOML profile",
     )
 
 
@@ -180,6 +184,13 @@ def _add_name_args(p: argparse.ArgumentParser) -> None:
         default=TTL_MAX,
         metavar="SECONDS",
         help=f"and at most this long, whatever its TTL (default: {TTL_MAX:g})",
+    )
+    g.add_argument(
+        "--dns-allow-private",
+        action="store_true",
+        help="turn the rebinding guard off: let hostname rules allow answers in loopback, "
+        "private (RFC 1918), CGNAT, link-local, ULA, unspecified and multicast space (by "
+        "default such an answer resolves only where an IP/CIDR rule allows it)",
     )
     g.add_argument(
         "--no-virtual-hosts",

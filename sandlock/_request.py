@@ -51,7 +51,14 @@ _FIELDS: dict[str, set[str]] = {
     "ping": {"op"},
     "policy": {"op", "id", "allow", "deny", "unix_allow"},
 }
-_NAME_FIELDS = {"virtual_hosts", "dns_proxy", "dns_upstream", "ttl_min", "ttl_max"}
+_NAME_FIELDS = {
+    "virtual_hosts",
+    "dns_proxy",
+    "dns_upstream",
+    "ttl_min",
+    "ttl_max",
+    "dns_allow_private",
+}
 
 
 class RequestError(Exception):
@@ -122,8 +129,9 @@ def check_names(data: object) -> None:
     unknown = sorted(set(data) - _NAME_FIELDS)
     if unknown:
         raise RequestError(f"name options: unknown field {unknown[0]!r}")
-    if not isinstance(data.get("virtual_hosts", True), bool):
-        raise RequestError("virtual_hosts must be true or false")
+    for key in ("virtual_hosts", "dns_allow_private"):
+        if not isinstance(data.get(key, True), bool):
+            raise RequestError(f"{key} must be true or false")
     if not isinstance(data.get("dns_proxy"), bool | None):
         raise RequestError("dns_proxy must be true, false or null")
     upstream = data.get("dns_upstream")

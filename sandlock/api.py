@@ -26,7 +26,7 @@ from .audit import AuditLog, AuditSeal, DecisionRecord
 from .errors import SandlockError, TimeoutExpired
 from .plan import NameOptions, Plan, make
 from .policy import Policy
-from .profile import load_profile
+from .profile import read_profile
 from .report import Observer
 from .session import TIMED_OUT, Session
 
@@ -74,6 +74,8 @@ class Sandbox:
     runs. ``audit`` names a JSON-lines file that receives every decision. ``names``
     chooses how hostname rules behave (the CLI's --dns-proxy, --dns-upstream, ...; see
     :class:`~sandlock.plan.NameOptions`); each run gets its own DNS forwarder.
+    ``dns_allow_private`` turns the rebinding guard off (``--dns-allow-private``; or
+    ``NameOptions(dns_allow_private=True)``).
     """
 
     def __init__(
@@ -85,8 +87,11 @@ class Sandbox:
         unix_allow: Sequence[str] = (),
         names: NameOptions | None = None,
         resolver: Resolver | None = None,
+        dns_allow_private: bool = False,
     ) -> None:
         options = names or NameOptions()
+        if dns_allow_private and not options.dns_allow_private:  # (the caller's left as is)
+            options = NameOptions.from_wire(options.to_wire() | {"dns_allow_private": True})
         self._plan = make(
             list(net_allow), list(net_deny), options, resolver=resolver, unix_allow=unix_allow
         )
@@ -97,8 +102,14 @@ class Sandbox:
     def from_profile(cls, path: StrPath, *, audit: StrPath | None = None) -> Sandbox:
         """A sandbox from a TOML profile with ``net_allow``, ``net_deny`` and ``unix_allow``
         lists."""
-        allow, deny, unix_allow = load_profile(path)
-        return cls(allow, deny, audit, unix_allow=unix_allow)
+        profile = read_profile(path)
+        return cls(
+            profile.net_allow,
+            profile.net_deny,
+            audit,
+            unix_allow=profile.unix_allow,
+            dns_allow_private=profile.dns_allow_private,
+        )
 
     def run(
         self,

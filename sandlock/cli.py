@@ -50,6 +50,7 @@ def _name_fields(args: Args) -> dict[str, Any]:
         "dns_upstream": args.dns_upstream,
         "ttl_min": args.dns_ttl_min,
         "ttl_max": args.dns_ttl_max,
+        "dns_allow_private": args.dns_allow_private,
     }
 
 
@@ -197,10 +198,13 @@ def _rule_specs(args: Args) -> tuple[list[str], list[str], list[str]]:
     """The --net-allow, --net-deny and --unix-allow specs, a --profile's first."""
     allow, deny, unix = list(args.net_allow), list(args.net_deny), list(args.unix_allow)
     if args.profile:
-        from .profile import load_profile
+        from .profile import read_profile
 
-        more_allow, more_deny, more_unix = load_profile(args.profile)
-        allow, deny, unix = more_allow + allow, more_deny + deny, more_unix + unix
+        profile = read_profile(args.profile)
+        allow, deny = profile.net_allow + allow, profile.net_deny + deny
+        unix = profile.unix_allow + unix
+        if profile.dns_allow_private:  # the profile's name option joins the flags'
+            args.dns_allow_private = True
     return allow, deny, unix
 
 

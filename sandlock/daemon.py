@@ -358,6 +358,8 @@ class Daemon:
             limit = self.limits.sink_bytes
             sinks.append(Sink(fds[2], report_note, limit=limit))
             stderr = SinkText(sinks[0])
+            for note in plan.notes:  # what start-up resolution left out (plan.py)
+                stderr.write(note + "\n")
             audit = None
             if len(fds) == 4:
                 sinks.append(Sink(fds[3], functools.partial(audit_note, box_id), limit=limit))

@@ -48,9 +48,19 @@ Decisions:
 - A name with a presentation-format escape (``a\\.b``) is covered by no rule
   (:meth:`sandlock.policy.Policy.host_for_name`).
 - Upstream timeout or error: SERVFAIL. Addresses are learned from NOERROR replies only.
-- Learned addresses go through ``--net-deny`` like any other: DNS rebinding (an
-  allowed name answering ``127.0.0.1`` or ``169.254.169.254``) is what deny rules
-  on those ranges are for.
+- Learned addresses go through ``--net-deny`` like any other.
+- DNS rebinding (an allowed name answering ``127.0.0.1`` or ``169.254.169.254``):
+  answers in local and private space are never learned under a hostname rule
+  (:mod:`sandlock.rebinding`). Those an IP/CIDR rule allows stay in the reply; the
+  others are removed from every section, the reply is NXDOMAIN when the name's own
+  addresses (the chain from it) were all dropped, and a second record says so
+  (``"rule": "rebinding-guard"``).
+  ``guard=False`` (``--dns-allow-private``) turns this off.
+- A name a deny rule names (:meth:`sandlock.policy.Policy.denied_name`) gets NXDOMAIN
+  and is never forwarded, whatever allow rule covers it; the record's ``rule`` is the
+  deny rule.
+- The upstream sees the name in lower case: the case of each letter of a query (DNS
+  0x20) would otherwise carry a bit per letter out of the sandbox.
 - ``--dns-upstream`` takes an IP address only (finding the resolver by name would
   need a resolver); a bad value is a :class:`DnsConfigError`, a PolicyError, so it
   is reported like a bad rule.
@@ -79,11 +89,14 @@ import dns.rdtypes.ANY.CNAME
 import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.resolver
+import dns.rrset
 import trio
 
 from .errors import DnsConfigError
 from .plan import TTL_MAX, TTL_MIN
 from .policy import Policy, stored_address
+from .rebinding import RULE as GUARD_RULE
+from .rebinding import sort_answers
 from .sockaddr import unmapped_ip
 
 __all__ = [
@@ -324,7 +337,8 @@ class Forwarder:
     ``policy`` returns the current Policy; ``on_learn`` is called, before the reply
     goes out, whenever the book changed (an address learned or expired), so the
     caller can swap in ``policy.with_hosts(book.as_mapping())``; ``on_record`` gets
-    one JSON-able dict per answered query.
+    one JSON-able dict per answered query, and a second one when the rebinding guard
+    (``guard``, on unless ``--dns-allow-private``) dropped records of its answer.
     """
 
     def __init__(
@@ -337,7 +351,9 @@ class Forwarder:
         on_record: Callable[[Record], None] | None = None,
         extra_types: Iterable[str] = (),
         timeout: float = DEFAULT_TIMEOUT,
+        guard: bool = True,
     ) -> None:
+        self._guard = guard
         self._policy = policy
         self._upstream = upstream
         self._book = book
@@ -354,10 +370,11 @@ class Forwarder:
         message = _parse_message(query)
         if message is None or message.flags & dns.flags.QR:
             return None
-        reply, record = await self._decide(message, transport)
-        record["rcode"] = dns.rcode.to_text(reply.rcode())
-        if self._on_record is not None:
-            self._on_record(record)
+        reply, records = await self._decide(message, transport)
+        for record in records:
+            record["rcode"] = dns.rcode.to_text(reply.rcode())
+            if self._on_record is not None:
+                self._on_record(record)
         limit = _MAX_MESSAGE if transport == "tcp" else _udp_limit(message)
         return reply.to_wire(max_size=limit, prefer_truncation=True)
 
@@ -377,40 +394,55 @@ class Forwarder:
 
     async def _decide(
         self, query: dns.message.Message, transport: Transport
-    ) -> tuple[dns.message.Message, Record]:
+    ) -> tuple[dns.message.Message, list[Record]]:
         record: Record = {"syscall": "dns", "proto": transport, "host": None, "qtype": None}
         record.update(action="deny", rule=None, answers=[])
+        records = [record]
         if query.opcode() != dns.opcode.QUERY:
-            return _synthesize(query, dns.rcode.REFUSED), record
+            return _synthesize(query, dns.rcode.REFUSED), records
         if len(query.question) != 1:
-            return _synthesize(query, dns.rcode.FORMERR), record
+            return _synthesize(query, dns.rcode.FORMERR), records
         question = query.question[0]
         name = question.name.to_text(omit_final_dot=True).lower()
         record.update(host=name, qtype=dns.rdatatype.to_text(question.rdtype))
         if question.rdclass != dns.rdataclass.IN:
-            return _synthesize(query, dns.rcode.REFUSED), record
-        key = self._policy().host_for_name(name)
+            return _synthesize(query, dns.rcode.REFUSED), records
+        policy = self._policy()
+        denial = policy.denied_name(name)
+        key = policy.host_for_name(name)
         if key is None:
-            return _synthesize(query, dns.rcode.NXDOMAIN), record
+            record["rule"] = denial
+            return _synthesize(query, dns.rcode.NXDOMAIN), records
         record["rule"] = key
         if question.rdtype not in self._types:
-            return _synthesize(query, dns.rcode.REFUSED), record
+            return _synthesize(query, dns.rcode.REFUSED), records
         record["action"] = "allow"
         upstream_reply = await self._ask_upstream(query)
         if upstream_reply is None:
-            return _synthesize(query, dns.rcode.SERVFAIL), record
+            return _synthesize(query, dns.rcode.SERVFAIL), records
         if upstream_reply.rcode() == dns.rcode.NOERROR:
             learned = _chain_addresses(upstream_reply, question.name)
+            sort = sort_answers(policy, name, _addresses(upstream_reply), on=self._guard)
+            if sort.dropped:
+                records.append(
+                    record | {"action": "deny", "rule": GUARD_RULE, "answers": list(sort.dropped)}
+                )
+                _drop_addresses(upstream_reply, frozenset(sort.dropped))
+                if learned and all(address in sort.dropped for address, _ttl in learned):
+                    return _synthesize(query, dns.rcode.NXDOMAIN), records
+            learned = [
+                (a, ttl) for a, ttl in learned if a not in sort.dropped and a not in sort.by_address
+            ]
             record["answers"] = [address for address, _ttl in learned]
             if self._book.learn(key, learned, trio.current_time()):
                 self._on_learn()
-        return _relay(query, upstream_reply, self._book.ttl_max), record
+        return _relay(query, upstream_reply, self._book.ttl_max), records
 
     async def _ask_upstream(self, query: dns.message.Message) -> dns.message.Message | None:
         """The upstream's reply to a fresh copy of ``query``'s question, or None on failure."""
         question = query.question[0]
         fresh = dns.message.make_query(
-            question.name,
+            dns.name.Name(label.lower() for label in question.name.labels),  # no 0x20 bits
             question.rdtype,
             use_edns=0,
             payload=_UPSTREAM_PAYLOAD,
@@ -425,6 +457,33 @@ class Forwarder:
                 return reply
         except (trio.TooSlowError, trio.BrokenResourceError, OSError, dns.exception.DNSException):
             return None
+
+
+def _addresses(reply: dns.message.Message) -> list[str]:
+    """Every A and AAAA address in every section of ``reply``, stored form, once each."""
+    found = {
+        stored_address(rdata.address): None
+        for section in (reply.answer, reply.authority, reply.additional)
+        for rrset in section
+        if rrset.rdtype in _ADDRESS_TYPES and rrset.rdclass == dns.rdataclass.IN
+        for rdata in rrset
+    }
+    return list(found)
+
+
+def _drop_addresses(reply: dns.message.Message, dropped: frozenset[str]) -> None:
+    """Remove the A and AAAA records of ``dropped`` addresses from every section."""
+    for section in ("answer", "authority", "additional"):
+        kept = []
+        for rrset in getattr(reply, section):
+            if rrset.rdtype in _ADDRESS_TYPES and rrset.rdclass == dns.rdataclass.IN:
+                rdatas = [rd for rd in rrset if stored_address(rd.address) not in dropped]
+                if not rdatas:
+                    continue
+                if len(rdatas) < len(rrset):
+                    rrset = dns.rrset.from_rdata_list(rrset.name, rrset.ttl, rdatas)
+            kept.append(rrset)
+        setattr(reply, section, kept)
 
 
 def _rdtype(name: str) -> dns.rdatatype.RdataType:

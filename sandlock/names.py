@@ -35,7 +35,7 @@ import errno
 import random
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from .sockaddr import MAPPED_PREFIX, Dest
 from .vfiles import HOSTS, RESOLV_CONF, VirtualFiles, hosts_text, resolv_text
@@ -96,8 +96,11 @@ class Names:
         upstream: dns.Upstream | None,
         sockets: tuple[socket.socket, socket.socket] | None,
         seeds: dict[str, list[tuple[str, int]]],
+        shown: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.options = options
+        self.startup_records: list[dns.Record] = []
+        """What start-up resolution decided that the audit log must hear (plan.py)."""
         self.upstream = upstream
         self._sockets = sockets
         self._seeds = seeds
@@ -112,7 +115,10 @@ class Names:
                 self.vfiles.set(HOSTS, hosts_text(local))
         elif options.virtual_hosts:
             self.vfiles = VirtualFiles()
-            self.vfiles.set(HOSTS, hosts_text(policy.host_addresses))
+            # with the answers the rebinding guard left to IP/CIDR rules (plan.py)
+            shown = shown or {}
+            addrs = {h: (*a, *shown.get(h, ())) for h, a in policy.host_addresses.items()}
+            self.vfiles.set(HOSTS, hosts_text(addrs))
 
     @property
     def dns_mode(self) -> bool:
@@ -160,7 +166,14 @@ class Names:
             known = current.host_addresses
             swap(current.with_hosts({h: a for h, a in book.as_mapping().items() if h in known}))
 
-        fwd = dns.Forwarder(policy, self.upstream, book, on_learn=on_learn, on_record=on_record)
+        fwd = dns.Forwarder(
+            policy,
+            self.upstream,
+            book,
+            on_learn=on_learn,
+            on_record=on_record,
+            guard=not self.options.dns_allow_private,
+        )
         udp, tcp = (trio.socket.from_stdlib_socket(s) for s in self._sockets)
         await dns.serve(fwd, udp, tcp)
 

@@ -16,7 +16,11 @@ Everything sandlock decides before a command starts is decided here, once, in or
    DNS-following mode, or whenever ``--dns-upstream`` is given, by that upstream, whose
    TTLs then seed the forwarder's book (``localhost`` there is loopback, asked of
    nobody); by the system resolver (getaddrinfo) otherwise. A name that does not
-   resolve is a PolicyError that quotes its rule.
+   resolve is a PolicyError that quotes its rule. A name a deny rule names is not
+   looked up at all (deny wins; one line says so: it is not an error, since deny lists
+   are often shared between profiles). Answers the rebinding guard keeps from the rule
+   (:mod:`sandlock.rebinding`) are left out, one line per name (:attr:`Plan.notes`)
+   and one audit record (:attr:`Plan.records`) saying so.
 
 :func:`make` is the way in; its result's :attr:`Plan.policy` is a pure
 :class:`~sandlock.policy.Policy`, and :meth:`Plan.start` makes what each run under it
@@ -63,10 +67,18 @@ class NameOptions:
     """How hostname rules behave (the CLI's --[no-]dns-proxy, --dns-upstream, ...).
 
     ``dns_proxy`` None means: on when an allow rule names a host; ``dns_upstream`` None
-    means the first nameserver of the host's /etc/resolv.conf. (A plain class: the
+    means the first nameserver of the host's /etc/resolv.conf; ``dns_allow_private``
+    turns the rebinding guard off (:mod:`sandlock.rebinding`). (A plain class: the
     dataclasses module costs the CLI's launch ~8 ms.)"""
 
-    __slots__ = ("dns_proxy", "dns_upstream", "ttl_max", "ttl_min", "virtual_hosts")
+    __slots__ = (
+        "dns_allow_private",
+        "dns_proxy",
+        "dns_upstream",
+        "ttl_max",
+        "ttl_min",
+        "virtual_hosts",
+    )
 
     def __init__(
         self,
@@ -76,7 +88,9 @@ class NameOptions:
         dns_upstream: str | None = None,
         ttl_min: float = TTL_MIN,
         ttl_max: float = TTL_MAX,
+        dns_allow_private: bool = False,
     ) -> None:
+        self.dns_allow_private = dns_allow_private
         self.virtual_hosts = virtual_hosts
         self.dns_proxy = dns_proxy
         self.dns_upstream = dns_upstream
@@ -95,6 +109,7 @@ class NameOptions:
             "dns_upstream": self.dns_upstream,
             "ttl_min": self.ttl_min,
             "ttl_max": self.ttl_max,
+            "dns_allow_private": self.dns_allow_private,
         }
 
     @classmethod
@@ -112,6 +127,7 @@ class NameOptions:
                 dns_upstream=_opt_str(data.get("dns_upstream")),
                 ttl_min=float(data.get("ttl_min", TTL_MIN)),
                 ttl_max=float(data.get("ttl_max", TTL_MAX)),
+                dns_allow_private=bool(data.get("dns_allow_private", False)),
             )
         except (TypeError, ValueError) as err:
             raise PolicyError(f"bad name options: {err}") from None
@@ -190,8 +206,12 @@ def make(
     resolver: Resolver | None = None,
     learn: bool = False,
 ) -> Plan:
-    """The plan of these rule strings and hostname options (see :class:`Plan`)."""
-    return Plan(parse(allow, deny, unix_allow), options, resolver=resolver, learn=learn)
+    """The plan of these rule strings and hostname options (see :class:`Plan`); its
+    :attr:`Plan.notes` printed on stderr."""
+    plan = Plan(parse(allow, deny, unix_allow), options, resolver=resolver, learn=learn)
+    for note in plan.notes:
+        print(note, file=sys.stderr)
+    return plan
 
 
 class Plan:
@@ -242,12 +262,54 @@ class Plan:
         lookup = resolver if resolver is not None else _resolver(upstream, self.seeds)
         if interrupt is not None:
             lookup = _interruptible(lookup, interrupt)
-        found = {host: _resolve(lookup, host, spec) for host, spec in rules.hostnames.items()}
-        hosts = {r.host: found.get(r.host, ()) for r in rules.allow if r.host is not None}
-
         from .policy import Policy
 
-        self.policy = Policy(rules.allow, rules.deny, hosts, rules.unix)
+        named = {r.host: () for r in rules.allow if r.host is not None}
+        unresolved = Policy(rules.allow, rules.deny, named, rules.unix)
+        self.notes: list[str] = []
+        """One line each for what start-up resolution left out (denied names, answers
+        the rebinding guard dropped); :func:`make` prints them, the daemon sends them to
+        its client."""
+        self.records: list[dict[str, object]] = []
+        """Audit records (dns.py's form) of the answers the rebinding guard dropped."""
+        self.shown: dict[str, tuple[str, ...]] = {}
+        """Guarded answers an IP/CIDR rule allows: still in the virtual /etc/hosts."""
+        found: dict[str, tuple[str, ...]] = {}
+        for host, spec in rules.hostnames.items():
+            denial = unresolved.denied_name(host)
+            if denial is not None:
+                self.notes.append(
+                    f"sandlock: `{host}` in {_ALLOW_FLAG} `{spec}` is denied by "
+                    f"{_DENY_FLAG} `{denial}`: deny wins, the name is not resolved"
+                )
+                continue
+            found[host] = self._guard(unresolved, host, spec, _resolve(lookup, host, spec))
+        self.policy = unresolved.with_hosts(found) if found else unresolved
+
+    def _guard(
+        self, policy: Policy, host: str, spec: str, addrs: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        """The addresses of ``host`` its rule allows (:mod:`sandlock.rebinding`); the
+        rest noted, and kept out of the forwarder's seeds too."""
+        from .rebinding import RULE, sort_answers
+
+        sorted_ = sort_answers(policy, host, addrs, on=not self.options.dns_allow_private)
+        if sorted_.by_address:
+            self.shown[host] = sorted_.by_address
+        if self.seeds.get(host):
+            self.seeds[host] = [(a, ttl) for a, ttl in self.seeds[host] if a in sorted_.allowed]
+        if sorted_.dropped:
+            dropped = ", ".join(sorted_.dropped)
+            self.notes.append(
+                f"sandlock: rebinding guard: `{host}` answered {dropped} (local or private "
+                f"addresses), not allowed through `{spec}` (allow them with an IP rule, or "
+                "--dns-allow-private)"
+            )
+            self.records.append(
+                {"syscall": "dns", "proto": None, "host": host, "qtype": None}
+                | {"action": "deny", "rule": RULE, "answers": list(sorted_.dropped), "rcode": None}
+            )
+        return sorted_.allowed
 
     @property
     def trap_open(self) -> bool:
@@ -277,7 +339,9 @@ class Plan:
                 )
         if not self.has_hosts and sockets is None:
             return None
-        return Names(policy, self.options, self.upstream, sockets, self.seeds)
+        names = Names(policy, self.options, self.upstream, sockets, self.seeds, self.shown)
+        names.startup_records = list(self.records)
+        return names
 
 
 def resolve_host(host: str) -> list[str]:

@@ -22,6 +22,11 @@ The model, as in ``net-rules.md``:
   DNS-following mode (:mod:`sandlock.dns`) learns addresses for them
   (:meth:`Policy.with_hosts`). :meth:`Policy.host_for_name` says which key covers a
   name the command looks up.
+- **Name deny rules** (``--net-deny evil.example``, ``--net-deny '*.evil.example'``)
+  hold no addresses: they say which names never resolve for the command
+  (:meth:`Policy.denied_name`), and :meth:`Policy.host_for_name` covers none of them,
+  whatever allow rule or wildcard names them. Their ports and schemes are parsed as in
+  allow rules; a denied name is denied whatever they are.
 
 Pure: no I/O, no resolver; a Policy is built from parsed rules and the addresses of
 their hosts, in one way (its constructor). It is immutable: the supervisor swaps whole
@@ -32,7 +37,7 @@ so that :meth:`Policy.decide` does no allocation and no ``ipaddress`` work per c
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -99,16 +104,27 @@ class Policy:
     """An immutable, compiled set of allow and deny rules: build it, then :meth:`decide`.
 
     ``host_addrs`` must name exactly the hostnames of the allow rules (an empty address
-    list is allowed and matches nothing); a deny rule may not carry a hostname.
+    list is allowed and matches nothing); the hostnames of deny rules hold no addresses.
     Addresses are strings or ``ipaddress`` objects (:func:`stored_address`). Raises
     ValueError otherwise. ``unix`` are the ``--unix-allow`` rules (None: none given).
     The plan (:mod:`sandlock.plan`) parses the rule strings and resolves the hostnames.
     """
 
-    __slots__ = ("_allow", "_deny", "_domains", "_hosts", "_tables", "_unix")
+    __slots__ = (
+        "_allow",
+        "_denied",
+        "_denied_domains",
+        "_deny",
+        "_domains",
+        "_hosts",
+        "_tables",
+        "_unix",
+    )
 
     _allow: tuple[Rule, ...]
     _deny: tuple[Rule, ...]
+    _denied: Mapping[str, str]
+    _denied_domains: Mapping[str, str]
     _domains: frozenset[str]
     _hosts: Mapping[str, tuple[str, ...]]
     _tables: dict[str, _Table]
@@ -123,7 +139,7 @@ class Policy:
     ) -> None:
         allow, deny = tuple(allow), tuple(deny)
         object.__setattr__(self, "_unix", unix)
-        hosts = _check_hosts(allow, deny, host_addrs)
+        hosts = _check_hosts(allow, host_addrs)
         object.__setattr__(self, "_allow", allow)
         object.__setattr__(self, "_deny", deny)
         object.__setattr__(self, "_hosts", MappingProxyType(hosts))
@@ -131,6 +147,16 @@ class Policy:
             host.removeprefix(WILDCARD_PREFIX) for host in hosts if is_wildcard(host)
         )
         object.__setattr__(self, "_domains", domains)
+        denied: dict[str, str] = {}
+        denied_domains: dict[str, str] = {}
+        for rule in deny:
+            if rule.host is not None:
+                if is_wildcard(rule.host):
+                    denied_domains.setdefault(rule.host.removeprefix(WILDCARD_PREFIX), rule.spec)
+                else:
+                    denied.setdefault(rule.host, rule.spec)
+        object.__setattr__(self, "_denied", MappingProxyType(denied))
+        object.__setattr__(self, "_denied_domains", MappingProxyType(denied_domains))
         object.__setattr__(self, "_tables", _compile(allow, deny, hosts))
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -161,22 +187,50 @@ class Policy:
         ``name`` is in DNS presentation format. Case-insensitive (ASCII only, as DNS
         is; other text matches nothing), one trailing dot ignored. A name with an
         escape (``x\\.example.com``: a label that holds a dot) matches nothing, since
-        its labels cannot be told apart by the dots. An exact hostname wins over
-        wildcards, and a longer wildcard domain over a shorter one: ``a.b.example.com``
-        under ``*.b.example.com`` and ``*.example.com`` is ``*.b.example.com``.
+        its labels cannot be told apart by the dots. A name a deny rule names
+        (:meth:`denied_name`) matches nothing. An exact hostname wins over wildcards,
+        and a longer wildcard domain over a shorter one: ``a.b.example.com`` under
+        ``*.b.example.com`` and ``*.example.com`` is ``*.b.example.com``.
         """
-        if not name.isascii() or "\\" in name:
+        key = _plain(name)
+        if key is None or self._deny_for(key) is not None:
             return None
-        name = name.lower().removesuffix(".")
-        if name in self._hosts:
-            return name
-        rest = name
-        while True:
-            _label, dot, rest = rest.partition(".")
-            if not dot:
-                return None
-            if rest in self._domains:
-                return WILDCARD_PREFIX + rest
+        if key in self._hosts:
+            return key
+        domain = _covering_domain(key, self._domains)
+        return None if domain is None else WILDCARD_PREFIX + domain
+
+    def denied_name(self, name: str) -> str | None:
+        """The spec of the deny rule that names the DNS name ``name`` (read as
+        :meth:`host_for_name` reads it), or None: an exact name, or a wildcard that
+        covers it (one or more labels in front of its domain)."""
+        key = _plain(name)
+        return None if key is None else self._deny_for(key)
+
+    def _deny_for(self, key: str) -> str | None:
+        spec = self._denied.get(key)
+        if spec is not None:
+            return spec
+        domain = _covering_domain(key, self._denied_domains)
+        return None if domain is None else self._denied_domains[domain]
+
+    def allows_by_address(self, addr: bytes) -> bool:
+        """Whether an IP/CIDR or any-address allow rule, of some protocol, covers the
+        packed address ``addr`` on some port, and no deny rule of that protocol covers it
+        (on any port): what lets the rebinding guard (:mod:`sandlock.rebinding`) pass an
+        answer. Hostname rules are not asked. Read as :meth:`decide_peer` reads it."""
+        if len(addr) not in (4, 16):
+            return False
+        seen = canonical(addr)
+        value, v4 = int.from_bytes(seen, "big"), len(seen) == 4
+        for table in self._tables.values():
+            deny, allow = (table.deny4, table.allow4) if v4 else (table.deny6, table.allow6)
+            for entry in (*deny, *allow):
+                if entry.decision.host is None and value & entry.mask == entry.net:
+                    if entry.decision.allowed:
+                        return True
+                    break
+        return False
 
     @property
     def allow_rules(self) -> tuple[Rule, ...]:
@@ -286,11 +340,26 @@ def stored_addresses(addrs: Iterable[str | IPAddress]) -> tuple[str, ...]:
     return tuple({stored_address(value): None for value in addrs})
 
 
-def _check_hosts(
-    allow: tuple[Rule, ...], deny: tuple[Rule, ...], host_addrs: HostAddrs
-) -> dict[str, tuple[str, ...]]:
-    if any(rule.host is not None for rule in deny):
-        raise ValueError("a --net-deny rule cannot name a hostname")
+def _plain(name: str) -> str | None:
+    """A DNS name as rules name hosts (lower case, no final dot); None for one no rule
+    can name (not ASCII, or with an escape)."""
+    if not name.isascii() or "\\" in name:
+        return None
+    return name.lower().removesuffix(".")
+
+
+def _covering_domain(name: str, domains: Container[str]) -> str | None:
+    """The longest of ``domains`` that ``name`` lies under, by one label or more."""
+    rest = name
+    while True:
+        _label, dot, rest = rest.partition(".")
+        if not dot:
+            return None
+        if rest in domains:
+            return rest
+
+
+def _check_hosts(allow: tuple[Rule, ...], host_addrs: HostAddrs) -> dict[str, tuple[str, ...]]:
     named = {rule.host: None for rule in allow if rule.host is not None}
     missing = [host for host in named if host not in host_addrs]
     extra = [host for host in host_addrs if host not in named]
@@ -304,7 +373,8 @@ def _compile(
 ) -> dict[str, _Table]:
     tables: dict[str, _Table] = {}
     for proto in PROTOS:
-        deny4, deny6 = _entries([r for r in deny if r.proto == proto], hosts, allowed=False)
+        denied = [r for r in deny if r.proto == proto and r.host is None]  # names: no address
+        deny4, deny6 = _entries(denied, hosts, allowed=False)
         allow4, allow6 = _entries([r for r in allow if r.proto == proto], hosts, allowed=True)
         tables[proto] = _Table(deny4, deny6, allow4, allow6)
     return tables

@@ -4,6 +4,7 @@
     net_allow = ["api.example.com:443", "udp://127.0.0.1:53"]
     net_deny = ["10.0.0.0/8"]
     unix_allow = ["/run/user/1000/ssh-agent.sock", "@my-proxy"]
+    dns_allow_private = false   # true: --dns-allow-private (the rebinding guard off)
 
 ``sandlock run --profile agent.toml`` and ``Sandbox.from_profile("agent.toml")`` read it;
 ``sandlock learn --profile-out FILE`` writes one.
@@ -15,15 +16,31 @@ import json
 import os
 import tomllib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from .errors import PolicyError
 
 _KEYS = ("net_allow", "net_deny", "unix_allow")
+_FLAGS = ("dns_allow_private",)
+
+
+class Profile(NamedTuple):
+    """What a profile says."""
+
+    net_allow: list[str]
+    net_deny: list[str]
+    unix_allow: list[str]
+    dns_allow_private: bool
 
 
 def load_profile(path: str | os.PathLike[str]) -> tuple[list[str], list[str], list[str]]:
-    """The (net_allow, net_deny, unix_allow) lists of a profile; PolicyError names what is
-    wrong."""
+    """The (net_allow, net_deny, unix_allow) lists of a profile (:func:`read_profile`)."""
+    profile = read_profile(path)
+    return profile.net_allow, profile.net_deny, profile.unix_allow
+
+
+def read_profile(path: str | os.PathLike[str]) -> Profile:
+    """Everything a profile says; PolicyError names what is wrong."""
     where = os.fspath(path)
     try:
         with open(where, "rb") as f:
@@ -32,11 +49,11 @@ def load_profile(path: str | os.PathLike[str]) -> tuple[list[str], list[str], li
         raise PolicyError(f"--profile: cannot read {where}: {err.strerror}") from err
     except tomllib.TOMLDecodeError as err:
         raise PolicyError(f"--profile: {where} is not valid TOML: {err}") from err
-    unknown = sorted(set(data) - set(_KEYS))
+    unknown = sorted(set(data) - set(_KEYS) - set(_FLAGS))
     if unknown:
         raise PolicyError(
             f"--profile: {where}: unknown key `{unknown[0]}` "
-            "(expected net_allow, net_deny, unix_allow)"
+            "(expected net_allow, net_deny, unix_allow, dns_allow_private)"
         )
     lists = []
     for key in _KEYS:
@@ -44,7 +61,10 @@ def load_profile(path: str | os.PathLike[str]) -> tuple[list[str], list[str], li
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise PolicyError(f"--profile: {where}: `{key}` must be a list of strings")
         lists.append(value)
-    return lists[0], lists[1], lists[2]
+    private = data.get("dns_allow_private", False)
+    if not isinstance(private, bool):
+        raise PolicyError(f"--profile: {where}: `dns_allow_private` must be true or false")
+    return Profile(lists[0], lists[1], lists[2], private)
 
 
 def dump_profile(

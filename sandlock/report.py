@@ -64,14 +64,12 @@ class DenialReport:
         self._tokens -= 1
         return True
 
-    def dns(self, host: str, qtype: str, *, named: bool) -> None:
-        """Report a refused lookup (DNS mode), once per name and type, within the rate.
-        ``named``: a rule covers the name, but not this query type."""
+    def dns(self, host: str, qtype: str, why: str) -> None:
+        """Report a refused lookup (DNS mode), once per name and type, within the rate."""
         key = ("dns", f"{host} {qtype}", 0)
         if key in self._seen or not self._take():
             return
         self._seen.add(key)
-        why = f"{qtype} queries are not forwarded" if named else "no --net-allow rule names it"
         line = f"sandlock: denied DNS lookup of {host} ({qtype}) — {why}"
         print(line, file=self.stream, flush=True)
 
@@ -84,6 +82,22 @@ class DenialReport:
                 file=self.stream,
                 flush=True,
             )
+
+
+def _dns_why(record: Mapping[str, object]) -> str:
+    """Why a lookup was refused, from its record (dns.py)."""
+    from .rebinding import RULE  # (DNS mode only: dns.py has loaded it already)
+
+    rule = record.get("rule")
+    if rule is None:
+        return "no --net-allow rule names it"
+    if rule == RULE:
+        answers = record.get("answers")
+        shown = ", ".join(map(str, answers)) if isinstance(answers, list) else ""
+        return f"rebinding guard: local or private answers {shown} (see --dns-allow-private)"
+    if record.get("rcode") == "REFUSED":
+        return f"{record.get('qtype')} queries are not forwarded"
+    return f"--net-deny `{rule}` names it"
 
 
 def _why(record: DecisionRecord) -> str:
@@ -158,17 +172,17 @@ class Observer:
         destination (the audit log, the summary, learn mode)."""
         return self.also is not None or self.summary is not None or self.audit is not None
 
-    def dns(self, record: Mapping[str, object]) -> None:
-        """Hand one DNS decision (dns.py's record) to the audit log and the report."""
+    def dns(self, record: Mapping[str, object], *, reported: bool = False) -> None:
+        """Hand one DNS decision (dns.py's record) to the audit log and the report
+        (``reported``: said already, as start-up resolution's lines are: plan.py)."""
         if self.audit is not None:
             from .audit import timestamp
 
             self.audit.write_object({"ts": timestamp(), "sandbox": self.sandbox, **record})
         if record.get("action") == "deny":
             self.denied_count += 1
-            if self.report is not None:
-                named = record.get("rule") is not None
-                self.report.dns(str(record.get("host")), str(record.get("qtype")), named=named)
+            if self.report is not None and not reported:
+                self.report.dns(str(record.get("host")), str(record.get("qtype")), _dns_why(record))
 
     def __call__(self, event: Event) -> None:
         """Hand one decision to every listener that wants it."""

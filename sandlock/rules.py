@@ -39,9 +39,11 @@ Decisions where the reference is silent (keep in sync with the tests):
 - ``*.`` followed by an IP address or anything made only of digits and dots
   (``*.1.2.3.4``) is an error: addresses have no subdomains, so the rule could
   only be a typo for the address itself or for a CIDR.
-- ``--net-deny`` refuses wildcards exactly as it refuses other hostnames (deny
-  rules never depend on DNS). A wildcard rule gets its addresses only from the
-  DNS-following mode (:mod:`sandlock.dns`); nothing resolves it at start.
+- ``--net-deny`` takes hostnames and wildcards with the same grammar (ports and
+  schemes included): such a rule names names that never resolve for the command
+  (:meth:`sandlock.policy.Policy.denied_name`), never addresses. A wildcard allow
+  rule gets its addresses only from the DNS-following mode (:mod:`sandlock.dns`);
+  nothing resolves it at start.
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 WILDCARD_PREFIX = "*."
 
-_DENY_FLAG = "--net-deny"
 _WILDCARD_HINT = "(a wildcard is `*.` followed by a domain, as in `*.example.com`)"
 _PORTS_HINT = "(ports are 1-65535, comma-separated, or `*`)"
 # One label of RFC 1123, after lower-casing; underscores are tolerated (SRV-style
@@ -186,8 +187,6 @@ def _parse_target(target: str, flag: str, spec: str) -> tuple[Network | None, st
         host = _parse_wildcard(target, flag, spec)
     else:
         host = _parse_hostname(target, flag, spec)
-    if flag == _DENY_FLAG:
-        _fail(flag, spec, f"hostnames are not allowed in {flag} (use an IP or CIDR): `{spec}`")
     return None, host
 
 

@@ -160,6 +160,9 @@ class Session:
             assert self._observe is not None
             self._observed = True
             self._observer = self._observe()
+            if self._observer is not None and self.names is not None:
+                for record in self.names.startup_records:  # said on stderr at start
+                    self._observer.dns(record, reported=True)
         return self._observer
 
     @property

@@ -41,6 +41,7 @@ class FakeUpstream:
         self.rcodes: dict[str, str] = {}  # name -> rcode text ("SERVFAIL"), for any type
         self.delays: dict[str, float] = {}  # name -> seconds to wait before answering
         self.queries: list[tuple[str, str, str]] = []  # (name, type, "udp" | "tcp")
+        self.names_as_sent: list[str] = []  # each query's name, letter case untouched
         self.truncate_udp = False  # answer every UDP query with TC and no records
         self.silent = False  # never answer (an upstream that times out)
         self.forge_first = False  # send a reply with a wrong id before the real one
@@ -146,6 +147,7 @@ class FakeUpstream:
         rdtype = dns.rdatatype.to_text(question.rdtype)
         with self._lock:
             self.queries.append((name, rdtype, transport))
+            self.names_as_sent.append(question.name.to_text(omit_final_dot=True))
         time.sleep(self.delays.get(name, 0.0))
         if self.silent:
             return []

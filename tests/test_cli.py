@@ -253,7 +253,7 @@ BAD_SPECS = [
     ("--net-allow", ""),
     ("--net-allow", "tcp://"),
     ("--net-allow", "udp://"),
-    ("--net-deny", "localhost"),
+    ("--net-deny", "*.localhost:0"),
     ("--net-deny", "127.0.0.1:0"),
     ("--net-deny", "sctp://127.0.0.1"),
     ("--net-deny", ""),

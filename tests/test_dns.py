@@ -206,11 +206,13 @@ def test_lookup_bad_name() -> None:
         lookup(("127.0.0.1", closed_port()), "a" * 64 + ".test", timeout=1)
 
 
-def dns_policy(specs: Sequence[str], resolver: Callable[[str], Sequence[str]]) -> Policy:
-    """The plan's policy of ``specs`` in the DNS-following mode, its exact names resolved
-    by ``resolver`` (the upstream given is only parsed)."""
+def dns_policy(
+    specs: Sequence[str], resolver: Callable[[str], Sequence[str]], deny: Sequence[str] = ()
+) -> Policy:
+    """The plan's policy of ``specs`` (and ``deny``) in the DNS-following mode, its exact
+    names resolved by ``resolver`` (the upstream given is only parsed)."""
     options = NameOptions(dns_proxy=True, dns_upstream="127.0.0.1")
-    return make(specs, [], options, resolver=resolver).policy
+    return make(specs, deny, options, resolver=resolver).policy
 
 
 def test_resolver_for_feeds_policy(fake: FakeUpstream) -> None:
@@ -284,9 +286,15 @@ def test_book_rejects_bad_bounds(ttl_min: float, ttl_max: float) -> None:
 class Env:
     """A forwarder on 127.0.0.1 wired like the integrator will: learn -> swap policy."""
 
-    def __init__(self, fake: FakeUpstream, specs: Sequence[str], **options: object) -> None:
+    def __init__(
+        self,
+        fake: FakeUpstream,
+        specs: Sequence[str],
+        deny: Sequence[str] = (),
+        **options: object,
+    ) -> None:
         self.book = HostBook()
-        self.policy = dns_policy(specs, lambda host: ["192.0.2.99"])
+        self.policy = dns_policy(specs, lambda host: ["192.0.2.99"], deny)
         self.records: list[Record] = []
         self.swaps = 0
         upstream = options.pop("upstream", where(fake))
@@ -323,9 +331,9 @@ def _family(address: str) -> socket.AddressFamily:
 
 @asynccontextmanager
 async def running(
-    fake: FakeUpstream, specs: Sequence[str] = SPECS, **options: object
+    fake: FakeUpstream, specs: Sequence[str] = SPECS, deny: Sequence[str] = (), **options: object
 ) -> AsyncIterator[Env]:
-    env = Env(fake, specs, **options)
+    env = Env(fake, specs, deny, **options)
     udp, tcp = await open_forwarder_sockets("127.0.0.1", 0)
     env.port = udp.getsockname()[1]
     with udp, tcp:

@@ -3,6 +3,10 @@
 Every lookup goes to a fake upstream (tests/dnsfake.py) on a 127.x address, port 53, so
 that a child asking "a resolver" by address asks one that can testify: whatever it never
 saw never left the machine. Names are in the reserved .test domain.
+
+The fake's answers are loopback addresses (the only ones a test may connect to), standing
+in for public ones: these tests pass --dns-allow-private, which turns the rebinding guard
+off (tests/test_rebinding.py tests the guard).
 """
 
 from __future__ import annotations
@@ -60,7 +64,14 @@ def twin_listeners() -> Iterator[int]:
 
 
 def _dns_args(fake: FakeUpstream, *more: str) -> list[str]:
-    return ["--dns-upstream", f"{fake.address}:{fake.port}", "--dns-ttl-min", "1", *more]
+    return [
+        "--dns-upstream",
+        f"{fake.address}:{fake.port}",
+        "--dns-ttl-min",
+        "1",
+        "--dns-allow-private",  # loopback answers stand in for public ones
+        *more,
+    ]
 
 
 CONNECT = """
@@ -68,7 +79,7 @@ def addrs(name):
     return sorted({ai[4][0] for ai in socket.getaddrinfo(name, PORT, socket.AF_INET,
                                                            socket.SOCK_STREAM)})
 def attempt(ip):
-    s = socket.socket()
+    s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
     s.settimeout(10)
     try:
         s.connect((ip, PORT))
@@ -297,7 +308,7 @@ def test_dns_mode_resolv_conf_points_at_the_forwarder(fake: FakeUpstream):
     ("args", "words"),
     [
         (["--no-dns-proxy", "--net-allow", "*.x.test:443"], ["`*.x.test:443`", "DNS proxy"]),
-        (["--net-deny", "*.x.test"], ["--net-deny", "`*.x.test`"]),
+        (["--net-deny", "*.x.test:0"], ["--net-deny", "`*.x.test:0`"]),
         (["--net-allow", "*.test:443"], ["--net-allow", "`*.test:443`"]),
         (["--dns-upstream", "resolver.test"], ["--dns-upstream", "`resolver.test`"]),
         (["--dns-upstream", "127.0.0.153:99999"], ["--dns-upstream"]),
@@ -322,7 +333,7 @@ def test_api_sandbox_follows_dns(fake: FakeUpstream, twin_listeners: int):
 
     fake.add("api.example.test", "A", ["127.0.0.3"])
     options = NameOptions(dns_upstream=f"{fake.address}:{fake.port}", ttl_min=1)
-    sb = Sandbox([f"api.example.test:{twin_listeners}"], names=options)
+    sb = Sandbox([f"api.example.test:{twin_listeners}"], names=options, dns_allow_private=True)
     script = (
         f"import socket\nPORT = {twin_listeners}\n"
         + CONNECT

@@ -74,7 +74,12 @@ def test_name_options_wire_round_trip() -> None:
     """to_wire gives the daemon's form; from_wire reads it back, a field left out at its
     default, and None as all defaults."""
     options = NameOptions(
-        virtual_hosts=False, dns_proxy=True, dns_upstream="127.0.0.53", ttl_min=1.0, ttl_max=2.0
+        virtual_hosts=False,
+        dns_proxy=True,
+        dns_upstream="127.0.0.53",
+        ttl_min=1.0,
+        ttl_max=2.0,
+        dns_allow_private=True,
     )
     wire = options.to_wire()
     assert wire == {
@@ -83,13 +88,14 @@ def test_name_options_wire_round_trip() -> None:
         "dns_upstream": "127.0.0.53",
         "ttl_min": 1.0,
         "ttl_max": 2.0,
+        "dns_allow_private": True,
     }
     assert (
         repr(NameOptions.from_wire(wire))
         == repr(options)
         == (
-            "NameOptions(dns_proxy=True, dns_upstream='127.0.0.53', ttl_max=2.0, ttl_min=1.0, "
-            "virtual_hosts=False)"
+            "NameOptions(dns_allow_private=True, dns_proxy=True, dns_upstream='127.0.0.53', "
+            "ttl_max=2.0, ttl_min=1.0, virtual_hosts=False)"
         )
     )
     defaults = repr(NameOptions())
@@ -137,8 +143,8 @@ def test_parse_each_rule_once_in_order() -> None:
         parse(["ok.example", "h:0", "h:99999"], ["x.example"])
     assert info.value.spec == "h:0"
     with pytest.raises(PolicyError) as info:
-        parse(["ok.example"], ["10.0.0.1", "x.example"], ["relative"])
-    assert (info.value.flag, info.value.spec) == ("--net-deny", "x.example")
+        parse(["ok.example"], ["10.0.0.1", "x.example:0"], ["relative"])
+    assert (info.value.flag, info.value.spec) == ("--net-deny", "x.example:0")
     with pytest.raises(PolicyError) as info:
         parse(["ok.example"], ["10.0.0.1"], ["relative"])
     assert info.value.flag == "--unix-allow"

@@ -296,8 +296,8 @@ def test_first_bad_spec_raises() -> None:
         make(["ok.example", "h:0", "h:99999"], ["x.example"])
     assert info.value.spec == "h:0"
     with pytest.raises(PolicyError) as info:
-        make(["ok.example"], ["10.0.0.1", "x.example"])
-    assert info.value.spec == "x.example"
+        make(["ok.example"], ["10.0.0.1", "x.example:0"])
+    assert info.value.spec == "x.example:0"
     assert info.value.flag == "--net-deny"
 
 
@@ -336,11 +336,12 @@ def test_host_addresses_must_match_rules(hosts: dict[str, list[str]]) -> None:
         Policy(allow, [], hosts)
 
 
-def test_refuses_hostname_in_deny() -> None:
-    """A hand-built deny rule naming a host is refused (deny has no DNS)."""
-    rule = parse_rule("example.com", flag="--net-allow")
-    with pytest.raises(ValueError, match="--net-deny rule cannot name a hostname"):
-        Policy([], [rule], {})
+def test_deny_hostname_holds_no_address() -> None:
+    """A deny rule naming a host takes no address (it denies the name, not addresses)."""
+    rule = parse_rule("example.com", flag="--net-deny")
+    with pytest.raises(ValueError, match="extra"):
+        Policy([], [rule], {"example.com": ["10.0.0.1"]})
+    assert Policy([], [rule], {}).denied_name("Example.COM.") == "example.com"
 
 
 def test_refuses_junk_addresses() -> None:

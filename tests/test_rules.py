@@ -276,23 +276,6 @@ ERRORS = [
         f"--net-allow: invalid hostname `{('a' * 63 + '.') * 4}` in `{('a' * 63 + '.') * 4}`",
     ),
     # hostnames in --net-deny
-    (
-        DENY,
-        "example.com:443",
-        "--net-deny: hostnames are not allowed in --net-deny "
-        "(use an IP or CIDR): `example.com:443`",
-    ),
-    (
-        DENY,
-        "example.com",
-        "--net-deny: hostnames are not allowed in --net-deny (use an IP or CIDR): `example.com`",
-    ),
-    (
-        DENY,
-        "icmp://example.com",
-        "--net-deny: hostnames are not allowed in --net-deny "
-        "(use an IP or CIDR): `icmp://example.com`",
-    ),
     # wildcard hostnames: `*.` and a domain of two labels or more, allow only
     (ALLOW, "*.", f"--net-allow: wildcard needs a domain after `*.` in `*.` {WILD_HINT}"),
     (
@@ -339,17 +322,6 @@ ERRORS = [
         ALLOW,
         "*.10.0.0.0/8",
         "--net-allow: invalid network address `*.10.0.0.0` in `*.10.0.0.0/8`",
-    ),
-    (
-        DENY,
-        "*.example.com",
-        "--net-deny: hostnames are not allowed in --net-deny (use an IP or CIDR): `*.example.com`",
-    ),
-    (
-        DENY,
-        "udp://*.example.com:53",
-        "--net-deny: hostnames are not allowed in --net-deny "
-        "(use an IP or CIDR): `udp://*.example.com:53`",
     ),
     (DENY, "*.com", f"--net-deny: wildcard `*.com` is too broad in `*.com` {BROAD_HINT}"),
 ]
