@@ -24,14 +24,16 @@ if TYPE_CHECKING:
 
     from .audit import AuditLog, AuditSeal, DecisionRecord
 
-__all__ = ["DenialReport", "Observer", "Summary"]
+__all__ = ["DenialReport", "Observer", "Summary", "is_probe"]
 
 
 class DenialReport:
     """``sandlock: denied tcp 127.0.0.2:443 (pid 1234, connect) — no rule allows it``.
 
     Each destination is reported once; at most ``rate`` lines a second (a burst of
-    ``rate``), the rest counted and mentioned at the end."""
+    ``rate``), the rest counted and mentioned at the end. glibc's ``getaddrinfo`` probe
+    (``is_probe``) is refused and recorded, but not reported: it is not a line a person
+    needs, and every name lookup of every command would print one."""
 
     def __init__(self, stream: TextIO | None = None, rate: float = 5.0) -> None:
         self.stream = stream if stream is not None else sys.stderr
@@ -42,7 +44,9 @@ class DenialReport:
         self.suppressed = 0
 
     def __call__(self, record: DecisionRecord) -> None:
-        """Report a refused destination, unless already reported or over the rate."""
+        """Report a refused destination, unless already reported, a probe, or over the rate."""
+        if is_probe(record):
+            return
         key = (record.proto, record.dst, record.port)
         if key in self._seen:
             return
@@ -84,6 +88,12 @@ class DenialReport:
                 file=self.stream,
                 flush=True,
             )
+
+
+def is_probe(record: DecisionRecord) -> bool:
+    """Whether a refused call is glibc's ``getaddrinfo`` probe: a UDP ``connect`` to port 0
+    (RFC 6724 sorting: the socket learns its source address and sends nothing)."""
+    return record.proto == "udp" and record.port == 0 and record.syscall == "connect"
 
 
 def _why(record: DecisionRecord) -> str:
