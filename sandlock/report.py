@@ -141,7 +141,8 @@ class Summary:
 
 
 class Observer:
-    """Fans one decision out to whoever listens."""
+    """Fans one decision out to whoever listens. ``tap`` gets the record of every decision
+    it hears of (a Process's ``decisions()``), without asking to hear of every call."""
 
     def __init__(
         self,
@@ -152,9 +153,11 @@ class Observer:
         summary: Summary | None = None,
         keep_denied: bool = False,
         also: Callable[[Event], None] | None = None,
+        tap: Callable[[DecisionRecord], None] | None = None,
     ) -> None:
         self.sandbox = sandbox
         self.also = also
+        self.tap = tap
         self.audit = audit
         self.report = report
         self.summary = summary
@@ -188,13 +191,19 @@ class Observer:
             self.summary.add(event)
         if event.decision.allowed:
             self.allowed_count += 1
-            if self.audit is not None:
-                self.audit.write(_record(event, self.sandbox))
+            if self.audit is not None or self.tap is not None:
+                record = _record(event, self.sandbox)
+                if self.audit is not None:
+                    self.audit.write(record)
+                if self.tap is not None:
+                    self.tap(record)
             return
         self.denied_count += 1
         record = _record(event, self.sandbox)
         if self.audit is not None:
             self.audit.write(record)
+        if self.tap is not None:
+            self.tap(record)
         if self.denied is not None:
             self.denied.append(record)
         if self.report is not None:
