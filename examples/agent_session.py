@@ -12,11 +12,10 @@ agent must never reach on 127.0.0.2.
 
 from __future__ import annotations
 
-import http.server
-import json
 import shlex
 import sys
-import threading
+
+from agent import start_servers  # examples/agent.py: the same loopback servers
 
 from sandlock import Process, Sandbox
 
@@ -28,18 +27,6 @@ except OSError as err:
     sys.exit(f"fetch failed: {err}")
 """
 MARKER = "__step_done__"
-
-
-class Api(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = json.dumps({"path": self.path, "server": self.server.server_address[0]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def step(shell: Process, command: str) -> tuple[int, list[str]]:
@@ -57,11 +44,8 @@ def step(shell: Process, command: str) -> tuple[int, list[str]]:
 
 
 def main() -> int:
-    api = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    api, metadata = start_servers()
     port = api.server_address[1]
-    metadata = http.server.ThreadingHTTPServer(("127.0.0.2", port), Api)
-    for server in (api, metadata):
-        threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def fetch(url: str) -> str:
         return shlex.join([sys.executable, "-c", FETCH, url])

@@ -33,9 +33,10 @@ from .session import TIMED_OUT, Session
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
+    from typing import Unpack
 
     from .plan import Resolver
-    from .process import AsyncProcess, Process
+    from .process import AsyncProcess, Process, StartOptions
 
 PIPE = -1  # subprocess.PIPE: a pipe to the command's stream, ours to use
 DEVNULL = -3  # subprocess.DEVNULL: /dev/null
@@ -151,37 +152,23 @@ class Sandbox:
         run = _Run(argv, self.policy, self._plan, self.audit)
         return await run.execute(timeout, capture_output, input, cwd, env)
 
-    def start(
-        self,
-        cmd: Sequence[StrPath],
-        *,
-        stdin: int | None = PIPE,
-        stdout: int | None = PIPE,
-        stderr: int | None = PIPE,
-        cwd: StrPath | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> Process:
+    def start(self, cmd: Sequence[StrPath], **options: Unpack[StartOptions]) -> Process:
         """Start ``cmd`` and return at once: a :class:`~sandlock.Process`, served by a
-        thread of its own, whose policy ``set_policy`` replaces while it runs."""
+        thread of its own, whose policy ``set_policy`` replaces while it runs. Options:
+        ``stdin``, ``stdout``, ``stderr`` (PIPE, the default; None, DEVNULL or a
+        descriptor), ``cwd``, ``env``."""
         from .process import Process
 
-        return Process(self, cmd, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env)
+        return Process(self, cmd, **options)
 
     def open_process(
-        self,
-        cmd: Sequence[StrPath],
-        *,
-        stdin: int | None = PIPE,
-        stdout: int | None = PIPE,
-        stderr: int | None = PIPE,
-        cwd: StrPath | None = None,
-        env: Mapping[str, str] | None = None,
+        self, cmd: Sequence[StrPath], **options: Unpack[StartOptions]
     ) -> AbstractAsyncContextManager[AsyncProcess]:
         """``async with sb.open_process(cmd) as proc:`` the trio form of ``start``, served
         in the caller's loop, its pipes trio streams; leaving kills the tree."""
         from .process import open_process
 
-        return open_process(self, cmd, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env)
+        return open_process(self, cmd, **options)
 
 
 def _trio_running() -> bool:

@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, TypedDict, Unpack
 
 from ._fastrun import command_environ
 from .api import DEVNULL, PIPE, Sandbox, StrPath
@@ -45,9 +45,19 @@ from .session import Background, Session
 if TYPE_CHECKING:
     import trio
 
-__all__ = ["FEED_LIMIT", "AsyncProcess", "Process", "open_process"]
+__all__ = ["FEED_LIMIT", "AsyncProcess", "Process", "StartOptions", "open_process"]
 
 FEED_LIMIT = 10_000  # decision records kept unread; the oldest go first
+
+
+class StartOptions(TypedDict, total=False):
+    """Sandbox.start's and open_process's options, as subprocess.Popen's."""
+
+    stdin: int | None  # PIPE (the default), None (inherited), DEVNULL or a descriptor
+    stdout: int | None
+    stderr: int | None
+    cwd: StrPath | None
+    env: Mapping[str, str] | None
 
 
 class _Feed:
@@ -132,14 +142,13 @@ class _AsyncRecords:
 class _Started:
     """A command started in its session with the pipes it asked for (both kinds)."""
 
-    def __init__(
-        self,
-        sandbox: Sandbox,
-        cmd: Sequence[StrPath],
-        stdio: tuple[int | None, int | None, int | None],
-        cwd: StrPath | None,
-        env: Mapping[str, str] | None,
-    ) -> None:
+    def __init__(self, sandbox: Sandbox, cmd: Sequence[StrPath], options: StartOptions) -> None:
+        stdio = (
+            options.get("stdin", PIPE),
+            options.get("stdout", PIPE),
+            options.get("stderr", PIPE),
+        )
+        cwd, env = options.get("cwd"), options.get("env")
         self.args = [os.fspath(c) for c in cmd]
         if not self.args:
             raise UsageError("no command to start")
@@ -207,26 +216,55 @@ class _Started:
         self.feed.end()
 
 
-class Process:
+class _Controls:
+    """What both kinds of process share: the run, its ids, its policy, its decisions."""
+
+    def __init__(self, run: _Started) -> None:
+        self._run = run
+        self.args = run.args
+        self.pid = run.child.pid
+
+    @property
+    def audit(self) -> AuditSeal | None:
+        """With an audit log, how the run's part ended (once it is closed)."""
+        return self._run.seal
+
+    @property
+    def decisions_dropped(self) -> int:
+        """Decision records dropped unread (more than FEED_LIMIT were waiting)."""
+        return self._run.feed.dropped
+
+    def set_policy(
+        self,
+        net_allow: Sequence[str] = (),
+        net_deny: Sequence[str] = (),
+        *,
+        unix_allow: Sequence[str] = (),
+    ) -> None:
+        """Replace all the rules at once (as ``sandlock policy``): the command's next call
+        is decided by the new ones. A bad rule raises PolicyError and the old rules stay."""
+        self._apply(self._run.new_policy(net_allow, net_deny, unix_allow))
+
+    def _apply(self, swap: Callable[[], None]) -> None:
+        raise NotImplementedError
+
+    def _signal(self, sig: int) -> None:
+        """``sig`` to the command through its pidfd (never another process; nothing once
+        it has exited)."""
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._run.child.pidfd, sig)
+
+
+class Process(_Controls):
     """A command running under a sandbox, served by a thread of its own (``Sandbox.start``).
 
     ``stdin``, ``stdout`` and ``stderr`` are binary file objects for the streams started
     with PIPE (stdin unbuffered: each write goes to the command at once), else None."""
 
     def __init__(
-        self,
-        sandbox: Sandbox,
-        cmd: Sequence[StrPath],
-        *,
-        stdin: int | None = PIPE,
-        stdout: int | None = PIPE,
-        stderr: int | None = PIPE,
-        cwd: StrPath | None = None,
-        env: Mapping[str, str] | None = None,
+        self, sandbox: Sandbox, cmd: Sequence[StrPath], **options: Unpack[StartOptions]
     ) -> None:
-        self._run = _Started(sandbox, cmd, (stdin, stdout, stderr), cwd, env)
-        self.args = self._run.args
-        self.pid = self._run.child.pid
+        super().__init__(_Started(sandbox, cmd, options))
         ours = self._run.ours
         self.stdin: IO[bytes] | None = open(ours[0], "wb", buffering=0) if ours[0] >= 0 else None
         self.stdout: IO[bytes] | None = open(ours[1], "rb") if ours[1] >= 0 else None
@@ -239,16 +277,6 @@ class Process:
     def returncode(self) -> int | None:
         """The exit status once the command has exited (128+N: killed by signal N)."""
         return self._serving.status
-
-    @property
-    def audit(self) -> AuditSeal | None:
-        """With an audit log, how the run's part ended (after ``close``)."""
-        return self._run.seal
-
-    @property
-    def decisions_dropped(self) -> int:
-        """Decision records dropped unread (more than FEED_LIMIT were waiting)."""
-        return self._run.feed.dropped
 
     def poll(self) -> int | None:
         """The exit status if the command has exited, else None."""
@@ -273,10 +301,8 @@ class Process:
     def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the command (not its descendants); nothing once it has exited."""
         with self._lock:
-            if self._closed:
-                return
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(self._run.child.pidfd, sig)
+            if not self._closed:  # (the pidfd is open)
+                self._signal(sig)
 
     def terminate(self) -> None:
         """SIGTERM the command."""
@@ -286,17 +312,8 @@ class Process:
         """SIGKILL the command and every process of its tree; nothing once it has exited."""
         self._serving.call(self._run.session.kill)
 
-    def set_policy(
-        self,
-        net_allow: Sequence[str] = (),
-        net_deny: Sequence[str] = (),
-        *,
-        unix_allow: Sequence[str] = (),
-    ) -> None:
-        """Replace all the rules at once (as ``sandlock policy``): the command's next call
-        is decided by the new ones. A bad rule raises PolicyError and the old rules stay."""
-        swap = self._run.new_policy(net_allow, net_deny, unix_allow)
-        self._serving.call(swap)
+    def _apply(self, swap: Callable[[], None]) -> None:
+        self._serving.call(swap)  # (in the serving loop: between two answers)
 
     def decisions(self, timeout: float | None = 0) -> Iterator[DecisionRecord]:
         """The decision records made since the last taken: with ``timeout`` 0, those
@@ -326,16 +343,14 @@ class Process:
         self.close()
 
 
-class AsyncProcess:
+class AsyncProcess(_Controls):
     """A command running under a sandbox, served in the caller's trio loop
     (``Sandbox.open_process``). Its streams are trio streams (None unless PIPE)."""
 
     def __init__(self, run: _Started) -> None:
         import trio
 
-        self._run = run
-        self.args = run.args
-        self.pid = run.child.pid
+        super().__init__(run)
         streams = [trio.lowlevel.FdStream(fd) if fd >= 0 else None for fd in run.ours]
         run.ours = [-1, -1, -1]  # the streams own them now
         self._streams = [s for s in streams if s is not None]
@@ -373,37 +388,19 @@ class AsyncProcess:
     def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the command (not its descendants); nothing once it has exited."""
         if not self._done.is_set():
-            with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(self._run.child.pidfd, sig)
+            self._signal(sig)
 
     def kill(self) -> None:
         """SIGKILL the command and every process of its tree; nothing once it has exited."""
         self._run.session.kill()
 
-    def set_policy(
-        self,
-        net_allow: Sequence[str] = (),
-        net_deny: Sequence[str] = (),
-        *,
-        unix_allow: Sequence[str] = (),
-    ) -> None:
-        """Replace all the rules at once (see Process.set_policy)."""
-        self._run.new_policy(net_allow, net_deny, unix_allow)()
+    def _apply(self, swap: Callable[[], None]) -> None:
+        swap()  # (this is the serving loop's thread)
 
     def decisions(self) -> AsyncIterator[DecisionRecord]:
         """``async for d in proc.decisions():`` each record as it is made, until the run
         is over."""
         return self._run.feed.atake()
-
-    @property
-    def decisions_dropped(self) -> int:
-        """Decision records dropped unread (more than FEED_LIMIT were waiting)."""
-        return self._run.feed.dropped
-
-    @property
-    def audit(self) -> AuditSeal | None:
-        """With an audit log, how the run's part ended (after the ``async with``)."""
-        return self._run.seal
 
     def _close_streams(self) -> None:
         for stream in self._streams:
@@ -412,21 +409,14 @@ class AsyncProcess:
 
 @contextlib.asynccontextmanager
 async def open_process(
-    sandbox: Sandbox,
-    cmd: Sequence[StrPath],
-    *,
-    stdin: int | None = PIPE,
-    stdout: int | None = PIPE,
-    stderr: int | None = PIPE,
-    cwd: StrPath | None = None,
-    env: Mapping[str, str] | None = None,
+    sandbox: Sandbox, cmd: Sequence[StrPath], **options: Unpack[StartOptions]
 ) -> AsyncIterator[AsyncProcess]:
     """Sandbox.open_process: the command served by a task while the body runs; on
     leaving (also by an error or a cancellation), the tree of a command still running is
     killed and reaped, and the body's exception goes on as it was raised."""
     import trio
 
-    proc = AsyncProcess(_Started(sandbox, cmd, (stdin, stdout, stderr), cwd, env))
+    proc = AsyncProcess(_Started(sandbox, cmd, options))
     raised: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

@@ -7,8 +7,6 @@ import signal
 import sys
 import textwrap
 import threading
-import time
-from pathlib import Path
 
 import pytest
 import trio
@@ -16,6 +14,7 @@ import trio
 from sandlock import PIPE, AsyncProcess, PolicyError, Process, Sandbox, TimeoutExpired
 
 from .conftest import Sinks
+from .test_api import _dead
 
 PY = sys.executable
 
@@ -41,20 +40,6 @@ def _ask(proc: Process, host: str, port: int) -> int:
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(f"{host} {port}\n".encode())
     return int(proc.stdout.readline())
-
-
-def _dead(pid: int, timeout: float = 10) -> bool:
-    """True once ``pid`` is gone or a zombie."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _fds() -> set[str]:
