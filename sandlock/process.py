@@ -170,16 +170,15 @@ class _Started:
                 elif how is not None:
                     child[i] = how
             audit = sandbox.audit
-            observer = Observer(
-                uuid.uuid4().hex[:8],
-                audit=AuditLog(audit) if audit is not None else None,
-                tap=self.feed.put,
-            )
-            self.session = Session(
-                sandbox.policy, names=sandbox._plan.start(sandbox.policy), observe=lambda: observer
-            )
+
+            def observe() -> Observer:
+                log = AuditLog(audit) if audit is not None else None
+                return Observer(uuid.uuid4().hex[:8], audit=log, tap=self.feed.put)
+
+            names = sandbox._plan.start(sandbox.policy)
+            self.session = Session(sandbox.policy, names=names, observe=observe)
             try:
-                self.session.observer()
+                self.session.observer()  # (the audit log opens before the start)
                 self.child = self.session.start(
                     self.args,
                     env=command_environ(os.environ if env is None else env),

@@ -7,6 +7,7 @@ import signal
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 import trio
@@ -242,3 +243,25 @@ async def test_open_process_error_goes_on_unwrapped() -> None:
         async with Sandbox().open_process(["sleep", "60"]) as p:
             p.set_policy(["127.0.0.1:0-"])
     assert _dead(p.pid)
+
+
+def test_with_audit_every_call_is_a_decision(sinks: Sinks, tmp_path: Path) -> None:
+    """With an audit log every call is a record (the gate caches none); the seal comes at close."""
+    sink = sinks.tcp("127.0.0.1")
+    log = tmp_path / "audit.jsonl"
+    with Sandbox([sink.spec], audit=log).start([PY, "-c", CONNECTOR]) as proc:
+        assert _ask(proc, "127.0.0.1", sink.port) == 0
+        assert _ask(proc, "127.0.0.1", sink.port) == 0
+        assert [d.action for d in proc.decisions()] == ["allow", "allow"]
+        assert proc.audit is None
+    assert proc.audit is not None and proc.audit.records == 2
+    assert sum('"action": "allow"' in line for line in log.read_text().splitlines()) == 2
+
+
+def test_bad_audit_path_leaks_nothing(tmp_path: Path) -> None:
+    """An audit log that cannot be opened raises at start and leaves no descriptor."""
+    Sandbox().start(["true"]).close()  # (warm)
+    fds = _fds()
+    with pytest.raises(OSError):
+        Sandbox(audit=tmp_path / "missing" / "a.jsonl").start(["true"])
+    assert _fds() == fds
