@@ -37,12 +37,19 @@ class Api(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def main() -> int:
+def start_servers() -> tuple[http.server.ThreadingHTTPServer, http.server.ThreadingHTTPServer]:
+    """The "API" on 127.0.0.1 and the "metadata service" on 127.0.0.2, on one port,
+    each served by a thread."""
     api = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
-    port = api.server_address[1]
-    metadata = http.server.ThreadingHTTPServer(("127.0.0.2", port), Api)
+    metadata = http.server.ThreadingHTTPServer(("127.0.0.2", api.server_address[1]), Api)
     for server in (api, metadata):
         threading.Thread(target=server.serve_forever, daemon=True).start()
+    return api, metadata
+
+
+def main() -> int:
+    api, metadata = start_servers()
+    port = api.server_address[1]
     audit = Path(tempfile.mkdtemp()) / "decisions.jsonl"
 
     steps = [

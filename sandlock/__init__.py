@@ -29,13 +29,20 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from .api import DEVNULL as DEVNULL
+    from .api import PIPE as PIPE
     from .api import Result as Result
     from .api import Sandbox as Sandbox
     from .audit import AuditSeal as AuditSeal
     from .audit import DecisionRecord as DecisionRecord
     from .plan import NameOptions as NameOptions
+    from .process import AsyncProcess as AsyncProcess
+    from .process import Process as Process
 
 __all__ = [
+    "DEVNULL",
+    "PIPE",
+    "AsyncProcess",
     "AuditSeal",
     "DaemonError",
     "DecisionRecord",
@@ -43,6 +50,7 @@ __all__ = [
     "LaunchError",
     "NameOptions",
     "PolicyError",
+    "Process",
     "Result",
     "Sandbox",
     "SandlockError",
@@ -52,6 +60,10 @@ __all__ = [
 ]
 
 _LAZY = {
+    "DEVNULL": ".api",
+    "PIPE": ".api",
+    "AsyncProcess": ".process",
+    "Process": ".process",
     "Result": ".api",
     "Sandbox": ".api",
     "AuditSeal": ".audit",

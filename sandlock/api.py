@@ -32,9 +32,16 @@ from .session import TIMED_OUT, Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .plan import Resolver
+    from contextlib import AbstractAsyncContextManager
+    from typing import Unpack
 
-__all__ = ["Result", "Sandbox"]
+    from .plan import Resolver
+    from .process import AsyncProcess, Process, StartOptions
+
+PIPE = -1  # subprocess.PIPE: a pipe to the command's stream, ours to use
+DEVNULL = -3  # subprocess.DEVNULL: /dev/null
+
+__all__ = ["DEVNULL", "PIPE", "Result", "Sandbox"]
 
 StrPath = str | os.PathLike[str]
 
@@ -92,11 +99,22 @@ class Sandbox:
         options = names or NameOptions()
         if dns_allow_private and not options.dns_allow_private:  # (the caller's left as is)
             options = NameOptions.from_wire(options.to_wire() | {"dns_allow_private": True})
-        self._plan = make(
-            list(net_allow), list(net_deny), options, resolver=resolver, unix_allow=unix_allow
-        )
+        self._options, self._resolver = options, resolver
+        self._plan = self._make_plan(net_allow, net_deny, unix_allow)
         self.policy = self._plan.policy
         self.audit = os.fspath(audit) if audit is not None else None
+
+    def _make_plan(
+        self, net_allow: Sequence[str], net_deny: Sequence[str], unix_allow: Sequence[str]
+    ) -> Plan:
+        """These rules' plan, with this sandbox's name options (PolicyError if one is bad)."""
+        return make(
+            list(net_allow),
+            list(net_deny),
+            self._options,
+            resolver=self._resolver,
+            unix_allow=unix_allow,
+        )
 
     @classmethod
     def from_profile(cls, path: StrPath, *, audit: StrPath | None = None) -> Sandbox:
@@ -145,6 +163,24 @@ class Sandbox:
         argv = [os.fspath(c) for c in cmd]
         run = _Run(argv, self.policy, self._plan, self.audit)
         return await run.execute(timeout, capture_output, input, cwd, env)
+
+    def start(self, cmd: Sequence[StrPath], **options: Unpack[StartOptions]) -> Process:
+        """Start ``cmd`` and return at once: a :class:`~sandlock.Process`, served by a
+        thread of its own, whose policy ``set_policy`` replaces while it runs. Options:
+        ``stdin``, ``stdout``, ``stderr`` (PIPE, the default; None, DEVNULL or a
+        descriptor), ``cwd``, ``env``."""
+        from .process import Process
+
+        return Process(self, cmd, **options)
+
+    def open_process(
+        self, cmd: Sequence[StrPath], **options: Unpack[StartOptions]
+    ) -> AbstractAsyncContextManager[AsyncProcess]:
+        """``async with sb.open_process(cmd) as proc:`` the trio form of ``start``, served
+        in the caller's loop, its pipes trio streams; leaving kills the tree."""
+        from .process import open_process
+
+        return open_process(self, cmd, **options)
 
 
 def _trio_running() -> bool:

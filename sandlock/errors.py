@@ -68,7 +68,8 @@ class DaemonError(SandlockError):
 
 
 class TimeoutExpired(SandlockError):
-    """The command ran past ``timeout``; its whole tree was killed.
+    """The command ran past ``timeout``: ``run`` killed its whole tree (``Process.wait``
+    leaves it running).
 
     ``stdout`` and ``stderr`` hold what was captured until then (None if not captured)."""
 

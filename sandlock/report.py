@@ -24,14 +24,16 @@ if TYPE_CHECKING:
 
     from .audit import AuditLog, AuditSeal, DecisionRecord
 
-__all__ = ["DenialReport", "Observer", "Summary"]
+__all__ = ["DenialReport", "Observer", "Summary", "is_probe"]
 
 
 class DenialReport:
     """``sandlock: denied tcp 127.0.0.2:443 (pid 1234, connect) — no rule allows it``.
 
     Each destination is reported once; at most ``rate`` lines a second (a burst of
-    ``rate``), the rest counted and mentioned at the end."""
+    ``rate``), the rest counted and mentioned at the end. glibc's ``getaddrinfo`` probe
+    (``is_probe``) is refused and recorded, but not reported: it is not a line a person
+    needs, and every name lookup of every command would print one."""
 
     def __init__(self, stream: TextIO | None = None, rate: float = 5.0) -> None:
         self.stream = stream if stream is not None else sys.stderr
@@ -42,7 +44,9 @@ class DenialReport:
         self.suppressed = 0
 
     def __call__(self, record: DecisionRecord) -> None:
-        """Report a refused destination, unless already reported or over the rate."""
+        """Report a refused destination, unless already reported, a probe, or over the rate."""
+        if is_probe(record):
+            return
         key = (record.proto, record.dst, record.port)
         if key in self._seen:
             return
@@ -100,6 +104,12 @@ def _dns_why(record: Mapping[str, object]) -> str:
     return f"--net-deny `{rule}` names it"
 
 
+def is_probe(record: DecisionRecord) -> bool:
+    """Whether a refused call is glibc's ``getaddrinfo`` probe: a UDP ``connect`` to port 0
+    (RFC 6724 sorting: the socket learns its source address and sends nothing)."""
+    return record.proto == "udp" and record.port == 0 and record.syscall == "connect"
+
+
 def _why(record: DecisionRecord) -> str:
     if record.proto == "unix":
         from .unixrules import DAEMON_RULE, LINKED_RULE
@@ -145,7 +155,8 @@ class Summary:
 
 
 class Observer:
-    """Fans one decision out to whoever listens."""
+    """Fans one decision out to whoever listens. ``tap`` gets the record of every decision
+    it hears of (a Process's ``decisions()``), without asking to hear of every call."""
 
     def __init__(
         self,
@@ -156,9 +167,11 @@ class Observer:
         summary: Summary | None = None,
         keep_denied: bool = False,
         also: Callable[[Event], None] | None = None,
+        tap: Callable[[DecisionRecord], None] | None = None,
     ) -> None:
         self.sandbox = sandbox
         self.also = also
+        self.tap = tap
         self.audit = audit
         self.report = report
         self.summary = summary
@@ -192,13 +205,19 @@ class Observer:
             self.summary.add(event)
         if event.decision.allowed:
             self.allowed_count += 1
-            if self.audit is not None:
-                self.audit.write(_record(event, self.sandbox))
+            if self.audit is not None or self.tap is not None:
+                record = _record(event, self.sandbox)
+                if self.audit is not None:
+                    self.audit.write(record)
+                if self.tap is not None:
+                    self.tap(record)
             return
         self.denied_count += 1
         record = _record(event, self.sandbox)
         if self.audit is not None:
             self.audit.write(record)
+        if self.tap is not None:
+            self.tap(record)
         if self.denied is not None:
             self.denied.append(record)
         if self.report is not None:

@@ -28,6 +28,9 @@ shares our group, is left to fail closed once its listener is gone, as ever. A c
 session adopted (the daemon's: another process started it) is never signalled nor
 reaped: its parent does both.
 
+A Process (process.py) runs while its caller does other things: ``Background`` serves
+its session with the same ``run_async`` from a thread of its own.
+
 The daemon's client (client.py, _watchdog.py) waits with ``wait_child`` too, with no
 supervisor: so nothing here imports trio, the supervisor or the observer at load time.
 """
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Protocol
 
+    import trio
     from _typeshed import SupportsWrite
 
     from . import _syscalls as sys_
@@ -70,7 +74,7 @@ if TYPE_CHECKING:
         def done(self) -> bool: ...
 
 
-__all__ = ["TIMED_OUT", "Session", "exit_status", "kill_tree", "wait_child"]
+__all__ = ["TIMED_OUT", "Background", "Session", "exit_status", "kill_tree", "wait_child"]
 
 TIMED_OUT = -1  # the status of a run whose deadline passed first (no exit status is < 0)
 _SIGKILL = 9  # signal.SIGKILL on Linux (the signal module loads enum)
@@ -202,6 +206,11 @@ class Session:
         """Calls the gate answered itself under remembered decisions (all allowed)."""
         return self._supervisor.answered_by_gate if self._supervisor is not None else 0
 
+    def kill(self) -> None:
+        """SIGKILL the tree of a command started here, unless reaped (call it where it runs)."""
+        if self.child is not None and self._ours and not self._reaped:
+            kill_tree(self.child.pid)
+
     # ------------------------------------------------------------------ waiting
 
     def run(self, *, deadline: float | None = None, streams: Streams | None = None) -> int:
@@ -325,6 +334,55 @@ class Session:
             if observer is not None:
                 seal = observer.finish(self._report_to)
         return seal
+
+
+class Background:
+    """A session served by a thread's trio loop (``run_async``, then ``on_end``); ``call``
+    runs a function in that loop: between two answers, never after the reap."""
+
+    def __init__(self, session: Session, name: str, on_end: Callable[[], None]) -> None:
+        import threading
+        self._session, self._on_end = session, on_end
+        self._token: trio.lowlevel.TrioToken | None = None  # (set before __init__ returns)
+        self._ready = threading.Event()
+        self.status: int | None = None  # the exit status,
+        self.error: Exception | None = None  # or why the run failed
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def _main(self) -> None:
+        import trio
+
+        try:
+            self.status = trio.run(self._serve)
+        except Exception as err:  # (the tree is dead: run_async killed it)
+            self.error = err
+        finally:
+            self._on_end()
+            self._ready.set()
+
+    async def _serve(self) -> int:
+        import trio
+
+        self._token = trio.lowlevel.current_trio_token()
+        self._ready.set()
+        return await self._session.run_async()
+
+    def call(self, fn: Callable[[], None]) -> bool:
+        """Run ``fn`` in the run's loop and wait for it; False (not run) if the run is over."""
+        import trio
+
+        try:
+            trio.from_thread.run_sync(fn, trio_token=self._token)
+        except trio.RunFinishedError:
+            return False
+        return True
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait at most ``timeout`` seconds for the run to be over; whether it is."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
 
 async def _pump(streams: Streams, fd: int, events: int) -> None:

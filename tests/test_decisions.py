@@ -258,3 +258,29 @@ def test_timestamps_are_utc_with_microseconds() -> None:
     after = dt.datetime.now(dt.UTC)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), stamp
     assert before - dt.timedelta(microseconds=1) <= dt.datetime.fromisoformat(stamp) <= after
+
+
+def test_getaddrinfo_probe_refused_and_logged_not_reported(tmp_path: Path) -> None:
+    """A UDP connect to port 0 (glibc's getaddrinfo probe) is refused and audited, not shown."""
+    script = textwrap.dedent("""
+        import socket, sys
+        codes = []
+        for port in (0, 9):
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                u.connect(("127.0.0.2", port))
+                codes.append(0)
+            except OSError as e:
+                codes.append(e.errno)
+        print(codes)
+    """)
+    log = tmp_path / "audit.jsonl"
+    res = run_sandboxed(["--audit", str(log)], [PY, "-c", script])
+    assert res.returncode == 0, describe(res)
+    assert res.stdout.strip() == "[111, 111]"
+    denied = [line for line in res.stderr.splitlines() if line.startswith("sandlock: denied")]
+    assert len(denied) == 1, res.stderr
+    assert re.fullmatch(r"sandlock: denied udp 127\.0\.0\.2:9 \(pid \d+, connect\) — .*", denied[0])
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    decided = [(r["proto"], r["port"], r["action"]) for r in records if "event" not in r]
+    assert decided == [("udp", 0, "deny"), ("udp", 9, "deny")]
