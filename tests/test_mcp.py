@@ -7,6 +7,7 @@ which count what reached them.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -190,6 +191,34 @@ async def test_calls_run_side_by_side(profile: Path) -> None:
     assert took < 3.5, took
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+async def test_cancelled_call_kills_the_command(profile: Path, tmp_path: Path) -> None:
+    """A call the client abandons is cancelled in the server, and the command's tree dies."""
+    pidfile = trio.Path(tmp_path / "pid")
+    script = f"sleep 60 & echo $! > {pidfile}.new && mv {pidfile}.new {pidfile}; wait"
+    with trio.fail_after(LIMIT):
+        async with connect(profile) as session:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(call, session, shell=script))
+                while not await pidfile.exists():  # noqa: ASYNC110 (another process's file)
+                    await trio.sleep(0.05)
+                pid = int(await pidfile.read_text())
+                assert _alive(pid)
+                nursery.cancel_scope.cancel()
+            while _alive(pid):  # noqa: ASYNC110 (another process's end)
+                await trio.sleep(0.05)
+            error, out = await call(session, argv=["true"])
+            assert not error and out["exit_code"] == 0
+
+
 def test_without_the_extra_one_line_exit_2(profile: Path) -> None:
     """Without the mcp package, `sandlock mcp` says how to install it, exit 2."""
     code = (
@@ -203,3 +232,24 @@ def test_without_the_extra_one_line_exit_2(profile: Path) -> None:
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1
     assert "pip install 'sandlock[mcp]'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--net-allow", "tcp://127.0.0.1:99999"],
+        ["--profile", "/nonexistent.toml"],
+        ["--timeout", "0"],
+    ],
+)
+def test_bad_rules_stop_it_before_serving(args: list[str]) -> None:
+    """A bad rule, profile or option is one line and exit 2; nothing is served."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "sandlock", "mcp", *args],
+        capture_output=True,
+        text=True,
+        timeout=LIMIT,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr.count("\n")) == (2, "", 1), proc.stderr
