@@ -139,6 +139,12 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_audit_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--audit", metavar="PATH", help="append every decision to PATH as one JSON object per line"
+    )
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -238,9 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_rule_args(run)
-    run.add_argument(
-        "--audit", metavar="PATH", help="append every decision to PATH as one JSON object per line"
-    )
+    _add_audit_arg(run)
     run.add_argument(
         "--quiet", action="store_true", help="do not report denied destinations on stderr"
     )
@@ -290,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     pol.add_argument("id", metavar="ID", help="the sandbox, as `sandlock ps` shows it")
     _add_rule_args(pol)
     _add_audit(sub)
+    _add_mcp(sub)
     return parser
 
 
@@ -331,3 +336,54 @@ def _add_audit(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="a run's head as `sandlock run` printed it; FILE must hold that run intact "
         "(repeatable)",
     )
+
+
+MCP_DESCRIPTION = """\
+Serve the Model Context Protocol on stdin/stdout for an agent client: the tool
+run_command (argv or a shell string, cwd, timeout, stdin) runs a command under these
+rules and answers its exit status, stdout and stderr (bounded) and the destinations
+it was refused; the resource network_policy shows the rules. Needs the mcp extra:
+pip install 'sandlock[mcp]'.
+
+example (the client starts it):
+  sandlock mcp --profile agent.toml
+"""
+
+MCP_TIMEOUT = 120.0
+"""Seconds a run_command call may run when it gives no timeout, and the most it may ask."""
+MCP_MAX_OUTPUT = 64 * 1024
+"""Bytes of each of stdout and stderr a run_command call answers at most."""
+
+
+def _bytes(text: str) -> int:
+    if not text.isdigit() or int(text) < 64:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes, at least 64: `{text}`")
+    return int(text)
+
+
+def _add_mcp(sub: argparse._SubParsersAction[_Parser]) -> None:
+    mcp = sub.add_parser(
+        "mcp",
+        help="serve a run_command tool over MCP (stdio) under these rules",
+        description=MCP_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_rule_args(mcp)
+    _add_audit_arg(mcp)
+    mcp.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=MCP_TIMEOUT,
+        metavar="SECONDS",
+        help="a call's timeout when it gives none, and the most it may ask for "
+        f"(default: {MCP_TIMEOUT:g})",
+    )
+    mcp.add_argument(
+        "--max-output",
+        type=_bytes,
+        default=MCP_MAX_OUTPUT,
+        metavar="BYTES",
+        help="answer at most this much of each of stdout and stderr: the head and the tail, "
+        f"the cut said (default: {MCP_MAX_OUTPUT})",
+    )
+    _add_name_args(mcp)

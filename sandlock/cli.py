@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         "ps": _ps,
         "policy": _policy,
         "audit": _audit,
+        "mcp": _mcp,
     }
     try:
         code = handlers[args.command](args)
@@ -251,6 +252,27 @@ def _policy(args: Args) -> int:
     set_policy(path, args.id, *_rule_specs(args))
     print(f"sandlock: policy of {args.id} replaced", file=sys.stderr)
     return 0
+
+
+def _mcp(args: Args) -> int:
+    try:
+        from .mcp_server import serve
+    except ModuleNotFoundError as err:  # the extra's packages (mcp, anyio, pydantic)
+        if err.name is None or err.name.startswith("sandlock"):
+            raise
+        raise UsageError(
+            f"mcp: needs the mcp extra (no module {err.name}): pip install 'sandlock[mcp]'"
+        ) from None
+    allow, deny, unix_allow = _rule_specs(args)
+    return serve(
+        allow,
+        deny,
+        unix_allow,
+        _name_options(args),
+        audit=args.audit,
+        timeout=args.timeout,
+        max_output=args.max_output,
+    )
 
 
 def _finish_learning(learner: Learner, profile_out: str | None) -> None:
