@@ -61,17 +61,12 @@ Decisions:
   deny rule.
 - The upstream sees the name in lower case: the case of each letter of a query (DNS
   0x20) would otherwise carry a bit per letter out of the sandbox.
-- ``--dns-upstream`` takes an IP address only (finding the resolver by name would
-  need a resolver); a bad value is a :class:`DnsConfigError`, a PolicyError, so it
-  is reported like a bad rule.
-- Start-up lookups (:func:`lookup`) ask A then AAAA and fail on any rcode but
-  NOERROR from either: a half-answered name is an error at start, not a surprise later.
+- ``--dns-upstream`` and the start-up lookups: :mod:`sandlock.upstream`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import socket
 from collections.abc import Callable, Iterable
 from typing import Literal, NoReturn
@@ -92,240 +87,32 @@ import dns.resolver
 import dns.rrset
 import trio
 
-from .errors import DnsConfigError
-from .plan import TTL_MAX, TTL_MIN
+from .hostbook import HostBook
 from .policy import Policy, stored_address
 from .rebinding import RULE as GUARD_RULE
 from .rebinding import sort_answers
-from .sockaddr import unmapped_ip
+from .upstream import ADDRESS_TYPES, DEFAULT_TIMEOUT, Upstream, chain_addresses
 
 __all__ = [
     "ALLOWED_TYPES",
-    "DEFAULT_TIMEOUT",
-    "DnsConfigError",
-    "DnsLookupError",
     "Forwarder",
-    "HostBook",
     "Record",
     "Transport",
-    "Upstream",
-    "lookup",
     "open_forwarder_sockets",
-    "parse_upstream",
-    "resolver_for",
     "serve",
     "serve_tcp",
     "serve_udp",
-    "system_upstreams",
 ]
 
-Upstream = tuple[str, int]
 Record = dict[str, object]
 Transport = Literal["udp", "tcp"]
 
 ALLOWED_TYPES = frozenset({"A", "AAAA"})
-DEFAULT_TIMEOUT = 3.0
 
-_FLAG = "--dns-upstream"
-_UPSTREAM_HINT = "(expected IP[:PORT], as in `127.0.0.53`, `127.0.0.53:5300` or `[::1]:53`)"
-_ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 _RELAYED_FLAGS = dns.flags.AA | dns.flags.AD
 _UPSTREAM_PAYLOAD = 1232  # the DNS flag day 2020 size: no IP fragmentation
 _MAX_MESSAGE = 65535
 _PORT_TRIES = 20
-
-
-class DnsLookupError(OSError):
-    """A start-up lookup failed; ``strerror`` (and ``str()``) says why, in one line."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.strerror = reason
-
-
-# --- configuration -----------------------------------------------------------------
-
-
-def parse_upstream(text: str) -> Upstream:
-    """Parse ``--dns-upstream IP[:PORT]`` (``[v6]:PORT`` or bare ``v6``); port 53 by default."""
-    body = text.strip()
-    port_text: str | None = None
-    if body.startswith("["):
-        host_text, close, after = body[1:].partition("]")
-        if not close or (after and not after.startswith(":")):
-            _bad_upstream(text, f"invalid address `{body}` in `{text}` {_UPSTREAM_HINT}")
-        port_text = after[1:] if after else None
-    elif body.count(":") > 1:
-        host_text = body
-    else:
-        host_text, colon, port_part = body.partition(":")
-        port_text = port_part if colon else None
-    try:
-        address = ipaddress.ip_address(host_text)
-    except ValueError:
-        _bad_upstream(text, f"invalid address `{host_text}` in `{text}` {_UPSTREAM_HINT}")
-    return str(unmapped_ip(address)), 53 if port_text is None else _parse_port(port_text, text)
-
-
-def _parse_port(port_text: str, text: str) -> int:
-    if not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) <= 65535):
-        _bad_upstream(text, f"invalid port `{port_text}` in `{text}` (ports are 1-65535)")
-    return int(port_text)
-
-
-def _bad_upstream(text: str, message: str) -> NoReturn:
-    raise DnsConfigError(f"{_FLAG}: {message}", flag=_FLAG, spec=text)
-
-
-def system_upstreams(path: str = "/etc/resolv.conf") -> list[Upstream]:
-    """The ``nameserver`` entries of ``path``, port 53; empty if it names none.
-
-    A line dnspython cannot read is a :class:`DnsConfigError` (pass --dns-upstream).
-    """
-    resolver = dns.resolver.Resolver(configure=False)
-    try:
-        resolver.read_resolv_conf(path)
-    except dns.resolver.NoResolverConfiguration:
-        return []
-    except ValueError as err:
-        raise DnsConfigError(f"{path}: {err} (pass {_FLAG} IP[:PORT])") from err
-    return [(str(server), 53) for server in resolver.nameservers]
-
-
-def _where(upstream: Upstream) -> str:
-    host, port = upstream
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-# --- start-up lookups (blocking) ---------------------------------------------------
-
-
-def lookup(
-    upstream: Upstream, name: str, *, timeout: float = DEFAULT_TIMEOUT
-) -> list[tuple[str, int]]:
-    """Every A and AAAA address of ``name`` at ``upstream``, with its TTL.
-
-    Blocking: UDP, then TCP when the reply is truncated. NXDOMAIN, SERVFAIL (any
-    rcode but NOERROR), a timeout or a network error raise :class:`DnsLookupError`.
-    A name with no address gives ``[]``.
-    """
-    try:
-        qname = dns.name.from_text(name)
-    except dns.exception.DNSException as err:
-        raise DnsLookupError(f"not a DNS name: {err}") from err
-    found: dict[str, int] = {}
-    for rdtype in _ADDRESS_TYPES:
-        reply = _ask_blocking(upstream, dns.message.make_query(qname, rdtype), timeout)
-        if reply.rcode() != dns.rcode.NOERROR:
-            raise DnsLookupError(f"{dns.rcode.to_text(reply.rcode())} from {_where(upstream)}")
-        for address, ttl in _chain_addresses(reply, qname):
-            found[address] = max(ttl, found.get(address, 0))
-    return list(found.items())
-
-
-def _ask_blocking(
-    upstream: Upstream, query: dns.message.Message, timeout: float
-) -> dns.message.Message:
-    host, port = upstream
-    try:
-        reply, _tcp = dns.query.udp_with_fallback(
-            query, host, timeout, port, ignore_unexpected=True
-        )
-    except dns.exception.Timeout as err:
-        raise DnsLookupError(f"no answer from {_where(upstream)} within {timeout:g} s") from err
-    except (dns.exception.DNSException, OSError) as err:
-        raise DnsLookupError(f"{_where(upstream)}: {err}") from err
-    return reply
-
-
-def resolver_for(
-    upstream: Upstream, *, timeout: float = DEFAULT_TIMEOUT
-) -> Callable[[str], list[str]]:
-    """A ``resolver=`` for :func:`sandlock.plan.make` that asks ``upstream`` (:func:`lookup`)."""
-
-    def resolve(name: str) -> list[str]:
-        return [address for address, _ttl in lookup(upstream, name, timeout=timeout)]
-
-    return resolve
-
-
-def _chain_addresses(reply: dns.message.Message, qname: dns.name.Name) -> list[tuple[str, int]]:
-    """(address, ttl) of the A/AAAA records on the CNAME chain from ``qname`` in the answer."""
-    owners = {qname}
-    grown = True
-    while grown:
-        grown = False
-        for rrset in reply.answer:
-            if rrset.name not in owners:
-                continue
-            for rdata in rrset:
-                if isinstance(rdata, dns.rdtypes.ANY.CNAME.CNAME) and rdata.target not in owners:
-                    owners.add(rdata.target)
-                    grown = True
-    return [
-        (stored_address(rdata.address), rrset.ttl)
-        for rrset in reply.answer
-        if rrset.name in owners and rrset.rdclass == dns.rdataclass.IN
-        for rdata in rrset
-        if isinstance(rdata, dns.rdtypes.IN.A.A | dns.rdtypes.IN.AAAA.AAAA)
-    ]
-
-
-# --- learned addresses -------------------------------------------------------------
-
-
-class HostBook:
-    """Addresses learned per host key, each with an expiry time.
-
-    Times are whatever clock the caller passes as ``now`` (the forwarder uses
-    ``trio.current_time()``). An address is held until :meth:`expire` drops it;
-    a TTL is clamped to ``[ttl_min, ttl_max]`` seconds.
-    """
-
-    def __init__(self, *, ttl_min: float = TTL_MIN, ttl_max: float = TTL_MAX) -> None:
-        if not 0 < ttl_min <= ttl_max:
-            raise ValueError(f"need 0 < ttl_min <= ttl_max, got {ttl_min} and {ttl_max}")
-        self.ttl_min = ttl_min
-        self.ttl_max = ttl_max
-        self._expiry: dict[str, dict[str, float]] = {}
-
-    def learn(self, host: str, answers: Iterable[tuple[str, float]], now: float) -> bool:
-        """Hold each (address, ttl) under ``host``; True if an address was not held yet.
-
-        An address held already keeps the later of its two expiry times.
-        """
-        held = self._expiry.setdefault(host, {})
-        changed = False
-        for address, ttl in answers:
-            until = now + min(max(ttl, self.ttl_min), self.ttl_max)
-            key = stored_address(address)
-            if key not in held:
-                changed = True
-            held[key] = max(until, held.get(key, until))
-        return changed
-
-    def addresses(self, host: str) -> tuple[str, ...]:
-        """The addresses held under ``host``, in the order first learned."""
-        return tuple(self._expiry.get(host, ()))
-
-    def expire(self, now: float) -> bool:
-        """Drop every address whose time is up (expiry <= now); True if any was dropped."""
-        changed = False
-        for held in self._expiry.values():
-            for address in [a for a, until in held.items() if until <= now]:
-                del held[address]
-                changed = True
-        return changed
-
-    def next_expiry(self) -> float | None:
-        """The earliest expiry time held, or None when nothing is held."""
-        return min(
-            (until for held in self._expiry.values() for until in held.values()), default=None
-        )
-
-    def as_mapping(self) -> dict[str, tuple[str, ...]]:
-        """Every host key ever learned and its held addresses, for ``Policy.with_hosts``."""
-        return {host: tuple(held) for host, held in self._expiry.items()}
 
 
 # --- the forwarder -----------------------------------------------------------------
@@ -421,7 +208,7 @@ class Forwarder:
         if upstream_reply is None:
             return _synthesize(query, dns.rcode.SERVFAIL), records
         if upstream_reply.rcode() == dns.rcode.NOERROR:
-            learned = _chain_addresses(upstream_reply, question.name)
+            learned = chain_addresses(upstream_reply, question.name)
             sort = sort_answers(policy, name, _addresses(upstream_reply), on=self._guard)
             if sort.dropped:
                 records.append(
@@ -465,7 +252,7 @@ def _addresses(reply: dns.message.Message) -> list[str]:
         stored_address(rdata.address): None
         for section in (reply.answer, reply.authority, reply.additional)
         for rrset in section
-        if rrset.rdtype in _ADDRESS_TYPES and rrset.rdclass == dns.rdataclass.IN
+        if rrset.rdtype in ADDRESS_TYPES and rrset.rdclass == dns.rdataclass.IN
         for rdata in rrset
     }
     return list(found)
@@ -476,7 +263,7 @@ def _drop_addresses(reply: dns.message.Message, dropped: frozenset[str]) -> None
     for section in ("answer", "authority", "additional"):
         kept = []
         for rrset in getattr(reply, section):
-            if rrset.rdtype in _ADDRESS_TYPES and rrset.rdclass == dns.rdataclass.IN:
+            if rrset.rdtype in ADDRESS_TYPES and rrset.rdclass == dns.rdataclass.IN:
                 rdatas = [rd for rd in rrset if stored_address(rd.address) not in dropped]
                 if not rdatas:
                     continue

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from . import dns
     from .plan import NameOptions
     from .policy import Policy
+    from .upstream import Upstream
 
 __all__ = ["DNS_PORT", "Names", "bind_forwarder"]
 
@@ -93,7 +94,7 @@ class Names:
         self,
         policy: Policy,
         options: NameOptions,
-        upstream: dns.Upstream | None,
+        upstream: Upstream | None,
         sockets: tuple[socket.socket, socket.socket] | None,
         seeds: dict[str, list[tuple[str, int]]],
         shown: Mapping[str, tuple[str, ...]] | None = None,
@@ -155,8 +156,9 @@ class Names:
         import trio
 
         from . import dns
+        from .hostbook import HostBook
 
-        book = dns.HostBook(ttl_min=self.options.ttl_min, ttl_max=self.options.ttl_max)
+        book = HostBook(ttl_min=self.options.ttl_min, ttl_max=self.options.ttl_max)
         now = trio.current_time()
         for host, answers in self._seeds.items():  # the start-up lookups follow TTLs too
             book.learn(host, answers, now)

@@ -43,7 +43,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from . import dns
+    from . import upstream as dns_upstream
     from .names import Names
     from .policy import Policy
     from .rules import Rule
@@ -252,7 +252,7 @@ class Plan:
             )
         upstream = None
         if options.dns_upstream:
-            from .dns import parse_upstream
+            from .upstream import parse_upstream
 
             upstream = parse_upstream(options.dns_upstream)
         if self.dns_on and upstream is None:
@@ -378,13 +378,14 @@ def _resolve(lookup: Resolver, host: str, spec: str) -> tuple[str, ...]:
     return addrs
 
 
-def _resolver(upstream: dns.Upstream | None, seeds: dict[str, list[tuple[str, int]]]) -> Resolver:
+def _resolver(
+    upstream: dns_upstream.Upstream | None, seeds: dict[str, list[tuple[str, int]]]) -> Resolver:
     """Start-up resolution: through ``upstream`` (recording TTLs in ``seeds``) when there
     is one, else the system resolver. ``localhost`` (RFC 6761) is always loopback, and
     never asked of an upstream."""
     if upstream is None:
         return resolve_host
-    from . import dns
+    from .upstream import DnsLookupError, lookup
 
     where = upstream
 
@@ -392,8 +393,8 @@ def _resolver(upstream: dns.Upstream | None, seeds: dict[str, list[tuple[str, in
         if name == "localhost" or name.endswith(".localhost"):
             return ["127.0.0.1", "::1"]
         try:
-            found = dns.lookup(where, name)
-        except dns.DnsLookupError as err:
+            found = lookup(where, name)
+        except DnsLookupError as err:
             import errno
 
             raise OSError(errno.EHOSTUNREACH, str(err)) from None
@@ -411,8 +412,8 @@ def _interruptible(lookup: Resolver, interrupt: Callable[[], None]) -> Resolver:
     return resolve
 
 
-def _system_upstream() -> dns.Upstream:
-    from .dns import system_upstreams
+def _system_upstream() -> dns_upstream.Upstream:
+    from .upstream import system_upstreams
 
     upstreams = system_upstreams()
     if not upstreams:

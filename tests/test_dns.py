@@ -22,24 +22,25 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sandlock.dns import (
-    DnsConfigError,
-    DnsLookupError,
     Forwarder,
-    HostBook,
     Record,
-    Upstream,
-    lookup,
     open_forwarder_sockets,
-    parse_upstream,
-    resolver_for,
     serve,
     serve_tcp,
     serve_udp,
-    system_upstreams,
 )
-from sandlock.errors import PolicyError
+from sandlock.errors import DnsConfigError, PolicyError
+from sandlock.hostbook import HostBook
 from sandlock.plan import NameOptions, make
 from sandlock.policy import Policy
+from sandlock.upstream import (
+    DnsLookupError,
+    Upstream,
+    lookup,
+    parse_upstream,
+    resolver_for,
+    system_upstreams,
+)
 
 from .dnsfake import FakeUpstream
 

@@ -12,8 +12,9 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 import sandlock
-from sandlock import dns, names
+from sandlock import names, upstream
 from sandlock.errors import DnsConfigError, PolicyError, SandlockError
+from sandlock.hostbook import HostBook
 from sandlock.plan import TTL_MAX, TTL_MIN, NameOptions, Plan, make, parse, resolve_host
 
 from .dnsfake import FakeUpstream
@@ -65,7 +66,7 @@ def test_name_option_defaults() -> None:
     assert fast is not None
     for ns in (args, fast):
         assert (ns.dns_ttl_min, ns.dns_ttl_max) == (TTL_MIN, TTL_MAX)
-    book = dns.HostBook()
+    book = HostBook()
     assert (book.ttl_min, book.ttl_max) == (TTL_MIN, TTL_MAX)
     assert sandlock.NameOptions is NameOptions
 
@@ -363,10 +364,10 @@ def test_system_upstream(monkeypatch: pytest.MonkeyPatch, fake: FakeUpstream) ->
     """Without --dns-upstream, DNS mode asks the first nameserver of /etc/resolv.conf; a
     resolv.conf that names none is an error naming the flag."""
     monkeypatch.setattr(
-        dns, "system_upstreams", lambda: [("127.0.0.1", fake.port), ("192.0.2.1", 53)]
+        upstream, "system_upstreams", lambda: [("127.0.0.1", fake.port), ("192.0.2.1", 53)]
     )
     assert make(["api.example.test"], []).upstream == ("127.0.0.1", fake.port)
-    monkeypatch.setattr(dns, "system_upstreams", lambda: [])
+    monkeypatch.setattr(upstream, "system_upstreams", lambda: [])
     with pytest.raises(PolicyError) as info:
         make(["api.example.test"], [])
     assert info.value.flag == "--dns-upstream"
@@ -386,8 +387,8 @@ def test_no_hostname_no_mode() -> None:
 def test_dns_mode_is_the_default_for_hostnames(monkeypatch: pytest.MonkeyPatch) -> None:
     """A rule naming a host turns the DNS-following mode on, unless a resolver hook or
     --no-dns-proxy asks for resolving at start; --dns-proxy turns it on without hosts."""
-    monkeypatch.setattr(dns, "system_upstreams", lambda: [(NOWHERE, 53)])
-    monkeypatch.setattr(dns, "lookup", lambda upstream, name: [("192.0.2.1", 60)])
+    monkeypatch.setattr(upstream, "system_upstreams", lambda: [(NOWHERE, 53)])
+    monkeypatch.setattr(upstream, "lookup", lambda upstream, name: [("192.0.2.1", 60)])
     assert make(["h.test"], []).dns_on
     assert not make(["example.com"], [], resolver=fake_resolver).dns_on
     assert not make(
