@@ -51,7 +51,7 @@ _FIELDS: dict[str, set[str]] = {
     "ping": {"op"},
     "policy": {"op", "id", "allow", "deny", "unix_allow"},
 }
-_NAME_FIELDS = {"virtual_hosts", "dns_proxy", "dns_upstream", "ttl_min", "ttl_max"}
+_NAME_FIELDS = {"virtual_hosts", "dns_proxy", "dns_upstream", "ttl_min", "ttl_max", "verify_names"}
 
 
 class RequestError(Exception):
@@ -124,6 +124,8 @@ def check_names(data: object) -> None:
         raise RequestError(f"name options: unknown field {unknown[0]!r}")
     if not isinstance(data.get("virtual_hosts", True), bool):
         raise RequestError("virtual_hosts must be true or false")
+    if not isinstance(data.get("verify_names", False), bool):
+        raise RequestError("verify_names must be true or false")
     if not isinstance(data.get("dns_proxy"), bool | None):
         raise RequestError("dns_proxy must be true, false or null")
     upstream = data.get("dns_upstream")

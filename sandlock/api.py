@@ -74,6 +74,7 @@ class Sandbox:
     runs. ``audit`` names a JSON-lines file that receives every decision. ``names``
     chooses how hostname rules behave (the CLI's --dns-proxy, --dns-upstream, ...; see
     :class:`~sandlock.plan.NameOptions`); each run gets its own DNS forwarder.
+    ``verify_names``: the CLI's --verify-names (experimental; README, verified names).
     """
 
     def __init__(
@@ -85,8 +86,11 @@ class Sandbox:
         unix_allow: Sequence[str] = (),
         names: NameOptions | None = None,
         resolver: Resolver | None = None,
+        verify_names: bool = False,
     ) -> None:
         options = names or NameOptions()
+        if verify_names:  # (the CLI's --verify-names; a copy: ``names`` stays the caller's)
+            options = NameOptions.from_wire({**options.to_wire(), "verify_names": True})
         self._plan = make(
             list(net_allow), list(net_deny), options, resolver=resolver, unix_allow=unix_allow
         )

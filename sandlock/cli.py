@@ -50,6 +50,7 @@ def _name_fields(args: Args) -> dict[str, Any]:
         "dns_upstream": args.dns_upstream,
         "ttl_min": args.dns_ttl_min,
         "ttl_max": args.dns_ttl_max,
+        "verify_names": args.verify_names,
     }
 
 

@@ -66,7 +66,7 @@ class NameOptions:
     means the first nameserver of the host's /etc/resolv.conf. (A plain class: the
     dataclasses module costs the CLI's launch ~8 ms.)"""
 
-    __slots__ = ("dns_proxy", "dns_upstream", "ttl_max", "ttl_min", "virtual_hosts")
+    __slots__ = ("dns_proxy", "dns_upstream", "ttl_max", "ttl_min", "verify_names", "virtual_hosts")
 
     def __init__(
         self,
@@ -76,7 +76,9 @@ class NameOptions:
         dns_upstream: str | None = None,
         ttl_min: float = TTL_MIN,
         ttl_max: float = TTL_MAX,
+        verify_names: bool = False,
     ) -> None:
+        self.verify_names = verify_names  # --verify-names (relay.py)
         self.virtual_hosts = virtual_hosts
         self.dns_proxy = dns_proxy
         self.dns_upstream = dns_upstream
@@ -95,6 +97,7 @@ class NameOptions:
             "dns_upstream": self.dns_upstream,
             "ttl_min": self.ttl_min,
             "ttl_max": self.ttl_max,
+            "verify_names": self.verify_names,
         }
 
     @classmethod
@@ -112,6 +115,7 @@ class NameOptions:
                 dns_upstream=_opt_str(data.get("dns_upstream")),
                 ttl_min=float(data.get("ttl_min", TTL_MIN)),
                 ttl_max=float(data.get("ttl_max", TTL_MAX)),
+                verify_names=bool(data.get("verify_names", False)),
             )
         except (TypeError, ValueError) as err:
             raise PolicyError(f"bad name options: {err}") from None
