@@ -24,6 +24,7 @@ allowed); no client in use splits one below 16 KiB. HTTP is read by h11.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 __all__ = ["MAX_FIRST", "NEED_MORE", "NOT_NAMED", "First", "host_name", "read"]
@@ -186,9 +187,15 @@ def _sni(ext: _Reader) -> str:
 # ---- HTTP --------------------------------------------------------------------------------
 
 
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\x7e]+ HTTP/1\.[01]\r\n")
+
+
 def _http(data: bytes) -> First | str:
     import h11
 
+    line_end = data.find(b"\r\n")
+    if line_end >= 0 and not _REQUEST_LINE.match(data, 0, line_end + 2):
+        return NOT_NAMED  # (a whole first line that is no request line: say so now)
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_FIRST)
     end = data.find(b"\r\n\r\n")
     head = data if end < 0 else data[: end + 4]
