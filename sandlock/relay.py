@@ -192,6 +192,8 @@ class Relay:
         upstream: socket.socket | None = None
         try:
             first, data = await _first(conn)
+            if not data and first == _CLOSED:
+                return  # closed before a byte was sent: nothing to refuse (a lost race)
             name = first.name if isinstance(first, First) else None
             if not isinstance(first, First) or not self._check(first, noted.dest):
                 self._refused(noted, name)
@@ -236,7 +238,7 @@ class Relay:
 
 async def _first(conn: socket.socket) -> tuple[First | str, bytes]:
     """Read until ``firstbytes.read`` decides, within the size cap and the time limit:
-    the verdict and every byte read."""
+    the verdict and every byte read (``_CLOSED``: the end came before any verdict)."""
     import trio
 
     data = b""
@@ -249,12 +251,17 @@ async def _first(conn: socket.socket) -> tuple[First | str, bytes]:
             except BlockingIOError:
                 continue
             except OSError:  # (reset by the command)
+                verdict = _CLOSED
                 break
             if not chunk:
+                verdict = _CLOSED
                 break
             data += chunk
             verdict = read(data)
     return (NOT_NAMED if verdict == NEED_MORE else verdict), data
+
+
+_CLOSED = "closed"
 
 
 async def _connect(dest: Dest) -> socket.socket | None:

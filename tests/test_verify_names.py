@@ -120,6 +120,9 @@ for case in sys.argv[5:]:
         print(case, tls(arg or None))
     elif kind == "http":
         print(case, plain(arg))
+    elif kind == "close":  # nothing sent: nothing refused, nothing reported
+        socket.create_connection(("good.test", tls_port), timeout=20).close()
+        print(case, "closed")
     else:
         print(case, raw(bytes.fromhex(arg)))
 """
@@ -131,6 +134,7 @@ CASES = [
     "http:good.test",
     "http:evil.test",
     "raw:" + b"\x00\x01secret payload\r\n\r\n".hex(),
+    "close:",
 ]
 
 
@@ -179,7 +183,8 @@ def test_only_allowed_names_pass(
         "tls:": "ConnectionResetError",
         "http:good.test": "ok",
         "http:evil.test": "ConnectionResetError",
-        CASES[-1]: "ConnectionResetError",
+        CASES[-2]: "ConnectionResetError",
+        "close:": "closed",
     }, describe(res)
     assert https.accepted == 1 and http.accepted == 1  # the refused ones: never connected
     records = [json.loads(line) for line in audit.read_text().splitlines()]
