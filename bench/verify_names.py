@@ -97,12 +97,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--count", type=int, default=2000, help="connections per set-up round")
     parser.add_argument("--mb", type=int, default=200, help="megabytes of the bulk row")
+    parser.add_argument("--modes", default="native,ours,verify")
     args = parser.parse_args()
     listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
     port = listener.getsockname()[1]
     body_mb = [0]
     threading.Thread(target=serve, args=(listener, body_mb), daemon=True).start()
-    modes = ("native", "ours", "verify")
+    modes = args.modes.split(",")
     rows: dict[str, dict[str, list[float]]] = {"setup": {}, "bulk": {}}
     for row, how, n in (("setup", "setup", args.count), ("bulk", "bulk", args.mb)):
         body_mb[0] = 0 if row == "setup" else args.mb
@@ -111,6 +112,8 @@ def main() -> None:
                 rows[row].setdefault(mode, []).append(measure(mode, port, how, n))
                 print(f"{row} {mode}: {rows[row][mode][-1]:.1f}", file=sys.stderr)
     listener.close()
+    if len(modes) < 3:
+        return
     med = {row: {m: statistics.median(v) for m, v in r.items()} for row, r in rows.items()}
     s, b = med["setup"], med["bulk"]
     print(f"machine: {os.cpu_count()} cpus, {' '.join(os.uname()[2:3])}")
