@@ -26,7 +26,7 @@ from .audit import AuditLog, AuditSeal, DecisionRecord
 from .errors import SandlockError, TimeoutExpired
 from .plan import NameOptions, Plan, make
 from .policy import Policy
-from .profile import load_profile
+from .profile import load_flags, load_profile
 from .report import Observer
 from .session import TIMED_OUT, Session
 
@@ -100,9 +100,10 @@ class Sandbox:
     @classmethod
     def from_profile(cls, path: StrPath, *, audit: StrPath | None = None) -> Sandbox:
         """A sandbox from a TOML profile with ``net_allow``, ``net_deny`` and ``unix_allow``
-        lists."""
+        lists (and ``verify_names``)."""
         allow, deny, unix_allow = load_profile(path)
-        return cls(allow, deny, audit, unix_allow=unix_allow)
+        verify = load_flags(path).get("verify_names", False)
+        return cls(allow, deny, audit, unix_allow=unix_allow, verify_names=verify)
 
     def run(
         self,

@@ -50,8 +50,17 @@ def _name_fields(args: Args) -> dict[str, Any]:
         "dns_upstream": args.dns_upstream,
         "ttl_min": args.dns_ttl_min,
         "ttl_max": args.dns_ttl_max,
-        "verify_names": args.verify_names,
+        "verify_names": args.verify_names or _profile_flag(args, "verify_names"),
     }
+
+
+def _profile_flag(args: Args, key: str) -> bool:
+    """A name option the --profile sets (profile.load_flags), False when none."""
+    if not getattr(args, "profile", None):
+        return False
+    from .profile import load_flags
+
+    return load_flags(args.profile).get(key, False)
 
 
 def _name_options(args: Args) -> NameOptions:

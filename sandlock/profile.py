@@ -4,6 +4,7 @@
     net_allow = ["api.example.com:443", "udp://127.0.0.1:53"]
     net_deny = ["10.0.0.0/8"]
     unix_allow = ["/run/user/1000/ssh-agent.sock", "@my-proxy"]
+    verify_names = true    # a name option (plan.NameOptions), true or false
 
 ``sandlock run --profile agent.toml`` and ``Sandbox.from_profile("agent.toml")`` read it;
 ``sandlock learn --profile-out FILE`` writes one.
@@ -19,11 +20,36 @@ from collections.abc import Sequence
 from .errors import PolicyError
 
 _KEYS = ("net_allow", "net_deny", "unix_allow")
+_FLAGS = ("verify_names",)
 
 
 def load_profile(path: str | os.PathLike[str]) -> tuple[list[str], list[str], list[str]]:
     """The (net_allow, net_deny, unix_allow) lists of a profile; PolicyError names what is
     wrong."""
+    where, data = _read(path)
+    lists = []
+    for key in _KEYS:
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise PolicyError(f"--profile: {where}: `{key}` must be a list of strings")
+        lists.append(value)
+    return lists[0], lists[1], lists[2]
+
+
+def load_flags(path: str | os.PathLike[str]) -> dict[str, bool]:
+    """The name options a profile sets (``verify_names = true``); PolicyError names what
+    is wrong."""
+    where, data = _read(path)
+    flags: dict[str, bool] = {}
+    for key in _FLAGS:
+        value = data.get(key, False)
+        if not isinstance(value, bool):
+            raise PolicyError(f"--profile: {where}: `{key}` must be true or false")
+        flags[key] = value
+    return flags
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[str, dict[str, object]]:
     where = os.fspath(path)
     try:
         with open(where, "rb") as f:
@@ -32,19 +58,13 @@ def load_profile(path: str | os.PathLike[str]) -> tuple[list[str], list[str], li
         raise PolicyError(f"--profile: cannot read {where}: {err.strerror}") from err
     except tomllib.TOMLDecodeError as err:
         raise PolicyError(f"--profile: {where} is not valid TOML: {err}") from err
-    unknown = sorted(set(data) - set(_KEYS))
+    unknown = sorted(set(data) - set(_KEYS) - set(_FLAGS))
     if unknown:
         raise PolicyError(
             f"--profile: {where}: unknown key `{unknown[0]}` "
-            "(expected net_allow, net_deny, unix_allow)"
+            f"(expected {', '.join(_KEYS + _FLAGS)})"
         )
-    lists = []
-    for key in _KEYS:
-        value = data.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise PolicyError(f"--profile: {where}: `{key}` must be a list of strings")
-        lists.append(value)
-    return lists[0], lists[1], lists[2]
+    return where, data
 
 
 def dump_profile(

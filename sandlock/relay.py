@@ -37,6 +37,7 @@ import ipaddress
 import os
 import socket
 import struct
+import sys
 from collections.abc import Callable
 
 from .events import Event
@@ -184,7 +185,16 @@ class Relay:
                 _reset(conn)
                 continue
             conn.setblocking(False)
-            nursery.start_soon(self._serve, conn, noted)
+            nursery.start_soon(self._guarded, conn, noted)
+
+    async def _guarded(self, conn: socket.socket, noted: _Noted) -> None:
+        """``_serve``; a bug resets that one connection, never the run (fails closed)."""
+        try:
+            await self._serve(conn, noted)
+        except Exception as err:
+            if conn.fileno() >= 0:
+                _reset(conn)
+            print(f"sandlock: internal error in the relay: {err!r} (reset)", file=sys.stderr)
 
     async def _serve(self, conn: socket.socket, noted: _Noted) -> None:
         import trio

@@ -74,7 +74,12 @@ def test_name_options_wire_round_trip() -> None:
     """to_wire gives the daemon's form; from_wire reads it back, a field left out at its
     default, and None as all defaults."""
     options = NameOptions(
-        virtual_hosts=False, dns_proxy=True, dns_upstream="127.0.0.53", ttl_min=1.0, ttl_max=2.0
+        virtual_hosts=False,
+        dns_proxy=True,
+        dns_upstream="127.0.0.53",
+        ttl_min=1.0,
+        ttl_max=2.0,
+        verify_names=True,
     )
     wire = options.to_wire()
     assert wire == {
@@ -83,13 +88,14 @@ def test_name_options_wire_round_trip() -> None:
         "dns_upstream": "127.0.0.53",
         "ttl_min": 1.0,
         "ttl_max": 2.0,
+        "verify_names": True,
     }
     assert (
         repr(NameOptions.from_wire(wire))
         == repr(options)
         == (
             "NameOptions(dns_proxy=True, dns_upstream='127.0.0.53', ttl_max=2.0, ttl_min=1.0, "
-            "virtual_hosts=False)"
+            "verify_names=True, virtual_hosts=False)"
         )
     )
     defaults = repr(NameOptions())

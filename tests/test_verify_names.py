@@ -194,6 +194,31 @@ def test_only_allowed_names_pass(
     assert "it named evil.test" in res.stderr
 
 
+def test_profile_and_api_turn_it_on(
+    fake: FakeUpstream, https: WebServer, http: WebServer, tmp_path: Path
+) -> None:
+    """`verify_names = true` in a profile, and Sandbox(verify_names=True), verify names;
+    another name to the allowed address is reset both ways."""
+    from sandlock import Sandbox
+    from sandlock.plan import NameOptions
+
+    profile = tmp_path / "p.toml"
+    profile.write_text(f'net_allow = ["good.test:{https.port}"]\nverify_names = true\n')
+    upstream = f"{fake.address}:{fake.port}"
+    cmd = client_cmd(https, http, ["tls:good.test", "tls:evil.test"])
+    res = run_sandboxed(["--dns-upstream", upstream, "--profile", str(profile)], cmd)
+    want = {"tls:good.test": "ok", "tls:evil.test": "ConnectionResetError"}
+    assert outcomes(res.stdout) == want, describe(res)
+    sandbox = Sandbox(
+        [f"good.test:{https.port}"], names=NameOptions(dns_upstream=upstream), verify_names=True
+    )
+    result = sandbox.run(cmd, capture_output=True, timeout=TIMEOUT)
+    assert result.stdout is not None
+    assert outcomes(result.stdout.decode()) == want, result.stderr
+    assert [d.rule for d in result.denied] == ["name-mismatch"]
+    assert https.accepted == 2
+
+
 def test_ip_rules_are_untouched(fake: FakeUpstream, https: WebServer, http: WebServer) -> None:
     """A destination an IP rule allows is not relayed: no SNI passes, getpeername is the
     server's; allowed only by name, getpeername is the relay's (documented)."""
