@@ -25,7 +25,8 @@ bytes, not as ECONNREFUSED; a protocol in which the server speaks first gets no 
 and is reset after ``FIRST_TIMEOUT``.
 
 Issue 14's HTTP rules plug into the same relay: ``Check`` is the per-connection check
-of the first record; a per-request checker replaces ``_pump`` for the client's side.
+of the first record (``Relay(..., check=...)``); a per-request checker would replace
+``_pump`` for the client's side (h11 on the stream, each request checked).
 trio is imported by ``run`` only.
 """
 
@@ -49,7 +50,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import trio
 
-__all__ = ["MISMATCH", "Relay", "name_allowed", "only_by_name"]
+__all__ = ["MISMATCH", "Check", "Relay", "name_allowed", "names_check", "only_by_name"]
 
 MISMATCH = "name-mismatch"
 FIRST_TIMEOUT = 10.0  # seconds to wait for the first record
@@ -92,8 +93,17 @@ def name_allowed(policy: Policy, name: str, dest: Dest) -> bool:
     )
 
 
-Check = Callable[[First, Dest], bool]
-"""Whether a connection to ``Dest`` whose first record is ``First`` may go on."""
+Check = Callable[[Policy, First, Dest], bool]
+"""Whether, under the policy deciding now, a connection to ``Dest`` whose first record is
+``First`` may go on (``names_check`` by default; issue 14 passes its own)."""
+
+
+def names_check(policy: Policy, first: First, dest: Dest) -> bool:
+    """--verify-names: a TLS or HTTP first record naming a host ``name_allowed`` passes
+    (no name, an IP literal, Encrypted ClientHello: refused)."""
+    if first.kind not in ("tls", "http") or first.name is None:
+        return False
+    return name_allowed(policy, first.name, dest)
 
 
 class _Noted:
@@ -106,13 +116,18 @@ class _Noted:
 
 class Relay:
     """One sandbox's relay: ``run`` it in the supervisor's nursery (it opens and closes
-    its listeners); ``policy`` gives the policy deciding now, ``report`` hears refusals."""
+    its listeners); ``policy`` gives the policy deciding now, ``report`` hears refusals,
+    ``check`` decides on each connection's first record."""
 
     def __init__(
-        self, policy: Callable[[], Policy], report: Callable[[Event], None] | None
+        self,
+        policy: Callable[[], Policy],
+        report: Callable[[Event], None] | None,
+        check: Check = names_check,
     ) -> None:
         self._policy = policy
         self._report = report
+        self._check = check
         self._listeners: dict[int, socket.socket] = {}
         self._targets: dict[int, bytes] = {}
         self._noted: dict[tuple[str, int], _Noted] = {}
@@ -205,7 +220,7 @@ class Relay:
             if not data and first == _CLOSED:
                 return  # closed before a byte was sent: nothing to refuse (a lost race)
             name = first.name if isinstance(first, First) else None
-            if not isinstance(first, First) or not self._check(first, noted.dest):
+            if not isinstance(first, First) or not self._check(self._policy(), first, noted.dest):
                 self._refused(noted, name)
                 return
             upstream = await _connect(noted.dest)
@@ -231,11 +246,6 @@ class Relay:
             for sock in (conn, upstream):
                 if sock is not None and sock.fileno() >= 0:
                     _reset(sock)
-
-    def _check(self, first: First, dest: Dest) -> bool:
-        if first.kind not in ("tls", "http") or first.name is None:
-            return False
-        return name_allowed(self._policy(), first.name, dest)
 
     def _refused(self, noted: _Noted, name: str | None) -> None:
         if self._report is not None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import socket
 
+from sandlock.firstbytes import First
 from sandlock.policy import Policy
-from sandlock.relay import name_allowed, only_by_name
+from sandlock.relay import name_allowed, names_check, only_by_name
 from sandlock.rules import parse_rule
 from sandlock.sockaddr import MAPPED_PREFIX, Dest
 
@@ -60,3 +61,15 @@ def test_a_name_passes_only_on_its_own_addresses_and_ports() -> None:
     assert not name_allowed(p, "evil.test", dest(A))  # no rule
     assert name_allowed(p, "a.wild.test", dest(B))
     assert not name_allowed(p, "wild.test", dest(B))  # (a wildcard covers subdomains only)
+
+
+def test_names_check_wants_a_named_tls_or_http_record() -> None:
+    """An allowed name in a ClientHello or an HTTP head passes; Encrypted ClientHello,
+    no name, or a name not allowed there is refused."""
+    p = policy("good.test:443", hosts={"good.test": ["192.0.2.7"]})
+    d = dest(A)
+    assert names_check(p, First("tls", "good.test", 300), d)
+    assert names_check(p, First("http", "good.test", 40), d)
+    assert not names_check(p, First("ech", "good.test", 300), d)
+    assert not names_check(p, First("tls", None, 300), d)
+    assert not names_check(p, First("tls", "evil.test", 300), d)
