@@ -219,6 +219,24 @@ def test_profile_and_api_turn_it_on(
     assert https.accepted == 2
 
 
+def test_through_the_daemon(
+    fake: FakeUpstream, https: WebServer, http: WebServer, tmp_path: Path
+) -> None:
+    """run --daemon --verify-names: the daemon's sandbox relays and checks names too."""
+    from .test_daemon import Daemon
+
+    daemon = Daemon(tmp_path / "d.sock")
+    try:
+        cmd = client_cmd(https, http, ["tls:good.test", "tls:evil.test"])
+        res = daemon.run(args(fake, https.port, http.port), cmd, timeout=TIMEOUT)
+    finally:
+        daemon.stop()
+    want = {"tls:good.test": "ok", "tls:evil.test": "ConnectionResetError"}
+    assert outcomes(res.stdout) == want, describe(res)
+    assert "it named evil.test" in res.stderr
+    assert https.accepted == 1
+
+
 def test_ip_rules_are_untouched(fake: FakeUpstream, https: WebServer, http: WebServer) -> None:
     """A destination an IP rule allows is not relayed: no SNI passes, getpeername is the
     server's; allowed only by name, getpeername is the relay's (documented)."""
