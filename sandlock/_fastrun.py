@@ -77,6 +77,7 @@ def parse_run(argv: Sequence[str], environ: Mapping[str, str]) -> SimpleNamespac
         dns_ttl_max=TTL_MAX,
         virtual_hosts=True,
         dns_allow_private=False,
+        verify_names=False,
         keep_fds=[],
         argv=list(argv[i:]),  # with its "--", as argparse's REMAINDER keeps it
     )

@@ -172,6 +172,13 @@ def _add_name_args(p: argparse.ArgumentParser) -> None:
         "once at start instead",
     )
     g.add_argument(
+        "--verify-names",
+        action="store_true",
+        help="experimental: a TCP connection that only a hostname rule allows must name an "
+        "allowed host in its first bytes (TLS SNI, or the HTTP Host header) that resolves to "
+        "the address it connected to; otherwise it is reset (README: verified names)",
+    )
+    g.add_argument(
         "--dns-upstream",
         metavar="IP[:PORT]",
         help="where every lookup goes, the start-up resolution included "

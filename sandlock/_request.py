@@ -58,6 +58,7 @@ _NAME_FIELDS = {
     "ttl_min",
     "ttl_max",
     "dns_allow_private",
+    "verify_names",
 }
 
 
@@ -129,7 +130,7 @@ def check_names(data: object) -> None:
     unknown = sorted(set(data) - _NAME_FIELDS)
     if unknown:
         raise RequestError(f"name options: unknown field {unknown[0]!r}")
-    for key in ("virtual_hosts", "dns_allow_private"):
+    for key in ("virtual_hosts", "dns_allow_private", "verify_names"):
         if not isinstance(data.get(key, True), bool):
             raise RequestError(f"{key} must be true or false")
     if not isinstance(data.get("dns_proxy"), bool | None):

@@ -83,6 +83,7 @@ class Sandbox:
     :class:`~sandlock.plan.NameOptions`); each run gets its own DNS forwarder.
     ``dns_allow_private`` turns the rebinding guard off (``--dns-allow-private``; or
     ``NameOptions(dns_allow_private=True)``).
+    ``verify_names``: the CLI's --verify-names (experimental; README, verified names).
     """
 
     def __init__(
@@ -95,10 +96,13 @@ class Sandbox:
         names: NameOptions | None = None,
         resolver: Resolver | None = None,
         dns_allow_private: bool = False,
+        verify_names: bool = False,
     ) -> None:
         options = names or NameOptions()
-        if dns_allow_private and not options.dns_allow_private:  # (the caller's left as is)
-            options = NameOptions.from_wire(options.to_wire() | {"dns_allow_private": True})
+        wanted = {"dns_allow_private": dns_allow_private, "verify_names": verify_names}
+        turned_on = {key: True for key, on in wanted.items() if on and not getattr(options, key)}
+        if turned_on:  # (a copy: ``names`` stays the caller's)
+            options = NameOptions.from_wire(options.to_wire() | turned_on)
         self._options, self._resolver = options, resolver
         self._plan = self._make_plan(net_allow, net_deny, unix_allow)
         self.policy = self._plan.policy
@@ -119,7 +123,7 @@ class Sandbox:
     @classmethod
     def from_profile(cls, path: StrPath, *, audit: StrPath | None = None) -> Sandbox:
         """A sandbox from a TOML profile with ``net_allow``, ``net_deny`` and ``unix_allow``
-        lists."""
+        lists (and the name options ``dns_allow_private``, ``verify_names``)."""
         profile = read_profile(path)
         return cls(
             profile.net_allow,
@@ -127,6 +131,7 @@ class Sandbox:
             audit,
             unix_allow=profile.unix_allow,
             dns_allow_private=profile.dns_allow_private,
+            verify_names=profile.verify_names,
         )
 
     def run(

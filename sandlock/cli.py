@@ -51,7 +51,9 @@ def _name_fields(args: Args) -> dict[str, Any]:
         "ttl_min": args.dns_ttl_min,
         "ttl_max": args.dns_ttl_max,
         "dns_allow_private": args.dns_allow_private,
+        "verify_names": args.verify_names,
     }
+
 
 
 def _name_options(args: Args) -> NameOptions:
@@ -204,8 +206,10 @@ def _rule_specs(args: Args) -> tuple[list[str], list[str], list[str]]:
         profile = read_profile(args.profile)
         allow, deny = profile.net_allow + allow, profile.net_deny + deny
         unix = profile.unix_allow + unix
-        if profile.dns_allow_private:  # the profile's name option joins the flags'
+        if profile.dns_allow_private:  # the profile's name options join the flags'
             args.dns_allow_private = True
+        if profile.verify_names:
+            args.verify_names = True
     return allow, deny, unix
 
 

@@ -52,6 +52,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
 
+    from .relay import Relay
     from .sends import Budget
 
     class GateCache(Protocol):
@@ -145,6 +146,7 @@ class Handlers:
         gate: GateCache | None = None,
         vfiles: VirtualFiles | None = None,
         redirect: Redirect | None = None,
+        relay: Relay | None = None,
     ) -> None:
         from . import sends  # (sends.py builds on this module)
 
@@ -153,6 +155,7 @@ class Handlers:
         self.gate = gate
         self.vfiles = vfiles
         self.redirect = redirect
+        self.relay = relay  # --verify-names (relay.py)
         self.budget: Budget = sends.Budget()
         self.unix = _local.UnixGuard()
         self._table: dict[int, Callable[[Handlers, sys_.Notif], Answer]] = {
@@ -312,6 +315,24 @@ class Handlers:
             self.gate.allow(c.info.domain, c.info.type, c.info.protocol, dest.addr, dest.port)
         return pinned
 
+    def relay_for(self, c: Call, event: Event, dest: Dest) -> bytes | None:
+        """With --verify-names, the relay's name for an allowed TCP connect that only a
+        hostname rule allows (relay.py); else None. Never remembered by the gate."""
+        relay = self.relay
+        if relay is None or c.info.protocol != socket.IPPROTO_TCP:
+            return None
+        if not relay.wants(self.policy, event.decision, dest):
+            return None
+        target = relay.target(c.info.domain)
+        return b"" if target is None else target  # (b"": not running)
+
+    def relayed_to(self, c: Call, relayed: Dest | None, rc: int) -> int:
+        """``rc`` of a connect to the relay once noted there (relay.expect)."""
+        if relayed is None or rc not in (0, -errno.EINPROGRESS):
+            return rc
+        assert self.relay is not None
+        return rc if self.relay.expect(c.dup, c.n.pid, relayed) else -errno.ECONNREFUSED
+
     async def wait_writable(self, c: Call) -> int:
         """0 once our duplicate is writable; -ENOENT if the child stopped waiting."""
         import trio
@@ -341,6 +362,7 @@ class Handlers:
         if not self.still_waiting(c.n):
             return -errno.ENOENT
         event = None
+        relayed: Dest | None = None  # (--verify-names: the child connects to the relay)
         if c.ip:
             dest = parse_sockaddr(name)
             if isinstance(dest, Invalid):
@@ -353,7 +375,14 @@ class Handlers:
                     event = self.decide(c, "connect", dest)
                     if not event.decision.allowed:
                         return -errno.ECONNREFUSED
-                    name = self.destination(c, name, dest)
+                    relay = self.relay_for(c, event, dest)
+                    if relay is None:
+                        name = self.destination(c, name, dest)
+                    elif not relay:  # (the relay is not running: fail closed)
+                        c.note(event, -errno.ECONNREFUSED)
+                        return -errno.ECONNREFUSED
+                    else:
+                        name, relayed = relay, dest
         elif c.info.domain == socket.AF_UNIX:
             decided = self.unix_name(c, "connect", name)
             if isinstance(decided, int):
@@ -363,10 +392,11 @@ class Handlers:
             return who
         if c.info.nonblocking or c.info.type == socket.SOCK_DGRAM:
             rc = sys_.connect(c.dup, name, nonblock=False, who=c.who)  # returns at once
+            rc = self.relayed_to(c, relayed, rc)
             c.note(event, rc)
             return rc
         # A blocking connect: start it non-blocking, finish it off the loop if it waits.
-        rc = sys_.connect(c.dup, name, nonblock=True, who=c.who)
+        rc = self.relayed_to(c, relayed, sys_.connect(c.dup, name, nonblock=True, who=c.who))
         if rc == -errno.EINPROGRESS and sys_.poll1(c.dup, select.POLLOUT) != 0:
             rc = sys_.sock_error(c.dup)
         if rc == -errno.EINPROGRESS and self.gate is not None:

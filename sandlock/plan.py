@@ -77,6 +77,7 @@ class NameOptions:
         "dns_upstream",
         "ttl_max",
         "ttl_min",
+        "verify_names",
         "virtual_hosts",
     )
 
@@ -89,8 +90,10 @@ class NameOptions:
         ttl_min: float = TTL_MIN,
         ttl_max: float = TTL_MAX,
         dns_allow_private: bool = False,
+        verify_names: bool = False,
     ) -> None:
         self.dns_allow_private = dns_allow_private
+        self.verify_names = verify_names  # --verify-names (relay.py)
         self.virtual_hosts = virtual_hosts
         self.dns_proxy = dns_proxy
         self.dns_upstream = dns_upstream
@@ -110,6 +113,7 @@ class NameOptions:
             "ttl_min": self.ttl_min,
             "ttl_max": self.ttl_max,
             "dns_allow_private": self.dns_allow_private,
+            "verify_names": self.verify_names,
         }
 
     @classmethod
@@ -128,6 +132,7 @@ class NameOptions:
                 ttl_min=float(data.get("ttl_min", TTL_MIN)),
                 ttl_max=float(data.get("ttl_max", TTL_MAX)),
                 dns_allow_private=bool(data.get("dns_allow_private", False)),
+                verify_names=bool(data.get("verify_names", False)),
             )
         except (TypeError, ValueError) as err:
             raise PolicyError(f"bad name options: {err}") from None

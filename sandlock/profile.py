@@ -5,6 +5,7 @@
     net_deny = ["10.0.0.0/8"]
     unix_allow = ["/run/user/1000/ssh-agent.sock", "@my-proxy"]
     dns_allow_private = false   # true: --dns-allow-private (the rebinding guard off)
+    verify_names = true         # --verify-names (experimental)
 
 ``sandlock run --profile agent.toml`` and ``Sandbox.from_profile("agent.toml")`` read it;
 ``sandlock learn --profile-out FILE`` writes one.
@@ -21,7 +22,7 @@ from typing import NamedTuple
 from .errors import PolicyError
 
 _KEYS = ("net_allow", "net_deny", "unix_allow")
-_FLAGS = ("dns_allow_private",)
+_FLAGS = ("dns_allow_private", "verify_names")
 
 
 class Profile(NamedTuple):
@@ -31,6 +32,7 @@ class Profile(NamedTuple):
     net_deny: list[str]
     unix_allow: list[str]
     dns_allow_private: bool
+    verify_names: bool
 
 
 def load_profile(path: str | os.PathLike[str]) -> tuple[list[str], list[str], list[str]]:
@@ -53,7 +55,7 @@ def read_profile(path: str | os.PathLike[str]) -> Profile:
     if unknown:
         raise PolicyError(
             f"--profile: {where}: unknown key `{unknown[0]}` "
-            "(expected net_allow, net_deny, unix_allow, dns_allow_private)"
+            f"(expected {', '.join(_KEYS + _FLAGS)})"
         )
     lists = []
     for key in _KEYS:
@@ -61,10 +63,13 @@ def read_profile(path: str | os.PathLike[str]) -> Profile:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise PolicyError(f"--profile: {where}: `{key}` must be a list of strings")
         lists.append(value)
-    private = data.get("dns_allow_private", False)
-    if not isinstance(private, bool):
-        raise PolicyError(f"--profile: {where}: `dns_allow_private` must be true or false")
-    return Profile(lists[0], lists[1], lists[2], private)
+    flags = []
+    for key in _FLAGS:
+        value = data.get(key, False)
+        if not isinstance(value, bool):
+            raise PolicyError(f"--profile: {where}: `{key}` must be true or false")
+        flags.append(value)
+    return Profile(lists[0], lists[1], lists[2], flags[0], flags[1])
 
 
 def dump_profile(

@@ -119,6 +119,9 @@ def _why(record: DecisionRecord) -> str:
         if record.rule == LINKED_RULE:
             return "a socket file with several hard links matches no --unix-allow rule"
         return "served outside the sandbox; no --unix-allow rule allows it"
+    if record.rule == "name-mismatch":  # (relay.MISMATCH: --verify-names)
+        named = f"it named {record.host}" if record.host else "it named no host"
+        return f"{named}, which no rule allows at this address (--verify-names)"
     return "no rule allows it" if record.rule == "default-deny" else f"--net-deny {record.rule}"
 
 

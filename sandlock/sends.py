@@ -174,6 +174,9 @@ def _prepare(h: Handlers, c: Call, syscall: str, msg: Message, flags: int) -> Ev
     event = h.decide(c, syscall, dest)
     if not event.decision.allowed:
         return -errno.ECONNREFUSED
+    if h.relay_for(c, event, dest) is not None:  # (--verify-names: no fast-open past the relay)
+        c.note(event, -errno.EOPNOTSUPP)
+        return -errno.EOPNOTSUPP
     msg.name = h.destination(c, msg.name, dest)
     return event
 

@@ -221,13 +221,14 @@ class Session:
         ``deadline`` (time.monotonic()), TIMED_OUT once it has passed, the tree killed
         and reaped. Blocking: call it from a thread with no trio loop."""
         child = self._started()
-        dns_mode = self.names is not None and self.names.dns_mode
+        names = self.names
+        trio_first = names is not None and (names.dns_mode or names.options.verify_names)
         status = wait_child(
             child,
             self._signal_fd,
             until_notified=True,
             deadline=deadline,
-            serve=None if dns_mode else self._serve_now,  # (DNS mode: trio from the first)
+            serve=None if trio_first else self._serve_now,  # (the forwarder, the relay: trio)
             streams=streams,
         )
         if status is None:  # a call must wait

@@ -48,7 +48,9 @@ if TYPE_CHECKING:
     import trio
 
     from .dns import Record
+    from .events import Event
     from .names import Names
+    from .relay import Relay
 
 
 class Supervisor:
@@ -97,7 +99,20 @@ class Supervisor:
             gate=self.gate if self._remember else None,
             vfiles=names.vfiles if names is not None else None,
             redirect=names.redirect if names is not None else None,
+            relay=self._relay(names),
         )
+
+    def _relay(self, names: Names | None) -> Relay | None:
+        """With --verify-names, the relay that checks names (relay.py); it runs in serve."""
+        if names is None or not names.options.verify_names:
+            return None
+        from .relay import Relay
+
+        return Relay(lambda: self.policy, self._tell)
+
+    def _tell(self, event: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
 
     @property
     def policy(self) -> Policy:
@@ -150,6 +165,8 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             if self.names is not None:
                 nursery.start_soon(self.names.run, lambda: self.policy, self._swap, self._on_dns)
+            if self.handlers.relay is not None:
+                await nursery.start(self.handlers.relay.run)
             if task_status is not None:
                 task_status.started()
             while True:

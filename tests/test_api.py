@@ -351,6 +351,7 @@ def test_profile_round_trip(tmp_path: Path, sinks: Sinks) -> None:
     [
         ("net_allow = [1]", "`net_allow` must be a list of strings"),
         ("net_alow = []", "unknown key `net_alow`"),
+        ('verify_names = "yes"', "`verify_names` must be true or false"),
         ("net_allow = [", "is not valid TOML"),
     ],
 )

@@ -81,6 +81,7 @@ def test_name_options_wire_round_trip() -> None:
         ttl_min=1.0,
         ttl_max=2.0,
         dns_allow_private=True,
+        verify_names=True,
     )
     wire = options.to_wire()
     assert wire == {
@@ -90,13 +91,14 @@ def test_name_options_wire_round_trip() -> None:
         "ttl_min": 1.0,
         "ttl_max": 2.0,
         "dns_allow_private": True,
+        "verify_names": True,
     }
     assert (
         repr(NameOptions.from_wire(wire))
         == repr(options)
         == (
             "NameOptions(dns_allow_private=True, dns_proxy=True, dns_upstream='127.0.0.53', "
-            "ttl_max=2.0, ttl_min=1.0, virtual_hosts=False)"
+            "ttl_max=2.0, ttl_min=1.0, verify_names=True, virtual_hosts=False)"
         )
     )
     defaults = repr(NameOptions())

@@ -1,0 +1,385 @@
+"""Verified names (``--verify-names``): a TCP connection that only a hostname rule
+allows goes through a relay of the supervisor, which reads its first record, checks the
+name it gives, and then gets out of the way.
+
+The handler (onbehalf.py) asks ``Relay.wants`` about each allowed TCP connect; for one
+whose destination no IP/CIDR rule allows, it connects the child's socket (our duplicate)
+to the relay's loopback listener instead, and ``expect`` notes the original destination
+under the child socket's local address. The relay accepts, finds that note by the peer
+address, and reads the first bytes (``firstbytes.read``: the TLS ClientHello's SNI or
+the HTTP request's ``Host``), at most ``MAX_FIRST`` bytes within ``FIRST_TIMEOUT``. The
+name must be one a rule allows on that port *and* one whose addresses (start-up
+resolution, or the DNS mode's book) include the very address the command connected to
+(``name_allowed``). Then the relay connects to that original destination (never to
+anything the request names), writes the bytes it read, and moves bytes both ways with
+``splice`` through a pipe per direction (no copy into Python, bounded memory), each
+half-close passed on. Otherwise, or if the upstream cannot be reached, the child's
+connection is reset (SO_LINGER 0) and nothing it sent reaches the destination: the
+refusal is reported like any denial (``"rule": "name-mismatch"``, the name seen as
+``host``).
+
+What the command can observe: ``getpeername`` on its socket gives the relay's loopback
+address and port, not the destination (``getsockname`` a loopback address); its connect
+succeeds at once, and a destination that refuses it shows as a reset after the first
+bytes, not as ECONNREFUSED; a protocol in which the server speaks first gets no bytes
+and is reset after ``FIRST_TIMEOUT``.
+
+Issue 14's HTTP rules plug into the same relay: ``Check`` is the per-connection check
+of the first record (``Relay(..., check=...)``); a per-request checker would replace
+``_pump`` for the client's side (h11 on the stream, each request checked).
+trio is imported by ``run`` only.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+import sys
+from collections.abc import Callable
+
+from .events import Event
+from .firstbytes import MAX_FIRST, NEED_MORE, NOT_NAMED, First, read
+from .policy import Decision, Policy
+from .sockaddr import MAPPED_PREFIX, Dest, canonical
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import trio
+
+__all__ = ["MISMATCH", "Check", "Relay", "name_allowed", "names_check", "only_by_name"]
+
+MISMATCH = "name-mismatch"
+FIRST_TIMEOUT = 10.0  # seconds to wait for the first record
+CONNECT_TIMEOUT = 30.0  # seconds to reach the original destination
+PIPE_SIZE = 1 << 20  # each direction's pipe (F_SETPIPE_SZ; capped by pipe-max-size)
+MAX_WAITING = 4096  # connections noted but not yet accepted
+_SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_FAMILY = struct.Struct("=H")  # sa_family_t, host order
+_LINGER0 = struct.pack("ii", 1, 0)
+
+
+def only_by_name(policy: Policy, decision: Decision, dest: Dest) -> bool:
+    """Whether an allowed TCP ``decision`` on ``dest`` rests on hostname rules alone:
+    it was a hostname rule's, and no IP/CIDR (or any-address) allow rule covers it."""
+    if not decision.allowed or decision.host is None:
+        return False
+    ip = ipaddress.ip_address(canonical(dest.addr))
+    for rule in policy.allow_rules:
+        if rule.proto != "tcp" or rule.host is not None:
+            continue
+        if rule.ports is not None and dest.port not in rule.ports:
+            continue
+        if rule.network is None or (rule.network.version == ip.version and ip in rule.network):
+            return False
+    return True
+
+
+def name_allowed(policy: Policy, name: str, dest: Dest) -> bool:
+    """Whether a TCP rule allows ``name`` on ``dest``'s port and the policy's addresses
+    for it (of its host key) include ``dest``'s address."""
+    key = policy.host_for_name(name)
+    if key is None:
+        return False
+    shown = str(ipaddress.ip_address(canonical(dest.addr)))
+    if shown not in policy.host_addresses.get(key, ()):
+        return False
+    return any(
+        rule.host == key and rule.proto == "tcp" and (rule.ports is None or dest.port in rule.ports)
+        for rule in policy.allow_rules
+    )
+
+
+Check = Callable[[Policy, First, Dest], bool]
+"""Whether, under the policy deciding now, a connection to ``Dest`` whose first record is
+``First`` may go on (``names_check`` by default; issue 14 passes its own)."""
+
+
+def names_check(policy: Policy, first: First, dest: Dest) -> bool:
+    """--verify-names: a TLS or HTTP first record naming a host ``name_allowed`` passes
+    (no name, an IP literal, Encrypted ClientHello: refused)."""
+    if first.kind not in ("tls", "http") or first.name is None:
+        return False
+    return name_allowed(policy, first.name, dest)
+
+
+class _Noted:
+    __slots__ = ("dest", "pid")
+
+    def __init__(self, pid: int, dest: Dest) -> None:
+        self.pid = pid
+        self.dest = dest
+
+
+class Relay:
+    """One sandbox's relay: ``run`` it in the supervisor's nursery (it opens and closes
+    its listeners); ``policy`` gives the policy deciding now, ``report`` hears refusals,
+    ``check`` decides on each connection's first record."""
+
+    def __init__(
+        self,
+        policy: Callable[[], Policy],
+        report: Callable[[Event], None] | None,
+        check: Check = names_check,
+    ) -> None:
+        self._policy = policy
+        self._report = report
+        self._check = check
+        self._listeners: dict[int, socket.socket] = {}
+        self._targets: dict[int, bytes] = {}
+        self._noted: dict[tuple[str, int], _Noted] = {}
+
+    def wants(self, policy: Policy, decision: Decision, dest: Dest) -> bool:
+        """Whether this allowed TCP connect must go through the relay."""
+        return only_by_name(policy, decision, dest)
+
+    def target(self, domain: int) -> bytes | None:
+        """The relay's sockaddr for a socket of ``domain``; None while not running."""
+        return self._targets.get(domain)
+
+    def expect(self, fd: int, pid: int, dest: Dest) -> bool:
+        """Note that the socket ``fd`` (connected, or connecting, to the relay) is
+        ``pid``'s connection to ``dest``. False if it cannot be (then reset it)."""
+        if len(self._noted) >= MAX_WAITING:
+            return False
+        sock = socket.socket(fileno=fd)
+        try:
+            local = sock.getsockname()
+        finally:
+            sock.detach()
+        self._noted[(_unmapped(local[0]), local[1])] = _Noted(pid, dest)
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None:  # type: ignore[assignment]
+        """Listen, accept and relay until cancelled."""
+        import trio
+
+        try:
+            self._listen()
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                for sock in self._listeners.values():
+                    nursery.start_soon(self._accept, sock, nursery)
+        finally:
+            self._targets.clear()
+            for sock in self._listeners.values():
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
+            self._listeners.clear()
+
+    def _listen(self) -> None:
+        v4 = _listener(socket.AF_INET, "127.0.0.1")
+        self._listeners[socket.AF_INET] = v4
+        port4 = v4.getsockname()[1]
+        self._targets[socket.AF_INET] = _sockaddr4(port4)
+        try:
+            v6 = _listener(socket.AF_INET6, "::1")
+        except OSError:  # no IPv6 loopback: an IPv6 socket reaches the IPv4 one, mapped
+            mapped = MAPPED_PREFIX + bytes([127, 0, 0, 1])
+            self._targets[socket.AF_INET6] = _sockaddr6(mapped, port4)
+        else:
+            self._listeners[socket.AF_INET6] = v6
+            self._targets[socket.AF_INET6] = _sockaddr6(bytes(15) + b"\x01", v6.getsockname()[1])
+
+    async def _accept(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+        import trio
+
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            try:
+                conn, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:  # (ECONNABORTED, EMFILE: that one connection is lost)
+                continue
+            noted = self._noted.pop((_unmapped(peer[0]), peer[1]), None)
+            if noted is None:  # not one of the sandbox's: someone else on loopback
+                _reset(conn)
+                continue
+            conn.setblocking(False)
+            nursery.start_soon(self._guarded, conn, noted)
+
+    async def _guarded(self, conn: socket.socket, noted: _Noted) -> None:
+        """``_serve``; a bug resets that one connection, never the run (fails closed)."""
+        try:
+            await self._serve(conn, noted)
+        except Exception as err:
+            if conn.fileno() >= 0:
+                _reset(conn)
+            print(f"sandlock: internal error in the relay: {err!r} (reset)", file=sys.stderr)
+
+    async def _serve(self, conn: socket.socket, noted: _Noted) -> None:
+        import trio
+
+        upstream: socket.socket | None = None
+        try:
+            first, data = await _first(conn)
+            if not data and first == _CLOSED:
+                return  # closed before a byte was sent: nothing to refuse (a lost race)
+            name = first.name if isinstance(first, First) else None
+            if not isinstance(first, First) or not self._check(self._policy(), first, noted.dest):
+                self._refused(noted, name)
+                return
+            upstream = await _connect(noted.dest)
+            if upstream is None:
+                return
+            failed: list[OSError] = []
+            async with trio.open_nursery() as nursery:
+
+                async def pump(src: socket.socket, dst: socket.socket, head: bytes) -> None:
+                    try:
+                        await _send_all(dst, head)
+                        await _pump(src, dst)
+                    except OSError as err:
+                        failed.append(err)
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(pump, conn, upstream, data)
+                nursery.start_soon(pump, upstream, conn, b"")
+            if not failed:
+                conn.close()
+                upstream.close()
+        finally:  # refused, failed or cancelled: both reset
+            for sock in (conn, upstream):
+                if sock is not None and sock.fileno() >= 0:
+                    _reset(sock)
+
+    def _refused(self, noted: _Noted, name: str | None) -> None:
+        if self._report is not None:
+            decision = Decision(allowed=False, rule=MISMATCH, host=name)
+            self._report(Event(noted.pid, "connect", "tcp", noted.dest, decision, errno.ECONNRESET))
+
+
+# ---- the connection's parts --------------------------------------------------------------
+
+
+async def _first(conn: socket.socket) -> tuple[First | str, bytes]:
+    """Read until ``firstbytes.read`` decides, within the size cap and the time limit:
+    the verdict and every byte read (``_CLOSED``: the end came before any verdict)."""
+    import trio
+
+    data = b""
+    verdict: First | str = NEED_MORE
+    with trio.move_on_after(FIRST_TIMEOUT):
+        while verdict == NEED_MORE and len(data) < MAX_FIRST:
+            await trio.lowlevel.wait_readable(conn)
+            try:
+                chunk = conn.recv(MAX_FIRST - len(data))
+            except BlockingIOError:
+                continue
+            except OSError:  # (reset by the command)
+                verdict = _CLOSED
+                break
+            if not chunk:
+                verdict = _CLOSED
+                break
+            data += chunk
+            verdict = read(data)
+    return (NOT_NAMED if verdict == NEED_MORE else verdict), data
+
+
+_CLOSED = "closed"
+
+
+async def _connect(dest: Dest) -> socket.socket | None:
+    """A socket connected to ``dest`` (as the rules saw it), or None."""
+    import trio
+
+    seen = canonical(dest.addr)
+    family = socket.AF_INET if len(seen) == 4 else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    address = (socket.inet_ntop(family, seen), dest.port)
+    try:
+        rc = sock.connect_ex(address)
+        if rc == errno.EINPROGRESS:
+            with trio.move_on_after(CONNECT_TIMEOUT):
+                await trio.lowlevel.wait_writable(sock)
+                rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if rc == 0:
+            return sock
+    except OSError:
+        pass
+    sock.close()
+    return None
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    import trio
+
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+
+
+async def _pump(src: socket.socket, dst: socket.socket) -> None:
+    """Move ``src``'s bytes to ``dst`` with splice until ``src``'s end, then half-close
+    ``dst``. An error raises OSError (the caller resets both)."""
+    import trio
+
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # (pipe-max-size lower: the default size works, slower)
+        while True:
+            try:
+                n = os.splice(src.fileno(), w, PIPE_SIZE, flags=_SPLICE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(src)
+                continue
+            if n == 0:
+                break
+            while n:
+                try:
+                    n -= os.splice(r, dst.fileno(), n, flags=_SPLICE)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(dst)
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError as err:
+            if err.errno != errno.ENOTCONN:
+                raise
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close ``sock`` with a reset (SO_LINGER 0): the peer gets ECONNRESET, not an EOF."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
+    except OSError:
+        pass
+    sock.close()
+
+
+def _listener(family: int, host: str) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, 0))
+        sock.listen(socket.SOMAXCONN)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _sockaddr4(port: int) -> bytes:
+    return _FAMILY.pack(socket.AF_INET) + port.to_bytes(2, "big") + bytes([127, 0, 0, 1]) + bytes(8)
+
+
+def _sockaddr6(addr: bytes, port: int) -> bytes:
+    return _FAMILY.pack(socket.AF_INET6) + port.to_bytes(2, "big") + bytes(4) + addr + bytes(4)
+
+
+def _unmapped(host: str) -> str:
+    return host.removeprefix("::ffff:")

@@ -1,0 +1,410 @@
+"""--verify-names end to end: the relay lets through only connections whose first bytes
+name an allowed host (TLS SNI, HTTP Host) that resolves to the address connected to.
+
+good.test and evil.test both resolve to 127.0.0.1 (a fake upstream, DNS mode); only
+good.test is allowed. The servers (tests/tlsfake.py) count the connections they accept:
+a connection the relay refuses is never made upstream, so nothing the command sent after
+its first record (nor that record) reaches them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import describe, run_sandboxed
+from .dnsfake import FakeUpstream
+from .tlsfake import Authority, WebServer
+
+PY = sys.executable
+BODY = b"hello from the server"
+TIMEOUT = 90
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    """good.test and evil.test, both 127.0.0.1, on port 53 of a loopback address."""
+    with FakeUpstream(f"127.0.{random.randrange(1, 255)}.153", 53) as upstream:
+        upstream.add("good.test", "A", ["127.0.0.1"])
+        upstream.add("evil.test", "A", ["127.0.0.1"])
+        yield upstream
+
+
+@pytest.fixture
+def www(tmp_path: Path) -> Path:
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "hello.txt").write_bytes(BODY)
+    return root
+
+
+@pytest.fixture
+def https(tmp_path: Path, www: Path) -> Iterator[WebServer]:
+    with WebServer(www, Authority(["good.test", "evil.test"], tmp_path)) as server:
+        yield server
+
+
+@pytest.fixture
+def http(www: Path) -> Iterator[WebServer]:
+    with WebServer(www) as server:
+        yield server
+
+
+def args(fake: FakeUpstream, *ports: int, verify: bool = True) -> list[str]:
+    rules = [a for port in ports for a in ("--net-allow", f"good.test:{port}")]
+    return [
+        "--dns-allow-private",  # good.test resolves to loopback: the rebinding guard off
+        "--dns-upstream",
+        f"{fake.address}:{fake.port}",
+        *rules,
+        *(["--verify-names"] if verify else []),
+    ]
+
+
+CLIENT = r"""
+import http.client, socket, ssl, sys
+tls_port, http_port, ca = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+body = sys.argv[4].encode()
+request = b"GET /hello.txt HTTP/1.1\r\nHost: good.test\r\nConnection: close\r\n\r\n"
+
+def outcome(fn):
+    try:
+        return fn()
+    except OSError as e:
+        return type(e).__name__
+
+def tls(sni, peer=False):
+    ctx = ssl.create_default_context(cafile=ca)
+    if sni is None:
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    def go():
+        with socket.create_connection(("good.test", tls_port), timeout=20) as raw:
+            if peer:
+                print("peer", raw.getpeername()[:2] == ("127.0.0.1", tls_port))
+            with ctx.wrap_socket(raw, server_hostname=sni) as s:
+                s.sendall(request)
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+                return "ok" if data.endswith(body) else "bad"
+    return outcome(go)
+
+def plain(host):
+    def go():
+        c = http.client.HTTPConnection("good.test", http_port, timeout=20)
+        c.request("GET", "/hello.txt", headers={"Host": host})
+        return "ok" if c.getresponse().read() == body else "bad"
+    return outcome(go)
+
+def raw(data):
+    def go():
+        with socket.create_connection(("good.test", tls_port), timeout=20) as s:
+            s.sendall(data)
+            return "eof" if s.recv(100) == b"" else "data"
+    return outcome(go)
+
+for case in sys.argv[5:]:
+    kind, _, arg = case.partition(":")
+    if kind == "tls" and arg == "peer":
+        print(case, tls(None, peer=True))
+    elif kind == "tls":
+        print(case, tls(arg or None))
+    elif kind == "http":
+        print(case, plain(arg))
+    elif kind == "close":  # nothing sent: nothing refused, nothing reported
+        socket.create_connection(("good.test", tls_port), timeout=20).close()
+        print(case, "closed")
+    else:
+        print(case, raw(bytes.fromhex(arg)))
+"""
+
+CASES = [
+    "tls:good.test",
+    "tls:evil.test",  # another name on the same address (the certificate covers it)
+    "tls:",  # no SNI
+    "http:good.test",
+    "http:evil.test",
+    "raw:" + b"\x00\x01secret payload\r\n\r\n".hex(),
+    "close:",
+]
+
+
+def outcomes(stdout: str) -> dict[str, str]:
+    return dict(line.rsplit(" ", 1) for line in stdout.splitlines() if " " in line)
+
+
+def client_cmd(https: WebServer, http: WebServer, cases: list[str]) -> list[str]:
+    assert https.tls is not None
+    ports = [str(https.port), str(http.port)]
+    return [PY, "-c", CLIENT, *ports, str(https.tls.ca_file), BODY.decode(), *cases]
+
+
+def run_client(
+    fake: FakeUpstream, https: WebServer, http: WebServer, extra: list[str], cases: list[str]
+) -> subprocess.CompletedProcess[str]:
+    assert https.tls is not None
+    cmd = client_cmd(https, http, cases)
+    return run_sandboxed([*args(fake, https.port, http.port), *extra], cmd, timeout=TIMEOUT)
+
+
+def test_without_verify_names_every_case_passes(
+    fake: FakeUpstream, https: WebServer, http: WebServer
+) -> None:
+    """The control: without --verify-names, another name on the allowed address works
+    (what the relay must stop)."""
+    assert https.tls is not None
+    cmd = client_cmd(https, http, CASES)
+    res = run_sandboxed(args(fake, https.port, http.port, verify=False), cmd, timeout=TIMEOUT)
+    got = outcomes(res.stdout)
+    assert got["tls:evil.test"] == "ok", describe(res)
+    assert got["http:evil.test"] == "ok", describe(res)
+
+
+def test_only_allowed_names_pass(
+    fake: FakeUpstream, https: WebServer, http: WebServer, tmp_path: Path, gate_mode: str
+) -> None:
+    """Allowed SNI and Host pass; a wrong SNI, no SNI, raw bytes, a wrong Host are reset
+    and never reach the servers; each refusal is audited as name-mismatch."""
+    audit = tmp_path / "audit.jsonl"
+    res = run_client(fake, https, http, ["--audit", str(audit)], CASES)
+    got = outcomes(res.stdout)
+    assert got == {
+        "tls:good.test": "ok",
+        "tls:evil.test": "ConnectionResetError",
+        "tls:": "ConnectionResetError",
+        "http:good.test": "ok",
+        "http:evil.test": "ConnectionResetError",
+        CASES[-2]: "ConnectionResetError",
+        "close:": "closed",
+    }, describe(res)
+    assert https.accepted == 1 and http.accepted == 1  # the refused ones: never connected
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    refused = [r for r in records if r.get("rule") == "name-mismatch"]
+    assert sorted(str(r["host"]) for r in refused) == ["None", "None", "evil.test", "evil.test"]
+    assert all(r["action"] == "deny" and r["port"] in (https.port, http.port) for r in refused)
+    assert "it named evil.test" in res.stderr
+
+
+def test_profile_and_api_turn_it_on(
+    fake: FakeUpstream, https: WebServer, http: WebServer, tmp_path: Path
+) -> None:
+    """`verify_names = true` in a profile, and Sandbox(verify_names=True), verify names;
+    another name to the allowed address is reset both ways."""
+    from sandlock import Sandbox
+    from sandlock.plan import NameOptions
+
+    profile = tmp_path / "p.toml"
+    profile.write_text(
+        f'net_allow = ["good.test:{https.port}"]\nverify_names = true\ndns_allow_private = true\n'
+    )
+    upstream = f"{fake.address}:{fake.port}"
+    cmd = client_cmd(https, http, ["tls:good.test", "tls:evil.test"])
+    res = run_sandboxed(["--dns-upstream", upstream, "--profile", str(profile)], cmd)
+    want = {"tls:good.test": "ok", "tls:evil.test": "ConnectionResetError"}
+    assert outcomes(res.stdout) == want, describe(res)
+    sandbox = Sandbox(
+        [f"good.test:{https.port}"],
+        names=NameOptions(dns_upstream=upstream),
+        verify_names=True,
+        dns_allow_private=True,
+    )
+    result = sandbox.run(cmd, capture_output=True, timeout=TIMEOUT)
+    assert result.stdout is not None
+    assert outcomes(result.stdout.decode()) == want, result.stderr
+    assert [d.rule for d in result.denied] == ["name-mismatch"]
+    assert https.accepted == 2
+
+
+def test_through_the_daemon(
+    fake: FakeUpstream, https: WebServer, http: WebServer, tmp_path: Path
+) -> None:
+    """run --daemon --verify-names: the daemon's sandbox relays and checks names too."""
+    from .test_daemon import Daemon
+
+    daemon = Daemon(tmp_path / "d.sock")
+    try:
+        cmd = client_cmd(https, http, ["tls:good.test", "tls:evil.test"])
+        res = daemon.run(args(fake, https.port, http.port), cmd, timeout=TIMEOUT)
+    finally:
+        daemon.stop()
+    want = {"tls:good.test": "ok", "tls:evil.test": "ConnectionResetError"}
+    assert outcomes(res.stdout) == want, describe(res)
+    assert "it named evil.test" in res.stderr
+    assert https.accepted == 1
+
+
+def test_ip_rules_are_untouched(fake: FakeUpstream, https: WebServer, http: WebServer) -> None:
+    """A destination an IP rule allows is not relayed: no SNI passes, getpeername is the
+    server's; allowed only by name, getpeername is the relay's (documented)."""
+    ip_rule = ["--net-allow", f"127.0.0.1:{https.port}"]
+    res = run_client(fake, https, http, ip_rule, ["tls:peer"])
+    assert outcomes(res.stdout) == {"peer": "True", "tls:peer": "ok"}, describe(res)
+    res = run_client(fake, https, http, [], ["tls:good.test", "tls:peer"])
+    assert outcomes(res.stdout)["peer"] == "False", describe(res)
+
+
+def test_bulk_both_ways_and_half_close(fake: FakeUpstream, tmp_path: Path) -> None:
+    """8 MB up and 8 MB down through the relay, the client's half-close passed on, every
+    byte in order (an echo server on loopback)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(1 << 16):
+                conn.sendall(data)
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    script = r"""
+import hashlib, socket, sys, threading
+port = int(sys.argv[1])
+payload = b"GET / HTTP/1.1\r\nHost: good.test\r\n\r\n" + bytes(range(256)) * 32768
+s = socket.create_connection(("good.test", port), timeout=30)
+def send():
+    s.sendall(payload)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=send).start()
+got = hashlib.sha256()
+n = 0
+while data := s.recv(1 << 16):
+    got.update(data)
+    n += len(data)
+print(n == len(payload) and got.digest() == hashlib.sha256(payload).digest())
+"""
+    try:
+        res = run_sandboxed([*args(fake, port)], [PY, "-c", script, str(port)], timeout=TIMEOUT)
+    finally:
+        server.close()
+    assert res.stdout.strip() == "True", describe(res)
+
+
+def test_curl(fake: FakeUpstream, https: WebServer) -> None:
+    """curl: the allowed name passes; --resolve evil.test to the same address is reset."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    assert https.tls is not None
+    ca = str(https.tls.ca_file)
+    good = run_sandboxed(
+        args(fake, https.port),
+        [curl, "-sS", "--cacert", ca, f"https://good.test:{https.port}/hello.txt"],
+        timeout=TIMEOUT,
+    )
+    assert good.returncode == 0 and good.stdout == BODY.decode(), describe(good)
+    evil = run_sandboxed(
+        args(fake, https.port),
+        [
+            curl,
+            "-sS",
+            "--cacert",
+            ca,
+            "--resolve",
+            f"evil.test:{https.port}:127.0.0.1",
+            f"https://evil.test:{https.port}/hello.txt",
+        ],
+        timeout=TIMEOUT,
+    )
+    assert evil.returncode != 0 and BODY.decode() not in evil.stdout, describe(evil)
+    assert https.accepted == 1
+
+
+def test_node_fetch(fake: FakeUpstream, https: WebServer) -> None:
+    """node's fetch, trusting the test CA, through the relay."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    assert https.tls is not None
+    script = (
+        f"fetch('https://good.test:{https.port}/hello.txt')"
+        ".then(r => r.text()).then(t => console.log(t))"
+        ".catch(e => { console.log('error', e.cause && e.cause.code); process.exit(1) })"
+    )
+    env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(https.tls.ca_file)}
+    res = run_sandboxed(args(fake, https.port), [node, "-e", script], timeout=TIMEOUT, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == BODY.decode(), describe(res)
+
+
+def test_git_clone_over_https(fake: FakeUpstream, https: WebServer, www: Path) -> None:
+    """git clone over HTTPS (the "dumb" protocol, served as files) through the relay."""
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    assert https.tls is not None
+    work = www.parent / "work"
+    env = {**os.environ, "HOME": str(www.parent), "GIT_CONFIG_NOSYSTEM": "1"}
+    quiet = {"env": env, "check": True, "capture_output": True, "timeout": 60}
+    subprocess.run([git, "init", "-q", "-b", "main", str(work)], **quiet)  # type: ignore[call-overload]
+    (work / "file.txt").write_text("through the relay\n")
+    ident = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([git, "-C", str(work), "add", "."], **quiet)  # type: ignore[call-overload]
+    subprocess.run([git, "-C", str(work), *ident, "commit", "-qm", "x"], **quiet)  # type: ignore[call-overload]
+    bare = www / "repo.git"
+    subprocess.run([git, "clone", "-q", "--bare", str(work), str(bare)], **quiet)  # type: ignore[call-overload]
+    subprocess.run([git, "-C", str(bare), "update-server-info"], **quiet)  # type: ignore[call-overload]
+    dest = www.parent / "clone"
+    res = run_sandboxed(
+        args(fake, https.port),
+        [git, "clone", "-q", f"https://good.test:{https.port}/repo.git", str(dest)],
+        timeout=TIMEOUT,
+        env={**env, "GIT_SSL_CAINFO": str(https.tls.ca_file)},
+    )
+    assert res.returncode == 0, describe(res)
+    assert (dest / "file.txt").read_text() == "through the relay\n"
+
+
+WILDCARD_CLIENT = r"""
+import socket, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+for sni in sys.argv[3:]:
+    ctx = ssl.create_default_context(cafile=ca)
+    try:
+        with socket.create_connection(("good.a.test", port), timeout=20) as raw:
+            with ctx.wrap_socket(raw, server_hostname=sni) as s:
+                s.sendall(b"GET /hello.txt HTTP/1.1\r\nHost: " + sni.encode()
+                          + b"\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+        print(sni, "ok" if data.endswith(b"server") else "bad")
+    except OSError as e:
+        print(sni, type(e).__name__)
+"""
+
+
+def test_a_denied_name_is_refused_under_an_allowing_wildcard(
+    fake: FakeUpstream, www: Path, tmp_path: Path
+) -> None:
+    """Under `*.a.test`, another name on the connected address passes (the wildcard's
+    addresses are pooled); with `--net-deny evil.a.test` a connection naming it is reset
+    and never reaches the server."""
+    fake.add("good.a.test", "A", ["127.0.0.1"])
+    with WebServer(www, Authority(["good.a.test", "evil.a.test"], tmp_path)) as server:
+        assert server.tls is not None
+        base = [
+            "--dns-allow-private",  # (the names resolve to loopback)
+            "--dns-upstream",
+            f"{fake.address}:{fake.port}",
+            *("--net-allow", f"*.a.test:{server.port}", "--verify-names"),
+        ]
+        cmd = [PY, "-c", WILDCARD_CLIENT, str(server.port), str(server.tls.ca_file)]
+        cmd += ["good.a.test", "evil.a.test"]
+        res = run_sandboxed(base, cmd, timeout=TIMEOUT)
+        assert outcomes(res.stdout) == {"good.a.test": "ok", "evil.a.test": "ok"}, describe(res)
+        assert server.accepted == 2
+        res = run_sandboxed([*base, "--net-deny", "evil.a.test"], cmd, timeout=TIMEOUT)
+        want = {"good.a.test": "ok", "evil.a.test": "ConnectionResetError"}
+        assert outcomes(res.stdout) == want, describe(res)
+        assert server.accepted == 3
