@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from .api import PIPE as PIPE
     from .api import Result as Result
     from .api import Sandbox as Sandbox
+    from .ask import Allow as Allow
+    from .ask import AskRequest as AskRequest
+    from .ask import Deny as Deny
     from .audit import AuditSeal as AuditSeal
     from .audit import DecisionRecord as DecisionRecord
     from .plan import NameOptions as NameOptions
@@ -42,10 +45,13 @@ if TYPE_CHECKING:
 __all__ = [
     "DEVNULL",
     "PIPE",
+    "Allow",
+    "AskRequest",
     "AsyncProcess",
     "AuditSeal",
     "DaemonError",
     "DecisionRecord",
+    "Deny",
     "DnsConfigError",
     "LaunchError",
     "NameOptions",
@@ -60,6 +66,9 @@ __all__ = [
 ]
 
 _LAZY = {
+    "Allow": ".ask",
+    "AskRequest": ".ask",
+    "Deny": ".ask",
     "DEVNULL": ".api",
     "PIPE": ".api",
     "AsyncProcess": ".process",

@@ -70,6 +70,8 @@ def parse_run(argv: Sequence[str], environ: Mapping[str, str]) -> SimpleNamespac
         audit=None,
         quiet=False,
         summary=False,
+        ask=False,
+        ask_timeout=30.0,
         daemon=daemon,
         dns_proxy=None,
         dns_upstream=None,

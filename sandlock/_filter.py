@@ -21,6 +21,9 @@ once per process and cached. What it does, for x86-64:
 * seccomp() with SECCOMP_FILTER_FLAG_NEW_LISTENER is refused (EPERM): a listener
   installed by the child sits above ours, receives the same notifications first and
   could answer CONTINUE.
+* ioctl(TIOCSTI) is refused (EPERM), on both entries: it types into the terminal the
+  command shares with us (the answer to a --ask prompt, sandlock.ask) and with the shell
+  that started it (a command line run outside the sandbox once it exits).
 * Only in the variant built with ``trap_open=True`` (the virtual /etc/hosts and
   /etc/resolv.conf of sandlock.vfiles): open and openat go to the supervisor when their
   flags could be a plain read (no write access mode, no O_CREAT, O_TRUNC, O_APPEND,
@@ -145,7 +148,15 @@ def _add_socket_rules(f: sc.SyscallFilter) -> None:
             _refuse(f, errno.EPROTONOSUPPORT, "socket", 2, allowed, fam, typ)
 
 
+TIOCSTI = 0x5412  # <asm-generic/ioctls.h>: push a byte into a terminal's input queue
+
+
 def _add_common_refusals(f: sc.SyscallFilter) -> None:
+    # TIOCSTI types into the terminal the command shares with us and with the shell it
+    # came from: an answer to a --ask prompt (ask.py), or a command line run outside the
+    # sandbox once it exits. Linux >= 6.2 can turn it off (dev.tty.legacy_tiocsti=0);
+    # where it is on, the filter refuses it (the ioctl's request is an unsigned int).
+    f.add_rule(sc.ERRNO(errno.EPERM), "ioctl", sc.Arg(1, sc.MASKED_EQ, _INT, TIOCSTI))
     f.add_rule(
         sc.ERRNO(errno.EPERM),
         "seccomp",

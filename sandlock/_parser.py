@@ -260,6 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="at exit, print a table of destinations, call counts and actions",
     )
+    run.add_argument(
+        "--ask",
+        action="store_true",
+        help="ask on the terminal (/dev/tty) before refusing a call no rule allows: "
+        "[o]nce, [a]lways (for the rest of the run) or [N]o; a --net-deny match is refused "
+        "without asking; in DNS mode a lookup of an unlisted name asks too (not with "
+        "--daemon)",
+    )
+    run.add_argument(
+        "--ask-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --ask, refuse a call nobody answered for within SECONDS (default: 30)",
+    )
     _add_daemon_arg(
         run,
         "let the daemon listening on PATH supervise CMD (default: $SANDLOCK_DAEMON; "

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
     from typing import Unpack
 
+    from .ask import Asker, OnUnlisted
     from .plan import Resolver
     from .process import AsyncProcess, Process, StartOptions
 
@@ -84,6 +85,12 @@ class Sandbox:
     ``dns_allow_private`` turns the rebinding guard off (``--dns-allow-private``; or
     ``NameOptions(dns_allow_private=True)``).
     ``verify_names``: the CLI's --verify-names (experimental; README, verified names).
+    ``on_unlisted``: ask before refusing (README, asking; sandlock.ask): called with an
+    :class:`~sandlock.AskRequest` for each call no rule allows (an explicit
+    ``net_deny`` match is refused without asking), it returns ``Allow.ONCE``,
+    ``Allow.RUN`` or ``Deny``; a plain function (run in a worker thread) or a coroutine
+    function (awaited in the run's trio loop). Unanswered within ``ask_timeout``
+    seconds: refused. Each run has answers of its own.
     """
 
     def __init__(
@@ -97,7 +104,14 @@ class Sandbox:
         resolver: Resolver | None = None,
         dns_allow_private: bool = False,
         verify_names: bool = False,
+        on_unlisted: OnUnlisted | None = None,
+        ask_timeout: float = 30.0,
     ) -> None:
+        if on_unlisted is not None and not callable(on_unlisted):
+            raise TypeError(f"on_unlisted: {on_unlisted!r} is not callable")
+        if not ask_timeout > 0:
+            raise ValueError(f"ask_timeout: must be more than 0 seconds, not {ask_timeout!r}")
+        self.on_unlisted, self.ask_timeout = on_unlisted, float(ask_timeout)
         options = names or NameOptions()
         wanted = {"dns_allow_private": dns_allow_private, "verify_names": verify_names}
         turned_on = {key: True for key, on in wanted.items() if on and not getattr(options, key)}
@@ -151,6 +165,7 @@ class Sandbox:
                 "use `await sandbox.run_async(...)`"
             )
         run = _Run([os.fspath(c) for c in cmd], self.policy, self._plan, self.audit)
+        run.asker = self.asker()
         return run.execute_blocking(timeout, capture_output, input, cwd, env)
 
     async def run_async(
@@ -167,6 +182,7 @@ class Sandbox:
         seconds (the tree killed, partial output attached), LaunchError if it cannot start."""
         argv = [os.fspath(c) for c in cmd]
         run = _Run(argv, self.policy, self._plan, self.audit)
+        run.asker = self.asker()
         return await run.execute(timeout, capture_output, input, cwd, env)
 
     def start(self, cmd: Sequence[StrPath], **options: Unpack[StartOptions]) -> Process:
@@ -186,6 +202,15 @@ class Sandbox:
         from .process import open_process
 
         return open_process(self, cmd, **options)
+
+
+    def asker(self) -> Asker | None:
+        """A run's own answers to ``on_unlisted`` asks (None without a callback)."""
+        if self.on_unlisted is None:
+            return None
+        from .ask import Asker
+
+        return Asker(self.on_unlisted, self.ask_timeout)
 
 
 def _trio_running() -> bool:
@@ -214,6 +239,7 @@ class _Run:
         self.err = bytearray()
         self.observer: Observer | None = None
         self.audit_seal: AuditSeal | None = None
+        self.asker: Asker | None = None
 
     def execute_blocking(
         self,
@@ -261,7 +287,10 @@ class _Run:
         pipes = _Pipes(capture, input is not None)
         try:
             session = Session(
-                self.policy, names=self.plan.start(self.policy), observe=self._observer
+                self.policy,
+                names=self.plan.start(self.policy),
+                observe=self._observer,
+                asker=self.asker,
             )
             try:
                 self.observer = session.observer()  # (the audit log opens before the start)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from types import SimpleNamespace
     from typing import Any, NoReturn
 
+    from .ask import Asker
     from .audit import AuditLog
     from .learn import Learner
     from .plan import NameOptions
@@ -137,6 +138,12 @@ def _run(args: Args) -> int:
         except OSError:
             raise UsageError(f"--keep-fds: descriptor {fd} is not open") from None
 
+    ask = args.command == "run" and getattr(args, "ask", False)
+    if ask and args.daemon:
+        raise UsageError(
+            "run: --ask cannot be used with --daemon (the daemon supervises elsewhere and "
+            "cannot prompt on this terminal); drop one of them"
+        )
     if args.command == "run" and args.daemon:
         from .client import run_via_daemon  # the daemon checks the rules: no policy here
 
@@ -171,11 +178,13 @@ def _run(args: Args) -> int:
     from .session import Session
 
     audit: AuditLog | None = None
+    asker, tty = _asker(args) if ask else (None, -1)
     session = Session(
         policy,
         names=names,
         observe=lambda: _observer(args, learner, audit),
         report_to=sys.stderr,
+        asker=asker,
     )
     try:
         audit = _open_audit(args) if learner is None else None  # a bad path fails before start
@@ -192,9 +201,24 @@ def _run(args: Args) -> int:
         code = session.run()
     finally:
         session.close()
+        if tty >= 0:
+            os.close(tty)
     if learner is not None:
         _finish_learning(learner, args.profile_out)
+    if asker is not None and asker.rules() and not args.quiet:
+        print("sandlock: answered [a]lways for:", file=sys.stderr)
+        for rule in asker.rules():
+            print(f"  --net-allow {rule}", file=sys.stderr)
     return code
+
+
+def _asker(args: Args) -> tuple[Asker, int]:
+    """--ask: the run's answers, asked on the controlling terminal (UsageError: none)."""
+    from ._tty import TtyPrompt, open_tty
+    from .ask import Asker
+
+    tty = open_tty()
+    return Asker(TtyPrompt(tty, args.ask_timeout), args.ask_timeout), tty
 
 
 def _rule_specs(args: Args) -> tuple[list[str], list[str], list[str]]:

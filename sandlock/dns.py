@@ -87,6 +87,7 @@ import dns.resolver
 import dns.rrset
 import trio
 
+from .ask import ONCE_RULE, RUN_RULE, Asker
 from .hostbook import HostBook
 from .policy import Policy, stored_address
 from .rebinding import RULE as GUARD_RULE
@@ -126,6 +127,10 @@ class Forwarder:
     caller can swap in ``policy.with_hosts(book.as_mapping())``; ``on_record`` gets
     one JSON-able dict per answered query, and a second one when the rebinding guard
     (``guard``, on unless ``--dns-allow-private``) dropped records of its answer.
+    With an ``asker`` (ask.py), a lookup of a name no rule covers and no rule denies
+    waits for an answer about the name: Allow.RUN calls ``add_host`` (which swaps in a
+    policy with a hostname rule for it) and goes on as for a listed name; Allow.ONCE
+    forwards this lookup and learns nothing; a refusal is NXDOMAIN.
     """
 
     def __init__(
@@ -139,8 +144,12 @@ class Forwarder:
         extra_types: Iterable[str] = (),
         timeout: float = DEFAULT_TIMEOUT,
         guard: bool = True,
+        asker: Asker | None = None,
+        add_host: Callable[[str], None] | None = None,
     ) -> None:
         self._guard = guard
+        self._asker = asker
+        self._add_host = add_host
         self._policy = policy
         self._upstream = upstream
         self._book = book
@@ -197,12 +206,21 @@ class Forwarder:
         policy = self._policy()
         denial = policy.denied_name(name)
         key = policy.host_for_name(name)
-        if key is None:
-            record["rule"] = denial
-            return _synthesize(query, dns.rcode.NXDOMAIN), records
-        record["rule"] = key
+        record["rule"] = key if key is not None else denial
         if question.rdtype not in self._types:
+            if key is None:
+                return _synthesize(query, dns.rcode.NXDOMAIN), records
             return _synthesize(query, dns.rcode.REFUSED), records
+        asked = None
+        if key is None and denial is None and self._may_ask(name):
+            assert self._asker is not None and self._add_host is not None
+            asked = record["rule"] = await self._asker.ask_name(name, transport)
+            if asked == RUN_RULE:
+                self._add_host(name)
+                policy = self._policy()
+                key = policy.host_for_name(name)
+        if key is None and asked != ONCE_RULE:
+            return _synthesize(query, dns.rcode.NXDOMAIN), records
         record["action"] = "allow"
         upstream_reply = await self._ask_upstream(query)
         if upstream_reply is None:
@@ -221,9 +239,27 @@ class Forwarder:
                 (a, ttl) for a, ttl in learned if a not in sort.dropped and a not in sort.by_address
             ]
             record["answers"] = [address for address, _ttl in learned]
-            if self._book.learn(key, learned, trio.current_time()):
+            if key is None:  # allowed once: nothing learned (a connect to them asks)
+                assert self._asker is not None
+                self._asker.saw(name, [address for address, _ttl in learned])
+            elif self._book.learn(key, learned, trio.current_time()):
                 self._on_learn()
         return _relay(query, upstream_reply, self._book.ttl_max), records
+
+    def _may_ask(self, name: str) -> bool:
+        """Whether a lookup of ``name`` may be asked about: with an asker, a name a
+        hostname rule can name (plain ASCII, no escape, no wildcard)."""
+        if self._asker is None or self._add_host is None:
+            return False
+        if not name.isascii() or "\\" in name or name.startswith("*"):
+            return False
+        from .rules import parse_rule
+
+        try:
+            rule = parse_rule(name, flag="--ask")
+        except ValueError:
+            return False
+        return rule.host is not None
 
     async def _ask_upstream(self, query: dns.message.Message) -> dns.message.Message | None:
         """The upstream's reply to a fresh copy of ``query``'s question, or None on failure."""

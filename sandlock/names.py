@@ -44,6 +44,7 @@ from .vfiles import HOSTS, RESOLV_CONF, VirtualFiles, hosts_text, resolv_text
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import dns
+    from .ask import Asker
     from .plan import NameOptions
     from .policy import Policy
     from .upstream import Upstream
@@ -146,11 +147,13 @@ class Names:
         policy: Callable[[], Policy],
         swap: Callable[[Policy], None],
         on_record: Callable[[dns.Record], None] | None,
+        asker: Asker | None = None,
     ) -> None:
         """Serve the forwarder until cancelled (returns at once outside DNS mode).
 
         ``policy`` gives the sandbox's current policy and ``swap`` replaces it: learned
-        and expired addresses reach the policy that way."""
+        and expired addresses reach the policy that way, and so does the hostname rule
+        an ``asker``'s Allow.RUN on a lookup adds (``tcp://NAME``, ask.py)."""
         if self._sockets is None or self.upstream is None:
             return
         import trio
@@ -168,6 +171,13 @@ class Names:
             known = current.host_addresses
             swap(current.with_hosts({h: a for h, a in book.as_mapping().items() if h in known}))
 
+        def add_host(name: str) -> None:
+            from .rules import parse_rule
+
+            current = policy()
+            if current.host_for_name(name) is None:
+                swap(current.with_allow(parse_rule(name, flag="--ask")))
+
         fwd = dns.Forwarder(
             policy,
             self.upstream,
@@ -175,6 +185,8 @@ class Names:
             on_learn=on_learn,
             on_record=on_record,
             guard=not self.options.dns_allow_private,
+            asker=asker,
+            add_host=add_host,
         )
         udp, tcp = (trio.socket.from_stdlib_socket(s) for s in self._sockets)
         await dns.serve(fwd, udp, tcp)

@@ -52,6 +52,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
 
+    from .ask import Asker
     from .relay import Relay
     from .sends import Budget
 
@@ -88,6 +89,16 @@ _BACKOFF_MAX = 0.05  # retry interval ceiling when readiness cannot be polled (A
 Redirect = Callable[[int, Dest], "bytes | None"]
 """In DNS mode, the forwarder's name for a port-53 destination of a socket of that domain
 (names.Names.redirect), or None: sent as named."""
+
+
+class MustAsk(Exception):
+    """Raised by ``Handlers.decide`` when only an answer can decide the call (ask.py);
+    ``Handlers.handle`` makes the call wait for it. Raised before anything is done for
+    the call, so handling it again from the start is sound."""
+
+    def __init__(self, proto: str, dest: Dest, syscall: str) -> None:
+        super().__init__(proto, dest, syscall)
+        self.proto, self.dest, self.syscall = proto, dest, syscall
 
 
 class Call:
@@ -147,6 +158,7 @@ class Handlers:
         vfiles: VirtualFiles | None = None,
         redirect: Redirect | None = None,
         relay: Relay | None = None,
+        asker: Asker | None = None,
     ) -> None:
         from . import sends  # (sends.py builds on this module)
 
@@ -156,6 +168,7 @@ class Handlers:
         self.vfiles = vfiles
         self.redirect = redirect
         self.relay = relay  # --verify-names (relay.py)
+        self.asker = asker  # on_unlisted, --ask (ask.py)
         self.budget: Budget = sends.Budget()
         self.unix = _local.UnixGuard()
         self._table: dict[int, Callable[[Handlers, sys_.Notif], Answer]] = {
@@ -177,7 +190,27 @@ class Handlers:
         handler = self._table.get(n.nr)
         if handler is None:  # the filter traps nothing else; refuse whatever this is
             return -errno.ENOSYS
-        return handler(self, n)
+        if self.asker is None:
+            return handler(self, n)
+        try:
+            return handler(self, n)
+        except MustAsk as must:
+            return self.ask(n, must)
+
+    def ask(self, n: sys_.Notif, must: MustAsk) -> Pending[Answer]:
+        """The call waits for an answer about its destination (ask.py), then is handled
+        again from the start, the answer taking part in the decision."""
+        asker = self.asker
+        assert asker is not None
+        request = asker.request(must.proto, must.dest, must.syscall, n.pid, self.policy)
+        key = asker.key(must.proto, request.dst, must.dest.port, request.host)
+
+        async def then() -> Answer:
+            if not await asker.answer(n.id, request, key, lambda: self.still_waiting(n)):
+                return -errno.ENOENT  # the thread went away: nobody to answer
+            return self.handle(n)
+
+        return Pending(then)
 
     # ---- the trapped syscalls ----------------------------------------------------------
 
@@ -277,6 +310,11 @@ class Handlers:
             proto = f"proto-{c.info.protocol}"
         else:
             decision = self.policy.decide(proto, dest.addr, dest.port)
+            if decision.rule is None and self.asker is not None:  # unlisted: ask (ask.py)
+                answered = self.asker.decided(c.n.id, proto, dest, self.policy)
+                if answered is None:
+                    raise MustAsk(proto, dest, syscall)
+                decision = answered
         refused = 0 if decision.allowed else errno.ECONNREFUSED
         event = Event(c.n.pid, syscall, proto, dest, decision, refused)
         if refused:
@@ -307,11 +345,12 @@ class Handlers:
             return None
         return self.redirect(c.info.domain, dest)
 
-    def destination(self, c: Call, name: bytes, dest: Dest) -> bytes:
+    def destination(self, c: Call, name: bytes, dest: Dest, remember: bool = True) -> bytes:
         """The name we send to for an allowed ``dest``: the child's, unless it must be
-        pinned. Only a name used as given is remembered: the gate sends as given."""
+        pinned. Only a name used as given is remembered (not with ``remember`` False: a
+        call allowed once), as the gate sends as given."""
         pinned = pin_unspecified(name, dest)
-        if pinned is name and self.gate is not None:
+        if pinned is name and self.gate is not None and remember:
             self.gate.allow(c.info.domain, c.info.type, c.info.protocol, dest.addr, dest.port)
         return pinned
 
@@ -377,7 +416,7 @@ class Handlers:
                         return -errno.ECONNREFUSED
                     relay = self.relay_for(c, event, dest)
                     if relay is None:
-                        name = self.destination(c, name, dest)
+                        name = self.destination(c, name, dest, rememberable(event))
                     elif not relay:  # (the relay is not running: fail closed)
                         c.note(event, -errno.ECONNREFUSED)
                         return -errno.ECONNREFUSED
@@ -443,6 +482,12 @@ def pin_unspecified(name: bytes, dest: Dest) -> bytes:
         return name
     start = 4 if len(addr) == 4 else 8  # sin_addr, sin6_addr
     return name[:start] + seen + name[start + len(addr) :]
+
+
+def rememberable(event: Event) -> bool:
+    """Whether an allowed decision may be remembered by the gate: not one allowed for
+    one call only (ask.py's ``ask:once``)."""
+    return event.decision.rule != "ask:once"
 
 
 def close_all(fds: list[int]) -> None:

@@ -181,6 +181,15 @@ class Policy:
         hosts: dict[str, Iterable[str | IPAddress]] = {**self._hosts, **host_addrs}
         return type(self)(self._allow, self._deny, hosts, self._unix)
 
+    def with_allow(self, rule: Rule) -> Policy:
+        """A new Policy with one more allow rule, after the others (a hostname rule's host
+        starts with no address, unless another rule names it already); this one is
+        unchanged."""
+        hosts: dict[str, Iterable[str | IPAddress]] = dict(self._hosts)
+        if rule.host is not None:
+            hosts.setdefault(rule.host, ())
+        return type(self)((*self._allow, rule), self._deny, hosts, self._unix)
+
     def host_for_name(self, name: str) -> str | None:
         """The host key of the allow rules that covers the DNS name ``name``, or None.
 

@@ -176,7 +176,9 @@ class _Started:
                 return Observer(uuid.uuid4().hex[:8], audit=log, tap=self.feed.put)
 
             names = sandbox._plan.start(sandbox.policy)
-            self.session = Session(sandbox.policy, names=names, observe=observe)
+            self.session = Session(
+                sandbox.policy, names=names, observe=observe, asker=sandbox.asker()
+            )
             try:
                 self.session.observer()  # (the audit log opens before the start)
                 self.child = self.session.start(

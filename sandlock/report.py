@@ -99,6 +99,10 @@ def _dns_why(record: Mapping[str, object]) -> str:
         answers = record.get("answers")
         shown = ", ".join(map(str, answers)) if isinstance(answers, list) else ""
         return f"rebinding guard: local or private answers {shown} (see --dns-allow-private)"
+    if rule == "ask:deny":
+        return "no --net-allow rule names it, and the answer was no"
+    if rule == "ask:timeout":
+        return "no --net-allow rule names it, and no answer came in time"
     if record.get("rcode") == "REFUSED":
         return f"{record.get('qtype')} queries are not forwarded"
     return f"--net-deny `{rule}` names it"
@@ -119,6 +123,10 @@ def _why(record: DecisionRecord) -> str:
         if record.rule == LINKED_RULE:
             return "a socket file with several hard links matches no --unix-allow rule"
         return "served outside the sandbox; no --unix-allow rule allows it"
+    if record.rule == "ask:deny":
+        return "no rule allows it, and the answer was no"
+    if record.rule == "ask:timeout":
+        return "no rule allows it, and no answer came in time"
     if record.rule == "name-mismatch":  # (relay.MISMATCH: --verify-names)
         named = f"it named {record.host}" if record.host else "it named no host"
         return f"{named}, which no rule allows at this address (--verify-names)"
@@ -133,7 +141,11 @@ class Summary:
 
     def add(self, event: Event) -> None:
         """Count one decision."""
-        action = "allow" if event.decision.allowed else "deny"
+        rule = event.decision.rule
+        if rule is not None and rule.startswith("ask:"):  # asked (ask.py): how answered
+            action = rule
+        else:
+            action = "allow" if event.decision.allowed else "deny"
         from .audit import seen_destination
 
         dst, port = seen_destination(event)

@@ -31,7 +31,7 @@ from . import _syscalls as sys_
 from ._msg import Message, int32
 from .answer import Answer, Pending
 from .events import Event
-from .onbehalf import WATCHDOG, Call, Handlers
+from .onbehalf import WATCHDOG, Call, Handlers, MustAsk, rememberable
 from .sockaddr import Invalid, NoDest, parse_sockaddr
 
 TYPE_CHECKING = False
@@ -177,7 +177,7 @@ def _prepare(h: Handlers, c: Call, syscall: str, msg: Message, flags: int) -> Ev
     if h.relay_for(c, event, dest) is not None:  # (--verify-names: no fast-open past the relay)
         c.note(event, -errno.EOPNOTSUPP)
         return -errno.EOPNOTSUPP
-    msg.name = h.destination(c, msg.name, dest)
+    msg.name = h.destination(c, msg.name, dest, rememberable(event))
     return event
 
 
@@ -279,7 +279,13 @@ def _sendmmsg(
     """The entries from ``start`` on, each decided on its own; stop at the first refused
     or failed one. One that must wait is finished by a Pending that goes on from there."""
     for i in range(start, len(msgs)):
-        rc = _send(h, c, "sendmmsg", msgs[i], flags)
+        if i:
+            try:
+                rc = _send(h, c, "sendmmsg", msgs[i], flags)
+            except MustAsk:  # (entries sent already: the next call, from this one, asks)
+                return i
+        else:
+            rc = _send(h, c, "sendmmsg", msgs[i], flags)
         if rc is OVER_BUDGET:
             return i or rc  # a short count: the program sends the rest with its next call
         if isinstance(rc, Pending):
@@ -349,6 +355,9 @@ def _within_budget(h: Handlers, c: Call, act: Callable[[Call], Answer], sent: An
             if not h.still_waiting(c.n):
                 return -errno.ENOENT
             if h.budget.held < HELD_MAX:
-                return act(c)  # (over budget again: it waits again)
+                try:
+                    return act(c)  # (over budget again: it waits again)
+                except MustAsk as must:  # (the child changed its call meanwhile)
+                    return h.ask(c.n, must)
 
     return Pending(when_room)

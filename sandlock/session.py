@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
     from . import _syscalls as sys_
+    from .ask import Asker
     from .audit import AuditSeal
     from .names import Names
     from .policy import Policy
@@ -87,7 +88,9 @@ class Session:
     here on. ``observe`` makes the run's observer (None: nobody listens): once, when
     the supervisor is made or ``observer()`` is first called, whichever comes first.
     At ``close`` the observer finishes on ``report_to`` (the report's count, the
-    summary, the audit seal's lines; None: say nothing)."""
+    summary, the audit seal's lines; None: say nothing). ``asker``: the run's answers
+    to calls no rule allows (ask.py); a call that must be asked about waits for one,
+    which moves ``run`` to trio like any call that waits."""
 
     def __init__(
         self,
@@ -96,8 +99,10 @@ class Session:
         names: Names | None = None,
         observe: Callable[[], Observer | None] | None = None,
         report_to: SupportsWrite[str] | None = None,
+        asker: Asker | None = None,
     ) -> None:
         self._policy = policy
+        self.asker = asker
         self.names = names
         self._observe = observe
         self._observer: Observer | None = None
@@ -182,7 +187,9 @@ class Session:
             # destinations on its own: not when someone must hear of every call (the
             # audit log, the summary, learn mode), which the gate would keep from them.
             remember = observer is None or not observer.hears_every_call
-            sup = Supervisor(child.gate, self._policy, observer, remember=remember)
+            sup = Supervisor(
+                child.gate, self._policy, observer, remember=remember, asker=self.asker
+            )
             if self.names is not None:
                 sup.use_names(self.names, observer.dns if observer is not None else None)
             self._supervisor = sup

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
     import trio
 
+    from .ask import Asker
     from .dns import Record
     from .events import Event
     from .names import Names
@@ -60,7 +61,8 @@ class Supervisor:
     then answers further calls to them itself, and so are blocking connects in progress:
     ``on_event`` no longer hears of those, nor of such a connect's outcome. Pass
     ``remember=False`` when every allowed call and its result must be seen (audit,
-    summary, learn). ``names`` and ``on_dns``: as for ``use_names``.
+    summary, learn). ``names`` and ``on_dns``: as for ``use_names``. ``asker``: the
+    run's answers to calls no rule allows (ask.py), which then wait for one.
     """
 
     def __init__(
@@ -72,8 +74,10 @@ class Supervisor:
         remember: bool = True,
         names: Names | None = None,
         on_dns: Callable[[Record], None] | None = None,
+        asker: Asker | None = None,
     ) -> None:
         self.gate = gate
+        self.asker = asker
         self.listener = gate.listener
         self.on_event = on_event
         self._remember = remember and gate_answers()  # (not under SANDLOCK_GATE=python)
@@ -100,6 +104,7 @@ class Supervisor:
             vfiles=names.vfiles if names is not None else None,
             redirect=names.redirect if names is not None else None,
             relay=self._relay(names),
+            asker=self.asker,
         )
 
     def _relay(self, names: Names | None) -> Relay | None:
@@ -164,7 +169,9 @@ class Supervisor:
         self._serving = True
         async with trio.open_nursery() as nursery:
             if self.names is not None:
-                nursery.start_soon(self.names.run, lambda: self.policy, self._swap, self._on_dns)
+                nursery.start_soon(
+                    self.names.run, lambda: self.policy, self._swap, self._on_dns, self.asker
+                )
             if self.handlers.relay is not None:
                 await nursery.start(self.handlers.relay.run)
             if task_status is not None:

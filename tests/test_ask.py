@@ -1,0 +1,490 @@
+"""Asking before refusing (issue 13, part 1): Sandbox(on_unlisted=...), sandlock run --ask.
+
+Real commands, real sockets, loopback only: an unlisted destination is a sink on
+127.0.0.1 on a port no rule names; the sinks count what arrived."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from sandlock import Allow, AskRequest, Deny, NameOptions, Sandbox
+
+from .conftest import Sinks
+from .dnsfake import FakeUpstream
+
+PY = sys.executable
+SLOW = 60  # generous: catches hangs, times nothing
+
+pytestmark = pytest.mark.usefixtures("gate_mode")
+
+# Each argument HOST:PORT is a connect (in order); one line per connect: its errno (0 ok).
+CONNECTS = textwrap.dedent("""
+    import socket, sys
+    for arg in sys.argv[1:]:
+        host, port = arg.rsplit(":", 1)
+        s = socket.socket()
+        s.settimeout(20)
+        try:
+            s.connect((host, int(port)))
+            print(0, flush=True)
+        except OSError as e:
+            print(e.errno, flush=True)
+        finally:
+            s.close()
+""")
+
+
+class Recorder:
+    """An ask callback that answers ``verdict`` and keeps every request."""
+
+    def __init__(self, verdict: object = Allow.ONCE, delay: float = 0.0) -> None:
+        self.verdict = verdict
+        self.delay = delay
+        self.requests: list[AskRequest] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, request: AskRequest) -> object:
+        with self._lock:
+            self.requests.append(request)
+        if self.delay:
+            time.sleep(self.delay)
+        return self.verdict
+
+
+def _run(sb: Sandbox, *targets: str) -> tuple[list[int], object]:
+    res = sb.run([PY, "-c", CONNECTS, *targets], capture_output=True, timeout=SLOW)
+    assert res.exit_code == 0, res
+    assert res.stdout is not None
+    return [int(x) for x in res.stdout.split()], res
+
+
+def test_allow_once_then_the_next_call_asks_again(sinks: Sinks) -> None:
+    """Allow.ONCE lets one call through; the next call to the same place asks again."""
+    sink = sinks.tcp()
+    asked = Recorder(Allow.ONCE)
+    sb = Sandbox(on_unlisted=asked)
+    errnos, _ = _run(sb, sink.target, sink.target)
+    assert errnos == [0, 0]
+    assert sink.settle().count == 2
+    assert len(asked.requests) == 2
+    req = asked.requests[0]
+    assert (req.proto, req.dst, req.port, req.syscall) == ("tcp", "127.0.0.1", sink.port, "connect")
+    assert req.pid > 0 and req.argv[:2] == (PY, "-c") and req.process_name.startswith("python")
+
+
+def test_allow_run_is_remembered(sinks: Sinks) -> None:
+    """Allow.RUN: the destination is allowed for the rest of the run, asked once; the
+    next run asks again (each run has answers of its own)."""
+    sink = sinks.tcp()
+    asked = Recorder(Allow.RUN)
+    sb = Sandbox(on_unlisted=asked)
+    errnos, _ = _run(sb, *[sink.target] * 4)
+    assert errnos == [0] * 4
+    assert sink.settle().count == 4
+    assert len(asked.requests) == 1
+    _run(sb, sink.target)
+    assert len(asked.requests) == 2
+
+
+def test_deny_refuses_and_is_recorded(sinks: Sinks, tmp_path: Path) -> None:
+    """Deny: the call is refused (nothing arrives), recorded with rule ask:deny."""
+    sink = sinks.tcp()
+    audit = tmp_path / "audit.jsonl"
+    sb = Sandbox(audit=audit, on_unlisted=Recorder(Deny))
+    errnos, res = _run(sb, sink.target)
+    assert errnos == [111]
+    assert sink.settle().count == 0
+    assert [d.rule for d in res.denied] == ["ask:deny"]  # type: ignore[attr-defined]
+    rules = [json.loads(line).get("rule") for line in audit.read_text().splitlines()]
+    assert "ask:deny" in rules
+
+
+def test_every_answer_is_an_audit_record(sinks: Sinks, tmp_path: Path) -> None:
+    """ask:once and ask:run are audit records too, with the destination."""
+    once, always = sinks.tcp(), sinks.tcp()
+    audit = tmp_path / "audit.jsonl"
+    sb = Sandbox(
+        audit=audit,
+        on_unlisted=lambda r: Allow.ONCE if r.port == once.port else Allow.RUN,
+    )
+    errnos, _ = _run(sb, once.target, always.target)
+    assert errnos == [0, 0]
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    seen = {(r.get("port"), r.get("rule"), r.get("action")) for r in records}
+    assert (once.port, "ask:once", "allow") in seen
+    assert (always.port, "ask:run", "allow") in seen
+
+
+def test_unanswered_in_time_is_refused(sinks: Sinks) -> None:
+    """No answer within ask_timeout: refused (ask:timeout); the run goes on."""
+    sink = sinks.tcp()
+    release = threading.Event()
+
+    def slow(request: AskRequest) -> object:
+        release.wait(SLOW)
+        return Allow.RUN
+
+    sb = Sandbox(on_unlisted=slow, ask_timeout=0.3)
+    try:
+        started = time.monotonic()
+        errnos, res = _run(sb, sink.target)
+        assert time.monotonic() - started < SLOW / 2
+    finally:
+        release.set()
+    assert errnos == [111]
+    assert sink.settle().count == 0
+    assert [d.rule for d in res.denied] == ["ask:timeout"]  # type: ignore[attr-defined]
+
+
+def test_a_callback_that_raises_denies(sinks: Sinks, capsys: pytest.CaptureFixture[str]) -> None:
+    """A callback that raises: the call is refused, the error said once on stderr, and
+    the supervisor goes on (the next call is asked, and allowed)."""
+    sink = sinks.tcp()
+    calls = []
+
+    def flaky(request: AskRequest) -> object:
+        calls.append(request)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return Allow.ONCE
+
+    errnos, _ = _run(Sandbox(on_unlisted=flaky), sink.target, sink.target)
+    assert errnos == [111, 0]
+    assert sink.settle().count == 1
+    err = capsys.readouterr().err
+    assert "ask: the callback failed" in err and "boom" in err and "Traceback" not in err
+
+
+def test_a_net_deny_match_is_never_asked(sinks: Sinks) -> None:
+    """An explicit --net-deny match is refused without asking; an allowed one is not asked."""
+    denied, allowed = sinks.tcp(), sinks.tcp()
+    asked = Recorder(Allow.RUN)
+    sb = Sandbox([allowed.target], [denied.target], on_unlisted=asked)
+    errnos, _ = _run(sb, denied.target, allowed.target)
+    assert errnos == [111, 0]
+    assert asked.requests == []
+    assert denied.settle().count == 0 and allowed.settle().count == 1
+
+
+THREADS = textwrap.dedent("""
+    import socket, sys, threading
+    targets = sys.argv[1:]
+    n = 16
+    barrier = threading.Barrier(n)
+    out = [None] * n
+    def one(i):
+        host, port = targets[i % len(targets)].rsplit(":", 1)
+        s = socket.socket()
+        s.settimeout(30)
+        barrier.wait()
+        try:
+            s.connect((host, int(port)))
+            out[i] = 0
+        except OSError as e:
+            out[i] = e.errno
+        s.close()
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    print(*out)
+""")
+
+
+def test_sixteen_threads_four_destinations_four_asks(sinks: Sinks) -> None:
+    """16 threads reach 4 unlisted destinations at once: exactly 4 asks (concurrent
+    asks for one destination share its answer), every connection arrives."""
+    four = [sinks.tcp() for _ in range(4)]
+    asked = Recorder(Allow.RUN, delay=0.5)
+    res = Sandbox(on_unlisted=asked).run(
+        [PY, "-c", THREADS, *[s.target for s in four]], capture_output=True, timeout=SLOW
+    )
+    assert res.exit_code == 0, res
+    assert res.stdout is not None and res.stdout.split() == [b"0"] * 16
+    assert sorted(r.port for r in asked.requests) == sorted(s.port for s in four)  # type: ignore[type-var]
+    assert [s.settle().count for s in four] == [4, 4, 4, 4]
+
+
+FLOW = textwrap.dedent("""
+    import socket, sys, threading
+    unlisted, allowed = sys.argv[1], sys.argv[2]
+    def connect(target):
+        host, port = target.rsplit(":", 1)
+        s = socket.socket()
+        s.settimeout(30)
+        try:
+            s.connect((host, int(port)))
+            return 0
+        except OSError as e:
+            return e.errno
+        finally:
+            s.close()
+    waiting = []
+    t = threading.Thread(target=lambda: waiting.append(connect(unlisted)))
+    t.start()
+    others = [connect(allowed) for _ in range(20)]
+    t.join()
+    print(waiting[0], *others)
+""")
+
+
+def test_other_calls_flow_while_an_ask_waits(sinks: Sinks) -> None:
+    """While one thread's call waits for an answer, another thread's allowed calls are
+    answered: the callback answers only once 20 of them arrived at their sink."""
+    unlisted, allowed = sinks.tcp(), sinks.tcp()
+    seen: list[int] = []
+
+    def wait_for_the_others(request: AskRequest) -> object:
+        deadline = time.monotonic() + 20
+        while allowed.settle().count < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen.append(allowed.count)
+        return Allow.ONCE
+
+    sb = Sandbox([allowed.target], on_unlisted=wait_for_the_others)
+    res = sb.run(
+        [PY, "-c", FLOW, unlisted.target, allowed.target], capture_output=True, timeout=SLOW
+    )
+    assert res.exit_code == 0, res
+    assert res.stdout is not None and res.stdout.split() == [b"0"] * 21
+    assert seen == [20]
+    assert unlisted.settle().count == 1
+
+
+async def test_async_callback_under_run_async(sinks: Sinks) -> None:
+    """A coroutine function is awaited in the run's trio loop (run_async)."""
+    sink = sinks.tcp()
+    asked: list[AskRequest] = []
+
+    async def decide(request: AskRequest) -> object:
+        asked.append(request)
+        await trio.sleep(0.05)
+        return Allow.ONCE if len(asked) == 1 else Deny
+
+    with trio.fail_after(SLOW):
+        res = await Sandbox(on_unlisted=decide).run_async(
+            [PY, "-c", CONNECTS, sink.target, sink.target], capture_output=True
+        )
+    assert res.exit_code == 0, res
+    assert res.stdout is not None and res.stdout.split() == [b"0", b"111"]
+    assert len(asked) == 2
+    assert sink.settle().count == 1
+
+
+def test_process_asks_too(sinks: Sinks) -> None:
+    """Sandbox.start (a Process served by a thread of its own) asks the same way."""
+    sink = sinks.tcp()
+    asked = Recorder(Allow.RUN)
+    with Sandbox(on_unlisted=asked).start([PY, "-c", CONNECTS, sink.target]) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.read().split() == [b"0"]
+        assert proc.wait(SLOW) == 0
+    assert len(asked.requests) == 1 and sink.settle().count == 1
+
+
+def test_bad_arguments() -> None:
+    """on_unlisted must be callable and ask_timeout positive: said at once."""
+    with pytest.raises(TypeError, match="on_unlisted"):
+        Sandbox(on_unlisted="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ask_timeout"):
+        Sandbox(on_unlisted=Recorder(), ask_timeout=0)
+
+
+# --- DNS mode ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    """A fake upstream on port 53 of its own loopback address."""
+    address = f"127.0.{random.randrange(1, 255)}.153"
+    with FakeUpstream(address, 53) as upstream:
+        yield upstream
+
+
+LOOKUP = textwrap.dedent("""
+    import socket, sys
+    name, port = sys.argv[1], int(sys.argv[2])
+    try:
+        ip = socket.getaddrinfo(name, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    except socket.gaierror as e:
+        print("nx", e.errno)
+        raise SystemExit(0)
+    s = socket.socket()
+    s.settimeout(20)
+    try:
+        s.connect((ip, port))
+        print(ip, 0)
+    except OSError as e:
+        print(ip, e.errno)
+""")
+
+
+@pytest.mark.parametrize("verdict", [Allow.RUN, Allow.ONCE, Deny])
+def test_dns_mode_asks_about_names(fake: FakeUpstream, sinks: Sinks, verdict: object) -> None:
+    """In DNS mode a lookup of an unlisted name asks about the name. RUN adds a hostname
+    rule: the connect to its address needs no second ask. ONCE answers the lookup; the
+    connect asks again, naming the host. Deny: NXDOMAIN, never forwarded."""
+    sink = sinks.tcp()
+    fake.add("listed.test", "A", ["127.0.0.2"])  # (an answer only: nothing connects there)
+    fake.add("asked.test", "A", ["127.0.0.1"])
+    asked = Recorder(verdict)
+    options = NameOptions(dns_upstream=f"{fake.address}:{fake.port}", dns_allow_private=True)
+    sb = Sandbox(["listed.test:1"], names=options, on_unlisted=asked)
+    res = sb.run(
+        [PY, "-c", LOOKUP, "asked.test", str(sink.port)], capture_output=True, timeout=SLOW
+    )
+    assert res.exit_code == 0, res
+    assert res.stdout is not None
+    first = asked.requests[0]
+    assert (first.proto, first.dst, first.port, first.host) == (
+        "dns",
+        "asked.test",
+        None,
+        "asked.test",
+    )
+    if verdict is Deny:
+        assert res.stdout.split()[0] == b"nx"
+        assert ("asked.test", "A", "udp") not in fake.queries
+        assert {r.proto for r in asked.requests} == {"dns"}
+        return
+    assert res.stdout.split() == [b"127.0.0.1", b"0"]
+    assert sink.settle().count == 1
+    protos = [r.proto for r in asked.requests]
+    if verdict is Allow.RUN:
+        assert set(protos) == {"dns"}  # (A and AAAA may each ask: never the connect)
+    else:
+        assert protos[-1] == "tcp" and asked.requests[-1].host == "asked.test"
+
+
+# --- the CLI -----------------------------------------------------------------------------
+
+
+def _pty_run(
+    args: list[str], answers: bytes, timeout: float = SLOW
+) -> tuple[int, bytes, bytes, bytes]:
+    """``sandlock run ARGS`` with a pseudo-terminal as its controlling terminal (a new
+    session, TIOCSCTTY via os.login_tty) but stdout/stderr pipes; ``answers`` typed on the
+    terminal as each prompt appears. (exit status, terminal output, stdout, stderr)"""
+    pid, fd = os.forkpty()  # the child: new session, the pty its controlling terminal
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            out = os.open(os.environ["ASK_OUT"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            err = os.open(os.environ["ASK_ERR"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(out, 1)
+            os.dup2(err, 2)
+            os.execv(PY, [PY, "-m", "sandlock", "run", *args])
+        finally:
+            os._exit(127)
+    tty = bytearray()
+    todo = list(answers)
+    deadline = time.monotonic() + timeout
+    status = None
+    try:
+        while time.monotonic() < deadline:
+            import select
+
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    chunk = b""
+                tty += chunk
+                while todo and tty.count(b"[N]o") > len(answers) - len(todo):
+                    os.write(fd, bytes([todo.pop(0)]) + b"\n")
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = os.waitstatus_to_exitcode(st)
+                break
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"sandlock --ask did not finish; terminal: {bytes(tty)!r}")
+    finally:
+        os.close(fd)
+    out = Path(os.environ["ASK_OUT"]).read_bytes()
+    err = Path(os.environ["ASK_ERR"]).read_bytes()
+    return status, bytes(tty), out, err
+
+
+def test_cli_prompts_on_the_terminal(
+    sinks: Sinks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--ask prompts on the controlling terminal, never the command's stdout/stderr: one
+    line (what, who, [o]nce / [a]lways / [N]o); 'o' allows once, then 'a' for the run,
+    then nothing more is asked; the summary shows the answers."""
+    once, always = sinks.tcp(), sinks.tcp()
+    monkeypatch.setenv("ASK_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("ASK_ERR", str(tmp_path / "err"))
+    args = [
+        "--ask",
+        "--summary",
+        "--",
+        PY,
+        "-c",
+        CONNECTS,
+        once.target,
+        always.target,
+        always.target,
+    ]
+    status, tty, out, err = _pty_run(args, b"oa")
+    assert status == 0, (tty, err)
+    assert out.split() == [b"0", b"0", b"0"]
+    assert tty.count(b"[N]o") == 2, tty
+    first = tty.decode().splitlines()[0]
+    assert f"127.0.0.1:{once.port}" in first and "python" in first and "pid" in first
+    assert b"[o]nce / [a]lways / [N]o" in tty
+    assert b"[N]o" not in out + err
+    assert once.settle().count == 1 and always.settle().count == 2
+    assert b"ask:once" in err and b"ask:run" in err  # (the summary's ACTION column)
+
+
+def test_cli_prompt_no_refuses(
+    sinks: Sinks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enter alone (or anything but o/a) at the prompt is No: refused."""
+    sink = sinks.tcp()
+    monkeypatch.setenv("ASK_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("ASK_ERR", str(tmp_path / "err"))
+    status, tty, out, _err = _pty_run(["--ask", "--", PY, "-c", CONNECTS, sink.target], b"x")
+    assert status == 0 and out.split() == [b"111"], tty
+    assert sink.settle().count == 0
+
+
+def test_cli_ask_without_a_terminal_is_an_error() -> None:
+    """No controlling terminal: one clear line at start, exit 2, the command never run."""
+    proc = subprocess.run(
+        [PY, "-m", "sandlock", "run", "--ask", "--", PY, "-c", "print('ran')"],
+        capture_output=True,
+        timeout=SLOW,
+        start_new_session=True,  # (no controlling terminal)
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and "--ask" in err and "terminal" in err, err
+
+
+def test_cli_ask_with_a_daemon_is_refused(tmp_path: Path) -> None:
+    """--ask with --daemon: one line, exit 2 (the daemon cannot reach this terminal)."""
+    proc = subprocess.run(
+        [PY, "-m", "sandlock", "run", "--daemon", str(tmp_path / "d.sock"), "--ask", "--", "true"],
+        capture_output=True,
+        timeout=SLOW,
+    )
+    assert proc.returncode == 2
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and "--ask" in err and "--daemon" in err, err
