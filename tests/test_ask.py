@@ -488,3 +488,72 @@ def test_cli_ask_with_a_daemon_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2
     err = proc.stderr.decode()
     assert err.count("\n") == 1 and "--ask" in err and "--daemon" in err, err
+
+
+INJECT = textwrap.dedent("""
+    import fcntl, os, socket, sys, termios, threading, time
+    tty = os.open("/dev/tty", os.O_RDWR)
+    def typing():
+        for _ in range(30):
+            try:
+                for ch in b"a\\r":
+                    fcntl.ioctl(tty, termios.TIOCSTI, bytes([ch]))
+            except OSError as e:
+                print("tiocsti", e.errno, flush=True)
+                return
+            time.sleep(0.05)
+        print("tiocsti", 0, flush=True)
+    t = threading.Thread(target=typing)
+    t.start()
+    s = socket.socket()
+    host, port = sys.argv[1].rsplit(":", 1)
+    try:
+        s.connect((host, int(port)))
+        print("connect", 0, flush=True)
+    except OSError as e:
+        print("connect", e.errno, flush=True)
+    t.join()
+""")
+
+
+def test_cli_the_command_cannot_type_the_answer(
+    sinks: Sinks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command shares the terminal: TIOCSTI (typing `a` into it while its connect
+    waits for the prompt) is refused, so nobody answers and the connect is refused."""
+    sink = sinks.tcp()
+    monkeypatch.setenv("ASK_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("ASK_ERR", str(tmp_path / "err"))
+    args = ["--ask", "--ask-timeout", "2", "--", PY, "-c", INJECT, sink.target]
+    status, tty, out, err = _pty_run(args, b"")
+    assert status == 0, (tty, err)
+    assert sorted(out.decode().splitlines()) == ["connect 111", "tiocsti 1"], (tty, out)
+    assert b"no answer in time" in tty
+    assert sink.settle().count == 0
+
+
+SENDTO = textwrap.dedent("""
+    import socket, sys
+    host, port = sys.argv[1].rsplit(":", 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(3):
+        try:
+            s.sendto(b"x", (host, int(port)))
+            print(0, flush=True)
+        except OSError as e:
+            print(e.errno, flush=True)
+""")
+
+
+def test_udp_sendto_asks(sinks: Sinks) -> None:
+    """A UDP sendto to an unlisted destination asks too; Allow.RUN: asked once, every
+    datagram arrives."""
+    sink = sinks.udp()
+    asked = Recorder(Allow.RUN)
+    res = Sandbox(on_unlisted=asked).run(
+        [PY, "-c", SENDTO, sink.target], capture_output=True, timeout=SLOW
+    )
+    assert res.exit_code == 0 and res.stdout is not None, res
+    assert res.stdout.split() == [b"0"] * 3
+    assert [(r.proto, r.port, r.syscall) for r in asked.requests] == [("udp", sink.port, "sendto")]
+    assert sink.settle().count == 3
