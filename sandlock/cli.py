@@ -234,6 +234,8 @@ def _rule_specs(args: Args) -> tuple[list[str], list[str], list[str]]:
             args.dns_allow_private = True
         if profile.verify_names:
             args.verify_names = True
+        if profile.ask and args.command == "run":  # (a prompt needs `run`'s terminal)
+            args.ask = True
     return allow, deny, unix
 
 

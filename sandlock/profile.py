@@ -6,6 +6,8 @@
     unix_allow = ["/run/user/1000/ssh-agent.sock", "@my-proxy"]
     dns_allow_private = false   # true: --dns-allow-private (the rebinding guard off)
     verify_names = true         # --verify-names (experimental)
+    ask = true                  # --ask: `sandlock run` prompts on the terminal (the API,
+                                # the daemon and the MCP server have none: ignored there)
 
 ``sandlock run --profile agent.toml`` and ``Sandbox.from_profile("agent.toml")`` read it;
 ``sandlock learn --profile-out FILE`` writes one.
@@ -22,7 +24,7 @@ from typing import NamedTuple
 from .errors import PolicyError
 
 _KEYS = ("net_allow", "net_deny", "unix_allow")
-_FLAGS = ("dns_allow_private", "verify_names")
+_FLAGS = ("dns_allow_private", "verify_names", "ask")
 
 
 class Profile(NamedTuple):
@@ -33,6 +35,7 @@ class Profile(NamedTuple):
     unix_allow: list[str]
     dns_allow_private: bool
     verify_names: bool
+    ask: bool = False
 
 
 def load_profile(path: str | os.PathLike[str]) -> tuple[list[str], list[str], list[str]]:
@@ -69,7 +72,7 @@ def read_profile(path: str | os.PathLike[str]) -> Profile:
         if not isinstance(value, bool):
             raise PolicyError(f"--profile: {where}: `{key}` must be true or false")
         flags.append(value)
-    return Profile(lists[0], lists[1], lists[2], flags[0], flags[1])
+    return Profile(lists[0], lists[1], lists[2], flags[0], flags[1], flags[2])
 
 
 def dump_profile(

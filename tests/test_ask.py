@@ -557,3 +557,19 @@ def test_udp_sendto_asks(sinks: Sinks) -> None:
     assert res.stdout.split() == [b"0"] * 3
     assert [(r.proto, r.port, r.syscall) for r in asked.requests] == [("udp", sink.port, "sendto")]
     assert sink.settle().count == 3
+
+
+def test_profile_ask_turns_the_prompt_on(tmp_path: Path) -> None:
+    """`ask = true` in a profile is --ask for `sandlock run --profile` (here: no terminal,
+    so the one-line error); a non-boolean is a profile error."""
+    profile = tmp_path / "p.toml"
+    profile.write_text("net_allow = []\nask = true\n")
+    cmd = [PY, "-m", "sandlock", "run", "--profile", str(profile), "--", PY, "-c", "print(1)"]
+    proc = subprocess.run(
+        cmd, capture_output=True, timeout=SLOW, start_new_session=True, stdin=subprocess.DEVNULL
+    )
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert "--ask: no terminal" in proc.stderr.decode()
+    profile.write_text('ask = "yes"\n')
+    proc = subprocess.run(cmd, capture_output=True, timeout=SLOW)
+    assert proc.returncode == 2 and "`ask` must be true or false" in proc.stderr.decode()
