@@ -14,14 +14,15 @@ so that load from elsewhere hits them alike; medians (and p95 where per call) pr
   again), against 200 connects a rule allows decided in Python (SANDLOCK_GATE=python).
 * ``others``: a thread's 200 connects to an allowed destination while another thread's
   connect waits for an answer (the callback answers once the 200 are done), against the
-  same 200 with no ask pending but a second thread blocked likewise (served without trio, as a blocking run is until a call
-  must wait, and under trio from the start, as an ask makes it); with the gate (it answers remembered destinations in C)
-  and with SANDLOCK_GATE=python (Python answers each, in the loop that also waits for the
-  answer).
+  same 200 with no ask pending but a second thread blocked likewise: served without
+  trio (as a blocking run is until a call must wait) and under trio from the start (as
+  an ask makes it); with the gate (it answers remembered destinations in C) and with
+  SANDLOCK_GATE=python (Python answers each, in the loop that also waits for the answer).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import statistics
@@ -149,7 +150,9 @@ def main() -> int:
                 key = f"{mode}, {'ask pending' if pending else 'none pending'}"
                 others.setdefault(key, []).extend(_floats(res.stdout))
                 if not pending:  # the same under trio from the start, as a pending ask is
-                    res = trio.run(lambda: sb.run_async([*argv, flag], capture_output=True))
+                    res = trio.run(
+                        functools.partial(sb.run_async, [*argv, flag], capture_output=True)
+                    )
                     key = f"{mode}, none pending, trio"
                     others.setdefault(key, []).extend(_floats(res.stdout))
         _python_gate(False)
@@ -158,7 +161,7 @@ def main() -> int:
     print(f"load average at the end: {os.getloadavg()}")
     for title, table in (("first connect", first), ("each connect", each), ("others", others)):
         for name, times in table.items():
-            p95 = statistics.quantiles(times, n=20)[-1]
+            p95 = statistics.quantiles(times, n=20)[-1] if len(times) > 1 else times[0]
             med = statistics.median(times)
             print(f"{title:14} {name:28} median {med:8.1f} us  p95 {p95:8.1f} us  (n={len(times)})")
     return 0
