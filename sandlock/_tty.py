@@ -67,7 +67,8 @@ class TtyPrompt:
         who = f"{_comm(request.pid) or request.process_name} (pid {request.pid})"
         if request.proto == "dns":
             who = "the command"  # (the forwarder does not know which process asked)
-        line = f"sandlock: {request.describe()} by {who} — allow? [o]nce / [a]lways / [N]o "
+        line = f"sandlock: {_shown(request.describe())} by {_shown(who)} — allow? "
+        line += "[o]nce / [a]lways / [N]o "
         try:
             termios.tcflush(self.fd, termios.TCIFLUSH)  # no answer typed ahead
         except termios.error:
@@ -103,6 +104,12 @@ class TtyPrompt:
                     return got.split(end, 1)[0]
             if len(got) >= _MAX_LINE:
                 return got
+
+
+def _shown(text: str) -> str:
+    """``text`` with every character that is not printable (escape sequences, control
+    characters: a process name is the command's to choose) shown as ``?``."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def _comm(pid: int) -> str | None:

@@ -240,6 +240,10 @@ class Asker:
         await ask.done.wait()
         return ask.rule
 
+    def forget(self, notif_id: int) -> None:
+        """Drop an answer kept for the call ``notif_id`` (it has been handled again)."""
+        self._answered.pop(notif_id, None)
+
     def rules(self) -> list[str]:
         """The --net-allow rules the Allow.RUN answers of this run amount to (sorted)."""
         out = []

@@ -208,7 +208,10 @@ class Handlers:
         async def then() -> Answer:
             if not await asker.answer(n.id, request, key, lambda: self.still_waiting(n)):
                 return -errno.ENOENT  # the thread went away: nobody to answer
-            return self.handle(n)
+            try:
+                return self.handle(n)
+            finally:
+                asker.forget(n.id)  # (unused if the call failed before its decision)
 
         return Pending(then)
 
@@ -360,6 +363,8 @@ class Handlers:
         relay = self.relay
         if relay is None or c.info.protocol != socket.IPPROTO_TCP:
             return None
+        if (event.decision.rule or "").startswith("ask:"):
+            return None  # (asked about: a person allowed this address, not a name)
         if not relay.wants(self.policy, event.decision, dest):
             return None
         target = relay.target(c.info.domain)

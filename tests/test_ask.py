@@ -573,3 +573,52 @@ def test_profile_ask_turns_the_prompt_on(tmp_path: Path) -> None:
     profile.write_text('ask = "yes"\n')
     proc = subprocess.run(cmd, capture_output=True, timeout=SLOW)
     assert proc.returncode == 2 and "`ask` must be true or false" in proc.stderr.decode()
+
+
+RENAMED = textwrap.dedent("""
+    import ctypes, socket, sys
+    ctypes.CDLL(None).prctl(15, b"\\x1b[2K\\x1b[1Gok\\x07", 0, 0, 0)  # PR_SET_NAME
+    host, port = sys.argv[1].rsplit(":", 1)
+    s = socket.socket()
+    try:
+        s.connect((host, int(port)))
+        print(0)
+    except OSError as e:
+        print(e.errno)
+""")
+
+
+def test_cli_prompt_shows_no_escape_sequences(
+    sinks: Sinks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process name is the command's to choose: its escape sequences (erase the line,
+    ring the bell) reach the terminal as `?`, never as control characters."""
+    sink = sinks.tcp()
+    monkeypatch.setenv("ASK_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("ASK_ERR", str(tmp_path / "err"))
+    status, tty, out, _err = _pty_run(["--ask", "--", PY, "-c", RENAMED, sink.target], b"n")
+    assert status == 0 and out.split() == [b"111"], tty
+    prompt = tty.split(b"[N]o")[0]
+    assert b"\x1b" not in prompt and b"\x07" not in prompt
+    assert b"?[2K?[1Gok?" in prompt
+
+
+def test_dns_answers_are_audit_records(fake: FakeUpstream, sinks: Sinks, tmp_path: Path) -> None:
+    """A lookup's answer is the lookup's audit record (rule ask:run), and the connect that
+    follows is allowed by the hostname rule that answer added."""
+    sink = sinks.tcp()
+    fake.add("listed.test", "A", ["127.0.0.2"])
+    fake.add("asked.test", "A", ["127.0.0.1"])
+    audit = tmp_path / "audit.jsonl"
+    options = NameOptions(dns_upstream=f"{fake.address}:{fake.port}", dns_allow_private=True)
+    sb = Sandbox(["listed.test:1"], audit=audit, names=options, on_unlisted=Recorder(Allow.RUN))
+    res = sb.run(
+        [PY, "-c", LOOKUP, "asked.test", str(sink.port)], capture_output=True, timeout=SLOW
+    )
+    assert res.exit_code == 0 and res.stdout is not None and res.stdout.split()[1] == b"0", res
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    lookups = [r for r in records if r.get("syscall") == "dns" and r.get("host") == "asked.test"]
+    assert lookups and {r["rule"] for r in lookups} == {"ask:run"}
+    assert {r["action"] for r in lookups} == {"allow"}
+    connects = [r for r in records if r.get("syscall") == "connect" and r.get("port") == sink.port]
+    assert [(r["rule"], r["host"]) for r in connects] == [("asked.test", "asked.test")]
