@@ -622,3 +622,69 @@ def test_dns_answers_are_audit_records(fake: FakeUpstream, sinks: Sinks, tmp_pat
     assert {r["action"] for r in lookups} == {"allow"}
     connects = [r for r in records if r.get("syscall") == "connect" and r.get("port") == sink.port]
     assert [(r["rule"], r["host"]) for r in connects] == [("asked.test", "asked.test")]
+
+
+SWAP = textwrap.dedent("""
+    import ctypes, socket, struct, sys, threading
+    libc = ctypes.CDLL(None, use_errno=True)
+    def name(port):
+        return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + \\
+            socket.inet_aton("127.0.0.1") + bytes(8)
+    asked, other, fifo = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    buf = ctypes.create_string_buffer(name(asked), 16)
+    def swap():
+        with open(fifo, "rb") as f:  # the callback opens it while the connect waits
+            f.read()
+        ctypes.memmove(buf, name(other), 16)
+    t = threading.Thread(target=swap)
+    t.start()
+    s = socket.socket()
+    rc = libc.connect(s.fileno(), buf, 16)
+    print(rc, ctypes.get_errno() if rc else 0)
+    t.join()
+""")
+
+
+def test_an_address_changed_while_waiting_is_asked_about(sinks: Sinks, tmp_path: Path) -> None:
+    """The command changes the connect's address while its ask waits: the answer about
+    the first address does not cover the second, which is asked about in turn (the call
+    is decided again on a fresh copy); refused, nothing arrives anywhere."""
+    first, second = sinks.tcp(), sinks.tcp()
+    fifo = tmp_path / "swap"
+    os.mkfifo(fifo)
+    asked: list[int | None] = []
+
+    def answer(request: AskRequest) -> object:
+        asked.append(request.port)
+        if request.port == first.port:
+            with open(fifo, "wb"):  # let the command swap the address now
+                pass
+            time.sleep(0.3)
+            return Allow.ONCE
+        return Deny
+
+    res = Sandbox(on_unlisted=answer).run(
+        [PY, "-c", SWAP, str(first.port), str(second.port), str(fifo)],
+        capture_output=True,
+        timeout=SLOW,
+    )
+    assert res.exit_code == 0 and res.stdout is not None, res
+    assert res.stdout.split() == [b"-1", b"111"]
+    assert asked == [first.port, second.port]
+    assert first.settle().count == 0 and second.settle().count == 0
+
+
+async def test_open_process_with_an_async_callback(sinks: Sinks) -> None:
+    """open_process (served in the caller's loop) awaits a coroutine callback there."""
+    sink = sinks.tcp()
+    asked: list[AskRequest] = []
+
+    async def decide(request: AskRequest) -> object:
+        asked.append(request)
+        return Allow.RUN
+
+    with trio.fail_after(SLOW):
+        sb = Sandbox(on_unlisted=decide)
+        async with sb.open_process([PY, "-c", CONNECTS, sink.target, sink.target]) as proc:
+            assert await proc.wait() == 0
+    assert len(asked) == 1 and sink.settle().count == 2
