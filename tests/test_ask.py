@@ -688,3 +688,36 @@ async def test_open_process_with_an_async_callback(sinks: Sinks) -> None:
         async with sb.open_process([PY, "-c", CONNECTS, sink.target, sink.target]) as proc:
             assert await proc.wait() == 0
     assert len(asked) == 1 and sink.settle().count == 2
+
+
+EXITS = textwrap.dedent("""
+    import os, socket, sys, threading, time
+    host, port = sys.argv[1].rsplit(":", 1)
+    connect = lambda: socket.create_connection((host, int(port)))  # noqa: E731
+    threading.Thread(target=connect, daemon=True).start()
+    time.sleep(0.5)
+    os._exit(3)
+""")
+
+
+def test_a_command_that_exits_while_asked_does_not_wait_for_the_answer(sinks: Sinks) -> None:
+    """The command exits while one of its calls waits for an answer: the run ends then,
+    not when the ask times out (the unanswered callback is left behind)."""
+    sink = sinks.tcp()
+    release = threading.Event()
+
+    def never(request: AskRequest) -> object:
+        release.wait(SLOW)
+        return Allow.RUN
+
+    try:
+        started = time.monotonic()
+        res = Sandbox(on_unlisted=never, ask_timeout=SLOW).run(
+            [PY, "-c", EXITS, sink.target], capture_output=True, timeout=SLOW
+        )
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert res.exit_code == 3
+    assert took < SLOW / 4, took
+    assert sink.settle().count == 0
