@@ -721,3 +721,58 @@ def test_a_command_that_exits_while_asked_does_not_wait_for_the_answer(sinks: Si
     assert res.exit_code == 3
     assert took < SLOW / 4, took
     assert sink.settle().count == 0
+
+
+MMSG = textwrap.dedent("""
+    import ctypes, socket, struct, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    class iovec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+    class msghdr(ctypes.Structure):
+        _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                    ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t),
+                    ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                    ("flags", ctypes.c_int)]
+    class mmsghdr(ctypes.Structure):
+        _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+    ports = [int(p) for p in sys.argv[1:]]
+    names = [ctypes.create_string_buffer(struct.pack("=H", socket.AF_INET)
+             + struct.pack("!H", p) + socket.inet_aton("127.0.0.1") + bytes(8), 16)
+             for p in ports]
+    data = ctypes.create_string_buffer(b"x", 1)
+    iov = iovec(ctypes.cast(data, ctypes.c_void_p), 1)
+    vec = (mmsghdr * len(ports))()
+    for i, n in enumerate(names):
+        vec[i].hdr.name = ctypes.cast(n, ctypes.c_void_p)
+        vec[i].hdr.namelen = 16
+        vec[i].hdr.iov = ctypes.pointer(iov)
+        vec[i].hdr.iovlen = 1
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    start, results = 0, []
+    while start < len(ports):
+        rc = libc.sendmmsg(s.fileno(), ctypes.byref(vec, start * ctypes.sizeof(mmsghdr)),
+                           len(ports) - start, 0)
+        results.append(rc if rc >= 0 else -ctypes.get_errno())
+        if rc <= 0:
+            break
+        start += rc
+    print(*results)
+""")
+
+
+def test_sendmmsg_asks_entry_by_entry(sinks: Sinks) -> None:
+    """sendmmsg to two unlisted destinations: the first entry asks; an unlisted later
+    entry ends the call with a short count (the entries before it sent once), and the
+    program's next call, starting there, asks about it."""
+    one, two = sinks.udp(), sinks.udp()
+    asked = Recorder(Allow.RUN)
+    res = Sandbox(on_unlisted=asked).run(
+        [PY, "-c", MMSG, str(one.port), str(two.port)], capture_output=True, timeout=SLOW
+    )
+    assert res.exit_code == 0 and res.stdout is not None, res
+    assert res.stdout.split() == [b"1", b"1"]
+    assert [(r.port, r.syscall) for r in asked.requests] == [
+        (one.port, "sendmmsg"),
+        (two.port, "sendmmsg"),
+    ]
+    assert one.settle().count == 1 and two.settle().count == 1
