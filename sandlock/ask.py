@@ -333,4 +333,7 @@ def process_argv(pid: int) -> tuple[str, ...]:
 
 
 def _to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # (stderr closed: the refusal stands, unsaid)
+        pass
