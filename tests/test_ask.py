@@ -776,3 +776,23 @@ def test_sendmmsg_asks_entry_by_entry(sinks: Sinks) -> None:
         (two.port, "sendmmsg"),
     ]
     assert one.settle().count == 1 and two.settle().count == 1
+
+
+def test_verify_names_leaves_asked_calls_to_the_answer(fake: FakeUpstream, sinks: Sinks) -> None:
+    """With --verify-names, a connect allowed by an answer (which named the host the
+    lookup asked about) goes straight to its address, not through the name relay,
+    which knows no rule for that host and would reset it: the person allowed it."""
+    sink = sinks.tcp()
+    fake.add("listed.test", "A", ["127.0.0.2"])
+    fake.add("asked.test", "A", ["127.0.0.1"])
+    asked = Recorder(Allow.ONCE)
+    options = NameOptions(dns_upstream=f"{fake.address}:{fake.port}", dns_allow_private=True)
+    sb = Sandbox(["listed.test:1"], names=options, verify_names=True, on_unlisted=asked)
+    script = LOOKUP + "s.sendall(b'hello')\ns.close()\n"
+    res = sb.run(
+        [PY, "-c", script, "asked.test", str(sink.port)], capture_output=True, timeout=SLOW
+    )
+    assert res.exit_code == 0 and res.stdout is not None, res
+    assert res.stdout.split() == [b"127.0.0.1", b"0"]
+    assert asked.requests[-1].host == "asked.test"
+    assert sink.settle().count == 1 and sink.nbytes == 5
