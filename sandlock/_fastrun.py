@@ -78,6 +78,9 @@ def parse_run(argv: Sequence[str], environ: Mapping[str, str]) -> SimpleNamespac
         virtual_hosts=True,
         dns_allow_private=False,
         verify_names=False,
+        http_allow=[],
+        http_deny=[],
+        http_ports=[],
         keep_fds=[],
         argv=list(argv[i:]),  # with its "--", as argparse's REMAINDER keeps it
     )

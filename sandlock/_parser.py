@@ -236,6 +236,40 @@ def _add_daemon_arg(
     )
 
 
+def _add_http_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "HTTP rules",
+        "Per-request rules for plain HTTP (README: HTTP rules). With any of them, every TCP "
+        "connection to an HTTP port goes through sandlock's relay, which checks each request "
+        "and forwards it only to the address and port CMD connected to.",
+    )
+    g.add_argument(
+        "--http-allow",
+        action="append",
+        default=[],
+        metavar="'METHOD HOST[:PORT]/PATH'",
+        help="allow requests like this (repeatable): METHOD or *, HOST a name, *.domain, an "
+        "IP or *, PATH exact or a prefix ending in * (e.g. 'GET api.example.com/v1/*'); "
+        "any --http-allow refuses every other request on the HTTP ports (403), and lets CMD "
+        "reach HOST over TCP on them",
+    )
+    g.add_argument(
+        "--http-deny",
+        action="append",
+        default=[],
+        metavar="'METHOD HOST[:PORT]/PATH'",
+        help="refuse requests like this (403), whatever --http-allow says (repeatable)",
+    )
+    g.add_argument(
+        "--http-ports",
+        action="append",
+        default=[],
+        metavar="PORTS",
+        help="the TCP ports whose connections HTTP rules interpose (comma list, repeatable; "
+        "default: 80)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser for every `sandlock` subcommand."""
     parser = _Parser(
@@ -266,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         "unset: supervise here)",
     )
     _add_name_args(run)
+    _add_http_args(run)
     _add_command_args(run)
 
     learn = sub.add_parser(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ._fastrun import command_environ
 from .audit import AuditLog, AuditSeal, DecisionRecord
-from .errors import SandlockError, TimeoutExpired
+from .errors import PolicyError, SandlockError, TimeoutExpired
 from .plan import NameOptions, Plan, make
 from .policy import Policy
 from .profile import read_profile
@@ -84,6 +84,8 @@ class Sandbox:
     ``dns_allow_private`` turns the rebinding guard off (``--dns-allow-private``; or
     ``NameOptions(dns_allow_private=True)``).
     ``verify_names``: the CLI's --verify-names (experimental; README, verified names).
+    ``http_allow``, ``http_deny``, ``http_ports``: the CLI's --http-allow, --http-deny and
+    --http-ports (README: HTTP rules); they join those of ``names``.
     """
 
     def __init__(
@@ -97,12 +99,23 @@ class Sandbox:
         resolver: Resolver | None = None,
         dns_allow_private: bool = False,
         verify_names: bool = False,
+        http_allow: Sequence[str] = (),
+        http_deny: Sequence[str] = (),
+        http_ports: Sequence[int] = (),
     ) -> None:
         options = names or NameOptions()
         wanted = {"dns_allow_private": dns_allow_private, "verify_names": verify_names}
-        turned_on = {key: True for key, on in wanted.items() if on and not getattr(options, key)}
-        if turned_on:  # (a copy: ``names`` stays the caller's)
-            options = NameOptions.from_wire(options.to_wire() | turned_on)
+        changed: dict[str, object] = {
+            key: True for key, on in wanted.items() if on and not getattr(options, key)
+        }
+        if http_allow or http_deny or http_ports:
+            if isinstance(http_allow, str) or isinstance(http_deny, str):
+                raise PolicyError("http_allow and http_deny must be lists of rules, not a string")
+            changed["http_allow"] = [*options.http_allow, *http_allow]
+            changed["http_deny"] = [*options.http_deny, *http_deny]
+            changed["http_ports"] = sorted({*options.http_ports, *http_ports})
+        if changed:  # (a copy: ``names`` stays the caller's)
+            options = NameOptions.from_wire(options.to_wire() | changed)
         self._options, self._resolver = options, resolver
         self._plan = self._make_plan(net_allow, net_deny, unix_allow)
         self.policy = self._plan.policy
@@ -132,6 +145,8 @@ class Sandbox:
             unix_allow=profile.unix_allow,
             dns_allow_private=profile.dns_allow_private,
             verify_names=profile.verify_names,
+            http_allow=profile.http_allow,
+            http_deny=profile.http_deny,
         )
 
     def run(

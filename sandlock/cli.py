@@ -52,7 +52,19 @@ def _name_fields(args: Args) -> dict[str, Any]:
         "ttl_max": args.dns_ttl_max,
         "dns_allow_private": args.dns_allow_private,
         "verify_names": args.verify_names,
+        "http_allow": list(getattr(args, "http_allow", ())),
+        "http_deny": list(getattr(args, "http_deny", ())),
+        "http_ports": list(_http_ports(getattr(args, "http_ports", ()))),
     }
+
+
+def _http_ports(specs: Sequence[str]) -> tuple[int, ...]:
+    """--http-ports (PolicyError for a bad one); () for the default."""
+    if not specs:
+        return ()
+    from .httprules import parse_ports
+
+    return parse_ports(specs)
 
 
 
@@ -210,6 +222,9 @@ def _rule_specs(args: Args) -> tuple[list[str], list[str], list[str]]:
             args.dns_allow_private = True
         if profile.verify_names:
             args.verify_names = True
+        if profile.http_allow or profile.http_deny:
+            args.http_allow = profile.http_allow + list(getattr(args, "http_allow", ()))
+            args.http_deny = profile.http_deny + list(getattr(args, "http_deny", ()))
     return allow, deny, unix
 
 

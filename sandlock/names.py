@@ -44,6 +44,7 @@ from .vfiles import HOSTS, RESOLV_CONF, VirtualFiles, hosts_text, resolv_text
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import dns
+    from .httprules import HttpRules
     from .plan import NameOptions
     from .policy import Policy
     from .upstream import Upstream
@@ -100,6 +101,8 @@ class Names:
         shown: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.options = options
+        self.http: HttpRules | None = None
+        """The HTTP rules (plan.py): the relay then interposes the HTTP ports."""
         self.startup_records: list[dns.Record] = []
         """What start-up resolution decided that the audit log must hear (plan.py)."""
         self.upstream = upstream

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from . import upstream as dns_upstream
+    from .httprules import HttpRules
     from .names import Names
     from .policy import Policy
     from .rules import Rule
@@ -75,6 +76,9 @@ class NameOptions:
         "dns_allow_private",
         "dns_proxy",
         "dns_upstream",
+        "http_allow",
+        "http_deny",
+        "http_ports",
         "ttl_max",
         "ttl_min",
         "verify_names",
@@ -91,8 +95,16 @@ class NameOptions:
         ttl_max: float = TTL_MAX,
         dns_allow_private: bool = False,
         verify_names: bool = False,
+        http_allow: Sequence[str] = (),
+        http_deny: Sequence[str] = (),
+        http_ports: Sequence[int] = (),
     ) -> None:
         self.dns_allow_private = dns_allow_private
+        # HTTP rules (httprules.py; the plan parses them): they ride with the hostname
+        # options, which every way in (CLI, API, daemon wire) already carries.
+        self.http_allow = tuple(http_allow)
+        self.http_deny = tuple(http_deny)
+        self.http_ports = tuple(http_ports)  # () is httprules.DEFAULT_PORTS
         self.verify_names = verify_names  # --verify-names (relay.py)
         self.virtual_hosts = virtual_hosts
         self.dns_proxy = dns_proxy
@@ -114,6 +126,9 @@ class NameOptions:
             "ttl_max": self.ttl_max,
             "dns_allow_private": self.dns_allow_private,
             "verify_names": self.verify_names,
+            "http_allow": list(self.http_allow),
+            "http_deny": list(self.http_deny),
+            "http_ports": list(self.http_ports),
         }
 
     @classmethod
@@ -133,6 +148,9 @@ class NameOptions:
                 ttl_max=float(data.get("ttl_max", TTL_MAX)),
                 dns_allow_private=bool(data.get("dns_allow_private", False)),
                 verify_names=bool(data.get("verify_names", False)),
+                http_allow=_strs(data.get("http_allow", ())),
+                http_deny=_strs(data.get("http_deny", ())),
+                http_ports=_ports(data.get("http_ports", ())),
             )
         except (TypeError, ValueError) as err:
             raise PolicyError(f"bad name options: {err}") from None
@@ -151,6 +169,20 @@ class NameOptions:
 
 def _opt_bool(value: object) -> bool | None:
     return None if value is None else bool(value)
+
+
+def _strs(value: object) -> tuple[str, ...]:
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise TypeError("http_allow and http_deny must be lists of strings")
+
+
+def _ports(value: object) -> tuple[int, ...]:
+    if isinstance(value, list | tuple) and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in value
+    ):
+        return tuple(value)
+    raise TypeError("http_ports must be a list of ports (1-65535)")
 
 
 def _opt_str(value: object) -> str | None:
@@ -243,6 +275,11 @@ class Plan:
         options = options if options is not None else NameOptions()
         options.check()
         self.options = options
+        self.http: HttpRules | None = None
+        """The HTTP rules (httprules.py), None without any; their allow rules' hosts are
+        reachable over TCP on the HTTP ports (added to the allow rules here)."""
+        if options.http_allow or options.http_deny:
+            rules = self._with_http(rules, options)
         self.has_hosts = any(rule.host is not None for rule in rules.allow)
         wildcards = rules.wildcards
         self.wildcards = bool(wildcards)
@@ -290,6 +327,18 @@ class Plan:
                 continue
             found[host] = self._guard(unresolved, host, spec, _resolve(lookup, host, spec))
         self.policy = unresolved.with_hosts(found) if found else unresolved
+
+    def _with_http(self, rules: Rules, options: NameOptions) -> Rules:
+        from .httprules import ALLOW_FLAG, HttpRules
+        from .rules import parse_rule
+
+        http = HttpRules.parse(options.http_allow, options.http_deny, options.http_ports)
+        self.http = http
+        implied = tuple(
+            parse_rule(net, flag=ALLOW_FLAG)._replace(spec=rule.spec)
+            for rule, net in zip(http.allow, http.implied_net_rules(), strict=True)
+        )
+        return Rules(rules.allow + implied, rules.deny, rules.unix)
 
     def _guard(
         self, policy: Policy, host: str, spec: str, addrs: tuple[str, ...]
@@ -342,10 +391,11 @@ class Plan:
                     "CAP_NET_BIND_SERVICE): hostnames are resolved once at start",
                     file=sys.stderr,
                 )
-        if not self.has_hosts and sockets is None:
+        if not self.has_hosts and sockets is None and self.http is None:
             return None
         names = Names(policy, self.options, self.upstream, sockets, self.seeds, self.shown)
         names.startup_records = list(self.records)
+        names.http = self.http
         return names
 
 

@@ -6,6 +6,8 @@
     unix_allow = ["/run/user/1000/ssh-agent.sock", "@my-proxy"]
     dns_allow_private = false   # true: --dns-allow-private (the rebinding guard off)
     verify_names = true         # --verify-names (experimental)
+    http_allow = ["GET api.example.com/v1/*"]   # --http-allow (README: HTTP rules)
+    http_deny = ["POST */upload"]               # --http-deny
 
 ``sandlock run --profile agent.toml`` and ``Sandbox.from_profile("agent.toml")`` read it;
 ``sandlock learn --profile-out FILE`` writes one.
@@ -21,7 +23,7 @@ from typing import NamedTuple
 
 from .errors import PolicyError
 
-_KEYS = ("net_allow", "net_deny", "unix_allow")
+_KEYS = ("net_allow", "net_deny", "unix_allow", "http_allow", "http_deny")
 _FLAGS = ("dns_allow_private", "verify_names")
 
 
@@ -33,6 +35,8 @@ class Profile(NamedTuple):
     unix_allow: list[str]
     dns_allow_private: bool
     verify_names: bool
+    http_allow: list[str]
+    http_deny: list[str]
 
 
 def load_profile(path: str | os.PathLike[str]) -> tuple[list[str], list[str], list[str]]:
@@ -69,7 +73,7 @@ def read_profile(path: str | os.PathLike[str]) -> Profile:
         if not isinstance(value, bool):
             raise PolicyError(f"--profile: {where}: `{key}` must be true or false")
         flags.append(value)
-    return Profile(lists[0], lists[1], lists[2], flags[0], flags[1])
+    return Profile(lists[0], lists[1], lists[2], flags[0], flags[1], lists[3], lists[4])
 
 
 def dump_profile(

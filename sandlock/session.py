@@ -222,7 +222,9 @@ class Session:
         and reaped. Blocking: call it from a thread with no trio loop."""
         child = self._started()
         names = self.names
-        trio_first = names is not None and (names.dns_mode or names.options.verify_names)
+        trio_first = names is not None and (
+            names.dns_mode or names.options.verify_names or bool(names.http)
+        )
         status = wait_child(
             child,
             self._signal_fd,

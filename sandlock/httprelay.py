@@ -1,0 +1,443 @@
+"""HTTP rules at run time: the relay's handler for connections to the HTTP ports.
+
+With HTTP rules (httprules.py) the relay (relay.py) takes every TCP connection the
+command makes to an HTTP port (``--http-ports``) and hands it here. Each connection is
+parsed with h11 on both sides, one request at a time (keep-alive, pipelining held back
+by h11 until the previous exchange ends):
+
+1. The request's method, path (normalised) and host are read: the absolute URI's
+   authority if the target is one (a Host header must then agree), else the Host
+   header, else the address connected to. A port in it must be the one connected to.
+2. ``bound``: the host is that very address, or a name whose addresses under the policy
+   (start-up resolution or the DNS mode's book) include it. A rule naming a host
+   matches only a bound request; an unbound one gets ``http-host-mismatch``. With
+   ``--verify-names``, a destination allowed only by hostname rules needs a bound host
+   whatever the rules.
+3. Refused: ``403`` with one line naming the rule, and the connection stays usable for
+   the next request (a refused request that has a body is answered with
+   ``Connection: close``: its body is not read). Allowed: the request is re-serialised by
+   h11 (what the server reads is what was checked: no smuggling through framing) to
+   **the address and port the command connected to**, never to what the request names;
+   its body streamed as it comes, the response streamed back.
+4. ``Upgrade: websocket`` on an allowed ``GET``: after the server's ``101`` the bytes are
+   copied both ways, unparsed. Any other upgrade (``h2c``: requests no longer checked)
+   and ``CONNECT`` are refused.
+
+Every request's decision is one record (``syscall: "http"``, with method, host, path,
+status and rule) for the audit log and the denial report.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import urllib.parse
+from collections.abc import Callable, Iterable
+
+import h11
+import trio
+
+from .httprules import (
+    BAD_PATH,
+    HOST_MISMATCH,
+    HttpDecision,
+    HttpRules,
+    normalise_host,
+    normalise_path,
+)
+from .policy import Policy
+from .relay import only_by_name
+from .sockaddr import Dest, canonical
+
+__all__ = ["UPGRADE", "HttpHandler"]
+
+UPGRADE = "http-upgrade"
+CONNECT_TIMEOUT = 30.0
+_CHUNK = 65536
+_MAX_PATH_SHOWN = 512
+_DRAIN = 1 << 20  # bytes read (and dropped) of a refused request's body before closing
+
+Record = dict[str, object]
+
+
+class HttpHandler:
+    """Checks and relays each request of a connection to an HTTP port."""
+
+    def __init__(
+        self,
+        rules: HttpRules,
+        policy: Callable[[], Policy],
+        record: Callable[[Record], None] | None,
+        *,
+        verify: bool = False,
+    ) -> None:
+        self.rules = rules
+        self._policy = policy
+        self._record = record
+        self._verify = verify
+
+    @property
+    def ports(self) -> frozenset[int]:
+        """The TCP ports whose connections come here."""
+        return self.rules.ports
+
+    async def serve(self, conn: socket.socket, pid: int, dest: Dest) -> None:
+        """Serve the command's connection ``conn`` to ``dest`` until either side ends."""
+        client = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+        exchange = _Exchange(self, client, pid, dest)
+        try:
+            await exchange.run()
+        finally:
+            await exchange.close()
+
+    def decide(self, request: h11.Request, dest: Dest) -> tuple[HttpDecision, str, str]:
+        """The verdict on ``request`` to ``dest``, with the host and path to record."""
+        method = request.method.decode("ascii", "replace")
+        target = request.target.decode("ascii", "replace")
+        shown = str(ipaddress.ip_address(canonical(dest.addr)))
+        host_header = _header(request, b"host")
+        authority: str | None = None
+        path_text = target
+        if target.startswith("/"):
+            authority = host_header
+        elif target.lower().startswith(("http://", "https://")):
+            parts = urllib.parse.urlsplit(target)
+            authority = parts.netloc
+            path_text = parts.path or "/"
+            if host_header is not None and normalise_host(host_header) != normalise_host(authority):
+                return HttpDecision(False, HOST_MISMATCH), authority, path_text
+        else:  # (CONNECT's authority, OPTIONS *)
+            return HttpDecision(False, BAD_PATH), host_header or shown, target[:_MAX_PATH_SHOWN]
+        named = normalise_host(authority) if authority is not None else (shown, None)
+        if named is None:
+            return HttpDecision(False, HOST_MISMATCH), authority or "", path_text
+        host, port = named
+        if port is not None and port != dest.port:
+            return HttpDecision(False, HOST_MISMATCH), host, path_text
+        policy = self._policy()
+        bound = _bound(policy, host, shown)
+        if not bound and self._verify:
+            decision = policy.decide("tcp", dest.addr, dest.port)
+            if only_by_name(policy, decision, dest):
+                return HttpDecision(False, HOST_MISMATCH), host, path_text
+        upgrade = _header(request, b"upgrade")
+        if upgrade is not None and (upgrade.lower() != "websocket" or method != "GET"):
+            return HttpDecision(False, UPGRADE), host, path_text
+        path = normalise_path(path_text)
+        return self.rules.decide(method, host, dest.port, path, bound=bound), host, path_text
+
+    def report(
+        self,
+        pid: int,
+        dest: Dest,
+        request: h11.Request,
+        host: str,
+        path: str,
+        status: int,
+        decision: HttpDecision,
+    ) -> None:
+        if self._record is None:
+            return
+        self._record(
+            {
+                "pid": pid,
+                "syscall": "http",
+                "proto": "tcp",
+                "dst": str(ipaddress.ip_address(canonical(dest.addr))),
+                "port": dest.port,
+                "host": host,
+                "method": request.method.decode("ascii", "replace"),
+                "path": path[:_MAX_PATH_SHOWN],
+                "status": status,
+                "action": "allow" if decision.allowed else "deny",
+                "rule": decision.rule if decision.rule is not None else "http-no-allow-rules",
+            }
+        )
+
+
+def _framed(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers to send on: with Transfer-Encoding (which h11 framed the body by),
+    no Content-Length, so that the next reader cannot frame it otherwise (smuggling)."""
+    items = list(headers)
+    if any(k.lower() == b"transfer-encoding" for k, _ in items):
+        return [(k, v) for k, v in items if k.lower() != b"content-length"]
+    return items
+
+
+def _header(request: h11.Request, name: bytes) -> str | None:
+    for key, value in request.headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _bound(policy: Policy, host: str, shown: str) -> bool:
+    """Whether ``host`` (normalised) is the address ``shown`` or a name the policy gives
+    that address."""
+    try:
+        return str(ipaddress.ip_address(host)) == shown
+    except ValueError:
+        pass
+    key = policy.host_for_name(host)
+    return key is not None and shown in policy.host_addresses.get(key, ())
+
+
+class _Closed(Exception):
+    """A side ended or broke the protocol: the connection is over."""
+
+
+class _Exchange:
+    """One connection of the command: its requests, one after another."""
+
+    def __init__(self, handler: HttpHandler, client: trio.SocketStream, pid: int, dest: Dest):
+        self.handler = handler
+        self.client = client
+        self.pid = pid
+        self.dest = dest
+        self.down = h11.Connection(h11.SERVER)  # the command's side: we serve it
+        self.up: h11.Connection | None = None  # the destination's side: we are its client
+        self.upstream: trio.SocketStream | None = None
+
+    async def run(self) -> None:
+        while True:
+            try:
+                event = await _next(self.down, self.client)
+            except h11.RemoteProtocolError:
+                await self._answer(400, "sandlock: malformed HTTP request", close=True)
+                return
+            if not isinstance(event, h11.Request):
+                return  # (ConnectionClosed)
+            decision, host, path = self.handler.decide(event, self.dest)
+            if not decision.allowed:
+                self.handler.report(self.pid, self.dest, event, host, path, 403, decision)
+                if not await self._refuse(event, decision):
+                    return
+            elif not await self._relay(event, host, path, decision):
+                return
+            if self.down.our_state is not h11.DONE or self.down.their_state is not h11.DONE:
+                return
+            self.down.start_next_cycle()
+
+    async def _refuse(self, request: h11.Request, decision: HttpDecision) -> bool:
+        """Answer 403; whether the connection goes on."""
+        has_body = any(
+            k == b"transfer-encoding" or (k == b"content-length" and v.strip() != b"0")
+            for k, v in request.headers
+        )
+        line = f"sandlock: refused by HTTP rule `{decision.rule}`"
+        await self._answer(403, line, close=has_body)
+        if has_body:
+            await self._drain()
+            return False
+        event = await _next(self.down, self.client)  # its EndOfMessage
+        return isinstance(event, h11.EndOfMessage)
+
+    async def _answer(self, status: int, line: str, *, close: bool) -> None:
+        body = (line + "\n").encode()
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        try:
+            await self._send_down(h11.Response(status_code=status, headers=headers))
+            await self._send_down(h11.Data(data=body))
+            await self._send_down(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            pass  # (the request was too broken for any answer)
+
+    async def _drain(self) -> None:
+        """After a final answer with ``Connection: close``: half-close, read and drop
+        what the command still sends (a reset would lose the answer), then end."""
+        try:
+            await self.client.send_eof()
+            with trio.move_on_after(1.0):
+                left = _DRAIN
+                while left > 0 and (data := await self.client.receive_some(_CHUNK)):
+                    left -= len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async def _relay(
+        self, request: h11.Request, host: str, path: str, decision: HttpDecision
+    ) -> bool:
+        """Forward ``request`` and its answer; whether the connection goes on."""
+        if self.upstream is None:
+            self.upstream = await _connect(self.dest)
+            if self.upstream is None:
+                await self._answer(502, f"sandlock: cannot reach {_shown(self.dest)}", close=True)
+                self.handler.report(self.pid, self.dest, request, host, path, 502, decision)
+                return False
+            self.up = h11.Connection(h11.CLIENT)
+        assert self.up is not None
+        headers = _framed(request.headers.raw_items())
+        if not any(k.lower() == b"host" for k, _ in headers):  # (HTTP/1.0 without one)
+            headers.append((b"Host", host.encode("idna") if host.isascii() else b""))
+        try:
+            await self._send_up(
+                h11.Request(method=request.method, target=request.target, headers=headers)
+            )
+        except h11.LocalProtocolError:
+            await self._answer(400, "sandlock: cannot forward this request", close=True)
+            return False
+        body_done, failed = trio.Event(), []
+        switched = False
+        async with trio.open_nursery() as nursery:
+
+            async def body() -> None:
+                try:
+                    await self._forward_body()
+                except (_Closed, h11.ProtocolError) as err:
+                    failed.append(err)
+                    nursery.cancel_scope.cancel()
+                finally:
+                    body_done.set()
+
+            nursery.start_soon(body)
+            try:
+                switched = await self._forward_response(request, host, path, decision)
+            except (_Closed, h11.ProtocolError) as err:
+                failed.append(err)
+            if failed or not body_done.is_set():  # (answered before the body ended: give up)
+                nursery.cancel_scope.cancel()
+                return False
+        if switched:
+            await self._splice()
+            return False
+        if self.up.our_state is h11.DONE and self.up.their_state is h11.DONE:
+            self.up.start_next_cycle()
+        else:
+            await self._close_upstream()
+        return True
+
+    async def _forward_body(self) -> None:
+        while True:
+            event = await _next(self.down, self.client)
+            if isinstance(event, h11.Data):
+                await self._send_up(h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await self._send_up(h11.EndOfMessage(headers=list(event.headers.raw_items())))
+                return
+            else:
+                raise _Closed
+
+    async def _forward_response(
+        self, request: h11.Request, host: str, path: str, decision: HttpDecision
+    ) -> bool:
+        """The destination's answer, to the command; whether the protocol switched."""
+        assert self.up is not None and self.upstream is not None
+        while True:
+            event = await _next(self.up, self.upstream)
+            if isinstance(event, h11.InformationalResponse):
+                await self._send_down(
+                    h11.InformationalResponse(
+                        status_code=event.status_code,
+                        headers=list(event.headers.raw_items()),
+                        reason=event.reason,
+                    )
+                )
+                if event.status_code == 101:
+                    self.handler.report(self.pid, self.dest, request, host, path, 101, decision)
+                    return True
+            elif isinstance(event, h11.Response):
+                self.handler.report(
+                    self.pid, self.dest, request, host, path, event.status_code, decision
+                )
+                await self._send_down(
+                    h11.Response(
+                        status_code=event.status_code,
+                        headers=_framed(event.headers.raw_items()),
+                        reason=event.reason,
+                    )
+                )
+            elif isinstance(event, h11.Data):
+                await self._send_down(h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await self._send_down(h11.EndOfMessage(headers=list(event.headers.raw_items())))
+                return False
+            else:
+                raise _Closed
+
+    async def _splice(self) -> None:
+        """After a 101: the bytes each side sent past the handshake, then a copy both ways."""
+        assert self.up is not None and self.upstream is not None
+        upstream = self.upstream
+        down_left, _ = self.down.trailing_data
+        up_left, _ = self.up.trailing_data
+
+        async def copy(src: trio.SocketStream, dst: trio.SocketStream, head: bytes) -> None:
+            try:
+                if head:
+                    await dst.send_all(head)
+                while data := await src.receive_some(_CHUNK):
+                    await dst.send_all(data)
+                await dst.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(copy, self.client, upstream, down_left)
+            nursery.start_soon(copy, upstream, self.client, up_left)
+
+    async def _send_down(self, event: h11.Event) -> None:
+        data = self.down.send(event)
+        if data:
+            try:
+                await self.client.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+                raise _Closed from err
+
+    async def _send_up(self, event: h11.Event) -> None:
+        assert self.up is not None and self.upstream is not None
+        data = self.up.send(event)
+        if data:
+            try:
+                await self.upstream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+                raise _Closed from err
+
+    async def _close_upstream(self) -> None:
+        if self.upstream is not None:
+            await self.upstream.aclose()
+        self.upstream = None
+        self.up = None
+
+    async def close(self) -> None:
+        await self._close_upstream()
+        await self.client.aclose()
+
+
+async def _next(conn: h11.Connection, stream: trio.SocketStream) -> h11.Event | type[h11.PAUSED]:
+    """The next event of ``conn``, reading ``stream`` as it needs; _Closed on a broken
+    connection."""
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event  # type: ignore[return-value]
+        try:
+            data = await stream.receive_some(_CHUNK)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+            raise _Closed from err
+        conn.receive_data(data)
+
+
+async def _connect(dest: Dest) -> trio.SocketStream | None:
+    """A stream to ``dest`` (the address the command connected to), or None."""
+    seen = canonical(dest.addr)
+    family = socket.AF_INET if len(seen) == 4 else socket.AF_INET6
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    with trio.move_on_after(CONNECT_TIMEOUT):
+        try:
+            await sock.connect((socket.inet_ntop(family, seen), dest.port))
+        except OSError:
+            sock.close()
+            return None
+        return trio.SocketStream(sock)
+    sock.close()
+    return None
+
+
+def _shown(dest: Dest) -> str:
+    ip = ipaddress.ip_address(canonical(dest.addr))
+    return f"[{ip}]:{dest.port}" if ip.version == 6 else f"{ip}:{dest.port}"
