@@ -113,11 +113,22 @@ class NameOptions:
         self.ttl_max = ttl_max
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        fields = ", ".join(
+            f"{name}={getattr(self, name)!r}"
+            for name in self.__slots__
+            if getattr(self, name) != () or not name.startswith("http_")  # (shown if given)
+        )
         return f"NameOptions({fields})"
 
     def to_wire(self) -> dict[str, object]:
-        """A JSON-able form, for the daemon."""
+        """A JSON-able form, for the daemon (HTTP rules only when there are some)."""
+        http: dict[str, object] = {}
+        if self.http_allow or self.http_deny or self.http_ports:
+            http = {
+                "http_allow": list(self.http_allow),
+                "http_deny": list(self.http_deny),
+                "http_ports": list(self.http_ports),
+            }
         return {
             "virtual_hosts": self.virtual_hosts,
             "dns_proxy": self.dns_proxy,
@@ -126,10 +137,7 @@ class NameOptions:
             "ttl_max": self.ttl_max,
             "dns_allow_private": self.dns_allow_private,
             "verify_names": self.verify_names,
-            "http_allow": list(self.http_allow),
-            "http_deny": list(self.http_deny),
-            "http_ports": list(self.http_ports),
-        }
+        } | http
 
     @classmethod
     def from_wire(cls, data: object) -> NameOptions:

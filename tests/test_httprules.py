@@ -242,3 +242,47 @@ def test_implied_net_rules() -> None:
         "tcp://[::1]:8080",
         "tcp://*:80,8080",
     ]
+
+
+def test_wire_round_trip_and_checks() -> None:
+    """The HTTP rules ride in the name options over the daemon wire, checked by type."""
+    from sandlock._request import RequestError, check_names
+    from sandlock.plan import NameOptions
+
+    options = NameOptions(http_allow=["GET */x"], http_deny=["POST */y"], http_ports=[8080])
+    wire = options.to_wire()
+    check_names(wire)
+    back = NameOptions.from_wire(wire)
+    assert (back.http_allow, back.http_deny, back.http_ports) == (
+        ("GET */x",),
+        ("POST */y",),
+        (8080,),
+    )
+    assert "http_allow" not in NameOptions().to_wire()  # (an older daemon reads it)
+    wrong_types: list[dict[str, object]] = [
+        {"http_allow": "GET */x"},
+        {"http_deny": [1]},
+        {"http_ports": [0]},
+        {"http_ports": [True]},
+        {"http_ports": "80"},
+    ]
+    for bad in wrong_types:
+        with pytest.raises(RequestError):
+            check_names(bad)
+        with pytest.raises(PolicyError):
+            NameOptions.from_wire(bad)
+    with pytest.raises(RequestError, match="longer than"):
+        check_names({"http_allow": ["GET */" + "x" * 2000]})
+
+
+def test_api_sandbox_takes_http_rules() -> None:
+    """Sandbox(http_allow=..., http_deny=...): parsed at once, implying TCP to the host."""
+    from sandlock import Sandbox
+
+    box = Sandbox(http_allow=["GET 127.0.0.1/ok/*"], http_deny=["POST */x"], http_ports=[8080])
+    assert box.policy.decide("tcp", bytes([127, 0, 0, 1]), 8080).allowed
+    assert not box.policy.decide("tcp", bytes([127, 0, 0, 1]), 8081).allowed
+    with pytest.raises(PolicyError, match="--http-allow"):
+        Sandbox(http_allow=["GET"])
+    with pytest.raises(PolicyError, match="not a string"):
+        Sandbox(http_allow="GET */")  # type: ignore[arg-type]
