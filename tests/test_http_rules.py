@@ -380,3 +380,45 @@ def test_profile_http_keys(tmp_path: Path, web: EchoServer) -> None:
     profile.write_text('http_allow = "GET */"\n')
     res = run_sandboxed(["--profile", str(profile)], ["true"], timeout=TIMEOUT)
     assert res.returncode == 2 and "`http_allow` must be a list of strings" in res.stderr
+
+
+RAW_CLIENT = r"""
+import re, socket, sys
+port = int(sys.argv[1])
+def exchange(data):
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    s.sendall(data)
+    got = b""
+    while chunk := s.recv(65536):
+        got += chunk
+    s.close()
+    return re.findall(rb"HTTP/1.1 (\d+)", got)
+host = f"Host: 127.0.0.1:{port}\r\n".encode()
+piped = (b"GET /ok/a HTTP/1.1\r\n" + host + b"\r\n"
+         + b"GET /secret HTTP/1.1\r\n" + host + b"\r\n"
+         + b"GET /ok/b HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n")
+print(b" ".join(exchange(piped)).decode())
+twice = b"GET /ok/c HTTP/1.1\r\n" + host + b"Host: evil.example\r\n\r\n"
+print(b" ".join(exchange(twice)).decode())
+smuggle = (b"POST /upload HTTP/1.1\r\n" + host + b"Content-Length: 30\r\n"
+           b"Transfer-Encoding: chunked\r\n\r\n"
+           b"0\r\n\r\nGET /secret HTTP/1.1\r\n" + host + b"\r\n"
+           + b"GET /ok/d HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n")
+print(b" ".join(exchange(smuggle)).decode())
+"""
+
+
+def test_pipelining_duplicate_host_and_smuggling(web: EchoServer) -> None:
+    """Pipelined requests are each checked; two Host headers are a 400; a body framed
+    two ways reaches the server framed one way (chunked), so the request hidden after
+    it is read by the relay, checked and refused, and never reaches the server."""
+    p = web.port
+    res = run_sandboxed(rules(p), [PY, "-c", RAW_CLIENT, str(p)], timeout=TIMEOUT)
+    assert res.returncode == 0, describe(res)
+    assert res.stdout.splitlines() == ["200 403 200", "400", "200 403 200"], describe(res)
+    assert [(s.target, s.chunked, s.body) for s in web.log] == [
+        ("/ok/a", False, b""),
+        ("/ok/b", False, b""),
+        ("/upload", True, b""),
+        ("/ok/d", False, b""),
+    ]
