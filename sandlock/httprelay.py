@@ -53,7 +53,7 @@ __all__ = ["UPGRADE", "HttpHandler"]
 
 UPGRADE = "http-upgrade"
 CONNECT_TIMEOUT = 30.0
-_CHUNK = 65536
+_CHUNK = 1 << 20  # bytes read at a time (h11 hands them on as one Data event)
 _MAX_PATH_SHOWN = 512
 _DRAIN = 1 << 20  # bytes read (and dropped) of a refused request's body before closing
 

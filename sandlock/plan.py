@@ -401,7 +401,11 @@ class Plan:
                 )
         if not self.has_hosts and sockets is None and self.http is None:
             return None
-        names = Names(policy, self.options, self.upstream, sockets, self.seeds, self.shown)
+        options = self.options
+        if not self.has_hosts and sockets is None:  # (HTTP rules alone: no virtual file, so opens
+            # are not trapped)
+            options = NameOptions.from_wire(options.to_wire() | {"virtual_hosts": False})
+        names = Names(policy, options, self.upstream, sockets, self.seeds, self.shown)
         names.startup_records = list(self.records)
         names.http = self.http
         return names

@@ -1,0 +1,166 @@
+"""HTTP rules: what the per-request relay (httprelay.py) costs plain HTTP.
+
+    .venv/bin/python bench/http_rules.py [--rounds 5] [--curl 200] [--requests 500] [--mb 200]
+
+Three modes, the same client timed inside the command (start-up excluded): native (no
+sandbox); ``net``: ours with ``--net-allow 127.0.0.1:PORT`` (no HTTP rules: the gate's
+path); ``http``: ours with ``--http-ports PORT --http-allow 'GET 127.0.0.1/*'`` (every
+connection through the relay, every request checked). Rounds alternate the modes so load
+hits them alike. The server (threads here, on 127.0.0.1) answers each request with a short
+body, or MB megabytes for the bulk row. Rows:
+
+- curl: CURL runs of ``curl -s -o /dev/null URL`` in one sandbox, ms per request (a
+  Python loop of subprocess.run inside the command: the same spawn cost in every mode);
+- python: REQUESTS ``http.client`` GETs from one process, each on a fresh connection,
+  us per request;
+- bulk: one GET of MB megabytes; MB/s.
+
+HTTPS is not measured: TLS interception is not built (README: HTTP rules). The peer
+(PyPI sandlock 0.9.0) is not run by this script. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SANDLOCK = REPO / ".venv" / "bin" / "sandlock"
+SHORT = b"ok"
+CHUNK = bytes(1 << 20)
+
+CLIENT = r"""
+import http.client, subprocess, sys, time
+port, how, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+url = f"http://127.0.0.1:{port}/bench"
+if how == "curl":
+    subprocess.run(["curl", "-s", "-f", "-o", "/dev/null", url], check=True)  # (warm-up)
+    t = time.perf_counter_ns()
+    for _ in range(n):
+        subprocess.run(["curl", "-s", "-f", "-o", "/dev/null", url], check=True)
+    print((time.perf_counter_ns() - t) / n / 1e6)
+elif how == "python":
+    def one():
+        c = http.client.HTTPConnection("127.0.0.1", port)
+        c.request("GET", "/bench")
+        r = c.getresponse()
+        assert r.status == 200 and r.read() == b"ok", r.status
+        c.close()
+    one()
+    t = time.perf_counter_ns()
+    for _ in range(n):
+        one()
+    print((time.perf_counter_ns() - t) / n / 1e3)
+else:
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    t = time.perf_counter_ns()
+    c.request("GET", "/bulk")
+    r = c.getresponse()
+    got = 0
+    while data := r.read(1 << 20):
+        got += len(data)
+    assert got == n << 20, got
+    print(got / 1e6 / ((time.perf_counter_ns() - t) / 1e9))
+"""
+
+
+def serve(listener: socket.socket, mb: list[int]) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        threading.Thread(target=answer, args=(conn, mb[0]), daemon=True).start()
+
+
+def answer(conn: socket.socket, mb: int) -> None:
+    """Answer each request of a kept-alive connection (bodiless GETs only)."""
+    with conn:
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                _, _, buf = buf.partition(b"\r\n\r\n")
+                size = mb << 20 if mb else len(SHORT)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+                if mb:
+                    for _ in range(mb):
+                        conn.sendall(CHUNK)
+                else:
+                    conn.sendall(SHORT)
+        except OSError:
+            pass
+
+
+def measure(mode: str, port: int, how: str, n: int) -> float:
+    argv = [sys.executable, "-c", CLIENT, str(port), how, str(n)]
+    if mode == "net":
+        argv = [str(SANDLOCK), "run", "--net-allow", f"127.0.0.1:{port}", "--", *argv]
+    elif mode == "http":
+        rules = ["--http-ports", str(port), "--http-allow", "GET 127.0.0.1/*"]
+        argv = [str(SANDLOCK), "run", *rules, "--", *argv]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise SystemExit(f"{mode} {how}: {out.stderr.strip()}")
+    return float(out.stdout.strip())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--curl", type=int, default=200, help="curl runs per round")
+    parser.add_argument("--requests", type=int, default=500, help="Python requests per round")
+    parser.add_argument("--mb", type=int, default=200, help="megabytes of the bulk row")
+    args = parser.parse_args()
+    listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    port = listener.getsockname()[1]
+    mb = [0]
+    threading.Thread(target=serve, args=(listener, mb), daemon=True).start()
+    modes = ("native", "net", "http")
+    rows: dict[str, dict[str, list[float]]] = {}
+    load = os.getloadavg()
+    for row, n in (("curl", args.curl), ("python", args.requests), ("bulk", args.mb)):
+        mb[0] = args.mb if row == "bulk" else 0
+        for _ in range(args.rounds):
+            for mode in modes:
+                rows.setdefault(row, {}).setdefault(mode, []).append(measure(mode, port, row, n))
+                print(f"{row} {mode}: {rows[row][mode][-1]:.2f}", file=sys.stderr)
+    listener.close()
+    med = {row: {m: statistics.median(v) for m, v in r.items()} for row, r in rows.items()}
+    c, p, b = med["curl"], med["python"], med["bulk"]
+    print(
+        f"machine: {os.cpu_count()} cpus, load average at start {load[0]:.2f}, "
+        f"at end {os.getloadavg()[0]:.2f}"
+    )
+    print("| row | unit | native | ours (net rule) | ours (HTTP rule) | HTTP - native |")
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| {args.curl} curl runs | ms/request | {c['native']:.2f} | {c['net']:.2f} | "
+        f"{c['http']:.2f} | {c['http'] - c['native']:.2f} ms |"
+    )
+    print(
+        f"| {args.requests} Python requests, fresh connections | us/request | "
+        f"{p['native']:.0f} | {p['net']:.0f} | {p['http']:.0f} | "
+        f"{p['http'] - p['native']:.0f} us |"
+    )
+    print(
+        f"| bulk {args.mb} MB down | MB/s | {b['native']:.0f} | {b['net']:.0f} | "
+        f"{b['http']:.0f} | {b['http'] / b['native']:.2f}x |"
+    )
+    for row, r in rows.items():
+        for mode, values in r.items():
+            print(f"{row} {mode}: " + ", ".join(f"{v:.2f}" for v in values))
+
+
+if __name__ == "__main__":
+    main()
