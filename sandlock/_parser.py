@@ -266,7 +266,25 @@ def _add_http_args(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PORTS",
         help="the TCP ports whose connections HTTP rules interpose (comma list, repeatable; "
-        "default: 80)",
+        "default: 80, and 443 with --http-tls)",
+    )
+    g.add_argument(
+        "--http-tls",
+        action="store_true",
+        help="intercept TLS on the HTTP ports too, so that HTTP rules hold for HTTPS: an "
+        "ephemeral CA made for this run (its key never leaves the supervisor's memory) is "
+        "added to the CA bundles CMD opens, and the supervisor makes its own TLS connection "
+        "to the server, verified against this host's trust store (README: HTTP rules)",
+    )
+    g.add_argument(
+        "--http-upstream-ca",
+        metavar="FILE",
+        help="with --http-tls, also trust the CA certificates in FILE (PEM) for the servers",
+    )
+    g.add_argument(
+        "--http-ca-out",
+        metavar="FILE",
+        help="with --http-tls, write this run's CA certificate (PEM, public) to FILE",
     )
 
 

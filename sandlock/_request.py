@@ -62,6 +62,7 @@ _NAME_FIELDS = {
     "http_allow",
     "http_deny",
     "http_ports",
+    "http_tls",
 }
 
 
@@ -133,7 +134,7 @@ def check_names(data: object) -> None:
     unknown = sorted(set(data) - _NAME_FIELDS)
     if unknown:
         raise RequestError(f"name options: unknown field {unknown[0]!r}")
-    for key in ("virtual_hosts", "dns_allow_private", "verify_names"):
+    for key in ("virtual_hosts", "dns_allow_private", "verify_names", "http_tls"):
         if not isinstance(data.get(key, True), bool):
             raise RequestError(f"{key} must be true or false")
     if not isinstance(data.get("dns_proxy"), bool | None):

@@ -84,8 +84,9 @@ class Sandbox:
     ``dns_allow_private`` turns the rebinding guard off (``--dns-allow-private``; or
     ``NameOptions(dns_allow_private=True)``).
     ``verify_names``: the CLI's --verify-names (experimental; README, verified names).
-    ``http_allow``, ``http_deny``, ``http_ports``: the CLI's --http-allow, --http-deny and
-    --http-ports (README: HTTP rules); they join those of ``names``.
+    ``http_allow``, ``http_deny``, ``http_ports``, ``http_tls``, ``http_upstream_ca``: the
+    CLI's --http-allow, --http-deny, --http-ports, --http-tls and --http-upstream-ca
+    (README: HTTP rules); they join those of ``names``.
     """
 
     def __init__(
@@ -102,6 +103,8 @@ class Sandbox:
         http_allow: Sequence[str] = (),
         http_deny: Sequence[str] = (),
         http_ports: Sequence[int] = (),
+        http_tls: bool = False,
+        http_upstream_ca: StrPath | None = None,
     ) -> None:
         options = names or NameOptions()
         wanted = {"dns_allow_private": dns_allow_private, "verify_names": verify_names}
@@ -114,6 +117,10 @@ class Sandbox:
             changed["http_allow"] = [*options.http_allow, *http_allow]
             changed["http_deny"] = [*options.http_deny, *http_deny]
             changed["http_ports"] = sorted({*options.http_ports, *http_ports})
+        if http_tls and not options.http_tls:
+            changed["http_tls"] = True
+        if http_upstream_ca is not None:
+            changed["http_upstream_ca"] = os.fspath(http_upstream_ca)
         if changed:  # (a copy: ``names`` stays the caller's)
             options = NameOptions.from_wire(options.to_wire() | changed)
         self._options, self._resolver = options, resolver

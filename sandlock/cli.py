@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from .audit import AuditLog
     from .learn import Learner
+    from .names import Names
     from .plan import NameOptions
     from .report import Observer
 
@@ -55,6 +56,8 @@ def _name_fields(args: Args) -> dict[str, Any]:
         "http_allow": list(getattr(args, "http_allow", ())),
         "http_deny": list(getattr(args, "http_deny", ())),
         "http_ports": list(_http_ports(getattr(args, "http_ports", ()))),
+        "http_tls": bool(getattr(args, "http_tls", False)),
+        "http_upstream_ca": getattr(args, "http_upstream_ca", None),
     }
 
 
@@ -65,7 +68,6 @@ def _http_ports(specs: Sequence[str]) -> tuple[int, ...]:
     from .httprules import parse_ports
 
     return parse_ports(specs)
-
 
 
 def _name_options(args: Args) -> NameOptions:
@@ -178,6 +180,8 @@ def _run(args: Args) -> int:
         plan = make(allow, deny, _name_options(args), unix_allow=unix_allow)
         policy = plan.policy
         names = plan.start(policy)
+        if getattr(args, "http_ca_out", None):
+            _write_ca(args.http_ca_out, names)
 
     from .launch import original_environ
     from .session import Session
@@ -207,6 +211,17 @@ def _run(args: Args) -> int:
     if learner is not None:
         _finish_learning(learner, args.profile_out)
     return code
+
+
+def _write_ca(path: str, names: Names | None) -> None:
+    """--http-ca-out: this run's CA certificate (public) to ``path``."""
+    if names is None or names.tls is None:
+        raise UsageError("--http-ca-out: there is no CA without --http-tls and an HTTP rule")
+    try:
+        with open(path, "wb") as f:
+            f.write(names.tls.ca_pem)
+    except OSError as err:
+        raise UsageError(f"--http-ca-out: cannot write {path}: {err.strerror}") from None
 
 
 def _rule_specs(args: Args) -> tuple[list[str], list[str], list[str]]:

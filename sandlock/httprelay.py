@@ -49,10 +49,17 @@ from .policy import Policy
 from .relay import only_by_name
 from .sockaddr import Dest, canonical
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .httptls import Interceptor
+
 __all__ = ["UPGRADE", "HttpHandler"]
 
 UPGRADE = "http-upgrade"
 CONNECT_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT = 30.0
+_REASONS = {400: b"Bad Request", 403: b"Forbidden", 502: b"Bad Gateway"}
+_PLAIN = "\0plain"  # (the ``sni`` of a connection without TLS)
 _CHUNK = 1 << 20  # bytes read at a time (h11 hands them on as one Data event)
 _MAX_PATH_SHOWN = 512
 _DRAIN = 1 << 20  # bytes read (and dropped) of a refused request's body before closing
@@ -70,11 +77,13 @@ class HttpHandler:
         record: Callable[[Record], None] | None,
         *,
         verify: bool = False,
+        tls: Interceptor | None = None,
     ) -> None:
         self.rules = rules
         self._policy = policy
         self._record = record
         self._verify = verify
+        self.tls = tls  # --http-tls (httptls.py)
 
     @property
     def ports(self) -> frozenset[int]:
@@ -83,15 +92,35 @@ class HttpHandler:
 
     async def serve(self, conn: socket.socket, pid: int, dest: Dest) -> None:
         """Serve the command's connection ``conn`` to ``dest`` until either side ends."""
-        client = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-        exchange = _Exchange(self, client, pid, dest)
+        plain = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+        client: trio.abc.Stream = plain
+        sni: str | None = None
+        tls = self.tls is not None and await _starts_tls(conn)
+        if tls:
+            assert self.tls is not None
+            shown = str(ipaddress.ip_address(canonical(dest.addr)))
+            wrapped = trio.SSLStream(
+                plain, self.tls.base_context(shown), server_side=True, https_compatible=True
+            )
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    await wrapped.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError, ValueError):
+                await plain.aclose()
+                return
+            client = wrapped
+            sni = self.tls.sni_of(wrapped.context)
+        exchange = _Exchange(self, client, pid, dest, sni if tls else _PLAIN)
         try:
             await exchange.run()
         finally:
             await exchange.close()
 
-    def decide(self, request: h11.Request, dest: Dest) -> tuple[HttpDecision, str, str]:
-        """The verdict on ``request`` to ``dest``, with the host and path to record."""
+    def decide(
+        self, request: h11.Request, dest: Dest, sni: str | None = _PLAIN
+    ) -> tuple[HttpDecision, str, str]:
+        """The verdict on ``request`` to ``dest``, with the host and path to record;
+        ``sni``: the TLS SNI (None: a TLS connection without one; ``_PLAIN``: no TLS)."""
         method = request.method.decode("ascii", "replace")
         target = request.target.decode("ascii", "replace")
         shown = str(ipaddress.ip_address(canonical(dest.addr)))
@@ -113,6 +142,8 @@ class HttpHandler:
             return HttpDecision(False, HOST_MISMATCH), authority or "", path_text
         host, port = named
         if port is not None and port != dest.port:
+            return HttpDecision(False, HOST_MISMATCH), host, path_text
+        if sni is not _PLAIN and sni is not None and sni != host:  # (the leaf said SNI)
             return HttpDecision(False, HOST_MISMATCH), host, path_text
         policy = self._policy()
         bound = _bound(policy, host, shown)
@@ -138,8 +169,12 @@ class HttpHandler:
     ) -> None:
         if self._record is None:
             return
+        extra: dict[str, object] = {}
+        if self.tls is not None:
+            extra["tls"] = True  # (the record says whether the request came in TLS)
         self._record(
-            {
+            extra
+            | {
                 "pid": pid,
                 "syscall": "http",
                 "proto": "tcp",
@@ -189,14 +224,17 @@ class _Closed(Exception):
 class _Exchange:
     """One connection of the command: its requests, one after another."""
 
-    def __init__(self, handler: HttpHandler, client: trio.SocketStream, pid: int, dest: Dest):
+    def __init__(
+        self, handler: HttpHandler, client: trio.abc.Stream, pid: int, dest: Dest, sni: str | None
+    ) -> None:
         self.handler = handler
         self.client = client
         self.pid = pid
         self.dest = dest
+        self.sni = sni  # _PLAIN without TLS
         self.down = h11.Connection(h11.SERVER)  # the command's side: we serve it
         self.up: h11.Connection | None = None  # the destination's side: we are its client
-        self.upstream: trio.SocketStream | None = None
+        self.upstream: trio.abc.Stream | None = None
 
     async def run(self) -> None:
         while True:
@@ -207,7 +245,7 @@ class _Exchange:
                 return
             if not isinstance(event, h11.Request):
                 return  # (ConnectionClosed)
-            decision, host, path = self.handler.decide(event, self.dest)
+            decision, host, path = self.handler.decide(event, self.dest, self.sni)
             if not decision.allowed:
                 self.handler.report(self.pid, self.dest, event, host, path, 403, decision)
                 if not await self._refuse(event, decision):
@@ -241,7 +279,8 @@ class _Exchange:
         if close:
             headers.append((b"connection", b"close"))
         try:
-            await self._send_down(h11.Response(status_code=status, headers=headers))
+            reason = _REASONS.get(status, b"")
+            await self._send_down(h11.Response(status_code=status, headers=headers, reason=reason))
             await self._send_down(h11.Data(data=body))
             await self._send_down(h11.EndOfMessage())
         except h11.LocalProtocolError:
@@ -251,7 +290,8 @@ class _Exchange:
         """After a final answer with ``Connection: close``: half-close, read and drop
         what the command still sends (a reset would lose the answer), then end."""
         try:
-            await self.client.send_eof()
+            if isinstance(self.client, trio.abc.HalfCloseableStream):
+                await self.client.send_eof()
             with trio.move_on_after(1.0):
                 left = _DRAIN
                 while left > 0 and (data := await self.client.receive_some(_CHUNK)):
@@ -264,9 +304,9 @@ class _Exchange:
     ) -> bool:
         """Forward ``request`` and its answer; whether the connection goes on."""
         if self.upstream is None:
-            self.upstream = await _connect(self.dest)
+            self.upstream, why = await self._open_upstream()
             if self.upstream is None:
-                await self._answer(502, f"sandlock: cannot reach {_shown(self.dest)}", close=True)
+                await self._answer(502, f"sandlock: {why}", close=True)
                 self.handler.report(self.pid, self.dest, request, host, path, 502, decision)
                 return False
             self.up = h11.Connection(h11.CLIENT)
@@ -310,6 +350,28 @@ class _Exchange:
         else:
             await self._close_upstream()
         return True
+
+    async def _open_upstream(self) -> tuple[trio.abc.Stream | None, str]:
+        """The connection to the destination (TLS if the command's was), or None and
+        why not."""
+        plain = await _connect(self.dest)
+        if plain is None:
+            return None, f"cannot reach {_shown(self.dest)}"
+        tls = self.handler.tls
+        if self.sni is _PLAIN or tls is None:
+            return plain, ""
+        shown = str(ipaddress.ip_address(canonical(self.dest.addr)))
+        wrapped = trio.SSLStream(
+            plain, tls.upstream, server_hostname=self.sni or shown, https_compatible=True
+        )
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await wrapped.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError) as err:
+            await plain.aclose()
+            cause = err.__cause__ if err.__cause__ is not None else err
+            return None, f"TLS to {_shown(self.dest)} failed: {cause}"
+        return wrapped, ""
 
     async def _forward_body(self) -> None:
         while True:
@@ -366,13 +428,16 @@ class _Exchange:
         down_left, _ = self.down.trailing_data
         up_left, _ = self.up.trailing_data
 
-        async def copy(src: trio.SocketStream, dst: trio.SocketStream, head: bytes) -> None:
+        async def copy(src: trio.abc.Stream, dst: trio.abc.Stream, head: bytes) -> None:
             try:
                 if head:
                     await dst.send_all(head)
                 while data := await src.receive_some(_CHUNK):
                     await dst.send_all(data)
-                await dst.send_eof()
+                if isinstance(dst, trio.abc.HalfCloseableStream):
+                    await dst.send_eof()
+                else:
+                    await dst.aclose()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 nursery.cancel_scope.cancel()
 
@@ -408,7 +473,22 @@ class _Exchange:
         await self.client.aclose()
 
 
-async def _next(conn: h11.Connection, stream: trio.SocketStream) -> h11.Event | type[h11.PAUSED]:
+async def _starts_tls(conn: socket.socket) -> bool:
+    """Whether the command's first byte opens a TLS handshake record (0x16)."""
+    with trio.move_on_after(HANDSHAKE_TIMEOUT):
+        while True:
+            await trio.lowlevel.wait_readable(conn)
+            try:
+                first = conn.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return False
+            return first == b"\x16"
+    return False
+
+
+async def _next(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Event | type[h11.PAUSED]:
     """The next event of ``conn``, reading ``stream`` as it needs; _Closed on a broken
     connection."""
     while True:
@@ -419,7 +499,7 @@ async def _next(conn: h11.Connection, stream: trio.SocketStream) -> h11.Event | 
             data = await stream.receive_some(_CHUNK)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
             raise _Closed from err
-        conn.receive_data(data)
+        conn.receive_data(data if isinstance(data, bytes) else bytes(data))
 
 
 async def _connect(dest: Dest) -> trio.SocketStream | None:

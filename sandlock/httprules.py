@@ -293,10 +293,16 @@ class HttpRules:
 
     @classmethod
     def parse(
-        cls, allow: Sequence[str], deny: Sequence[str], ports: Sequence[int] | None = None
+        cls,
+        allow: Sequence[str],
+        deny: Sequence[str],
+        ports: Sequence[int] | None = None,
+        *,
+        tls: bool = False,
     ) -> HttpRules:
-        """The rule strings parsed (PolicyError for the first bad one)."""
-        on = tuple(ports) if ports else DEFAULT_PORTS
+        """The rule strings parsed (PolicyError for the first bad one); ``ports`` None
+        or empty: 80, and 443 with ``tls``."""
+        on = tuple(ports) if ports else DEFAULT_PORTS + ((443,) if tls else ())
         return cls(
             [parse_http_rule(s, flag=ALLOW_FLAG, ports=on) for s in allow],
             [parse_http_rule(s, flag=DENY_FLAG, ports=on) for s in deny],

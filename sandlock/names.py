@@ -45,6 +45,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import dns
     from .httprules import HttpRules
+    from .httptls import Interceptor
     from .plan import NameOptions
     from .policy import Policy
     from .upstream import Upstream
@@ -103,6 +104,8 @@ class Names:
         self.options = options
         self.http: HttpRules | None = None
         """The HTTP rules (plan.py): the relay then interposes the HTTP ports."""
+        self.tls: Interceptor | None = None
+        """--http-tls: this run's CA (httptls.py), in the bundles of ``vfiles``."""
         self.startup_records: list[dns.Record] = []
         """What start-up resolution decided that the audit log must hear (plan.py)."""
         self.upstream = upstream
@@ -123,6 +126,24 @@ class Names:
             shown = shown or {}
             addrs = {h: (*a, *shown.get(h, ())) for h, a in policy.host_addresses.items()}
             self.vfiles.set(HOSTS, hosts_text(addrs))
+
+    def use_tls(self, upstream_ca: str | None) -> None:
+        """--http-tls: make this run's CA and put it in the CA bundles the command
+        opens (virtual files). SandlockError if the upstream CA file cannot be read."""
+        import os
+
+        from .errors import PolicyError
+        from .httptls import Interceptor
+
+        try:
+            self.tls = Interceptor(upstream_ca)
+        except (OSError, ValueError) as err:  # (ssl.SSLError is an OSError)
+            raise PolicyError(
+                f"--http-upstream-ca: cannot load {upstream_ca}: {err}", flag="--http-upstream-ca"
+            ) from None
+        if self.vfiles is None:
+            self.vfiles = VirtualFiles()
+        self.tls.inject(self.vfiles.set, os.environ)
 
     @property
     def dns_mode(self) -> bool:

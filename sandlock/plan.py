@@ -79,6 +79,8 @@ class NameOptions:
         "http_allow",
         "http_deny",
         "http_ports",
+        "http_tls",
+        "http_upstream_ca",
         "ttl_max",
         "ttl_min",
         "verify_names",
@@ -98,6 +100,8 @@ class NameOptions:
         http_allow: Sequence[str] = (),
         http_deny: Sequence[str] = (),
         http_ports: Sequence[int] = (),
+        http_tls: bool = False,
+        http_upstream_ca: str | None = None,
     ) -> None:
         self.dns_allow_private = dns_allow_private
         # HTTP rules (httprules.py; the plan parses them): they ride with the hostname
@@ -105,6 +109,8 @@ class NameOptions:
         self.http_allow = tuple(http_allow)
         self.http_deny = tuple(http_deny)
         self.http_ports = tuple(http_ports)  # () is httprules.DEFAULT_PORTS
+        self.http_tls = http_tls  # --http-tls (httptls.py)
+        self.http_upstream_ca = http_upstream_ca  # --http-upstream-ca FILE
         self.verify_names = verify_names  # --verify-names (relay.py)
         self.virtual_hosts = virtual_hosts
         self.dns_proxy = dns_proxy
@@ -116,7 +122,7 @@ class NameOptions:
         fields = ", ".join(
             f"{name}={getattr(self, name)!r}"
             for name in self.__slots__
-            if getattr(self, name) != () or not name.startswith("http_")  # (shown if given)
+            if getattr(self, name) not in ((), False, None) or not name.startswith("http_")
         )
         return f"NameOptions({fields})"
 
@@ -129,6 +135,10 @@ class NameOptions:
                 "http_deny": list(self.http_deny),
                 "http_ports": list(self.http_ports),
             }
+        if self.http_tls:
+            http["http_tls"] = True
+        if self.http_upstream_ca is not None:
+            http["http_upstream_ca"] = self.http_upstream_ca
         return {
             "virtual_hosts": self.virtual_hosts,
             "dns_proxy": self.dns_proxy,
@@ -159,6 +169,8 @@ class NameOptions:
                 http_allow=_strs(data.get("http_allow", ())),
                 http_deny=_strs(data.get("http_deny", ())),
                 http_ports=_ports(data.get("http_ports", ())),
+                http_tls=bool(data.get("http_tls", False)),
+                http_upstream_ca=_opt_str(data.get("http_upstream_ca")),
             )
         except (TypeError, ValueError) as err:
             raise PolicyError(f"bad name options: {err}") from None
@@ -196,7 +208,7 @@ def _ports(value: object) -> tuple[int, ...]:
 def _opt_str(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
-    raise TypeError("dns_upstream must be a string")
+    raise TypeError("dns_upstream and http_upstream_ca must be strings")
 
 
 class Rules:
@@ -288,6 +300,11 @@ class Plan:
         reachable over TCP on the HTTP ports (added to the allow rules here)."""
         if options.http_allow or options.http_deny:
             rules = self._with_http(rules, options)
+        elif options.http_tls:
+            raise PolicyError(
+                "--http-tls: no HTTP rule to enforce (give --http-allow or --http-deny)",
+                flag="--http-tls",
+            )
         self.has_hosts = any(rule.host is not None for rule in rules.allow)
         wildcards = rules.wildcards
         self.wildcards = bool(wildcards)
@@ -337,10 +354,19 @@ class Plan:
         self.policy = unresolved.with_hosts(found) if found else unresolved
 
     def _with_http(self, rules: Rules, options: NameOptions) -> Rules:
+        import os
+
         from .httprules import ALLOW_FLAG, HttpRules
         from .rules import parse_rule
 
-        http = HttpRules.parse(options.http_allow, options.http_deny, options.http_ports)
+        http = HttpRules.parse(
+            options.http_allow, options.http_deny, options.http_ports, tls=options.http_tls
+        )
+        if options.http_upstream_ca is not None and not os.path.isfile(options.http_upstream_ca):
+            raise PolicyError(
+                f"--http-upstream-ca: no such file: {options.http_upstream_ca}",
+                flag="--http-upstream-ca",
+            )
         self.http = http
         implied = tuple(
             parse_rule(net, flag=ALLOW_FLAG)._replace(spec=rule.spec)
@@ -376,7 +402,11 @@ class Plan:
     @property
     def trap_open(self) -> bool:
         """Whether runs under this plan have virtual files (the filter must trap opens)."""
-        return self.dns_on or (self.has_hosts and self.options.virtual_hosts)
+        return (
+            self.dns_on
+            or (self.has_hosts and self.options.virtual_hosts)
+            or (self.http is not None and self.options.http_tls)  # (the CA bundles)
+        )
 
     def start(self, policy: Policy) -> Names | None:
         """What one run under ``policy`` needs: virtual files, a bound forwarder; None if
@@ -408,6 +438,8 @@ class Plan:
         names = Names(policy, options, self.upstream, sockets, self.seeds, self.shown)
         names.startup_records = list(self.records)
         names.http = self.http
+        if self.http is not None and self.options.http_tls:
+            names.use_tls(self.options.http_upstream_ca)
         return names
 
 
@@ -446,7 +478,8 @@ def _resolve(lookup: Resolver, host: str, spec: str) -> tuple[str, ...]:
 
 
 def _resolver(
-    upstream: dns_upstream.Upstream | None, seeds: dict[str, list[tuple[str, int]]]) -> Resolver:
+    upstream: dns_upstream.Upstream | None, seeds: dict[str, list[tuple[str, int]]]
+) -> Resolver:
     """Start-up resolution: through ``upstream`` (recording TTLs in ``seeds``) when there
     is one, else the system resolver. ``localhost`` (RFC 6761) is always loopback, and
     never asked of an upstream."""

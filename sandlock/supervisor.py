@@ -114,7 +114,9 @@ class Supervisor:
             from .httprelay import HttpHandler
 
             verify = names.options.verify_names
-            http = HttpHandler(names.http, lambda: self.policy, self._tell_http, verify=verify)
+            http = HttpHandler(
+                names.http, lambda: self.policy, self._tell_http, verify=verify, tls=names.tls
+            )
         return Relay(lambda: self.policy, self._tell, verify=names.options.verify_names, http=http)
 
     def _tell_http(self, record: Record) -> None:

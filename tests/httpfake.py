@@ -5,7 +5,8 @@
         assert [(r.method, r.target) for r in web.log] == [("GET", "/ok/a")]
 
 Each request is answered ``200`` with ``ok <METHOD> <target> <body bytes>``, keep-alive.
-Its body is read by its framing (Content-Length or chunked, decoded here). A ``GET`` with
+With ``tls`` (a server context) it speaks HTTPS. A request's body is read by its framing
+(Content-Length or chunked, decoded here). A ``GET`` with
 ``Upgrade: websocket`` gets ``101`` and then every byte is echoed back (no frames: the
 relay copies bytes, it does not parse WebSocket).
 """
@@ -13,6 +14,7 @@ relay copies bytes, it does not parse WebSocket).
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from types import TracebackType
 from typing import NamedTuple
@@ -32,7 +34,8 @@ class Seen(NamedTuple):
 class EchoServer:
     """A threaded HTTP/1.1 server on 127.0.0.1 (port 0); ``log`` lists what it got."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind((host, 0))
         self.sock.listen(64)
@@ -63,6 +66,12 @@ class EchoServer:
 
     def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         conn.settimeout(30)
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (OSError, ValueError):
+                conn.close()
+                return
         reader = conn.makefile("rb")
         try:
             while True:
