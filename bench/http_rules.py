@@ -15,8 +15,11 @@ body, or MB megabytes for the bulk row. Rows:
   us per request;
 - bulk: one GET of MB megabytes; MB/s.
 
-HTTPS is not measured: TLS interception is not built (README: HTTP rules). The peer
-(PyPI sandlock 0.9.0) is not run by this script. Standard library only.
+With ``--tls`` the same rows over HTTPS: the server presents a leaf of a CA minted here
+(sandlock.httptls, so this script needs the product's venv), named to every client by
+``SSL_CERT_FILE`` and ``CURL_CA_BUNDLE``; the ``http`` mode adds ``--http-tls
+--http-upstream-ca`` (the command then trusts the run's CA through the injected bundle:
+the file those variables name). The peer (PyPI sandlock 0.9.0) is not run by this script.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -36,9 +41,14 @@ SHORT = b"ok"
 CHUNK = bytes(1 << 20)
 
 CLIENT = r"""
-import http.client, subprocess, sys, time
-port, how, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-url = f"http://127.0.0.1:{port}/bench"
+import http.client, ssl, subprocess, sys, time
+port, how, n, scheme = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+url = f"{scheme}://127.0.0.1:{port}/bench"
+ctx = ssl.create_default_context() if scheme == "https" else None
+def connection():
+    if ctx is None:
+        return http.client.HTTPConnection("127.0.0.1", port)
+    return http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
 if how == "curl":
     subprocess.run(["curl", "-s", "-f", "-o", "/dev/null", url], check=True)  # (warm-up)
     t = time.perf_counter_ns()
@@ -47,7 +57,7 @@ if how == "curl":
     print((time.perf_counter_ns() - t) / n / 1e6)
 elif how == "python":
     def one():
-        c = http.client.HTTPConnection("127.0.0.1", port)
+        c = connection()
         c.request("GET", "/bench")
         r = c.getresponse()
         assert r.status == 200 and r.read() == b"ok", r.status
@@ -58,7 +68,7 @@ elif how == "python":
         one()
     print((time.perf_counter_ns() - t) / n / 1e3)
 else:
-    c = http.client.HTTPConnection("127.0.0.1", port)
+    c = connection()
     t = time.perf_counter_ns()
     c.request("GET", "/bulk")
     r = c.getresponse()
@@ -70,17 +80,24 @@ else:
 """
 
 
-def serve(listener: socket.socket, mb: list[int]) -> None:
+def serve(listener: socket.socket, mb: list[int], tls: ssl.SSLContext | None) -> None:
     while True:
         try:
             conn, _ = listener.accept()
         except OSError:
             return
-        threading.Thread(target=answer, args=(conn, mb[0]), daemon=True).start()
+        threading.Thread(target=answer, args=(conn, mb[0], tls), daemon=True).start()
 
 
-def answer(conn: socket.socket, mb: int) -> None:
+def answer(conn: socket.socket, mb: int, tls: ssl.SSLContext | None = None) -> None:
     """Answer each request of a kept-alive connection (bodiless GETs only)."""
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (head and body: 2 writes)
+    if tls is not None:
+        try:
+            conn = tls.wrap_socket(conn, server_side=True)
+        except OSError:
+            conn.close()
+            return
     with conn:
         buf = b""
         try:
@@ -102,14 +119,19 @@ def answer(conn: socket.socket, mb: int) -> None:
             pass
 
 
-def measure(mode: str, port: int, how: str, n: int) -> float:
-    argv = [sys.executable, "-c", CLIENT, str(port), how, str(n)]
+def measure(mode: str, port: int, how: str, n: int, ca: str | None) -> float:
+    argv = [sys.executable, "-c", CLIENT, str(port), how, str(n), "https" if ca else "http"]
     if mode == "net":
         argv = [str(SANDLOCK), "run", "--net-allow", f"127.0.0.1:{port}", "--", *argv]
     elif mode == "http":
         rules = ["--http-ports", str(port), "--http-allow", "GET 127.0.0.1/*"]
+        if ca:
+            rules += ["--http-tls", "--http-upstream-ca", ca]
         argv = [str(SANDLOCK), "run", *rules, "--", *argv]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    env = dict(os.environ)
+    if ca:
+        env |= {"SSL_CERT_FILE": ca, "CURL_CA_BUNDLE": ca}
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
     if out.returncode != 0:
         raise SystemExit(f"{mode} {how}: {out.stderr.strip()}")
     return float(out.stdout.strip())
@@ -121,11 +143,21 @@ def main() -> None:
     parser.add_argument("--curl", type=int, default=200, help="curl runs per round")
     parser.add_argument("--requests", type=int, default=500, help="Python requests per round")
     parser.add_argument("--mb", type=int, default=200, help="megabytes of the bulk row")
+    parser.add_argument("--tls", action="store_true", help="HTTPS instead of HTTP")
     args = parser.parse_args()
     listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
     port = listener.getsockname()[1]
     mb = [0]
-    threading.Thread(target=serve, args=(listener, mb), daemon=True).start()
+    tls, ca = None, None
+    if args.tls:
+        from sandlock.httptls import Interceptor
+
+        authority = Interceptor()
+        tls = authority.base_context("127.0.0.1")
+        with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
+            f.write(authority.ca_pem)
+        ca = f.name
+    threading.Thread(target=serve, args=(listener, mb, tls), daemon=True).start()
     modes = ("native", "net", "http")
     rows: dict[str, dict[str, list[float]]] = {}
     load = os.getloadavg()
@@ -133,7 +165,8 @@ def main() -> None:
         mb[0] = args.mb if row == "bulk" else 0
         for _ in range(args.rounds):
             for mode in modes:
-                rows.setdefault(row, {}).setdefault(mode, []).append(measure(mode, port, row, n))
+                figure = measure(mode, port, row, n, ca)
+                rows.setdefault(row, {}).setdefault(mode, []).append(figure)
                 print(f"{row} {mode}: {rows[row][mode][-1]:.2f}", file=sys.stderr)
     listener.close()
     med = {row: {m: statistics.median(v) for m, v in r.items()} for row, r in rows.items()}

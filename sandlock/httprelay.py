@@ -112,7 +112,12 @@ class HttpHandler:
             sni = self.tls.sni_of(wrapped.context)
         exchange = _Exchange(self, client, pid, dest, sni if tls else _PLAIN)
         try:
-            await exchange.run()
+            async with trio.open_nursery() as nursery:
+                # The destination's connection (and TLS handshake) is made while the first
+                # request comes: the address was allowed already, whatever it will carry.
+                nursery.start_soon(exchange.prefetch)
+                await exchange.run()
+                nursery.cancel_scope.cancel()
         finally:
             await exchange.close()
 
@@ -235,6 +240,8 @@ class _Exchange:
         self.down = h11.Connection(h11.SERVER)  # the command's side: we serve it
         self.up: h11.Connection | None = None  # the destination's side: we are its client
         self.upstream: trio.abc.Stream | None = None
+        self._opened: trio.Event | None = trio.Event()  # (prefetch: set when tried)
+        self._why = ""
 
     async def run(self) -> None:
         while True:
@@ -303,13 +310,17 @@ class _Exchange:
         self, request: h11.Request, host: str, path: str, decision: HttpDecision
     ) -> bool:
         """Forward ``request`` and its answer; whether the connection goes on."""
-        if self.upstream is None:
+        why = ""
+        if self._opened is not None:  # (the prefetch's outcome, once)
+            await self._opened.wait()
+            self._opened, why = None, self._why
+        elif self.upstream is None:  # (the last one had to close)
             self.upstream, why = await self._open_upstream()
-            if self.upstream is None:
-                await self._answer(502, f"sandlock: {why}", close=True)
-                self.handler.report(self.pid, self.dest, request, host, path, 502, decision)
-                return False
             self.up = h11.Connection(h11.CLIENT)
+        if self.upstream is None:
+            await self._answer(502, f"sandlock: {why}", close=True)
+            self.handler.report(self.pid, self.dest, request, host, path, 502, decision)
+            return False
         assert self.up is not None
         headers = _framed(request.headers.raw_items())
         if not any(k.lower() == b"host" for k, _ in headers):  # (HTTP/1.0 without one)
@@ -350,6 +361,16 @@ class _Exchange:
         else:
             await self._close_upstream()
         return True
+
+    async def prefetch(self) -> None:
+        """Open the destination's connection ahead of the first request."""
+        assert self._opened is not None
+        try:
+            self.upstream, self._why = await self._open_upstream()
+            if self.upstream is not None:
+                self.up = h11.Connection(h11.CLIENT)
+        finally:
+            self._opened.set()
 
     async def _open_upstream(self) -> tuple[trio.abc.Stream | None, str]:
         """The connection to the destination (TLS if the command's was), or None and
