@@ -152,6 +152,8 @@ def _run(args: Args) -> int:
             raise UsageError(f"--keep-fds: descriptor {fd} is not open") from None
 
     if args.command == "run" and args.daemon:
+        if getattr(args, "http_ca_out", None):
+            raise UsageError("--http-ca-out: not available with --daemon (the daemon makes the CA)")
         from .client import run_via_daemon  # the daemon checks the rules: no policy here
 
         return run_via_daemon(
