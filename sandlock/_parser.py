@@ -333,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also write the rules as a TOML profile (for --profile)",
     )
+    learn.add_argument(
+        "--http-ports",
+        action="append",
+        default=[],
+        metavar="PORTS",
+        help="also pass CMD's connections to these TCP ports through the HTTP relay and "
+        "propose an --http-allow line per request seen (comma list, repeatable)",
+    )
     _add_command_args(learn)
     serve = sub.add_parser(
         "serve",

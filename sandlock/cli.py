@@ -176,6 +176,7 @@ def _run(args: Args) -> int:
 
         learner = Learner(allow, deny, unix_allow=unix_allow)
         policy = learner.policy
+        names = learner.http_names(_http_ports(getattr(args, "http_ports", ())))
     else:
         from .plan import make
 
@@ -317,7 +318,10 @@ def _finish_learning(learner: Learner, profile_out: str | None) -> None:
         from .profile import dump_profile
 
         text = dump_profile(
-            learner.rules(), comment="written by sandlock learn", unix_allow=learner.unix_rules()
+            learner.rules(),
+            comment="written by sandlock learn",
+            unix_allow=learner.unix_rules(),
+            http_allow=learner.http_rules(),
         )
         try:
             with open(profile_out, "w") as f:
@@ -345,7 +349,7 @@ def _observer(args: Args, learner: Learner | None, audit: AuditLog | None) -> Ob
     from .report import DenialReport, Observer, Summary
 
     if learner is not None:
-        return Observer("learn", also=learner)
+        return Observer("learn", also=learner, records=learner.http_record)
     report = None if args.quiet else DenialReport()
     summary = Summary() if args.summary else None
     if audit is None and report is None and summary is None:

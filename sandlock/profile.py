@@ -81,12 +81,15 @@ def dump_profile(
     deny: Sequence[str] = (),
     comment: str = "",
     unix_allow: Sequence[str] = (),
+    http_allow: Sequence[str] = (),
 ) -> str:
     """A profile's TOML text (strings written as JSON strings, which TOML accepts)."""
     lines = [f"# {line}" for line in comment.splitlines()]
     pairs = [("net_allow", allow), ("net_deny", deny)]
     if unix_allow:
         pairs.append(("unix_allow", unix_allow))
+    if http_allow:
+        pairs.append(("http_allow", http_allow))
     for key, values in pairs:
         items = "".join(f"    {json.dumps(v)},\n" for v in values)
         lines.append(f"{key} = [\n{items}]" if values else f"{key} = []")

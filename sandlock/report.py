@@ -201,9 +201,11 @@ class Observer:
         keep_denied: bool = False,
         also: Callable[[Event], None] | None = None,
         tap: Callable[[DecisionRecord], None] | None = None,
+        records: Callable[[Mapping[str, object]], None] | None = None,
     ) -> None:
         self.sandbox = sandbox
         self.also = also
+        self.records = records  # hears every record dns() gets (learn mode's HTTP lines)
         self.tap = tap
         self.audit = audit
         self.report = report
@@ -225,6 +227,8 @@ class Observer:
             from .audit import timestamp
 
             self.audit.write_object({"ts": timestamp(), "sandbox": self.sandbox, **record})
+        if self.records is not None:
+            self.records(record)
         http = record.get("syscall") == "http"
         if http and self.summary is not None:
             self.summary.add_http(record)

@@ -223,7 +223,7 @@ class Session:
         child = self._started()
         names = self.names
         trio_first = names is not None and (
-            names.dns_mode or names.options.verify_names or bool(names.http)
+            names.dns_mode or names.options.verify_names or names.http is not None
         )
         status = wait_child(
             child,

@@ -105,12 +105,12 @@ class Supervisor:
     def _relay(self, names: Names | None) -> Relay | None:
         """With --verify-names, the relay that checks names (relay.py), and with HTTP
         rules, HTTP requests (httprelay.py); it runs in serve."""
-        if names is None or not (names.options.verify_names or names.http):
+        if names is None or not (names.options.verify_names or names.http is not None):
             return None
         from .relay import Relay
 
         http = None
-        if names.http:
+        if names.http is not None:
             from .httprelay import HttpHandler
 
             verify = names.options.verify_names

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TcpSink, describe, run_sandboxed
+from .conftest import SANDLOCK, TcpSink, describe, run_command, run_sandboxed, sandlock_env
 from .dnsfake import FakeUpstream
 from .httpfake import EchoServer
 
 PY = sys.executable
 TIMEOUT = 90
+SANDLOCK_LEARN = [*SANDLOCK[:-1], "learn"]  # (SANDLOCK ends with "run")
 
 CLIENT = r"""
 import http.client, json, sys
@@ -422,3 +423,43 @@ def test_pipelining_duplicate_host_and_smuggling(web: EchoServer) -> None:
         ("/upload", True, b""),
         ("/ok/d", False, b""),
     ]
+
+
+def test_learn_proposes_http_allow_lines(web: EchoServer, tmp_path: Path) -> None:
+    """learn --http-ports: every request passes and becomes an --http-allow line (and a
+    profile's http_allow), which then allows exactly those requests."""
+    p = web.port
+    cases: list[dict[str, object]] = [
+        {"method": "GET", "path": "/ok/../v1/items?x=1"},
+        {"method": "POST", "path": "/upload", "body": "x"},
+    ]
+    profile = tmp_path / "learned.toml"
+    res = run_command(
+        [
+            *SANDLOCK_LEARN,
+            "--http-ports",
+            str(p),
+            "--profile-out",
+            str(profile),
+            "--",
+            PY,
+            "-c",
+            CLIENT,
+            str(p),
+            "fresh",
+            json.dumps(cases),
+        ],
+        timeout=TIMEOUT,
+        env=sandlock_env(),
+    )
+    assert res.returncode == 0, describe(res)
+    assert f"  --http-ports {p}" in res.stderr
+    assert "  --http-allow 'GET 127.0.0.1/v1/items'" in res.stderr, describe(res)
+    assert "  --http-allow 'POST 127.0.0.1/upload'" in res.stderr, describe(res)
+    assert '"GET 127.0.0.1/v1/items",' in profile.read_text()
+    got, _ = run_client(
+        ["--profile", str(profile), "--http-ports", str(p)],
+        p,
+        [*cases, {"method": "GET", "path": "/v1/other"}],
+    )
+    assert [g[0] for g in got] == [200, 200, 403]
