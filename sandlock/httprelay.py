@@ -113,13 +113,25 @@ class HttpHandler:
         exchange = _Exchange(self, client, pid, dest, sni if tls else _PLAIN)
         try:
             async with trio.open_nursery() as nursery:
-                # The destination's connection (and TLS handshake) is made while the first
-                # request comes: the address was allowed already, whatever it will carry.
-                nursery.start_soon(exchange.prefetch)
+                if self._prefetch(dest, sni if tls else _PLAIN):
+                    nursery.start_soon(exchange.prefetch)
+                else:
+                    exchange.no_prefetch()
                 await exchange.run()
                 nursery.cancel_scope.cancel()
         finally:
             await exchange.close()
+
+    def _prefetch(self, dest: Dest, sni: str | None) -> bool:
+        """Whether the destination's connection may be opened while the first request
+        comes, before any check: the address was allowed already, but the SNI sent to it
+        must be one the policy gives it (not any text the command chose), and with
+        --verify-names nothing reaches a destination before a name is checked."""
+        if self._verify:
+            return False
+        if sni is _PLAIN or sni is None:
+            return True
+        return _bound(self._policy(), sni, str(ipaddress.ip_address(canonical(dest.addr))))
 
     def decide(
         self, request: h11.Request, dest: Dest, sni: str | None = _PLAIN
@@ -361,6 +373,10 @@ class _Exchange:
         else:
             await self._close_upstream()
         return True
+
+    def no_prefetch(self) -> None:
+        """The connection is opened for the first allowed request instead."""
+        self._opened = None
 
     async def prefetch(self) -> None:
         """Open the destination's connection ahead of the first request."""

@@ -203,3 +203,34 @@ def test_http_tls_alone_is_a_usage_error() -> None:
     )
     assert res.returncode == 2 and "--http-upstream-ca: no such file" in res.stderr, describe(res)
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+SNI_ONLY = r"""
+import socket, ssl, sys
+port = int(sys.argv[1])
+ctx = ssl.create_default_context()
+with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+    with ctx.wrap_socket(raw, server_hostname="exfil-data-in-the-sni.test") as s:
+        head = b"GET /ok/a HTTP/1.1\r\nHost: exfil-data-in-the-sni.test\r\n"
+        head += b"Connection: close\r\n\r\n"
+        s.sendall(head)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        print(data.split(b"\r\n")[0].decode())
+"""
+
+
+def test_a_chosen_sni_never_reaches_the_server(
+    fake: FakeUpstream, web: EchoServer, server_ca: tuple[Interceptor, Path]
+) -> None:
+    """An SNI the policy does not give the destination is answered 403 and no connection
+    is made to the server at all (not even the early one), so it carries nothing out."""
+    res = run_sandboxed(
+        args(fake, web.port, server_ca[1]),
+        [PY, "-c", SNI_ONLY, str(web.port)],
+        timeout=TIMEOUT,
+    )
+    assert res.returncode == 0, describe(res)
+    assert res.stdout.strip() == "HTTP/1.1 403 Forbidden", describe(res)
+    assert web.accepted == 0
