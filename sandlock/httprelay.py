@@ -176,6 +176,7 @@ class HttpHandler:
 
     def report(
         self,
+        tls: bool,
         pid: int,
         dest: Dest,
         request: h11.Request,
@@ -186,9 +187,7 @@ class HttpHandler:
     ) -> None:
         if self._record is None:
             return
-        extra: dict[str, object] = {}
-        if self.tls is not None:
-            extra["tls"] = True  # (the record says whether the request came in TLS)
+        extra: dict[str, object] = {"tls": True} if tls else {}  # (the request came in TLS)
         self._record(
             extra
             | {
@@ -266,7 +265,9 @@ class _Exchange:
                 return  # (ConnectionClosed)
             decision, host, path = self.handler.decide(event, self.dest, self.sni)
             if not decision.allowed:
-                self.handler.report(self.pid, self.dest, event, host, path, 403, decision)
+                self.handler.report(
+                    self.sni is not _PLAIN, self.pid, self.dest, event, host, path, 403, decision
+                )
                 if not await self._refuse(event, decision):
                     return
             elif not await self._relay(event, host, path, decision):
@@ -331,7 +332,9 @@ class _Exchange:
             self.up = h11.Connection(h11.CLIENT)
         if self.upstream is None:
             await self._answer(502, f"sandlock: {why}", close=True)
-            self.handler.report(self.pid, self.dest, request, host, path, 502, decision)
+            self.handler.report(
+                self.sni is not _PLAIN, self.pid, self.dest, request, host, path, 502, decision
+            )
             return False
         assert self.up is not None
         headers = _framed(request.headers.raw_items())
@@ -437,11 +440,27 @@ class _Exchange:
                     )
                 )
                 if event.status_code == 101:
-                    self.handler.report(self.pid, self.dest, request, host, path, 101, decision)
+                    self.handler.report(
+                        self.sni is not _PLAIN,
+                        self.pid,
+                        self.dest,
+                        request,
+                        host,
+                        path,
+                        101,
+                        decision,
+                    )
                     return True
             elif isinstance(event, h11.Response):
                 self.handler.report(
-                    self.pid, self.dest, request, host, path, event.status_code, decision
+                    self.sni is not _PLAIN,
+                    self.pid,
+                    self.dest,
+                    request,
+                    host,
+                    path,
+                    event.status_code,
+                    decision,
                 )
                 await self._send_down(
                     h11.Response(
