@@ -19,12 +19,20 @@ With ``--tls`` the same rows over HTTPS: the server presents a leaf of a CA mint
 (sandlock.httptls, so this script needs the product's venv), named to every client by
 ``SSL_CERT_FILE`` and ``CURL_CA_BUNDLE``; the ``http`` mode adds ``--http-tls
 --http-upstream-ca`` (the command then trusts the run's CA through the injected bundle:
-the file those variables name). The peer (PyPI sandlock 0.9.0) is not run by this script.
+the file those variables name).
+
+With ``--peer`` (plain HTTP only) a fourth mode: the Rust peer (PyPI sandlock 0.9.0, in
+bench/.peer-venv, set up as bench/run.py does) driven through its SDK
+(bench/sdk_driver.py) with the same rules: ``http_allow=["GET 127.0.0.1/*"]``,
+``http_ports=[PORT]``, ``net_allow=["127.0.0.1:PORT"]`` and read access (Landlock) to the
+system and the interpreter's directories. HTTPS is not compared: the peer verifies the
+server against the system roots only, and the test server's CA is not one of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import ssl
@@ -121,7 +129,20 @@ def answer(conn: socket.socket, mb: int, tls: ssl.SSLContext | None = None) -> N
 
 def measure(mode: str, port: int, how: str, n: int, ca: str | None) -> float:
     argv = [sys.executable, "-c", CLIENT, str(port), how, str(n), "https" if ca else "http"]
-    if mode == "net":
+    if mode == "peer":
+        readable = ["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/tmp"]
+        readable += [sys.prefix, sys.base_prefix, os.path.realpath(sys.base_prefix), str(REPO)]
+        kwargs = {
+            "net_allow": [f"127.0.0.1:{port}"],
+            "http_allow": ["GET 127.0.0.1/*"],
+            "http_ports": [port],
+            "fs_readable": [p for p in readable if os.path.exists(p)],
+            "fs_writable": ["/dev/null"],  # (curl -o /dev/null)
+        }
+        spec = {"kwargs": kwargs, "argv": argv}
+        peer = REPO / "bench" / ".peer-venv" / "bin" / "python"
+        argv = [str(peer), str(REPO / "bench" / "sdk_driver.py"), "run", json.dumps(spec)]
+    elif mode == "net":
         argv = [str(SANDLOCK), "run", "--net-allow", f"127.0.0.1:{port}", "--", *argv]
     elif mode == "http":
         rules = ["--http-ports", str(port), "--http-allow", "GET 127.0.0.1/*"]
@@ -144,6 +165,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500, help="Python requests per round")
     parser.add_argument("--mb", type=int, default=200, help="megabytes of the bulk row")
     parser.add_argument("--tls", action="store_true", help="HTTPS instead of HTTP")
+    parser.add_argument("--peer", action="store_true", help="also the Rust peer (plain HTTP)")
     args = parser.parse_args()
     listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
     port = listener.getsockname()[1]
@@ -158,7 +180,11 @@ def main() -> None:
             f.write(authority.ca_pem)
         ca = f.name
     threading.Thread(target=serve, args=(listener, mb, tls), daemon=True).start()
-    modes = ("native", "net", "http")
+    modes = (
+        ("native", "net", "http", "peer")
+        if args.peer and not args.tls
+        else ("native", "net", "http")
+    )
     rows: dict[str, dict[str, list[float]]] = {}
     load = os.getloadavg()
     for row, n in (("curl", args.curl), ("python", args.requests), ("bulk", args.mb)):
@@ -175,6 +201,16 @@ def main() -> None:
         f"machine: {os.cpu_count()} cpus, load average at start {load[0]:.2f}, "
         f"at end {os.getloadavg()[0]:.2f}"
     )
+    if "peer" in modes:
+        print("| row | unit | native | peer (HTTP rule) | ours (HTTP rule) | ours/peer overhead |")
+        print("|---|---|---|---|---|---|")
+        for name, row, unit in (("curl", c, "ms"), ("python", p, "us")):
+            over = (row["http"] - row["native"]) / (row["peer"] - row["native"])
+            print(
+                f"| {name} | {unit}/request | {row['native']:.2f} | {row['peer']:.2f} | "
+                f"{row['http']:.2f} | {over:.2f} |"
+            )
+        print(f"| bulk | MB/s | {b['native']:.0f} | {b['peer']:.0f} | {b['http']:.0f} | - |")
     print("| row | unit | native | ours (net rule) | ours (HTTP rule) | HTTP - native |")
     print("|---|---|---|---|---|---|")
     print(
