@@ -131,6 +131,12 @@ def check_names(data: object) -> None:
         return
     if not isinstance(data, dict):
         raise RequestError("name options must be an object")
+    if "http_upstream_ca" in data:
+        raise RequestError(
+            "--http-upstream-ca: not available through the daemon (it reads no file of the "
+            "client's)",
+            policy_error=True,
+        )
     unknown = sorted(set(data) - _NAME_FIELDS)
     if unknown:
         raise RequestError(f"name options: unknown field {unknown[0]!r}")

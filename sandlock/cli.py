@@ -53,12 +53,19 @@ def _name_fields(args: Args) -> dict[str, Any]:
         "ttl_max": args.dns_ttl_max,
         "dns_allow_private": args.dns_allow_private,
         "verify_names": args.verify_names,
+    } | _http_fields(args)
+
+
+def _http_fields(args: Args) -> dict[str, Any]:
+    """The HTTP rules' name options that are given (none: the wire form of before)."""
+    fields = {
         "http_allow": list(getattr(args, "http_allow", ())),
         "http_deny": list(getattr(args, "http_deny", ())),
         "http_ports": list(_http_ports(getattr(args, "http_ports", ()))),
         "http_tls": bool(getattr(args, "http_tls", False)),
         "http_upstream_ca": getattr(args, "http_upstream_ca", None),
     }
+    return {key: value for key, value in fields.items() if value not in ([], False, None)}
 
 
 def _http_ports(specs: Sequence[str]) -> tuple[int, ...]:

@@ -463,3 +463,30 @@ def test_learn_proposes_http_allow_lines(web: EchoServer, tmp_path: Path) -> Non
         [*cases, {"method": "GET", "path": "/v1/other"}],
     )
     assert [g[0] for g in got] == [200, 200, 403]
+
+
+def test_http_rules_through_the_daemon(web: EchoServer, tmp_path: Path) -> None:
+    """run --daemon carries the HTTP rules (the name options' wire form): the daemon's
+    supervisor relays and checks each request, and the denial line reaches the client."""
+    from .test_daemon import Daemon
+
+    daemon = Daemon(tmp_path / "d.sock")
+    try:
+        p = web.port
+        cases: list[dict[str, object]] = [
+            {"method": "GET", "path": "/ok/a"},
+            {"method": "GET", "path": "/secret"},
+        ]
+        res = daemon.run(
+            rules(p),
+            [PY, "-c", CLIENT, str(p), "fresh", json.dumps(cases)],
+            timeout=TIMEOUT,
+        )
+        assert res.returncode == 0, describe(res)
+        assert [g[0] for g in json.loads(res.stdout)] == [200, 403]
+        assert "sandlock: denied HTTP GET 127.0.0.1/secret" in res.stderr
+        assert [s.target for s in web.log] == ["/ok/a"]
+        res = daemon.run([*rules(p), "--http-ca-out", str(tmp_path / "ca.pem")], ["true"])
+        assert res.returncode == 2 and "not available with --daemon" in res.stderr
+    finally:
+        daemon.stop()
