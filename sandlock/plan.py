@@ -170,7 +170,7 @@ class NameOptions:
                 http_deny=_strs(data.get("http_deny", ())),
                 http_ports=_ports(data.get("http_ports", ())),
                 http_tls=bool(data.get("http_tls", False)),
-                http_upstream_ca=_opt_str(data.get("http_upstream_ca")),
+                http_upstream_ca=_opt_str(data.get("http_upstream_ca"), "http_upstream_ca"),
             )
         except (TypeError, ValueError) as err:
             raise PolicyError(f"bad name options: {err}") from None
@@ -205,10 +205,10 @@ def _ports(value: object) -> tuple[int, ...]:
     raise TypeError("http_ports must be a list of ports (1-65535)")
 
 
-def _opt_str(value: object) -> str | None:
+def _opt_str(value: object, name: str = "dns_upstream") -> str | None:
     if value is None or isinstance(value, str):
         return value
-    raise TypeError("dns_upstream and http_upstream_ca must be strings")
+    raise TypeError(f"{name} must be a string")
 
 
 class Rules:
