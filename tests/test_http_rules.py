@@ -490,3 +490,65 @@ def test_http_rules_through_the_daemon(web: EchoServer, tmp_path: Path) -> None:
         assert res.returncode == 2 and "not available with --daemon" in res.stderr
     finally:
         daemon.stop()
+
+
+STREAM_CLIENT = r"""
+import os, socket, sys, time
+port, flag = int(sys.argv[1]), sys.argv[2]
+total, first = 8 << 20, 1 << 20
+s = socket.create_connection(("127.0.0.1", port), timeout=30)
+s.sendall(f"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {total}\r\n"
+          f"Connection: close\r\n\r\n".encode())
+s.sendall(bytes(first))
+deadline = time.monotonic() + 20
+while not os.path.exists(flag):  # the server has the first MiB: the relay did not wait
+    if time.monotonic() > deadline:
+        print("the first MiB never reached the server")
+        sys.exit(1)
+    time.sleep(0.01)
+s.sendall(bytes(total - first))
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+print(data.split(b"\r\n")[0].decode(), data.rsplit(b"\r\n", 1)[-1].decode())
+"""
+
+
+def test_request_bodies_are_streamed(tmp_path: Path) -> None:
+    """The server gets the first MiB of an 8 MiB upload while the command still holds
+    the rest: the relay forwards a body as it comes, it never waits for the whole."""
+    import socket
+    import threading
+
+    flag = tmp_path / "first-mib"
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            got = len(data.partition(b"\r\n\r\n")[2])
+            while got < 8 << 20:
+                if got >= 1 << 20 and not flag.exists():
+                    flag.touch()
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    return
+                got += len(chunk)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n" + str(got >> 20).encode().ljust(8)
+            )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        res = run_sandboxed(
+            rules(port), [PY, "-c", STREAM_CLIENT, str(port), str(flag)], timeout=TIMEOUT
+        )
+    finally:
+        server.close()
+    assert res.returncode == 0, describe(res)
+    assert res.stdout.split() == ["HTTP/1.1", "200", "OK", "8"], describe(res)
