@@ -29,7 +29,9 @@ read it: the query and fragment dropped, ``;parameters`` dropped from each segme
 (``/ok/..;/secret``), percent-decoding once (``%2e%2e``, ``%2f``), ``\\`` read as ``/``,
 empty segments (``//``) and ``.`` dropped, ``..`` resolved (never above the root). A path
 that is not ``/``-rooted (an absolute URI's path is taken from it first), decodes to
-invalid UTF-8 or holds a control character is refused (``http-bad-path``). Allow rules
+invalid UTF-8, holds a control character, or still holds an encoded dot, slash or
+backslash once decoded (``%252e``: for a server that decodes twice) is refused
+(``http-bad-path``). Allow rules
 match the path and method as sent (case-sensitive, as HTTP is); deny rules match them
 case-insensitively (a case-insensitive server must not serve ``/SECRET`` past a deny of
 ``/secret``).
@@ -70,6 +72,9 @@ BAD_PATH = "http-bad-path"
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+# A dot, slash or backslash still encoded after one decoding (``%252e``): a server or a
+# proxy that decodes twice would read a path other than the one matched.
+_ENCODED_AGAIN = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
 
 
 class HttpRule(NamedTuple):
@@ -198,7 +203,7 @@ def normalise_path(target: str) -> str | None:
         decoded = raw.decode("utf-8")
     except UnicodeError:
         return None
-    if _CONTROL.search(decoded):
+    if _CONTROL.search(decoded) or _ENCODED_AGAIN.search(decoded):
         return None
     out: list[str] = []
     for segment in decoded.replace("\\", "/").split("/"):

@@ -124,7 +124,9 @@ def test_normalise_path(raw: str, want: str) -> None:
     assert normalise_path(raw) == want
 
 
-@pytest.mark.parametrize("raw", ["", "x", "*", "http://h/x", "/%ff", "/a%0a", "/a\x00"])
+@pytest.mark.parametrize(
+    "raw", ["", "x", "*", "http://h/x", "/%ff", "/a%0a", "/a\x00", "/ok/%252e%252e/x", "/a%255C"]
+)
 def test_normalise_path_refuses(raw: str) -> None:
     """Non-rooted, undecodable or control-character paths are refused."""
     assert normalise_path(raw) is None
