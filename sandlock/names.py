@@ -106,6 +106,7 @@ class Names:
         """The HTTP rules (plan.py): the relay then interposes the HTTP ports."""
         self.tls: Interceptor | None = None
         """--http-tls: this run's CA (httptls.py), in the bundles of ``vfiles``."""
+        self.tls_bundles: list[str] = []
         self.startup_records: list[dns.Record] = []
         """What start-up resolution decided that the audit log must hear (plan.py)."""
         self.upstream = upstream
@@ -143,7 +144,18 @@ class Names:
             ) from None
         if self.vfiles is None:
             self.vfiles = VirtualFiles()
-        self.tls.inject(self.vfiles.set, os.environ)
+        self.tls_bundles = self.tls.inject(self.vfiles.set, os.environ)
+
+    def command_environ(self, env: Mapping[str, str] | None) -> Mapping[str, str] | None:
+        """The command's environment (None: ours), with --http-tls: node, which keeps a CA
+        list of its own, told of an injected bundle (NODE_EXTRA_CA_CERTS, unless set)."""
+        if self.tls is None or not self.tls_bundles:
+            return env
+        import os
+
+        out = dict(os.environ if env is None else env)
+        out.setdefault("NODE_EXTRA_CA_CERTS", self.tls_bundles[0])
+        return out
 
     @property
     def dns_mode(self) -> bool:

@@ -132,6 +132,8 @@ class Session:
         assert self.child is None, "a session runs one command"
         if forward_signals:
             self._signal_fd = open_signalfd()
+        if self.names is not None:  # (--http-tls: NODE_EXTRA_CA_CERTS)
+            env = self.names.command_environ(env)
         self.child = launch.start(
             argv,
             env=env,
