@@ -347,13 +347,21 @@ class _Exchange:
         except h11.LocalProtocolError:
             await self._answer(400, "sandlock: cannot forward this request", close=True)
             return False
-        body_done, failed = trio.Event(), []
         switched = False
+        first = self.down.next_event()
+        if isinstance(first, h11.EndOfMessage):  # (no body, or all of it read: no task)
+            try:
+                await self._send_up(h11.EndOfMessage(headers=list(first.headers.raw_items())))
+                switched = await self._forward_response(request, host, path, decision)
+            except (_Closed, h11.ProtocolError):
+                return False
+            return await self._after(switched)
+        body_done, failed = trio.Event(), []
         async with trio.open_nursery() as nursery:
 
             async def body() -> None:
                 try:
-                    await self._forward_body()
+                    await self._forward_body(first)
                 except (_Closed, h11.ProtocolError) as err:
                     failed.append(err)
                     nursery.cancel_scope.cancel()
@@ -368,6 +376,12 @@ class _Exchange:
             if failed or not body_done.is_set():  # (answered before the body ended: give up)
                 nursery.cancel_scope.cancel()
                 return False
+        return await self._after(switched)
+
+    async def _after(self, switched: bool) -> bool:
+        """The exchange done: a switched protocol copied to its end, or the destination's
+        side made ready for the next request; whether the connection goes on."""
+        assert self.up is not None
         if switched:
             await self._splice()
             return False
@@ -413,16 +427,15 @@ class _Exchange:
             return None, f"TLS to {_shown(self.dest)} failed: {cause}"
         return wrapped, ""
 
-    async def _forward_body(self) -> None:
-        while True:
+    async def _forward_body(self, first: object) -> None:
+        """The request's body to the destination, ``first`` the event read already."""
+        event = await _next(self.down, self.client) if first is h11.NEED_DATA else first
+        while isinstance(event, h11.Data):
+            await self._send_up(h11.Data(data=event.data))
             event = await _next(self.down, self.client)
-            if isinstance(event, h11.Data):
-                await self._send_up(h11.Data(data=event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                await self._send_up(h11.EndOfMessage(headers=list(event.headers.raw_items())))
-                return
-            else:
-                raise _Closed
+        if not isinstance(event, h11.EndOfMessage):
+            raise _Closed
+        await self._send_up(h11.EndOfMessage(headers=list(event.headers.raw_items())))
 
     async def _forward_response(
         self, request: h11.Request, host: str, path: str, decision: HttpDecision
