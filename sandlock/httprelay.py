@@ -117,7 +117,10 @@ class HttpHandler:
                     nursery.start_soon(exchange.prefetch)
                 else:
                     exchange.no_prefetch()
-                await exchange.run()
+                try:
+                    await exchange.run()
+                except (_Closed, h11.ProtocolError):
+                    pass  # (a side went away, or broke HTTP: the connection is over)
                 nursery.cancel_scope.cancel()
         finally:
             await exchange.close()
@@ -533,13 +536,19 @@ class _Exchange:
 
     async def _close_upstream(self) -> None:
         if self.upstream is not None:
-            await self.upstream.aclose()
+            try:
+                await self.upstream.aclose()
+            except (trio.BrokenResourceError, OSError):
+                pass  # (closed all the same)
         self.upstream = None
         self.up = None
 
     async def close(self) -> None:
         await self._close_upstream()
-        await self.client.aclose()
+        try:
+            await self.client.aclose()
+        except (trio.BrokenResourceError, OSError):
+            pass  # (closed all the same)
 
 
 async def _starts_tls(conn: socket.socket) -> bool:

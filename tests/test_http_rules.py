@@ -552,3 +552,33 @@ def test_request_bodies_are_streamed(tmp_path: Path) -> None:
         server.close()
     assert res.returncode == 0, describe(res)
     assert res.stdout.split() == ["HTTP/1.1", "200", "OK", "8"], describe(res)
+
+
+ABRUPT = r"""
+import socket, struct, sys
+port = int(sys.argv[1])
+host = f"Host: 127.0.0.1:{port}\r\n".encode()
+for data, reset in [(b"GET /ok/a HTTP/1.1\r\n" + host, False),
+                    (b"POST /upload HTTP/1.1\r\n" + host + b"Content-Length: 100\r\n\r\nabc", True),
+                    (b"\x00\x01garbage\r\n\r\n", False)]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    s.sendall(data)
+    if reset:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    else:
+        s.shutdown(socket.SHUT_WR)
+        s.recv(4096)
+    s.close()
+print("done")
+"""
+
+
+def test_clients_that_go_away_are_no_internal_error(web: EchoServer) -> None:
+    """A half-sent request, a reset mid-body and garbage end those connections quietly
+    (a 400 for the garbage): no internal error; of the upload the server got the head and
+    the 3 bytes sent (bodies are streamed), then the end of the connection."""
+    p = web.port
+    res = run_sandboxed(rules(p), [PY, "-c", ABRUPT, str(p)], timeout=TIMEOUT)
+    assert res.returncode == 0 and res.stdout.strip() == "done", describe(res)
+    assert "internal error" not in res.stderr, describe(res)
+    assert [(s.target, s.body) for s in web.log] == [("/upload", b"abc")]
