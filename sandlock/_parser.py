@@ -72,6 +72,7 @@ examples:
   sandlock run --net-allow 'icmp://*' -- ping -c1 127.0.0.1
   sandlock run -- ./offline-step          # no rule: no network at all
   sandlock run --unix-allow "$SSH_AUTH_SOCK" -- git fetch
+  sandlock run --http-allow 'GET api.example.com/v1/*' --http-tls -- ./agent
 
 exit status: CMD's own, 128+N if signal N killed it, 2 for a bad rule or usage,
 126/127 when CMD cannot be run, 125 when the daemon (--daemon) stopped answering
@@ -239,7 +240,8 @@ def _add_daemon_arg(
 def _add_http_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "HTTP rules",
-        "Per-request rules for plain HTTP (README: HTTP rules). With any of them, every TCP "
+        "Per-request rules for HTTP, and HTTPS with --http-tls (README: HTTP rules). With "
+        "any of them, every TCP "
         "connection to an HTTP port goes through sandlock's relay, which checks each request "
         "and forwards it only to the address and port CMD connected to.",
     )
