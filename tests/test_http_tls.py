@@ -234,3 +234,21 @@ def test_a_chosen_sni_never_reaches_the_server(
     assert res.returncode == 0, describe(res)
     assert res.stdout.strip() == "HTTP/1.1 403 Forbidden", describe(res)
     assert web.accepted == 0
+
+
+def test_bad_tls_files_are_one_line(tmp_path: Path) -> None:
+    """An upstream CA file that is not PEM, or a --http-ca-out path that cannot be
+    written: one line, exit 2, nothing run."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    rules = ["--http-tls", "--http-allow", "GET 127.0.0.1/*"]
+    res = run_sandboxed([*rules, "--http-upstream-ca", str(junk)], ["true"], timeout=TIMEOUT)
+    assert res.returncode == 2 and "--http-upstream-ca: cannot load" in res.stderr, describe(res)
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = run_sandboxed(
+        [*rules, "--http-ca-out", str(tmp_path / "no" / "such" / "dir" / "ca.pem")],
+        ["true"],
+        timeout=TIMEOUT,
+    )
+    assert res.returncode == 2 and "--http-ca-out: cannot write" in res.stderr, describe(res)
+    assert len(res.stderr.strip().splitlines()) == 1
