@@ -80,6 +80,12 @@ def parse_run(argv: Sequence[str], environ: Mapping[str, str]) -> SimpleNamespac
         virtual_hosts=True,
         dns_allow_private=False,
         verify_names=False,
+        http_allow=[],
+        http_deny=[],
+        http_ports=[],
+        http_tls=False,
+        http_upstream_ca=None,
+        http_ca_out=None,
         keep_fds=[],
         argv=list(argv[i:]),  # with its "--", as argparse's REMAINDER keeps it
     )

@@ -72,6 +72,7 @@ examples:
   sandlock run --net-allow 'icmp://*' -- ping -c1 127.0.0.1
   sandlock run -- ./offline-step          # no rule: no network at all
   sandlock run --unix-allow "$SSH_AUTH_SOCK" -- git fetch
+  sandlock run --http-allow 'GET api.example.com/v1/*' --http-tls -- ./agent
 
 exit status: CMD's own, 128+N if signal N killed it, 2 for a bad rule or usage,
 126/127 when CMD cannot be run, 125 when the daemon (--daemon) stopped answering
@@ -236,6 +237,59 @@ def _add_daemon_arg(
     )
 
 
+def _add_http_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "HTTP rules",
+        "Per-request rules for HTTP, and HTTPS with --http-tls (README: HTTP rules). With "
+        "any of them, every TCP "
+        "connection to an HTTP port goes through sandlock's relay, which checks each request "
+        "and forwards it only to the address and port CMD connected to.",
+    )
+    g.add_argument(
+        "--http-allow",
+        action="append",
+        default=[],
+        metavar="'METHOD HOST[:PORT]/PATH'",
+        help="allow requests like this (repeatable): METHOD or *, HOST a name, *.domain, an "
+        "IP or *, PATH exact or a prefix ending in * (e.g. 'GET api.example.com/v1/*'); "
+        "any --http-allow refuses every other request on the HTTP ports (403), and lets CMD "
+        "reach HOST over TCP on them",
+    )
+    g.add_argument(
+        "--http-deny",
+        action="append",
+        default=[],
+        metavar="'METHOD HOST[:PORT]/PATH'",
+        help="refuse requests like this (403), whatever --http-allow says (repeatable)",
+    )
+    g.add_argument(
+        "--http-ports",
+        action="append",
+        default=[],
+        metavar="PORTS",
+        help="the TCP ports whose connections HTTP rules interpose (comma list, repeatable; "
+        "default: 80, and 443 with --http-tls)",
+    )
+    g.add_argument(
+        "--http-tls",
+        action="store_true",
+        help="intercept TLS on the HTTP ports too, so that HTTP rules hold for HTTPS: an "
+        "ephemeral CA made for this run (its key never leaves the supervisor's memory) is "
+        "added to the CA bundles CMD opens, and the supervisor makes its own TLS connection "
+        "to the server, verified against this host's trust store (README: HTTP rules)",
+    )
+    g.add_argument(
+        "--http-upstream-ca",
+        metavar="FILE",
+        help="with --http-tls, also trust the CA certificates in FILE (PEM) for the servers",
+    )
+    g.add_argument(
+        "--http-ca-out",
+        metavar="FILE",
+        help="with --http-tls, write this run's CA certificate (PEM, public) to FILE",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser for every `sandlock` subcommand."""
     parser = _Parser(
@@ -281,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "unset: supervise here)",
     )
     _add_name_args(run)
+    _add_http_args(run)
     _add_command_args(run)
 
     learn = sub.add_parser(
@@ -294,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile-out",
         metavar="FILE",
         help="also write the rules as a TOML profile (for --profile)",
+    )
+    learn.add_argument(
+        "--http-ports",
+        action="append",
+        default=[],
+        metavar="PORTS",
+        help="also pass CMD's connections to these TCP ports through the HTTP relay and "
+        "propose an --http-allow line per request seen (comma list, repeatable)",
     )
     _add_command_args(learn)
     serve = sub.add_parser(

@@ -59,6 +59,10 @@ _NAME_FIELDS = {
     "ttl_max",
     "dns_allow_private",
     "verify_names",
+    "http_allow",
+    "http_deny",
+    "http_ports",
+    "http_tls",
 }
 
 
@@ -127,10 +131,16 @@ def check_names(data: object) -> None:
         return
     if not isinstance(data, dict):
         raise RequestError("name options must be an object")
+    if "http_upstream_ca" in data:
+        raise RequestError(
+            "--http-upstream-ca: not available through the daemon (it reads no file of the "
+            "client's)",
+            policy_error=True,
+        )
     unknown = sorted(set(data) - _NAME_FIELDS)
     if unknown:
         raise RequestError(f"name options: unknown field {unknown[0]!r}")
-    for key in ("virtual_hosts", "dns_allow_private", "verify_names"):
+    for key in ("virtual_hosts", "dns_allow_private", "verify_names", "http_tls"):
         if not isinstance(data.get(key, True), bool):
             raise RequestError(f"{key} must be true or false")
     if not isinstance(data.get("dns_proxy"), bool | None):
@@ -144,6 +154,32 @@ def check_names(data: object) -> None:
             raise RequestError(f"{key} must be a number")
         if not math.isfinite(value):
             raise RequestError(f"{key} must be finite")
+    _check_http(data)
+
+
+def _check_http(data: dict[str, Any]) -> None:
+    """The HTTP rules of the name options: lists of strings within the rule limits, and
+    a list of ports (httprules.py parses them, as the plan does)."""
+    allow, deny = data.get("http_allow", []), data.get("http_deny", [])
+    if not (_strings(allow) and _strings(deny)):
+        raise RequestError("http_allow and http_deny must be lists of strings")
+    if len(allow) + len(deny) > MAX_RULES:
+        raise RequestError(
+            f"--http-allow: {len(allow) + len(deny)} rules (the daemon's limit is {MAX_RULES})",
+            policy_error=True,
+        )
+    for flag, specs in (("--http-allow", allow), ("--http-deny", deny)):
+        if any(len(spec) > MAX_RULE_LENGTH for spec in specs):
+            raise RequestError(
+                f"{flag}: a rule longer than {MAX_RULE_LENGTH} characters", policy_error=True
+            )
+    ports = data.get("http_ports", [])
+    if not (
+        isinstance(ports, list)
+        and len(ports) <= 64
+        and all(type(p) is int and 0 < p < 65536 for p in ports)
+    ):
+        raise RequestError("http_ports must be a list of at most 64 ports (1-65535)")
 
 
 def _link(fd: int) -> str:

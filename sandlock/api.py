@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ._fastrun import command_environ
 from .audit import AuditLog, AuditSeal, DecisionRecord
-from .errors import SandlockError, TimeoutExpired
+from .errors import PolicyError, SandlockError, TimeoutExpired
 from .plan import NameOptions, Plan, make
 from .policy import Policy
 from .profile import read_profile
@@ -91,6 +91,9 @@ class Sandbox:
     ``Allow.RUN`` or ``Deny``; a plain function (run in a worker thread) or a coroutine
     function (awaited in the run's trio loop). Unanswered within ``ask_timeout``
     seconds: refused. Each run has answers of its own.
+    ``http_allow``, ``http_deny``, ``http_ports``, ``http_tls``, ``http_upstream_ca``: the
+    CLI's --http-allow, --http-deny, --http-ports, --http-tls and --http-upstream-ca
+    (README: HTTP rules); they join those of ``names``.
     """
 
     def __init__(
@@ -106,6 +109,11 @@ class Sandbox:
         verify_names: bool = False,
         on_unlisted: OnUnlisted | None = None,
         ask_timeout: float = 30.0,
+        http_allow: Sequence[str] = (),
+        http_deny: Sequence[str] = (),
+        http_ports: Sequence[int] = (),
+        http_tls: bool = False,
+        http_upstream_ca: StrPath | None = None,
     ) -> None:
         if on_unlisted is not None and not callable(on_unlisted):
             raise TypeError(f"on_unlisted: {on_unlisted!r} is not callable")
@@ -114,9 +122,21 @@ class Sandbox:
         self.on_unlisted, self.ask_timeout = on_unlisted, float(ask_timeout)
         options = names or NameOptions()
         wanted = {"dns_allow_private": dns_allow_private, "verify_names": verify_names}
-        turned_on = {key: True for key, on in wanted.items() if on and not getattr(options, key)}
-        if turned_on:  # (a copy: ``names`` stays the caller's)
-            options = NameOptions.from_wire(options.to_wire() | turned_on)
+        changed: dict[str, object] = {
+            key: True for key, on in wanted.items() if on and not getattr(options, key)
+        }
+        if http_allow or http_deny or http_ports:
+            if isinstance(http_allow, str) or isinstance(http_deny, str):
+                raise PolicyError("http_allow and http_deny must be lists of rules, not a string")
+            changed["http_allow"] = [*options.http_allow, *http_allow]
+            changed["http_deny"] = [*options.http_deny, *http_deny]
+            changed["http_ports"] = sorted({*options.http_ports, *http_ports})
+        if http_tls and not options.http_tls:
+            changed["http_tls"] = True
+        if http_upstream_ca is not None:
+            changed["http_upstream_ca"] = os.fspath(http_upstream_ca)
+        if changed:  # (a copy: ``names`` stays the caller's)
+            options = NameOptions.from_wire(options.to_wire() | changed)
         self._options, self._resolver = options, resolver
         self._plan = self._make_plan(net_allow, net_deny, unix_allow)
         self.policy = self._plan.policy
@@ -146,6 +166,8 @@ class Sandbox:
             unix_allow=profile.unix_allow,
             dns_allow_private=profile.dns_allow_private,
             verify_names=profile.verify_names,
+            http_allow=profile.http_allow,
+            http_deny=profile.http_deny,
         )
 
     def run(

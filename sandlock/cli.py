@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .ask import Asker
     from .audit import AuditLog
     from .learn import Learner
+    from .names import Names
     from .plan import NameOptions
     from .report import Observer
 
@@ -53,8 +54,28 @@ def _name_fields(args: Args) -> dict[str, Any]:
         "ttl_max": args.dns_ttl_max,
         "dns_allow_private": args.dns_allow_private,
         "verify_names": args.verify_names,
-    }
+    } | _http_fields(args)
 
+
+def _http_fields(args: Args) -> dict[str, Any]:
+    """The HTTP rules' name options that are given (none: the wire form of before)."""
+    fields = {
+        "http_allow": list(getattr(args, "http_allow", ())),
+        "http_deny": list(getattr(args, "http_deny", ())),
+        "http_ports": list(_http_ports(getattr(args, "http_ports", ()))),
+        "http_tls": bool(getattr(args, "http_tls", False)),
+        "http_upstream_ca": getattr(args, "http_upstream_ca", None),
+    }
+    return {key: value for key, value in fields.items() if value not in ([], False, None)}
+
+
+def _http_ports(specs: Sequence[str]) -> tuple[int, ...]:
+    """--http-ports (PolicyError for a bad one); () for the default."""
+    if not specs:
+        return ()
+    from .httprules import parse_ports
+
+    return parse_ports(specs)
 
 
 def _name_options(args: Args) -> NameOptions:
@@ -145,6 +166,8 @@ def _run(args: Args) -> int:
             "cannot prompt on this terminal); drop one of them"
         )
     if args.command == "run" and args.daemon:
+        if getattr(args, "http_ca_out", None):
+            raise UsageError("--http-ca-out: not available with --daemon (the daemon makes the CA)")
         from .client import run_via_daemon  # the daemon checks the rules: no policy here
 
         return run_via_daemon(
@@ -167,12 +190,15 @@ def _run(args: Args) -> int:
 
         learner = Learner(allow, deny, unix_allow=unix_allow)
         policy = learner.policy
+        names = learner.http_names(_http_ports(getattr(args, "http_ports", ())))
     else:
         from .plan import make
 
         plan = make(allow, deny, _name_options(args), unix_allow=unix_allow)
         policy = plan.policy
         names = plan.start(policy)
+        if getattr(args, "http_ca_out", None):
+            _write_ca(args.http_ca_out, names)
 
     from .launch import original_environ
     from .session import Session
@@ -221,6 +247,17 @@ def _asker(args: Args) -> tuple[Asker, int]:
     return Asker(TtyPrompt(tty, args.ask_timeout), args.ask_timeout), tty
 
 
+def _write_ca(path: str, names: Names | None) -> None:
+    """--http-ca-out: this run's CA certificate (public) to ``path``."""
+    if names is None or names.tls is None:
+        raise UsageError("--http-ca-out: there is no CA without --http-tls and an HTTP rule")
+    try:
+        with open(path, "wb") as f:
+            f.write(names.tls.ca_pem)
+    except OSError as err:
+        raise UsageError(f"--http-ca-out: cannot write {path}: {err.strerror}") from None
+
+
 def _rule_specs(args: Args) -> tuple[list[str], list[str], list[str]]:
     """The --net-allow, --net-deny and --unix-allow specs, a --profile's first."""
     allow, deny, unix = list(args.net_allow), list(args.net_deny), list(args.unix_allow)
@@ -236,6 +273,9 @@ def _rule_specs(args: Args) -> tuple[list[str], list[str], list[str]]:
             args.verify_names = True
         if profile.ask and args.command == "run":  # (a prompt needs `run`'s terminal)
             args.ask = True
+        if profile.http_allow or profile.http_deny:
+            args.http_allow = profile.http_allow + list(getattr(args, "http_allow", ()))
+            args.http_deny = profile.http_deny + list(getattr(args, "http_deny", ()))
     return allow, deny, unix
 
 
@@ -311,7 +351,10 @@ def _finish_learning(learner: Learner, profile_out: str | None) -> None:
         from .profile import dump_profile
 
         text = dump_profile(
-            learner.rules(), comment="written by sandlock learn", unix_allow=learner.unix_rules()
+            learner.rules(),
+            comment="written by sandlock learn",
+            unix_allow=learner.unix_rules(),
+            http_allow=learner.http_rules(),
         )
         try:
             with open(profile_out, "w") as f:
@@ -339,7 +382,7 @@ def _observer(args: Args, learner: Learner | None, audit: AuditLog | None) -> Ob
     from .report import DenialReport, Observer, Summary
 
     if learner is not None:
-        return Observer("learn", also=learner)
+        return Observer("learn", also=learner, records=learner.http_record)
     report = None if args.quiet else DenialReport()
     summary = Summary() if args.summary else None
     if audit is None and report is None and summary is None:

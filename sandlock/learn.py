@@ -21,6 +21,9 @@ from .unixrules import EVERYTHING as _UNIX_EVERYTHING
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .names import Names
     from .plan import Resolver
 
 __all__ = ["Learner"]
@@ -49,6 +52,42 @@ class Learner:
         ).policy
         self._ports: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
         self._unix: dict[str, None] = {}
+        self._http: dict[str, None] = {}  # --http-allow lines, in the order first seen
+        self._http_ports: tuple[int, ...] = ()
+
+    def http_names(self, ports: Sequence[int]) -> Names | None:
+        """With HTTP ports (learn --http-ports), what makes the run pass their connections
+        through the HTTP relay with no rule (every request passes, each one recorded);
+        None without."""
+        if not ports:
+            return None
+        from .httprules import HttpRules
+        from .names import Names
+        from .plan import NameOptions
+
+        self._http_ports = tuple(ports)
+        names = Names(self.policy, NameOptions(virtual_hosts=False), None, None, {})
+        names.http = HttpRules([], [], ports)
+        return names
+
+    def http_record(self, record: Mapping[str, object]) -> None:
+        """Record an HTTP request the relay passed (httprelay.py's record)."""
+        from .httprules import normalise_path
+
+        if record.get("syscall") != "http" or record.get("action") != "allow":
+            return
+        path = normalise_path(str(record.get("path")))
+        if path is None:
+            return
+        host, port = str(record.get("host")), record.get("port")
+        shown = f"[{host}]" if ":" in host else host
+        if len(self._http_ports) > 1:
+            shown += f":{port}"
+        self._http[f"{record.get('method')} {shown}{path}"] = None
+
+    def http_rules(self) -> list[str]:
+        """An --http-allow line per method, host and path seen (learn --http-ports)."""
+        return list(self._http)
 
     def __call__(self, event: Event) -> None:
         """Record a call that only the allow-everything rules allowed."""
@@ -89,4 +128,8 @@ class Learner:
         lines = ["sandlock learn: the command needs:"]
         lines += [f"  --net-allow {r}" for r in rules]
         lines += [f"  --unix-allow {r}" for r in unix]
+        if self._http_ports:
+            ports = ",".join(str(p) for p in self._http_ports)
+            lines.append(f"  --http-ports {ports}")
+            lines += [f"  --http-allow '{r}'" for r in self.http_rules()]
         return "\n".join(lines)

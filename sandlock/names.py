@@ -45,6 +45,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import dns
     from .ask import Asker
+    from .httprules import HttpRules
+    from .httptls import Interceptor
     from .plan import NameOptions
     from .policy import Policy
     from .upstream import Upstream
@@ -101,6 +103,11 @@ class Names:
         shown: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.options = options
+        self.http: HttpRules | None = None
+        """The HTTP rules (plan.py): the relay then interposes the HTTP ports."""
+        self.tls: Interceptor | None = None
+        """--http-tls: this run's CA (httptls.py), in the bundles of ``vfiles``."""
+        self.tls_bundles: list[str] = []
         self.startup_records: list[dns.Record] = []
         """What start-up resolution decided that the audit log must hear (plan.py)."""
         self.upstream = upstream
@@ -121,6 +128,35 @@ class Names:
             shown = shown or {}
             addrs = {h: (*a, *shown.get(h, ())) for h, a in policy.host_addresses.items()}
             self.vfiles.set(HOSTS, hosts_text(addrs))
+
+    def use_tls(self, upstream_ca: str | None) -> None:
+        """--http-tls: make this run's CA and put it in the CA bundles the command
+        opens (virtual files). SandlockError if the upstream CA file cannot be read."""
+        import os
+
+        from .errors import PolicyError
+        from .httptls import Interceptor
+
+        try:
+            self.tls = Interceptor(upstream_ca)
+        except (OSError, ValueError) as err:  # (ssl.SSLError is an OSError)
+            raise PolicyError(
+                f"--http-upstream-ca: cannot load {upstream_ca}: {err}", flag="--http-upstream-ca"
+            ) from None
+        if self.vfiles is None:
+            self.vfiles = VirtualFiles()
+        self.tls_bundles = self.tls.inject(self.vfiles.set, os.environ)
+
+    def command_environ(self, env: Mapping[str, str] | None) -> Mapping[str, str] | None:
+        """The command's environment (None: ours), with --http-tls: node, which keeps a CA
+        list of its own, told of an injected bundle (NODE_EXTRA_CA_CERTS, unless set)."""
+        if self.tls is None or not self.tls_bundles:
+            return env
+        import os
+
+        out = dict(os.environ if env is None else env)
+        out.setdefault("NODE_EXTRA_CA_CERTS", self.tls_bundles[0])
+        return out
 
     @property
     def dns_mode(self) -> bool:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from . import upstream as dns_upstream
+    from .httprules import HttpRules
     from .names import Names
     from .policy import Policy
     from .rules import Rule
@@ -75,6 +76,11 @@ class NameOptions:
         "dns_allow_private",
         "dns_proxy",
         "dns_upstream",
+        "http_allow",
+        "http_deny",
+        "http_ports",
+        "http_tls",
+        "http_upstream_ca",
         "ttl_max",
         "ttl_min",
         "verify_names",
@@ -91,8 +97,20 @@ class NameOptions:
         ttl_max: float = TTL_MAX,
         dns_allow_private: bool = False,
         verify_names: bool = False,
+        http_allow: Sequence[str] = (),
+        http_deny: Sequence[str] = (),
+        http_ports: Sequence[int] = (),
+        http_tls: bool = False,
+        http_upstream_ca: str | None = None,
     ) -> None:
         self.dns_allow_private = dns_allow_private
+        # HTTP rules (httprules.py; the plan parses them): they ride with the hostname
+        # options, which every way in (CLI, API, daemon wire) already carries.
+        self.http_allow = tuple(http_allow)
+        self.http_deny = tuple(http_deny)
+        self.http_ports = tuple(http_ports)  # () is httprules.DEFAULT_PORTS
+        self.http_tls = http_tls  # --http-tls (httptls.py)
+        self.http_upstream_ca = http_upstream_ca  # --http-upstream-ca FILE
         self.verify_names = verify_names  # --verify-names (relay.py)
         self.virtual_hosts = virtual_hosts
         self.dns_proxy = dns_proxy
@@ -101,11 +119,26 @@ class NameOptions:
         self.ttl_max = ttl_max
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        fields = ", ".join(
+            f"{name}={getattr(self, name)!r}"
+            for name in self.__slots__
+            if getattr(self, name) not in ((), False, None) or not name.startswith("http_")
+        )
         return f"NameOptions({fields})"
 
     def to_wire(self) -> dict[str, object]:
-        """A JSON-able form, for the daemon."""
+        """A JSON-able form, for the daemon (HTTP rules only when there are some)."""
+        http: dict[str, object] = {}
+        if self.http_allow or self.http_deny or self.http_ports:
+            http = {
+                "http_allow": list(self.http_allow),
+                "http_deny": list(self.http_deny),
+                "http_ports": list(self.http_ports),
+            }
+        if self.http_tls:
+            http["http_tls"] = True
+        if self.http_upstream_ca is not None:
+            http["http_upstream_ca"] = self.http_upstream_ca
         return {
             "virtual_hosts": self.virtual_hosts,
             "dns_proxy": self.dns_proxy,
@@ -114,7 +147,7 @@ class NameOptions:
             "ttl_max": self.ttl_max,
             "dns_allow_private": self.dns_allow_private,
             "verify_names": self.verify_names,
-        }
+        } | http
 
     @classmethod
     def from_wire(cls, data: object) -> NameOptions:
@@ -133,6 +166,11 @@ class NameOptions:
                 ttl_max=float(data.get("ttl_max", TTL_MAX)),
                 dns_allow_private=bool(data.get("dns_allow_private", False)),
                 verify_names=bool(data.get("verify_names", False)),
+                http_allow=_strs(data.get("http_allow", ())),
+                http_deny=_strs(data.get("http_deny", ())),
+                http_ports=_ports(data.get("http_ports", ())),
+                http_tls=bool(data.get("http_tls", False)),
+                http_upstream_ca=_opt_str(data.get("http_upstream_ca"), "http_upstream_ca"),
             )
         except (TypeError, ValueError) as err:
             raise PolicyError(f"bad name options: {err}") from None
@@ -153,10 +191,24 @@ def _opt_bool(value: object) -> bool | None:
     return None if value is None else bool(value)
 
 
-def _opt_str(value: object) -> str | None:
+def _strs(value: object) -> tuple[str, ...]:
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise TypeError("http_allow and http_deny must be lists of strings")
+
+
+def _ports(value: object) -> tuple[int, ...]:
+    if isinstance(value, list | tuple) and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in value
+    ):
+        return tuple(value)
+    raise TypeError("http_ports must be a list of ports (1-65535)")
+
+
+def _opt_str(value: object, name: str = "dns_upstream") -> str | None:
     if value is None or isinstance(value, str):
         return value
-    raise TypeError("dns_upstream must be a string")
+    raise TypeError(f"{name} must be a string")
 
 
 class Rules:
@@ -243,6 +295,16 @@ class Plan:
         options = options if options is not None else NameOptions()
         options.check()
         self.options = options
+        self.http: HttpRules | None = None
+        """The HTTP rules (httprules.py), None without any; their allow rules' hosts are
+        reachable over TCP on the HTTP ports (added to the allow rules here)."""
+        if options.http_allow or options.http_deny:
+            rules = self._with_http(rules, options)
+        elif options.http_tls:
+            raise PolicyError(
+                "--http-tls: no HTTP rule to enforce (give --http-allow or --http-deny)",
+                flag="--http-tls",
+            )
         self.has_hosts = any(rule.host is not None for rule in rules.allow)
         wildcards = rules.wildcards
         self.wildcards = bool(wildcards)
@@ -291,6 +353,27 @@ class Plan:
             found[host] = self._guard(unresolved, host, spec, _resolve(lookup, host, spec))
         self.policy = unresolved.with_hosts(found) if found else unresolved
 
+    def _with_http(self, rules: Rules, options: NameOptions) -> Rules:
+        import os
+
+        from .httprules import ALLOW_FLAG, HttpRules
+        from .rules import parse_rule
+
+        http = HttpRules.parse(
+            options.http_allow, options.http_deny, options.http_ports, tls=options.http_tls
+        )
+        if options.http_upstream_ca is not None and not os.path.isfile(options.http_upstream_ca):
+            raise PolicyError(
+                f"--http-upstream-ca: no such file: {options.http_upstream_ca}",
+                flag="--http-upstream-ca",
+            )
+        self.http = http
+        implied = tuple(
+            parse_rule(net, flag=ALLOW_FLAG)._replace(spec=rule.spec)
+            for rule, net in zip(http.allow, http.implied_net_rules(), strict=True)
+        )
+        return Rules(rules.allow + implied, rules.deny, rules.unix)
+
     def _guard(
         self, policy: Policy, host: str, spec: str, addrs: tuple[str, ...]
     ) -> tuple[str, ...]:
@@ -319,7 +402,11 @@ class Plan:
     @property
     def trap_open(self) -> bool:
         """Whether runs under this plan have virtual files (the filter must trap opens)."""
-        return self.dns_on or (self.has_hosts and self.options.virtual_hosts)
+        return (
+            self.dns_on
+            or (self.has_hosts and self.options.virtual_hosts)
+            or (self.http is not None and self.options.http_tls)  # (the CA bundles)
+        )
 
     def start(self, policy: Policy) -> Names | None:
         """What one run under ``policy`` needs: virtual files, a bound forwarder; None if
@@ -342,10 +429,17 @@ class Plan:
                     "CAP_NET_BIND_SERVICE): hostnames are resolved once at start",
                     file=sys.stderr,
                 )
-        if not self.has_hosts and sockets is None:
+        if not self.has_hosts and sockets is None and self.http is None:
             return None
-        names = Names(policy, self.options, self.upstream, sockets, self.seeds, self.shown)
+        options = self.options
+        if not self.has_hosts and sockets is None:  # (HTTP rules alone: no virtual file, so opens
+            # are not trapped)
+            options = NameOptions.from_wire(options.to_wire() | {"virtual_hosts": False})
+        names = Names(policy, options, self.upstream, sockets, self.seeds, self.shown)
         names.startup_records = list(self.records)
+        names.http = self.http
+        if self.http is not None and self.options.http_tls:
+            names.use_tls(self.options.http_upstream_ca)
         return names
 
 
@@ -384,7 +478,8 @@ def _resolve(lookup: Resolver, host: str, spec: str) -> tuple[str, ...]:
 
 
 def _resolver(
-    upstream: dns_upstream.Upstream | None, seeds: dict[str, list[tuple[str, int]]]) -> Resolver:
+    upstream: dns_upstream.Upstream | None, seeds: dict[str, list[tuple[str, int]]]
+) -> Resolver:
     """Start-up resolution: through ``upstream`` (recording TTLs in ``seeds``) when there
     is one, else the system resolver. ``localhost`` (RFC 6761) is always loopback, and
     never asked of an upstream."""

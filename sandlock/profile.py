@@ -8,6 +8,8 @@
     verify_names = true         # --verify-names (experimental)
     ask = true                  # --ask: `sandlock run` prompts on the terminal (the API,
                                 # the daemon and the MCP server have none: ignored there)
+    http_allow = ["GET api.example.com/v1/*"]   # --http-allow (README: HTTP rules)
+    http_deny = ["POST */upload"]               # --http-deny
 
 ``sandlock run --profile agent.toml`` and ``Sandbox.from_profile("agent.toml")`` read it;
 ``sandlock learn --profile-out FILE`` writes one.
@@ -23,7 +25,7 @@ from typing import NamedTuple
 
 from .errors import PolicyError
 
-_KEYS = ("net_allow", "net_deny", "unix_allow")
+_KEYS = ("net_allow", "net_deny", "unix_allow", "http_allow", "http_deny")
 _FLAGS = ("dns_allow_private", "verify_names", "ask")
 
 
@@ -35,6 +37,8 @@ class Profile(NamedTuple):
     unix_allow: list[str]
     dns_allow_private: bool
     verify_names: bool
+    http_allow: list[str]
+    http_deny: list[str]
     ask: bool = False
 
 
@@ -72,7 +76,9 @@ def read_profile(path: str | os.PathLike[str]) -> Profile:
         if not isinstance(value, bool):
             raise PolicyError(f"--profile: {where}: `{key}` must be true or false")
         flags.append(value)
-    return Profile(lists[0], lists[1], lists[2], flags[0], flags[1], flags[2])
+    return Profile(
+        lists[0], lists[1], lists[2], flags[0], flags[1], lists[3], lists[4], flags[2]
+    )
 
 
 def dump_profile(
@@ -80,12 +86,15 @@ def dump_profile(
     deny: Sequence[str] = (),
     comment: str = "",
     unix_allow: Sequence[str] = (),
+    http_allow: Sequence[str] = (),
 ) -> str:
     """A profile's TOML text (strings written as JSON strings, which TOML accepts)."""
     lines = [f"# {line}" for line in comment.splitlines()]
     pairs = [("net_allow", allow), ("net_deny", deny)]
     if unix_allow:
         pairs.append(("unix_allow", unix_allow))
+    if http_allow:
+        pairs.append(("http_allow", http_allow))
     for key, values in pairs:
         items = "".join(f"    {json.dumps(v)},\n" for v in values)
         lines.append(f"{key} = [\n{items}]" if values else f"{key} = []")

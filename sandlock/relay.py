@@ -24,9 +24,10 @@ succeeds at once, and a destination that refuses it shows as a reset after the f
 bytes, not as ECONNREFUSED; a protocol in which the server speaks first gets no bytes
 and is reset after ``FIRST_TIMEOUT``.
 
-Issue 14's HTTP rules plug into the same relay: ``Check`` is the per-connection check
-of the first record (``Relay(..., check=...)``); a per-request checker would replace
-``_pump`` for the client's side (h11 on the stream, each request checked).
+HTTP rules plug into the same relay: with ``http`` (httprelay.py), every TCP connection
+to an HTTP port is relayed, and handed whole to it (each request checked, h11 both
+ways) instead of ``_serve``. ``verify`` False: only those (HTTP rules without
+--verify-names).
 trio is imported by ``run`` only.
 """
 
@@ -49,6 +50,8 @@ from .sockaddr import MAPPED_PREFIX, Dest, canonical
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import trio
+
+    from .httprelay import HttpHandler
 
 __all__ = ["MISMATCH", "Check", "Relay", "name_allowed", "names_check", "only_by_name"]
 
@@ -124,17 +127,24 @@ class Relay:
         policy: Callable[[], Policy],
         report: Callable[[Event], None] | None,
         check: Check = names_check,
+        *,
+        verify: bool = True,
+        http: HttpHandler | None = None,
     ) -> None:
         self._policy = policy
         self._report = report
         self._check = check
+        self._verify = verify  # --verify-names: connections only a hostname rule allows
+        self._http = http  # HTTP rules (httprelay.py): every connection to an HTTP port
         self._listeners: dict[int, socket.socket] = {}
         self._targets: dict[int, bytes] = {}
         self._noted: dict[tuple[str, int], _Noted] = {}
 
     def wants(self, policy: Policy, decision: Decision, dest: Dest) -> bool:
         """Whether this allowed TCP connect must go through the relay."""
-        return only_by_name(policy, decision, dest)
+        if self._http is not None and dest.port in self._http.ports:
+            return True
+        return self._verify and only_by_name(policy, decision, dest)
 
     def target(self, domain: int) -> bytes | None:
         """The relay's sockaddr for a socket of ``domain``; None while not running."""
@@ -205,7 +215,10 @@ class Relay:
     async def _guarded(self, conn: socket.socket, noted: _Noted) -> None:
         """``_serve``; a bug resets that one connection, never the run (fails closed)."""
         try:
-            await self._serve(conn, noted)
+            if self._http is not None and noted.dest.port in self._http.ports:
+                await self._http.serve(conn, noted.pid, noted.dest)  # (it owns conn)
+            else:
+                await self._serve(conn, noted)
         except Exception as err:
             if conn.fileno() >= 0:
                 _reset(conn)

@@ -77,6 +77,16 @@ class DenialReport:
         line = f"sandlock: denied DNS lookup of {host} ({qtype}) — {why}"
         print(line, file=self.stream, flush=True)
 
+    def http(self, record: Mapping[str, object]) -> None:
+        """Report a refused HTTP request (httprelay.py), once per method, host and path."""
+        shown = f"{record.get('method')} {record.get('host')}{record.get('path')}"
+        key = ("http", shown, 0)
+        if key in self._seen or not self._take():
+            return
+        self._seen.add(key)
+        line = f"sandlock: denied HTTP {shown} (pid {record.get('pid')}) — {_http_why(record)}"
+        print(line, file=self.stream, flush=True)
+
     def close(self) -> None:
         """Say how many destinations the rate limit kept quiet."""
         if self.suppressed:
@@ -106,6 +116,20 @@ def _dns_why(record: Mapping[str, object]) -> str:
     if record.get("rcode") == "REFUSED":
         return f"{record.get('qtype')} queries are not forwarded"
     return f"--net-deny `{rule}` names it"
+
+
+_HTTP_WHY = {
+    "http-default-deny": "no --http-allow rule allows it",
+    "http-host-mismatch": "its host is not the address it was sent to (or no rule names it)",
+    "http-bad-path": "its target is not a path a rule can match",
+    "http-upgrade": "only a WebSocket upgrade of an allowed GET is relayed",
+}
+
+
+def _http_why(record: Mapping[str, object]) -> str:
+    """Why an HTTP request was refused, from its record (httprelay.py)."""
+    rule = str(record.get("rule"))
+    return _HTTP_WHY.get(rule, f"--http-deny `{rule}`")
 
 
 def is_probe(record: DecisionRecord) -> bool:
@@ -151,6 +175,12 @@ class Summary:
         dst, port = seen_destination(event)
         self.counts[(event.proto, dst, -1 if port is None else port, action)] += 1
 
+    def add_http(self, record: Mapping[str, object]) -> None:
+        """Count one HTTP request (httprelay.py's record): one row per method, host and
+        path."""
+        shown = f"{record.get('method')} {record.get('host')}{record.get('path')}"
+        self.counts[("http", shown, -1, str(record.get("action")))] += 1
+
     def render(self) -> str:
         """The table, one row per (protocol, destination, action)."""
         rows = [("PROTO", "DESTINATION", "CALLS", "ACTION")]
@@ -183,9 +213,11 @@ class Observer:
         keep_denied: bool = False,
         also: Callable[[Event], None] | None = None,
         tap: Callable[[DecisionRecord], None] | None = None,
+        records: Callable[[Mapping[str, object]], None] | None = None,
     ) -> None:
         self.sandbox = sandbox
         self.also = also
+        self.records = records  # hears every record dns() gets (learn mode's HTTP lines)
         self.tap = tap
         self.audit = audit
         self.report = report
@@ -207,10 +239,19 @@ class Observer:
             from .audit import timestamp
 
             self.audit.write_object({"ts": timestamp(), "sandbox": self.sandbox, **record})
+        if self.records is not None:
+            self.records(record)
+        http = record.get("syscall") == "http"
+        if http and self.summary is not None:
+            self.summary.add_http(record)
         if record.get("action") == "deny":
             self.denied_count += 1
             if self.report is not None and not reported:
-                self.report.dns(str(record.get("host")), str(record.get("qtype")), _dns_why(record))
+                if http:
+                    self.report.http(record)
+                else:
+                    host, qtype = str(record.get("host")), str(record.get("qtype"))
+                    self.report.dns(host, qtype, _dns_why(record))
 
     def __call__(self, event: Event) -> None:
         """Hand one decision to every listener that wants it."""

@@ -137,6 +137,8 @@ class Session:
         assert self.child is None, "a session runs one command"
         if forward_signals:
             self._signal_fd = open_signalfd()
+        if self.names is not None:  # (--http-tls: NODE_EXTRA_CA_CERTS)
+            env = self.names.command_environ(env)
         self.child = launch.start(
             argv,
             env=env,
@@ -229,7 +231,9 @@ class Session:
         and reaped. Blocking: call it from a thread with no trio loop."""
         child = self._started()
         names = self.names
-        trio_first = names is not None and (names.dns_mode or names.options.verify_names)
+        trio_first = names is not None and (
+            names.dns_mode or names.options.verify_names or names.http is not None
+        )
         status = wait_child(
             child,
             self._signal_fd,

@@ -108,12 +108,25 @@ class Supervisor:
         )
 
     def _relay(self, names: Names | None) -> Relay | None:
-        """With --verify-names, the relay that checks names (relay.py); it runs in serve."""
-        if names is None or not names.options.verify_names:
+        """With --verify-names, the relay that checks names (relay.py), and with HTTP
+        rules, HTTP requests (httprelay.py); it runs in serve."""
+        if names is None or not (names.options.verify_names or names.http is not None):
             return None
         from .relay import Relay
 
-        return Relay(lambda: self.policy, self._tell)
+        http = None
+        if names.http is not None:
+            from .httprelay import HttpHandler
+
+            verify = names.options.verify_names
+            http = HttpHandler(
+                names.http, lambda: self.policy, self._tell_http, verify=verify, tls=names.tls
+            )
+        return Relay(lambda: self.policy, self._tell, verify=names.options.verify_names, http=http)
+
+    def _tell_http(self, record: Record) -> None:
+        if self._on_dns is not None:  # (records of the names' machinery: dns.py, httprelay.py)
+            self._on_dns(record)
 
     def _tell(self, event: Event) -> None:
         if self.on_event is not None:

@@ -1,0 +1,235 @@
+"""HTTP rules: what the per-request relay (httprelay.py) costs plain HTTP.
+
+    .venv/bin/python bench/http_rules.py [--rounds 5] [--curl 200] [--requests 500] [--mb 200]
+
+Three modes, the same client timed inside the command (start-up excluded): native (no
+sandbox); ``net``: ours with ``--net-allow 127.0.0.1:PORT`` (no HTTP rules: the gate's
+path); ``http``: ours with ``--http-ports PORT --http-allow 'GET 127.0.0.1/*'`` (every
+connection through the relay, every request checked). Rounds alternate the modes so load
+hits them alike. The server (threads here, on 127.0.0.1) answers each request with a short
+body, or MB megabytes for the bulk row. Rows:
+
+- curl: CURL runs of ``curl -s -o /dev/null URL`` in one sandbox, ms per request (a
+  Python loop of subprocess.run inside the command: the same spawn cost in every mode);
+- python: REQUESTS ``http.client`` GETs from one process, each on a fresh connection,
+  us per request;
+- bulk: one GET of MB megabytes; MB/s.
+
+With ``--tls`` the same rows over HTTPS: the server presents a leaf of a CA minted here
+(sandlock.httptls, so this script needs the product's venv), named to every client by
+``SSL_CERT_FILE`` and ``CURL_CA_BUNDLE``; the ``http`` mode adds ``--http-tls
+--http-upstream-ca`` (the command then trusts the run's CA through the injected bundle:
+the file those variables name).
+
+With ``--peer`` (plain HTTP only) a fourth mode: the Rust peer (PyPI sandlock 0.9.0, in
+bench/.peer-venv, set up as bench/run.py does) driven through its SDK
+(bench/sdk_driver.py) with the same rules: ``http_allow=["GET 127.0.0.1/*"]``,
+``http_ports=[PORT]``, ``net_allow=["127.0.0.1:PORT"]`` and read access (Landlock) to the
+system and the interpreter's directories. HTTPS is not compared: the peer verifies the
+server against the system roots only, and the test server's CA is not one of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SANDLOCK = REPO / ".venv" / "bin" / "sandlock"
+SHORT = b"ok"
+CHUNK = bytes(1 << 20)
+
+CLIENT = r"""
+import http.client, ssl, subprocess, sys, time
+port, how, n, scheme = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+url = f"{scheme}://127.0.0.1:{port}/bench"
+ctx = ssl.create_default_context() if scheme == "https" else None
+def connection():
+    if ctx is None:
+        return http.client.HTTPConnection("127.0.0.1", port)
+    return http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
+if how == "curl":
+    subprocess.run(["curl", "-s", "-f", "-o", "/dev/null", url], check=True)  # (warm-up)
+    t = time.perf_counter_ns()
+    for _ in range(n):
+        subprocess.run(["curl", "-s", "-f", "-o", "/dev/null", url], check=True)
+    print((time.perf_counter_ns() - t) / n / 1e6)
+elif how == "python":
+    def one():
+        c = connection()
+        c.request("GET", "/bench")
+        r = c.getresponse()
+        assert r.status == 200 and r.read() == b"ok", r.status
+        c.close()
+    one()
+    t = time.perf_counter_ns()
+    for _ in range(n):
+        one()
+    print((time.perf_counter_ns() - t) / n / 1e3)
+else:
+    c = connection()
+    t = time.perf_counter_ns()
+    c.request("GET", "/bulk")
+    r = c.getresponse()
+    got = 0
+    while data := r.read(1 << 20):
+        got += len(data)
+    assert got == n << 20, got
+    print(got / 1e6 / ((time.perf_counter_ns() - t) / 1e9))
+"""
+
+
+def serve(listener: socket.socket, mb: list[int], tls: ssl.SSLContext | None) -> None:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        threading.Thread(target=answer, args=(conn, mb[0], tls), daemon=True).start()
+
+
+def answer(conn: socket.socket, mb: int, tls: ssl.SSLContext | None = None) -> None:
+    """Answer each request of a kept-alive connection (bodiless GETs only)."""
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # (head and body: 2 writes)
+    if tls is not None:
+        try:
+            conn = tls.wrap_socket(conn, server_side=True)
+        except OSError:
+            conn.close()
+            return
+    with conn:
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                _, _, buf = buf.partition(b"\r\n\r\n")
+                size = mb << 20 if mb else len(SHORT)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+                if mb:
+                    for _ in range(mb):
+                        conn.sendall(CHUNK)
+                else:
+                    conn.sendall(SHORT)
+        except OSError:
+            pass
+
+
+def measure(mode: str, port: int, how: str, n: int, ca: str | None) -> float:
+    argv = [sys.executable, "-c", CLIENT, str(port), how, str(n), "https" if ca else "http"]
+    if mode == "peer":
+        readable = ["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/tmp"]
+        readable += [sys.prefix, sys.base_prefix, os.path.realpath(sys.base_prefix), str(REPO)]
+        kwargs = {
+            "net_allow": [f"127.0.0.1:{port}"],
+            "http_allow": ["GET 127.0.0.1/*"],
+            "http_ports": [port],
+            "fs_readable": [p for p in readable if os.path.exists(p)],
+            "fs_writable": ["/dev/null"],  # (curl -o /dev/null)
+        }
+        spec = {"kwargs": kwargs, "argv": argv}
+        peer = REPO / "bench" / ".peer-venv" / "bin" / "python"
+        argv = [str(peer), str(REPO / "bench" / "sdk_driver.py"), "run", json.dumps(spec)]
+    elif mode == "net":
+        argv = [str(SANDLOCK), "run", "--net-allow", f"127.0.0.1:{port}", "--", *argv]
+    elif mode == "http":
+        rules = ["--http-ports", str(port), "--http-allow", "GET 127.0.0.1/*"]
+        if ca:
+            rules += ["--http-tls", "--http-upstream-ca", ca]
+        argv = [str(SANDLOCK), "run", *rules, "--", *argv]
+    env = dict(os.environ)
+    if ca:
+        env |= {"SSL_CERT_FILE": ca, "CURL_CA_BUNDLE": ca}
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{mode} {how}: {out.stderr.strip()}")
+    return float(out.stdout.strip())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--curl", type=int, default=200, help="curl runs per round")
+    parser.add_argument("--requests", type=int, default=500, help="Python requests per round")
+    parser.add_argument("--mb", type=int, default=200, help="megabytes of the bulk row")
+    parser.add_argument("--tls", action="store_true", help="HTTPS instead of HTTP")
+    parser.add_argument("--peer", action="store_true", help="also the Rust peer (plain HTTP)")
+    args = parser.parse_args()
+    listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    port = listener.getsockname()[1]
+    mb = [0]
+    tls, ca = None, None
+    if args.tls:
+        from sandlock.httptls import Interceptor
+
+        authority = Interceptor()
+        tls = authority.base_context("127.0.0.1")
+        with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
+            f.write(authority.ca_pem)
+        ca = f.name
+    threading.Thread(target=serve, args=(listener, mb, tls), daemon=True).start()
+    modes = (
+        ("native", "net", "http", "peer")
+        if args.peer and not args.tls
+        else ("native", "net", "http")
+    )
+    rows: dict[str, dict[str, list[float]]] = {}
+    load = os.getloadavg()
+    for row, n in (("curl", args.curl), ("python", args.requests), ("bulk", args.mb)):
+        mb[0] = args.mb if row == "bulk" else 0
+        for _ in range(args.rounds):
+            for mode in modes:
+                figure = measure(mode, port, row, n, ca)
+                rows.setdefault(row, {}).setdefault(mode, []).append(figure)
+                print(f"{row} {mode}: {rows[row][mode][-1]:.2f}", file=sys.stderr)
+    listener.close()
+    med = {row: {m: statistics.median(v) for m, v in r.items()} for row, r in rows.items()}
+    c, p, b = med["curl"], med["python"], med["bulk"]
+    print(
+        f"machine: {os.cpu_count()} cpus, load average at start {load[0]:.2f}, "
+        f"at end {os.getloadavg()[0]:.2f}"
+    )
+    if "peer" in modes:
+        print("| row | unit | native | peer (HTTP rule) | ours (HTTP rule) | ours/peer overhead |")
+        print("|---|---|---|---|---|---|")
+        for name, row, unit in (("curl", c, "ms"), ("python", p, "us")):
+            over = (row["http"] - row["native"]) / (row["peer"] - row["native"])
+            print(
+                f"| {name} | {unit}/request | {row['native']:.2f} | {row['peer']:.2f} | "
+                f"{row['http']:.2f} | {over:.2f} |"
+            )
+        print(f"| bulk | MB/s | {b['native']:.0f} | {b['peer']:.0f} | {b['http']:.0f} | - |")
+    print("| row | unit | native | ours (net rule) | ours (HTTP rule) | HTTP - native |")
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| {args.curl} curl runs | ms/request | {c['native']:.2f} | {c['net']:.2f} | "
+        f"{c['http']:.2f} | {c['http'] - c['native']:.2f} ms |"
+    )
+    print(
+        f"| {args.requests} Python requests, fresh connections | us/request | "
+        f"{p['native']:.0f} | {p['net']:.0f} | {p['http']:.0f} | "
+        f"{p['http'] - p['native']:.0f} us |"
+    )
+    print(
+        f"| bulk {args.mb} MB down | MB/s | {b['native']:.0f} | {b['net']:.0f} | "
+        f"{b['http']:.0f} | {b['http'] / b['native']:.2f}x |"
+    )
+    for row, r in rows.items():
+        for mode, values in r.items():
+            print(f"{row} {mode}: " + ", ".join(f"{v:.2f}" for v in values))
+
+
+if __name__ == "__main__":
+    main()

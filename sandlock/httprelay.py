@@ -1,0 +1,601 @@
+"""HTTP rules at run time: the relay's handler for connections to the HTTP ports.
+
+With HTTP rules (httprules.py) the relay (relay.py) takes every TCP connection the
+command makes to an HTTP port (``--http-ports``) and hands it here. Each connection is
+parsed with h11 on both sides, one request at a time (keep-alive, pipelining held back
+by h11 until the previous exchange ends):
+
+1. The request's method, path (normalised) and host are read: the absolute URI's
+   authority if the target is one (a Host header must then agree), else the Host
+   header, else the address connected to. A port in it must be the one connected to.
+2. ``bound``: the host is that very address, or a name whose addresses under the policy
+   (start-up resolution or the DNS mode's book) include it. A rule naming a host
+   matches only a bound request; an unbound one gets ``http-host-mismatch``. With
+   ``--verify-names``, a destination allowed only by hostname rules needs a bound host
+   whatever the rules.
+3. Refused: ``403`` with one line naming the rule, and the connection stays usable for
+   the next request (a refused request that has a body is answered with
+   ``Connection: close``: its body is not read). Allowed: the request is re-serialised by
+   h11 (what the server reads is what was checked: no smuggling through framing) to
+   **the address and port the command connected to**, never to what the request names;
+   its body streamed as it comes, the response streamed back.
+4. ``Upgrade: websocket`` on an allowed ``GET``: after the server's ``101`` the bytes are
+   copied both ways, unparsed. Any other upgrade (``h2c``: requests no longer checked)
+   and ``CONNECT`` are refused.
+
+Every request's decision is one record (``syscall: "http"``, with method, host, path,
+status and rule) for the audit log and the denial report.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import urllib.parse
+from collections.abc import Callable, Iterable
+
+import h11
+import trio
+
+from .httprules import (
+    BAD_PATH,
+    HOST_MISMATCH,
+    HttpDecision,
+    HttpRules,
+    normalise_host,
+    normalise_path,
+)
+from .policy import Policy
+from .relay import only_by_name
+from .sockaddr import Dest, canonical
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .httptls import Interceptor
+
+__all__ = ["UPGRADE", "HttpHandler"]
+
+UPGRADE = "http-upgrade"
+CONNECT_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT = 30.0
+_REASONS = {400: b"Bad Request", 403: b"Forbidden", 502: b"Bad Gateway"}
+_PLAIN = "\0plain"  # (the ``sni`` of a connection without TLS)
+_CHUNK = 1 << 20  # bytes read at a time (h11 hands them on as one Data event)
+_MAX_PATH_SHOWN = 512
+_DRAIN = 1 << 20  # bytes read (and dropped) of a refused request's body before closing
+
+Record = dict[str, object]
+
+
+class HttpHandler:
+    """Checks and relays each request of a connection to an HTTP port."""
+
+    def __init__(
+        self,
+        rules: HttpRules,
+        policy: Callable[[], Policy],
+        record: Callable[[Record], None] | None,
+        *,
+        verify: bool = False,
+        tls: Interceptor | None = None,
+    ) -> None:
+        self.rules = rules
+        self._policy = policy
+        self._record = record
+        self._verify = verify
+        self.tls = tls  # --http-tls (httptls.py)
+
+    @property
+    def ports(self) -> frozenset[int]:
+        """The TCP ports whose connections come here."""
+        return self.rules.ports
+
+    async def serve(self, conn: socket.socket, pid: int, dest: Dest) -> None:
+        """Serve the command's connection ``conn`` to ``dest`` until either side ends."""
+        plain = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+        client: trio.abc.Stream = plain
+        sni: str | None = None
+        tls = self.tls is not None and await _starts_tls(conn)
+        if tls:
+            assert self.tls is not None
+            shown = str(ipaddress.ip_address(canonical(dest.addr)))
+            wrapped = trio.SSLStream(
+                plain, self.tls.base_context(shown), server_side=True, https_compatible=True
+            )
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    await wrapped.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError, ValueError):
+                await plain.aclose()
+                return
+            client = wrapped
+            sni = self.tls.sni_of(wrapped.context)
+        exchange = _Exchange(self, client, pid, dest, sni if tls else _PLAIN)
+        try:
+            async with trio.open_nursery() as nursery:
+                if self._prefetch(dest, sni if tls else _PLAIN):
+                    nursery.start_soon(exchange.prefetch)
+                else:
+                    exchange.no_prefetch()
+                try:
+                    await exchange.run()
+                except (_Closed, h11.ProtocolError):
+                    pass  # (a side went away, or broke HTTP: the connection is over)
+                nursery.cancel_scope.cancel()
+        finally:
+            await exchange.close()
+
+    def _prefetch(self, dest: Dest, sni: str | None) -> bool:
+        """Whether the destination's connection may be opened while the first request
+        comes, before any check: the address was allowed already, but the SNI sent to it
+        must be one the policy gives it (not any text the command chose), and with
+        --verify-names nothing reaches a destination before a name is checked."""
+        if self._verify:
+            return False
+        if sni is _PLAIN or sni is None:
+            return True
+        return _bound(self._policy(), sni, str(ipaddress.ip_address(canonical(dest.addr))))
+
+    def decide(
+        self, request: h11.Request, dest: Dest, sni: str | None = _PLAIN
+    ) -> tuple[HttpDecision, str, str]:
+        """The verdict on ``request`` to ``dest``, with the host and path to record;
+        ``sni``: the TLS SNI (None: a TLS connection without one; ``_PLAIN``: no TLS)."""
+        method = request.method.decode("ascii", "replace")
+        target = request.target.decode("ascii", "replace")
+        shown = str(ipaddress.ip_address(canonical(dest.addr)))
+        host_header = _header(request, b"host")
+        authority: str | None = None
+        path_text = target
+        if target.startswith("/"):
+            authority = host_header
+        elif target.lower().startswith(("http://", "https://")):
+            parts = urllib.parse.urlsplit(target)
+            authority = parts.netloc
+            path_text = parts.path or "/"
+            if host_header is not None and normalise_host(host_header) != normalise_host(authority):
+                return HttpDecision(False, HOST_MISMATCH), authority, path_text
+        else:  # (CONNECT's authority, OPTIONS *)
+            return HttpDecision(False, BAD_PATH), host_header or shown, target[:_MAX_PATH_SHOWN]
+        named = normalise_host(authority) if authority is not None else (shown, None)
+        if named is None:
+            return HttpDecision(False, HOST_MISMATCH), authority or "", path_text
+        host, port = named
+        if port is not None and port != dest.port:
+            return HttpDecision(False, HOST_MISMATCH), host, path_text
+        if sni is not _PLAIN and sni is not None and sni != host:  # (the leaf said SNI)
+            return HttpDecision(False, HOST_MISMATCH), host, path_text
+        policy = self._policy()
+        bound = _bound(policy, host, shown)
+        if not bound and self._verify:
+            decision = policy.decide("tcp", dest.addr, dest.port)
+            if only_by_name(policy, decision, dest):
+                return HttpDecision(False, HOST_MISMATCH), host, path_text
+        upgrade = _header(request, b"upgrade")
+        if upgrade is not None and (upgrade.lower() != "websocket" or method != "GET"):
+            return HttpDecision(False, UPGRADE), host, path_text
+        path = normalise_path(path_text)
+        return self.rules.decide(method, host, dest.port, path, bound=bound), host, path_text
+
+    def report(
+        self,
+        tls: bool,
+        pid: int,
+        dest: Dest,
+        request: h11.Request,
+        host: str,
+        path: str,
+        status: int,
+        decision: HttpDecision,
+    ) -> None:
+        if self._record is None:
+            return
+        extra: dict[str, object] = {"tls": True} if tls else {}  # (the request came in TLS)
+        self._record(
+            extra
+            | {
+                "pid": pid,
+                "syscall": "http",
+                "proto": "tcp",
+                "dst": str(ipaddress.ip_address(canonical(dest.addr))),
+                "port": dest.port,
+                "host": host,
+                "method": request.method.decode("ascii", "replace"),
+                "path": path[:_MAX_PATH_SHOWN],
+                "status": status,
+                "action": "allow" if decision.allowed else "deny",
+                "rule": decision.rule if decision.rule is not None else "http-no-allow-rules",
+            }
+        )
+
+
+def _framed(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers to send on: with Transfer-Encoding (which h11 framed the body by),
+    no Content-Length, so that the next reader cannot frame it otherwise (smuggling)."""
+    items = list(headers)
+    if any(k.lower() == b"transfer-encoding" for k, _ in items):
+        return [(k, v) for k, v in items if k.lower() != b"content-length"]
+    return items
+
+
+def _header(request: h11.Request, name: bytes) -> str | None:
+    for key, value in request.headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _bound(policy: Policy, host: str, shown: str) -> bool:
+    """Whether ``host`` (normalised) is the address ``shown`` or a name the policy gives
+    that address."""
+    try:
+        return str(ipaddress.ip_address(host)) == shown
+    except ValueError:
+        pass
+    key = policy.host_for_name(host)
+    return key is not None and shown in policy.host_addresses.get(key, ())
+
+
+class _Closed(Exception):
+    """A side ended or broke the protocol: the connection is over."""
+
+
+class _Exchange:
+    """One connection of the command: its requests, one after another."""
+
+    def __init__(
+        self, handler: HttpHandler, client: trio.abc.Stream, pid: int, dest: Dest, sni: str | None
+    ) -> None:
+        self.handler = handler
+        self.client = client
+        self.pid = pid
+        self.dest = dest
+        self.sni = sni  # _PLAIN without TLS
+        self.down = h11.Connection(h11.SERVER)  # the command's side: we serve it
+        self.up: h11.Connection | None = None  # the destination's side: we are its client
+        self.upstream: trio.abc.Stream | None = None
+        self._opened: trio.Event | None = trio.Event()  # (prefetch: set when tried)
+        self._why = ""
+
+    async def run(self) -> None:
+        while True:
+            try:
+                event = await _next(self.down, self.client)
+            except h11.RemoteProtocolError:
+                await self._answer(400, "sandlock: malformed HTTP request", close=True)
+                return
+            if not isinstance(event, h11.Request):
+                return  # (ConnectionClosed)
+            decision, host, path = self.handler.decide(event, self.dest, self.sni)
+            if not decision.allowed:
+                self.handler.report(
+                    self.sni is not _PLAIN, self.pid, self.dest, event, host, path, 403, decision
+                )
+                if not await self._refuse(event, decision):
+                    return
+            elif not await self._relay(event, host, path, decision):
+                return
+            if self.down.our_state is not h11.DONE or self.down.their_state is not h11.DONE:
+                return
+            self.down.start_next_cycle()
+
+    async def _refuse(self, request: h11.Request, decision: HttpDecision) -> bool:
+        """Answer 403; whether the connection goes on."""
+        has_body = any(
+            k == b"transfer-encoding" or (k == b"content-length" and v.strip() != b"0")
+            for k, v in request.headers
+        )
+        line = f"sandlock: refused by HTTP rule `{decision.rule}`"
+        await self._answer(403, line, close=has_body)
+        if has_body:
+            await self._drain()
+            return False
+        event = await _next(self.down, self.client)  # its EndOfMessage
+        return isinstance(event, h11.EndOfMessage)
+
+    async def _answer(self, status: int, line: str, *, close: bool) -> None:
+        body = (line + "\n").encode()
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        try:
+            reason = _REASONS.get(status, b"")
+            await self._send_down(h11.Response(status_code=status, headers=headers, reason=reason))
+            await self._send_down(h11.Data(data=body))
+            await self._send_down(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            pass  # (the request was too broken for any answer)
+
+    async def _drain(self) -> None:
+        """After a final answer with ``Connection: close``: half-close, read and drop
+        what the command still sends (a reset would lose the answer), then end."""
+        try:
+            if isinstance(self.client, trio.abc.HalfCloseableStream):
+                await self.client.send_eof()
+            with trio.move_on_after(1.0):
+                left = _DRAIN
+                while left > 0 and (data := await self.client.receive_some(_CHUNK)):
+                    left -= len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async def _relay(
+        self, request: h11.Request, host: str, path: str, decision: HttpDecision
+    ) -> bool:
+        """Forward ``request`` and its answer; whether the connection goes on."""
+        why = ""
+        if self._opened is not None:  # (the prefetch's outcome, once)
+            await self._opened.wait()
+            self._opened, why = None, self._why
+        elif self.upstream is None:  # (the last one had to close)
+            self.upstream, why = await self._open_upstream()
+            self.up = h11.Connection(h11.CLIENT)
+        if self.upstream is None:
+            await self._answer(502, f"sandlock: {why}", close=True)
+            self.handler.report(
+                self.sni is not _PLAIN, self.pid, self.dest, request, host, path, 502, decision
+            )
+            return False
+        assert self.up is not None
+        headers = _framed(request.headers.raw_items())
+        if not any(k.lower() == b"host" for k, _ in headers):  # (HTTP/1.0 without one)
+            headers.append((b"Host", host.encode("idna") if host.isascii() else b""))
+        try:
+            await self._send_up(
+                h11.Request(method=request.method, target=request.target, headers=headers)
+            )
+        except h11.LocalProtocolError:
+            await self._answer(400, "sandlock: cannot forward this request", close=True)
+            return False
+        switched = False
+        first = self.down.next_event()
+        if isinstance(first, h11.EndOfMessage):  # (no body, or all of it read: no task)
+            try:
+                await self._send_up(h11.EndOfMessage(headers=list(first.headers.raw_items())))
+                switched = await self._forward_response(request, host, path, decision)
+            except (_Closed, h11.ProtocolError):
+                return False
+            return await self._after(switched)
+        body_done, failed = trio.Event(), []
+        async with trio.open_nursery() as nursery:
+
+            async def body() -> None:
+                try:
+                    await self._forward_body(first)
+                except (_Closed, h11.ProtocolError) as err:
+                    failed.append(err)
+                    nursery.cancel_scope.cancel()
+                finally:
+                    body_done.set()
+
+            nursery.start_soon(body)
+            try:
+                switched = await self._forward_response(request, host, path, decision)
+            except (_Closed, h11.ProtocolError) as err:
+                failed.append(err)
+            if failed or not body_done.is_set():  # (answered before the body ended: give up)
+                nursery.cancel_scope.cancel()
+                return False
+        return await self._after(switched)
+
+    async def _after(self, switched: bool) -> bool:
+        """The exchange done: a switched protocol copied to its end, or the destination's
+        side made ready for the next request; whether the connection goes on."""
+        assert self.up is not None
+        if switched:
+            await self._splice()
+            return False
+        if self.up.our_state is h11.DONE and self.up.their_state is h11.DONE:
+            self.up.start_next_cycle()
+        else:
+            await self._close_upstream()
+        return True
+
+    def no_prefetch(self) -> None:
+        """The connection is opened for the first allowed request instead."""
+        self._opened = None
+
+    async def prefetch(self) -> None:
+        """Open the destination's connection ahead of the first request."""
+        assert self._opened is not None
+        try:
+            self.upstream, self._why = await self._open_upstream()
+            if self.upstream is not None:
+                self.up = h11.Connection(h11.CLIENT)
+        finally:
+            self._opened.set()
+
+    async def _open_upstream(self) -> tuple[trio.abc.Stream | None, str]:
+        """The connection to the destination (TLS if the command's was), or None and
+        why not."""
+        plain = await _connect(self.dest)
+        if plain is None:
+            return None, f"cannot reach {_shown(self.dest)}"
+        tls = self.handler.tls
+        if self.sni is _PLAIN or tls is None:
+            return plain, ""
+        shown = str(ipaddress.ip_address(canonical(self.dest.addr)))
+        wrapped = trio.SSLStream(
+            plain, tls.upstream, server_hostname=self.sni or shown, https_compatible=True
+        )
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await wrapped.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError) as err:
+            await plain.aclose()
+            cause = err.__cause__ if err.__cause__ is not None else err
+            return None, f"TLS to {_shown(self.dest)} failed: {cause}"
+        return wrapped, ""
+
+    async def _forward_body(self, first: object) -> None:
+        """The request's body to the destination, ``first`` the event read already."""
+        event = await _next(self.down, self.client) if first is h11.NEED_DATA else first
+        while isinstance(event, h11.Data):
+            await self._send_up(h11.Data(data=event.data))
+            event = await _next(self.down, self.client)
+        if not isinstance(event, h11.EndOfMessage):
+            raise _Closed
+        await self._send_up(h11.EndOfMessage(headers=list(event.headers.raw_items())))
+
+    async def _forward_response(
+        self, request: h11.Request, host: str, path: str, decision: HttpDecision
+    ) -> bool:
+        """The destination's answer, to the command; whether the protocol switched."""
+        assert self.up is not None and self.upstream is not None
+        while True:
+            event = await _next(self.up, self.upstream)
+            if isinstance(event, h11.InformationalResponse):
+                await self._send_down(
+                    h11.InformationalResponse(
+                        status_code=event.status_code,
+                        headers=list(event.headers.raw_items()),
+                        reason=event.reason,
+                    )
+                )
+                if event.status_code == 101:
+                    self.handler.report(
+                        self.sni is not _PLAIN,
+                        self.pid,
+                        self.dest,
+                        request,
+                        host,
+                        path,
+                        101,
+                        decision,
+                    )
+                    return True
+            elif isinstance(event, h11.Response):
+                self.handler.report(
+                    self.sni is not _PLAIN,
+                    self.pid,
+                    self.dest,
+                    request,
+                    host,
+                    path,
+                    event.status_code,
+                    decision,
+                )
+                await self._send_down(
+                    h11.Response(
+                        status_code=event.status_code,
+                        headers=_framed(event.headers.raw_items()),
+                        reason=event.reason,
+                    )
+                )
+            elif isinstance(event, h11.Data):
+                await self._send_down(h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await self._send_down(h11.EndOfMessage(headers=list(event.headers.raw_items())))
+                return False
+            else:
+                raise _Closed
+
+    async def _splice(self) -> None:
+        """After a 101: the bytes each side sent past the handshake, then a copy both ways."""
+        assert self.up is not None and self.upstream is not None
+        upstream = self.upstream
+        down_left, _ = self.down.trailing_data
+        up_left, _ = self.up.trailing_data
+
+        async def copy(src: trio.abc.Stream, dst: trio.abc.Stream, head: bytes) -> None:
+            try:
+                if head:
+                    await dst.send_all(head)
+                while data := await src.receive_some(_CHUNK):
+                    await dst.send_all(data)
+                if isinstance(dst, trio.abc.HalfCloseableStream):
+                    await dst.send_eof()
+                else:
+                    await dst.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(copy, self.client, upstream, down_left)
+            nursery.start_soon(copy, upstream, self.client, up_left)
+
+    async def _send_down(self, event: h11.Event) -> None:
+        data = self.down.send(event)
+        if data:
+            try:
+                await self.client.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+                raise _Closed from err
+
+    async def _send_up(self, event: h11.Event) -> None:
+        assert self.up is not None and self.upstream is not None
+        data = self.up.send(event)
+        if data:
+            try:
+                await self.upstream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+                raise _Closed from err
+
+    async def _close_upstream(self) -> None:
+        if self.upstream is not None:
+            try:
+                await self.upstream.aclose()
+            except (trio.BrokenResourceError, OSError):
+                pass  # (closed all the same)
+        self.upstream = None
+        self.up = None
+
+    async def close(self) -> None:
+        await self._close_upstream()
+        try:
+            await self.client.aclose()
+        except (trio.BrokenResourceError, OSError):
+            pass  # (closed all the same)
+
+
+async def _starts_tls(conn: socket.socket) -> bool:
+    """Whether the command's first byte opens a TLS handshake record (0x16)."""
+    with trio.move_on_after(HANDSHAKE_TIMEOUT):
+        while True:
+            await trio.lowlevel.wait_readable(conn)
+            try:
+                first = conn.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return False
+            return first == b"\x16"
+    return False
+
+
+async def _next(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Event | type[h11.PAUSED]:
+    """The next event of ``conn``, reading ``stream`` as it needs; _Closed on a broken
+    connection."""
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event  # type: ignore[return-value]
+        try:
+            data = await stream.receive_some(_CHUNK)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+            raise _Closed from err
+        conn.receive_data(data if isinstance(data, bytes) else bytes(data))
+
+
+async def _connect(dest: Dest) -> trio.SocketStream | None:
+    """A stream to ``dest`` (the address the command connected to), or None."""
+    seen = canonical(dest.addr)
+    family = socket.AF_INET if len(seen) == 4 else socket.AF_INET6
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    with trio.move_on_after(CONNECT_TIMEOUT):
+        try:
+            await sock.connect((socket.inet_ntop(family, seen), dest.port))
+        except OSError:
+            sock.close()
+            return None
+        return trio.SocketStream(sock)
+    sock.close()
+    return None
+
+
+def _shown(dest: Dest) -> str:
+    ip = ipaddress.ip_address(canonical(dest.addr))
+    return f"[{ip}]:{dest.port}" if ip.version == 6 else f"{ip}:{dest.port}"
