@@ -124,9 +124,27 @@ static int pump(struct pair *p, int from)
     }
 }
 
-/* Both directions, then the pair's end if both have ended (or a reset). Lock held. */
-static void serve(struct sandlock_relay *r, struct pair *p)
+/* Whether either socket holds an error (SO_ERROR: a reset received, say). */
+static int failed(const struct pair *p)
 {
+    for (int i = 0; i < 2; i++) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(p->fd[i], SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Both directions, then the pair's end if both have ended (or a reset). An error event
+ * resets the pair even where no splice would meet the error: a side that already ended
+ * its sending, reset while the other side is quiet, is passed on now. Lock held. */
+static void serve(struct sandlock_relay *r, struct pair *p, uint32_t events)
+{
+    if ((events & EPOLLERR) && failed(p)) {
+        end_pair(r, p, 1);
+        return;
+    }
     for (int i = 0; i < 2; i++) {
         if (pump(p, i) < 0) {
             end_pair(r, p, 1);
@@ -155,7 +173,7 @@ static void *relay_main(void *arg)
             struct pair *p = ev[i].data.ptr;
             if (p == NULL || p->dead)
                 continue; /* (the eventfd: stopping is checked by the loop) */
-            serve(r, p);
+            serve(r, p, ev[i].events);
             if (p->dead)
                 dead[ndead++] = p;
         }

@@ -14,9 +14,10 @@ resolution, or the DNS mode's book) include the very address the command connect
 anything the request names), writes the bytes it read, and hands both sockets to the
 ``Splicer`` (csrc/relay.h: one C thread, epoll, ``splice`` through a pipe per direction:
 no copy into user space, no Python per byte, bounded memory, each half-close and reset
-passed on, every pair reset when the sandbox ends). Where it cannot take them (its pair
-limit, no pipe) or with ``Relay(native=False)``, trio tasks do the same in Python
-(``_pump``). Otherwise, or if the upstream cannot be reached, the child's
+passed on, every pair reset when the sandbox ends; at most SANDLOCK_RELAY_MAX_PAIRS at
+once: a connection past that, or one it cannot take for want of pipes, is reset). With
+``Relay(native=False)`` trio tasks do the same in Python (``_pump``: the reference the
+tests compare it with). Otherwise, or if the upstream cannot be reached, the child's
 connection is reset (SO_LINGER 0) and nothing it sent reaches the destination: the
 refusal is reported like any denial (``"rule": "name-mismatch"``, the name seen as
 ``host``).
@@ -254,13 +255,14 @@ class Relay:
         The C data path takes both sockets (they are detached here: closed by it)."""
         import trio
 
-        if self._splicer is not None:
+        if self._splicer is not None:  # (refused, at its limit: reset, never unbounded)
             trio.lowlevel.notify_closing(conn)  # (out of trio's epoll set: C owns them)
             trio.lowlevel.notify_closing(upstream)
-            if self._splicer.join(conn.fileno(), upstream.fileno()) == 0:
-                conn.detach()
-                upstream.detach()
-                return True
+            if self._splicer.join(conn.fileno(), upstream.fileno()) != 0:
+                return False
+            conn.detach()
+            upstream.detach()
+            return True
         failed: list[OSError] = []
         async with trio.open_nursery() as nursery:
 

@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 
@@ -412,3 +413,67 @@ def test_splicer_refusals_leave_the_fds_to_the_caller() -> None:
         assert sp.pairs() == 0
         c.close(), d.close()  # (still ours: closing them raises nothing)
     assert fds() == base
+
+
+async def test_a_reset_after_the_command_half_closed_is_passed_on_at_once(
+    serving: Callable[..., Server],
+) -> None:
+    """C path: the command half-closes, then resets its socket while the server is quiet:
+    the server sees ECONNRESET at once, not only when it next sends. (The trio fallback
+    notices at the server's next byte.)"""
+    seen: list[str] = []
+
+    def handler(conn: socket.socket) -> None:
+        recv_all(conn)  # to the command's half-close
+        # After an EOF, recv says EOF again even once a reset came (SOCK_DONE first):
+        # SO_ERROR says it (EPIPE: a reset received in CLOSE_WAIT).
+        for _ in range(int(LIMIT / 2 / 0.05)):
+            time.sleep(0.05)
+            if conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                seen.append("reset")
+                return
+        seen.append("nothing")
+
+    server = serving(handler)
+    async with relaying(server.port, True) as r:
+        sock = r.connect()
+        sock.sendall(HEAD)
+        sock.shutdown(socket.SHUT_WR)
+        await trio.sleep(0.2)  # (the half-close has reached the server)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+        sock.close()
+        await until(lambda: bool(seen))
+    assert seen == ["reset"]
+
+
+async def test_a_pair_the_data_path_cannot_take_is_reset(
+    serving: Callable[..., Server],
+) -> None:
+    """C path: a checked connection the Splicer refuses (here: closed; in use: its pair
+    limit, or no pipes) is reset both ways, never moved by unbounded Python tasks."""
+    seen: list[str] = []
+
+    def handler(conn: socket.socket) -> None:
+        try:
+            seen.append("eof" if recv_all(conn) is not None else "?")
+        except ConnectionResetError:
+            seen.append("reset")
+
+    server = serving(handler)
+    async with relaying(server.port, True) as r:
+        splicer = r.relay._splicer
+        assert splicer is not None
+        splicer.close()
+        sock = r.connect()
+
+        def client() -> str:
+            with sock:
+                sock.sendall(HEAD)
+                try:
+                    return "eof" if sock.recv(10) == b"" else "data"
+                except ConnectionResetError:
+                    return "reset"
+
+        assert await trio.to_thread.run_sync(client) == "reset"
+        await until(lambda: bool(seen))
+    assert seen == ["reset"]
