@@ -101,7 +101,9 @@ static int pump(struct pair *p, int from)
             } else if (n == 0) {
                 w->ended = 1;
                 moved = 1;
-            } else if (errno != EAGAIN && errno != EINTR) {
+            } else if (errno == EINTR) {
+                moved = 1; /* (try again: never leave an edge unconsumed) */
+            } else if (errno != EAGAIN) {
                 return -errno;
             }
         }
@@ -110,7 +112,9 @@ static int pump(struct pair *p, int from)
             if (n > 0) {
                 w->held -= (size_t)n;
                 moved = 1;
-            } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            } else if (n < 0 && errno == EINTR) {
+                moved = 1;
+            } else if (n < 0 && errno != EAGAIN) {
                 return -errno;
             }
         }
