@@ -59,6 +59,11 @@
 #define SANDLOCK_NOTIF_FLAG_CONTINUE SECCOMP_USER_NOTIF_FLAG_CONTINUE /* the kernel runs it */
 #define SANDLOCK_ADDFD_FLAG_SEND SECCOMP_ADDFD_FLAG_SEND /* install and answer at once */
 
+/* The relay's data path (relay.h): each direction's pipe (F_SETPIPE_SZ; capped by
+ * /proc/sys/fs/pipe-max-size), and how many pairs it moves bytes for at once. */
+#define SANDLOCK_RELAY_PIPE_SIZE (1 << 20)
+#define SANDLOCK_RELAY_MAX_PAIRS 4096
+
 /* What is copied out of the child, and how much of it at most. */
 #define SANDLOCK_SOCKADDR_MAX sizeof(struct sockaddr_storage)
 #define SANDLOCK_SOCKADDR_IN_SIZE sizeof(struct sockaddr_in)

@@ -67,6 +67,9 @@ STAGE_LANDLOCK: int = _lib.SANDLOCK_STAGE_LANDLOCK  # entering the Landlock doma
 GATE_CACHE: int = _lib.SANDLOCK_GATE_CACHE  # answer calls to destinations Python remembered
 GATE_OPEN: int = _lib.SANDLOCK_GATE_OPEN  # CONTINUE opens that cannot name a virtual file
 GATE_POLL: int = _lib.SANDLOCK_GATE_POLL  # wait in poll() even where RECV could (tests)
+# The relay's data path (Splicer): each direction's pipe, and the pairs it takes at once.
+RELAY_PIPE_SIZE: int = _lib.SANDLOCK_RELAY_PIPE_SIZE
+RELAY_MAX_PAIRS: int = _lib.SANDLOCK_RELAY_MAX_PAIRS
 
 _CODES = {"uint64_t": "Q", "uint32_t": "I", "int32_t": "i"}  # the field types of our structs
 
@@ -497,3 +500,39 @@ class Gate:
         s = _ffi.new("struct sandlock_gate_stats *")
         _lib.sandlock_gate_stop(g, s)
         self._final = (s.connects, s.sends, s.opens, s.handoffs)
+
+
+# ---- the relay's data path ---------------------------------------------------------
+
+
+class Splicer:
+    """The C thread that moves bytes both ways between pairs of connected sockets
+    (csrc/relay.h; --verify-names, relay.py). The thread starts with the first ``join``;
+    ``close`` stops it and resets every pair still open. Once closed, ``join`` takes
+    nothing and ``pairs`` is 0."""
+
+    __slots__ = ("_r",)
+
+    def __init__(self) -> None:
+        err = _ffi.new("int *")
+        r = _lib.sandlock_relay_new(err)
+        if r == _ffi.NULL:
+            raise _oserror("sandlock_relay_new", err[0])
+        self._r = r
+
+    def join(self, a: int, b: int) -> int:
+        """Hand the connected sockets ``a`` and ``b`` over: 0, and both fds are the
+        thread's now (closed by it); -errno, and both are still the caller's."""
+        if self._r == _ffi.NULL:
+            return -_errno.ESHUTDOWN
+        return int(_lib.sandlock_relay_join(self._r, a, b))
+
+    def pairs(self) -> int:
+        """Pairs still open."""
+        return 0 if self._r == _ffi.NULL else int(_lib.sandlock_relay_pairs(self._r))
+
+    def close(self) -> None:
+        """Stop the thread and reset every pair still open (the sandbox ended)."""
+        r, self._r = self._r, _ffi.NULL
+        if r != _ffi.NULL:
+            _lib.sandlock_relay_free(r)

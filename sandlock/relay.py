@@ -1,6 +1,6 @@
 """Verified names (``--verify-names``): a TCP connection that only a hostname rule
 allows goes through a relay of the supervisor, which reads its first record, checks the
-name it gives, and then gets out of the way.
+name it gives, and then gets out of the way (a C thread moves the bytes).
 
 The handler (onbehalf.py) asks ``Relay.wants`` about each allowed TCP connect; for one
 whose destination no IP/CIDR rule allows, it connects the child's socket (our duplicate)
@@ -11,9 +11,13 @@ the HTTP request's ``Host``), at most ``MAX_FIRST`` bytes within ``FIRST_TIMEOUT
 name must be one a rule allows on that port *and* one whose addresses (start-up
 resolution, or the DNS mode's book) include the very address the command connected to
 (``name_allowed``). Then the relay connects to that original destination (never to
-anything the request names), writes the bytes it read, and moves bytes both ways with
-``splice`` through a pipe per direction (no copy into Python, bounded memory), each
-half-close passed on. Otherwise, or if the upstream cannot be reached, the child's
+anything the request names), writes the bytes it read, and hands both sockets to the
+``Splicer`` (csrc/relay.h: one C thread, epoll, ``splice`` through a pipe per direction:
+no copy into user space, no Python per byte, bounded memory, each half-close and reset
+passed on, every pair reset when the sandbox ends; at most SANDLOCK_RELAY_MAX_PAIRS at
+once: a connection past that, or one it cannot take for want of pipes, is reset). With
+``Relay(native=False)`` trio tasks do the same in Python (``_pump``: the reference the
+tests compare it with). Otherwise, or if the upstream cannot be reached, the child's
 connection is reset (SO_LINGER 0) and nothing it sent reaches the destination: the
 refusal is reported like any denial (``"rule": "name-mismatch"``, the name seen as
 ``host``).
@@ -27,7 +31,8 @@ and is reset after ``FIRST_TIMEOUT``.
 HTTP rules plug into the same relay: with ``http`` (httprelay.py), every TCP connection
 to an HTTP port is relayed, and handed whole to it (each request checked, h11 both
 ways) instead of ``_serve``. ``verify`` False: only those (HTTP rules without
---verify-names).
+--verify-names). ``_splice`` is the one call that hands a checked pair to the data path
+(csrc/relay.c; the trio pumps with ``native`` False).
 trio is imported by ``run`` only.
 """
 
@@ -37,11 +42,13 @@ import errno
 import fcntl
 import ipaddress
 import os
+import select
 import socket
 import struct
 import sys
 from collections.abc import Callable
 
+from . import _syscalls as sys_
 from .events import Event
 from .firstbytes import MAX_FIRST, NEED_MORE, NOT_NAMED, First, read
 from .policy import Decision, Policy
@@ -58,7 +65,7 @@ __all__ = ["MISMATCH", "Check", "Relay", "name_allowed", "names_check", "only_by
 MISMATCH = "name-mismatch"
 FIRST_TIMEOUT = 10.0  # seconds to wait for the first record
 CONNECT_TIMEOUT = 30.0  # seconds to reach the original destination
-PIPE_SIZE = 1 << 20  # each direction's pipe (F_SETPIPE_SZ; capped by pipe-max-size)
+PIPE_SIZE = sys_.RELAY_PIPE_SIZE  # each direction's pipe (F_SETPIPE_SZ; csrc/abi.h)
 MAX_WAITING = 4096  # connections noted but not yet accepted
 _SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _FAMILY = struct.Struct("=H")  # sa_family_t, host order
@@ -130,12 +137,15 @@ class Relay:
         *,
         verify: bool = True,
         http: HttpHandler | None = None,
+        native: bool = True,
     ) -> None:
         self._policy = policy
         self._report = report
         self._check = check
         self._verify = verify  # --verify-names: connections only a hostname rule allows
         self._http = http  # HTTP rules (httprelay.py): every connection to an HTTP port
+        self._native = native  # the C data path (False: trio tasks; tests compare both)
+        self._splicer: sys_.Splicer | None = None
         self._listeners: dict[int, socket.socket] = {}
         self._targets: dict[int, bytes] = {}
         self._noted: dict[tuple[str, int], _Noted] = {}
@@ -168,6 +178,8 @@ class Relay:
         import trio
 
         try:
+            if self._native:
+                self._splicer = sys_.Splicer()
             self._listen()
             task_status.started()
             async with trio.open_nursery() as nursery:
@@ -179,6 +191,9 @@ class Relay:
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
             self._listeners.clear()
+            if self._splicer is not None:  # (every pair still open is reset)
+                self._splicer.close()
+                self._splicer = None
 
     def _listen(self) -> None:
         v4 = _listener(socket.AF_INET, "127.0.0.1")
@@ -225,8 +240,6 @@ class Relay:
             print(f"sandlock: internal error in the relay: {err!r} (reset)", file=sys.stderr)
 
     async def _serve(self, conn: socket.socket, noted: _Noted) -> None:
-        import trio
-
         upstream: socket.socket | None = None
         try:
             first, data = await _first(conn)
@@ -239,26 +252,42 @@ class Relay:
             upstream = await _connect(noted.dest)
             if upstream is None:
                 return
-            failed: list[OSError] = []
-            async with trio.open_nursery() as nursery:
-
-                async def pump(src: socket.socket, dst: socket.socket, head: bytes) -> None:
-                    try:
-                        await _send_all(dst, head)
-                        await _pump(src, dst)
-                    except OSError as err:
-                        failed.append(err)
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(pump, conn, upstream, data)
-                nursery.start_soon(pump, upstream, conn, b"")
-            if not failed:
+            await _send_all(upstream, data)
+            if await self._splice(conn, upstream):
                 conn.close()
                 upstream.close()
         finally:  # refused, failed or cancelled: both reset
             for sock in (conn, upstream):
                 if sock is not None and sock.fileno() >= 0:
                     _reset(sock)
+
+    async def _splice(self, conn: socket.socket, upstream: socket.socket) -> bool:
+        """Move bytes both ways between the checked ``conn`` and ``upstream`` until both
+        end: True when both ended (close them), False after a failure (reset them).
+        The C data path takes both sockets (they are detached here: closed by it)."""
+        import trio
+
+        if self._splicer is not None:  # (refused, at its limit: reset, never unbounded)
+            trio.lowlevel.notify_closing(conn)  # (out of trio's epoll set: C owns them)
+            trio.lowlevel.notify_closing(upstream)
+            if self._splicer.join(conn.fileno(), upstream.fileno()) != 0:
+                return False
+            conn.detach()
+            upstream.detach()
+            return True
+        failed: list[OSError] = []
+        async with trio.open_nursery() as nursery:
+
+            async def pump(src: socket.socket, dst: socket.socket) -> None:
+                try:
+                    await _pump(src, dst)
+                except OSError as err:
+                    failed.append(err)
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(pump, conn, upstream)
+            nursery.start_soon(pump, upstream, conn)
+        return not failed
 
     def _refused(self, noted: _Noted, name: str | None) -> None:
         if self._report is not None:
@@ -278,10 +307,10 @@ async def _first(conn: socket.socket) -> tuple[First | str, bytes]:
     verdict: First | str = NEED_MORE
     with trio.move_on_after(FIRST_TIMEOUT):
         while verdict == NEED_MORE and len(data) < MAX_FIRST:
-            await trio.lowlevel.wait_readable(conn)
-            try:
+            try:  # (first without waiting: the command often wrote before the accept)
                 chunk = conn.recv(MAX_FIRST - len(data))
             except BlockingIOError:
+                await trio.lowlevel.wait_readable(conn)
                 continue
             except OSError:  # (reset by the command)
                 verdict = _CLOSED
@@ -305,18 +334,21 @@ async def _connect(dest: Dest) -> socket.socket | None:
     family = socket.AF_INET if len(seen) == 4 else socket.AF_INET6
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     address = (socket.inet_ntop(family, seen), dest.port)
+    rc = -1
     try:
         rc = sock.connect_ex(address)
         if rc == errno.EINPROGRESS:
-            with trio.move_on_after(CONNECT_TIMEOUT):
-                await trio.lowlevel.wait_writable(sock)
+            if sys_.poll1(sock.fileno(), select.POLLOUT) <= 0:  # (loopback: often done)
+                with trio.move_on_after(CONNECT_TIMEOUT):
+                    await trio.lowlevel.wait_writable(sock)
+            if sys_.poll1(sock.fileno(), select.POLLOUT) > 0:
                 rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if rc == 0:
-            return sock
     except OSError:
-        pass
-    sock.close()
-    return None
+        rc = -1
+    finally:
+        if rc != 0:  # (refused, timed out, or cancelled)
+            sock.close()
+    return sock if rc == 0 else None
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:

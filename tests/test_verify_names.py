@@ -291,6 +291,50 @@ print(n == len(payload) and got.digest() == hashlib.sha256(payload).digest())
     assert res.stdout.strip() == "True", describe(res)
 
 
+def test_the_command_ending_mid_download_ends_the_relayed_connection(
+    fake: FakeUpstream,
+) -> None:
+    """The command exits while a relayed download flows (the C data path holds the
+    pair): the run ends with the command's status and the server's sends fail (reset or
+    broken pipe) instead of going on into a relay that outlives the sandbox."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    ended: list[str] = []
+
+    def flood() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(4096)
+            try:
+                while True:
+                    conn.sendall(bytes(1 << 20))
+            except OSError as err:
+                ended.append(type(err).__name__)
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    script = r"""
+import os, socket, sys
+s = socket.create_connection(("good.test", int(sys.argv[1])), timeout=30)
+s.sendall(b"GET / HTTP/1.1\r\nHost: good.test\r\n\r\n")
+got = 0
+while got < 8 << 20:
+    got += len(s.recv(1 << 20))
+print("flowing", flush=True)
+os._exit(7)
+"""
+    try:
+        res = run_sandboxed([*args(fake, port)], [PY, "-c", script, str(port)], timeout=TIMEOUT)
+        thread.join(30)
+    finally:
+        server.close()
+    assert res.returncode == 7 and res.stdout.strip() == "flowing", describe(res)
+    assert ended in (["ConnectionResetError"], ["BrokenPipeError"]), ended
+
+
 def test_curl(fake: FakeUpstream, https: WebServer) -> None:
     """curl: the allowed name passes; --resolve evil.test to the same address is reset."""
     curl = shutil.which("curl")
