@@ -84,10 +84,10 @@ struct sandlock_msghdr {
 
 /* What the spawned child reports when a step before exec fails (sandlock_spawn). */
 enum {
-    SANDLOCK_STAGE_PARENT = 1,   /* pipe/fork/pidfd in the parent */
+    SANDLOCK_STAGE_PARENT = 1,   /* pipe/thread/fork/pidfd in the parent */
     SANDLOCK_STAGE_SETUP = 2,    /* chdir, no_new_privs, close_range in the child */
     SANDLOCK_STAGE_FILTER = 3,   /* seccomp(2) refused the filter */
-    SANDLOCK_STAGE_LISTENER = 4, /* pidfd_getfd of the listener */
+    /* 4 was the pidfd_getfd of the listener, which the spawning thread no longer needs */
     SANDLOCK_STAGE_EXEC = 5,     /* execve failed */
     SANDLOCK_STAGE_LANDLOCK = 6  /* entering the Landlock domain failed */
 };

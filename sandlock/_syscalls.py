@@ -60,7 +60,6 @@ PATH_MAX: int = _lib.SANDLOCK_PATH_MAX  # a path read out of the child, its NUL 
 STAGE_PARENT: int = _lib.SANDLOCK_STAGE_PARENT  # pipe/fork/pidfd in the parent
 STAGE_SETUP: int = _lib.SANDLOCK_STAGE_SETUP  # chdir, no_new_privs, close_range in the child
 STAGE_FILTER: int = _lib.SANDLOCK_STAGE_FILTER  # seccomp(2) refused the filter
-STAGE_LISTENER: int = _lib.SANDLOCK_STAGE_LISTENER  # pidfd_getfd of the listener
 STAGE_EXEC: int = _lib.SANDLOCK_STAGE_EXEC  # execve failed
 STAGE_LANDLOCK: int = _lib.SANDLOCK_STAGE_LANDLOCK  # entering the Landlock domain failed
 # What the gate may answer itself (Gate flags).
@@ -116,10 +115,11 @@ def spawn(
     keep_fds: Sequence[int],
     unblock: Sequence[int],
 ) -> tuple[int, int, int]:
-    """Fork, install the filter in the child, take its listener, exec ``path``.
+    """Start ``path`` under the filter: a short-lived thread installs it on itself (the
+    listener is ours), forks the child, which inherits it, and ends (csrc/sandlock.c).
 
-    With ``landlock_abi`` >= 2 (``landlock_abi()``'s answer) the child first enters a
-    Landlock domain of its own. Returns (pid, pidfd, listener)."""
+    With ``landlock_abi`` >= 2 (``landlock_abi()``'s answer) that thread first enters a
+    Landlock domain of its own, which the child inherits. Returns (pid, pidfd, listener)."""
     argv_keep = [_ffi.new("char[]", a) for a in argv]
     argv_c = _ffi.new("char *[]", [*argv_keep, _ffi.NULL])
     env_keep = [_ffi.new("char[]", e) for e in envp]

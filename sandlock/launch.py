@@ -1,12 +1,14 @@
 """Starting a command under the filter, with its listener in our hands before it execs.
 
-The fork/exec path is in C (``sandlock_spawn``): the child installs the filter itself
-(we cannot install one in another process), writes the listener's fd number into a pipe
-and waits; we take the listener with pidfd_getfd and ack; only then does it exec. The
-listener is close-on-exec, and the child cannot pass it with sendmsg(SCM_RIGHTS) because
-sendmsg is already trapped. This module only starts (the environment, the executable's
-path, Landlock, the spawn); waiting and serving are session.py's. Nothing here imports
-trio: it is the lean part of the launch path.
+The fork/exec path is in C (``sandlock_spawn``): a short-lived thread of ours enters the
+Landlock domain and installs the filter on itself (a filter without TSYNC, no_new_privs
+and a domain are the calling thread's only), so the listener lands in our own descriptor
+table; that thread forks the child, which inherits all three, and ends. No pidfd_getfd
+(a default container refuses it without CAP_SYS_PTRACE; README, "Containers"). The
+child's copy of the listener is closed before exec (it is close-on-exec anyway). This
+module only starts (the environment, the executable's path, Landlock, the spawn);
+waiting and serving are session.py's. Nothing here imports trio: it is the lean part of
+the launch path.
 """
 
 from __future__ import annotations
@@ -194,7 +196,6 @@ def _launch_error(name: str, cwd: str | None, err: sys_.SpawnError) -> Exception
         sys_.STAGE_PARENT: "starting the child",
         sys_.STAGE_SETUP: "preparing the child",
         sys_.STAGE_FILTER: "installing the seccomp filter",
-        sys_.STAGE_LISTENER: "taking the seccomp listener (pidfd_getfd)",
         sys_.STAGE_LANDLOCK: "entering the Landlock domain",
     }.get(err.stage, "starting the child")
     return SupervisorError(f"{what} failed: {reason}")

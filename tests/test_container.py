@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from . import container
-from .conftest import describe, run_command
+from .conftest import SANDLOCK, describe, run_command, sandlock_env
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the launcher starts as root"),
@@ -93,3 +93,38 @@ def test_launcher_refuses_what_docker_refuses(uid: int | None) -> None:
     assert outside["kcmp"] == "ok"
     assert outside["clone3"] != "errno=38"  # (EFAULT or EINVAL: it reached the kernel)
     assert outside["io_uring_setup"] != "errno=1"
+
+
+def test_supervisor_threads_stay_outside_the_filter() -> None:
+    """The filter, no_new_privs and the Landlock domain are taken on by a short-lived
+    spawning thread only: every thread left in the supervisor has no filter and no
+    no_new_privs, while the command has both."""
+    script = (
+        "grep -h -E '^(Seccomp|NoNewPrivs):' /proc/$PPID/task/*/status | sort | uniq -c;"
+        " echo self; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status"
+    )
+    res = run_command(
+        [*SANDLOCK, "--net-allow", "127.0.0.1:1", "--", "sh", "-c", script], env=sandlock_env()
+    )
+    assert res.returncode == 0, describe(res)
+    supervisor, _, child = res.stdout.partition("self\n")
+    assert "Seccomp:\t0" in supervisor and "NoNewPrivs:\t0" in supervisor, supervisor
+    assert "Seccomp:\t2" not in supervisor and "NoNewPrivs:\t1" not in supervisor, supervisor
+    assert "Seccomp:\t2" in child and "NoNewPrivs:\t1" in child, child
+
+
+@pytest.mark.parametrize("uid", MODES, ids=MODE_IDS)
+def test_cli_runs_in_a_container(uid: int | None, public_python: str) -> None:
+    """`sandlock run` starts its command inside a default container, as root and as uid
+    12345, with the command's exit status passed through and the command under the
+    filter (before: "taking the seccomp listener (pidfd_getfd) failed", exit 1)."""
+    script = "grep -E '^Seccomp:' /proc/self/status; id -u; exit 3"
+    res = run_command(
+        in_container(
+            uid, public_python, "run", "--net-allow", "127.0.0.1:1", "--", "sh", "-c", script
+        )
+    )
+    assert res.returncode == 3, describe(res)
+    assert "Seccomp:\t2" in res.stdout, describe(res)
+    assert res.stdout.split()[-1] == str(uid or 0), describe(res)
+    assert res.stderr == "", describe(res)
