@@ -2,8 +2,9 @@
 
 The cdef is the block between the cdef markers of each header: csrc/abi.h (every number
 C and Python share), csrc/sandlock.h (the syscalls, one job each), csrc/gate.h (the
-notification thread that answers what Python already decided) and csrc/caller.h (calls
-made with the caller's credentials). The headers are the statement of the C boundary.
+notification thread that answers what Python already decided), csrc/caller.h (calls
+made with the caller's credentials) and csrc/owned.h (the sockets created on behalf where
+pidfd_getfd is refused). The headers are the statement of the C boundary.
 Each ``#define NAME VALUE`` of a block is given to cffi as ``#define NAME ...``: the
 compiler supplies the value, so the headers stay plain C and kernel constants come from
 the system's headers. setup.py names ``build_ffi.py:ffibuilder``.
@@ -17,9 +18,9 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-HEADERS = ("abi", "sandlock", "gate", "caller")  # csrc/<name>.h, cdef blocks in this order
+HEADERS = ("abi", "sandlock", "gate", "caller", "owned")  # csrc/<name>.h, cdef blocks in this order
 # csrc/<name>.c; the headers of the last four are C only (not in the cdef).
-SOURCES = ("sandlock", "gate", "caller", "fastpath", "destset", "connecting")
+SOURCES = ("sandlock", "gate", "caller", "fastpath", "destset", "connecting", "owned")
 
 
 def _cdef(header: str) -> str:

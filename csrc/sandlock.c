@@ -3,6 +3,7 @@
  */
 #define _GNU_SOURCE
 #include "sandlock.h"
+#include "owned.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -437,6 +438,8 @@ int sandlock_pidfd_getfd(int pidfd, int fd)
 
 int sandlock_getfd(int tid, int fd)
 {
+    if (sandlock_owned_mode())
+        return sandlock_owned_find(tid, fd);
     int pidfd = sandlock_pidfd_open_thread(tid);
     if (pidfd < 0)
         return pidfd;

@@ -16,7 +16,9 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from _thread import get_ident  # (threading costs a launch ~1 ms)
 
+from . import _owned
 from . import _syscalls as sys_
 from ._bpf import filter_bpf
 from ._gatemode import gate_answers
@@ -86,9 +88,11 @@ class Child:
         self.gate = gate
 
     def close(self) -> None:
-        """Stop the gate, close our descriptors of the child (the listener and the pidfd)."""
+        """Stop the gate, close our descriptors of the child (the listener and the pidfd)
+        and our copies of its sockets (_owned.py)."""
         if self.gate is not None:
             self.gate.close()
+        sys_.owned_forget(self.listener)
         for fd in (self.pidfd, self.listener):
             try:
                 os.close(fd)
@@ -156,6 +160,11 @@ def start(
     # runs under our uid, must not be able to ptrace it or write its memory.
     sys_.protect_self()
     abi = landlock()
+    own = _owned.enabled()
+    spawning = -2 - get_ident() % (1 << 30)  # the sockets' owner until there is a listener
+    if own:  # the sockets the command inherits from us, kept before it can use them
+        inherited = [fd if fd >= 0 else i for i, fd in enumerate(stdio)]
+        _owned.keep_inherited(spawning, [*inherited, *keep_fds])
     try:
         spawned = sys_.spawn(
             os.fsencode(path),
@@ -164,15 +173,17 @@ def start(
             cwd=os.fsencode(cwd) if cwd is not None else None,
             stdio=stdio,
             new_pgrp=new_pgrp,
-            bpf=filter_bpf(trap_open=trap_open, refuse_reach=abi == 0),
+            bpf=filter_bpf(trap_open=trap_open, refuse_reach=abi == 0, own=own),
             filter_flags=_FILTER_FLAGS,
             landlock_abi=abi,
             keep_fds=keep_fds,
             unblock=unblock_signals,
         )
     except sys_.SpawnError as err:
+        sys_.owned_forget(spawning)
         raise _launch_error(argv[0], cwd, err) from err
     pid, pidfd, listener = spawned
+    sys_.owned_rekey(spawning, listener)
     try:
         return Child(pid, pidfd, listener, sys_.Gate(listener, flags, open_names) if gate else None)
     except OSError as err:

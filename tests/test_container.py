@@ -6,17 +6,24 @@ it, or the container-mode runs prove nothing.
 
 from __future__ import annotations
 
+import array
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from . import container
-from .conftest import SANDLOCK, describe, run_command, sandlock_env
+from .conftest import SANDLOCK, Sinks, describe, run_command, sandlock_env
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the launcher starts as root"),
@@ -128,3 +135,174 @@ def test_cli_runs_in_a_container(uid: int | None, public_python: str) -> None:
     assert "Seccomp:\t2" in res.stdout, describe(res)
     assert res.stdout.split()[-1] == str(uid or 0), describe(res)
     assert res.stderr == "", describe(res)
+
+
+# ---- sockets made on behalf (sandlock/_owned.py) ---------------------------------------
+
+
+def _run_py(uid: int | None, public_python: str, rules: list[str], code: str, **kw: Any) -> Any:
+    """``sandlock run RULES -- /usr/bin/python3 -c CODE`` inside the container."""
+    argv = in_container(uid, public_python, "run", *rules, "--", "/usr/bin/python3", "-c", code)
+    return run_command(argv, **kw)
+
+
+def test_the_probe_chooses_sockets_made_on_behalf() -> None:
+    """Inside the container pidfd_getfd is refused and sockets are made on behalf; outside
+    they are copied (the probe, csrc/owned.c)."""
+    code = "from sandlock import _owned; print(_owned.enabled())"
+    inside = run_command([*container.launcher(), sys.executable, "-c", code], env=sandlock_env())
+    outside = run_command([sys.executable, "-c", code], env=sandlock_env())
+    assert (inside.stdout, outside.stdout) == ("True\n", "False\n"), describe(inside)
+
+
+@pytest.mark.parametrize("uid", MODES, ids=MODE_IDS)
+def test_connect_and_send_in_a_container(uid: int | None, public_python: str, sinks: Sinks) -> None:
+    """In the container, as root and as uid 12345: an allowed connect and datagram arrive,
+    a denied one does not, socketpair works, and the filter's socket() refusals hold."""
+    ok, bad, dgram = sinks.tcp("127.0.0.1"), sinks.tcp("127.0.0.2"), sinks.udp("127.0.0.1")
+    code = textwrap.dedent(f"""
+        import socket
+        s = socket.create_connection(("127.0.0.1", {ok.port}), timeout=10)
+        s.sendall(b"x"); s.close()
+        try:
+            socket.create_connection(("127.0.0.2", {bad.port}), timeout=10)
+            print("denied reached")
+        except OSError as e:
+            print("denied", e.errno)
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.sendto(b"d", ("127.0.0.1", {dgram.port}))
+        a, b = socket.socketpair()
+        a.sendall(b"p")
+        print("pair", b.recv(1).decode())
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        except OSError as e:
+            print("raw", e.errno)
+    """)
+    res = _run_py(uid, public_python, ["--net-allow", ok.spec, "--net-allow", dgram.spec], code)
+    assert res.stdout.split("\n")[:3] == ["denied 111", "pair p", "raw 1"], describe(res)
+    assert (ok.settle().count, bad.settle().count, dgram.settle().count) == (1, 0, 1)
+
+
+def test_a_closed_socket_reaches_eof_while_the_sandbox_runs(public_python: str) -> None:
+    """Our copy of a socket the command closed is dropped: the peer sees EOF while the
+    command still runs (without the sweep it would see it only when the sandbox ends)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    code = (
+        f"import socket, time; s = socket.create_connection(('127.0.0.1', {port}));"
+        " s.sendall(b'x'); s.close(); time.sleep(4)"
+    )
+    got: list[str] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(10)
+            got.append(conn.recv(1).decode())
+            conn.settimeout(2.0)
+            try:
+                got.append("eof" if conn.recv(1) == b"" else "data")
+            except TimeoutError:
+                got.append("no eof")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with server:
+        res = _run_py(None, public_python, ["--net-allow", f"127.0.0.1:{port}"], code)
+        thread.join(15)
+    assert res.returncode == 0, describe(res)
+    assert got == ["x", "eof"], describe(res)
+
+
+def test_a_closed_listener_stops_accepting(public_python: str) -> None:
+    """A listening socket the command closed stops accepting soon after (our copy is
+    dropped), although the command still runs."""
+    code = (
+        "import socket, sys, time; l = socket.create_server(('127.0.0.1', 0));"
+        " print(l.getsockname()[1], flush=True); l.close(); time.sleep(4)"
+    )
+    argv = in_container(None, public_python, "run", "--", "/usr/bin/python3", "-c", code)
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, start_new_session=True) as p:
+        try:
+            assert p.stdout is not None
+            port = int(p.stdout.readline())
+            time.sleep(1.0)
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        finally:
+            p.kill()
+
+
+_AS_CALLER = textwrap.dedent("""
+    import os, socket, struct
+    s = socket.socket()
+    print(os.fstat(s.fileno()).st_uid)
+    a, b = socket.socketpair()
+    print(struct.unpack("3i", a.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1])
+""")
+AS_USER = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups"]
+
+
+def test_sockets_are_made_as_the_caller() -> None:
+    """A root supervisor (here on the host, made to make the sockets on behalf: it may
+    look at another uid's processes) makes the socket and the pair of a uid-12345 command
+    as that uid: the socket's owner and the pair's SO_PEERCRED are 12345, not 0."""
+    env = sandlock_env({**os.environ, "SANDLOCK_OWN_SOCKETS": "1"})
+    argv = [*SANDLOCK, "--", *AS_USER, "/usr/bin/python3", "-c", _AS_CALLER]
+    res = run_command(argv, env=env)
+    assert res.stdout.split() == [str(UID), str(UID)], describe(res)
+
+
+def test_another_uid_under_a_root_supervisor_in_a_container_is_one_line(
+    public_python: str,
+) -> None:
+    """In the container, root has no CAP_SYS_PTRACE: a command that became uid 12345
+    cannot be acted for. Its socket() is refused (EPERM) and one line says why and what
+    to grant, instead of a generic failure."""
+    argv = in_container(
+        None, public_python, "run", "--", *AS_USER, "/usr/bin/python3", "-c", _AS_CALLER
+    )
+    res = run_command(argv)
+    assert "PermissionError" in res.stderr, describe(res)
+    ours = [line for line in res.stderr.splitlines() if line.startswith("sandlock:")]
+    assert len(ours) == 1 and "--cap-add SYS_PTRACE" in ours[0], describe(res)
+    assert "another user" in ours[0], describe(res)
+
+
+def test_inherited_socket_works_one_from_outside_is_refused(public_python: str) -> None:
+    """A socket the command inherits (--keep-fds) is ours too: a trapped sendmsg on it
+    works. A socket received from outside with SCM_RIGHTS cannot be acted on: its connect
+    is refused (EPERM) and one line says that pidfd_getfd is refused and what to grant."""
+    ours, theirs = socket.socketpair()
+    stranger = socket.socket()
+    ours.sendmsg(
+        [b"s"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [stranger.fileno()]))]
+    )
+    fd = theirs.fileno()
+    code = textwrap.dedent(f"""
+        import array, socket
+        q = socket.socket(fileno={fd})
+        q.sendmsg([b"hi"])
+        msg, anc, _, _ = q.recvmsg(1, socket.CMSG_SPACE(4))
+        got = socket.socket(fileno=array.array("i", anc[0][2])[0])
+        try:
+            got.connect(("127.0.0.1", 9))
+            print("connected")
+        except OSError as e:
+            print("stranger", e.errno)
+    """)
+    with ours, theirs, stranger:
+        res = _run_py(
+            None,
+            public_python,
+            ["--keep-fds", str(fd), "--net-allow", "127.0.0.1:9"],
+            code,
+            pass_fds=[fd],
+        )
+        ours.settimeout(5)
+        assert ours.recv(2) == b"hi", describe(res)
+    assert res.stdout == "stranger 1\n", describe(res)
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and "pidfd_getfd is refused" in lines[0], describe(res)
+    assert "--cap-add SYS_PTRACE" in lines[0], describe(res)
