@@ -67,6 +67,13 @@ int sandlock_owned_add(int owner, int fd)
     if (!S_ISSOCK(st.st_mode))
         return -ENOTSOCK;
     pthread_mutex_lock(&lock);
+    int mine = 0;
+    for (int i = 0; i < used; i++)
+        mine += table[i].owner == owner;
+    if (mine >= SANDLOCK_OWNED_MAX) {
+        pthread_mutex_unlock(&lock);
+        return -EMFILE;
+    }
     if (used == size) {
         int grown = size ? size * 2 : 64;
         struct entry *t = realloc(table, (size_t)grown * sizeof *t);

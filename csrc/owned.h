@@ -23,6 +23,9 @@
 
 /* sandlock_owned_find's answer for a socket we did not create. */
 #define SANDLOCK_OWNED_UNKNOWN (-ESTALE)
+/* The most sockets kept for one sandbox: each is a descriptor of the supervisor (of a
+ * daemon that serves others too); beyond it the sandbox's socket() fails with EMFILE. */
+#define SANDLOCK_OWNED_MAX 4096
 
 /* Whether on-behalf calls use the table (1) or pidfd_getfd (0). Decided once by
  * sandlock_owned_probe (pidfd_getfd on ourselves: refused means the table), or set. */
@@ -30,7 +33,8 @@ int sandlock_owned_mode(void);
 int sandlock_owned_probe(void);
 void sandlock_owned_set_mode(int on);
 
-/* Keep fd (ours from now on, closed when dropped) for owner. 0, or -errno. */
+/* Keep fd (ours from now on, closed when dropped) for owner. 0, or -errno (-EMFILE:
+ * owner has SANDLOCK_OWNED_MAX already; fd is then not taken). */
 int sandlock_owned_add(int owner, int fd);
 /* A duplicate of our copy of the socket at descriptor fd of thread tid (close it), or
  * -EBADF (no such descriptor), -ENOTSOCK (not a socket), SANDLOCK_OWNED_UNKNOWN (a

@@ -38,6 +38,7 @@ import os
 import sys
 
 from . import _syscalls as sys_
+from ._syscalls import int32
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -140,7 +141,8 @@ def socket_call(h: Handlers, n: Notif) -> Answer:
     who = _who(h, n)
     if isinstance(who, int):
         return who
-    fd = sys_.socket_as(family, (kind & 0xFFFF_FFFF) | _SOCK_CLOEXEC, protocol, who)
+    # (the kernel takes each argument as an int; the refusals saw all 64 bits, as the filter)
+    fd = sys_.socket_as(int32(family), int32(kind) | _SOCK_CLOEXEC, int32(protocol), who)
     if fd < 0:
         return fd
     rc = keep(h.listener, fd)
@@ -152,9 +154,8 @@ def socket_call(h: Handlers, n: Notif) -> Answer:
 
 def socketpair_call(h: Handlers, n: Notif) -> Answer:
     """socketpair(family, type, protocol, sv): both made here, installed, numbers written."""
-    family, kind, protocol, sv = n.args[0], n.args[1], n.args[2], n.args[3]
-    if family > 0xFFFF_FFFF or kind > 0xFFFF_FFFF or protocol > 0xFFFF_FFFF:
-        return -errno.EINVAL
+    family, kind, protocol = int32(n.args[0]), int32(n.args[1]), int32(n.args[2])
+    sv = n.args[3]
     who = _who(h, n)
     if isinstance(who, int):
         return who

@@ -356,6 +356,7 @@ def socketpair_as(
 # ---- sockets made on behalf (csrc/owned.h) --------------------------------------------
 
 OWNED_UNKNOWN: int = _lib.SANDLOCK_OWNED_UNKNOWN  # owned_find: a socket we did not make
+OWNED_MAX: int = _lib.SANDLOCK_OWNED_MAX  # sockets kept per sandbox (then EMFILE)
 
 
 def owned_mode() -> bool:
