@@ -334,3 +334,26 @@ def test_the_sockets_kept_for_one_sandbox_are_capped(public_python: str) -> None
     """)
     res = _run_py(None, public_python, [], code, timeout=120)
     assert res.stdout.split("\n")[:2] == [f"{sys_.OWNED_MAX} EMFILE", "again"], describe(res)
+
+
+def test_accepted_and_cloexec_sockets_in_a_container(public_python: str) -> None:
+    """A connection accepted on behalf is kept too: a trapped sendmsg with an address on
+    it (UDP) and a sendto on the accepted TCP socket work; SOCK_CLOEXEC is honoured on a
+    socket made on behalf (and absent without it)."""
+    code = textwrap.dedent("""
+        import fcntl, socket
+        l = socket.create_server(("127.0.0.1", 0))
+        c = socket.create_connection(l.getsockname())
+        a, _ = l.accept()
+        c.sendall(b"ping")
+        print(a.recv(4).decode())
+        a.sendmsg([b"pong"])
+        print(c.recv(4).decode())
+        import ctypes  # (Python's socket() always adds SOCK_CLOEXEC: libc's does not)
+        libc = ctypes.CDLL(None)
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC):
+            fd = libc.socket(socket.AF_INET, kind, 0)
+            print(bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC))
+    """)
+    res = _run_py(None, public_python, ["--net-allow", "127.0.0.1:*"], code)
+    assert res.stdout.split() == ["ping", "pong", "False", "True"], describe(res)
