@@ -3,8 +3,9 @@
 The cdef is the block between the cdef markers of each header: csrc/abi.h (every number
 C and Python share), csrc/sandlock.h (the syscalls, one job each), csrc/gate.h (the
 notification thread that answers what Python already decided), csrc/caller.h (calls
-made with the caller's credentials) and csrc/relay.h (the relay's data path). The
-headers are the statement of the C boundary.
+made with the caller's credentials), csrc/relay.h (the relay's data path) and
+csrc/owned.h (the sockets created on behalf where pidfd_getfd is refused). The headers
+are the statement of the C boundary.
 Each ``#define NAME VALUE`` of a block is given to cffi as ``#define NAME ...``: the
 compiler supplies the value, so the headers stay plain C and kernel constants come from
 the system's headers. setup.py names ``build_ffi.py:ffibuilder``.
@@ -18,9 +19,9 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-HEADERS = ("abi", "sandlock", "gate", "caller", "relay")  # csrc/<name>.h, cdef blocks in order
-# csrc/<name>.c; the headers of the last three are C only (not in the cdef).
-SOURCES = ("sandlock", "gate", "caller", "relay", "fastpath", "destset", "connecting")
+HEADERS = ("abi", "sandlock", "gate", "caller", "relay", "owned")  # csrc/<name>.h, in order
+# csrc/<name>.c; fastpath.h, destset.h and connecting.h are C only (not in the cdef).
+SOURCES = ("sandlock", "gate", "caller", "relay", "fastpath", "destset", "connecting", "owned")
 
 
 def _cdef(header: str) -> str:

@@ -15,6 +15,12 @@ With --wall, each figure is the wall time of the whole `run` process in ms (star
 exit included), e.g. a start-up that makes one connect:
 
     .venv/bin/python bench/ab.py tcp 1 --base /tmp/base --rounds 41 --wall
+
+With --container, A is this tree on the host and B this tree inside the simulated default
+container (tests/container.py, as root; no --base): where pidfd_getfd is refused and the
+sockets are made on behalf. The "socket" workload times socket() + close():
+
+    .venv/bin/python bench/ab.py socket 20000 --container --rounds 9
 """
 
 from __future__ import annotations
@@ -29,7 +35,12 @@ from pathlib import Path
 from _env import ROOT, WORKLOAD, build_workload, sink
 from _measure import TCP_WORKLOADS, parse_workload
 
-WORKLOADS = ("tcp", "udp64", "udp60k", "sendmsg", "sendmmsg", "send", "threads")
+WORKLOADS = ("tcp", "udp64", "udp60k", "sendmsg", "sendmmsg", "send", "threads", "socket")
+LAUNCHER = ROOT / "tests" / "container.py"
+
+
+def _in_container(cmd: list[str]) -> list[str]:
+    return [sys.executable, str(LAUNCHER), "--", *cmd]
 
 
 def _ours(tree: Path, rule: str, argv: list[str]) -> list[str]:
@@ -50,10 +61,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("workload", choices=WORKLOADS)
     p.add_argument("count", type=int, help="operations per run")
-    p.add_argument("--base", type=Path, required=True, help="A: another built checkout")
+    p.add_argument("--base", type=Path, help="A: another built checkout")
+    p.add_argument("--container", action="store_true", help="A: host, B: in a container")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--wall", action="store_true", help="whole-process wall time, in ms")
     args = p.parse_args()
+    if (args.base is None) == (not args.container):
+        p.error("give --base or --container")
     build_workload()
     runs: dict[str, list[float]] = {"A": [], "B": [], "native": []}
     with sink() as s:
@@ -63,9 +77,11 @@ def main() -> int:
         argv = [str(WORKLOAD), args.workload, "127.0.0.1", str(port), str(args.count)]
         if args.workload == "threads":
             argv.append("16")
+        a_tree = ROOT if args.container else args.base.resolve()
+        wrap = _in_container if args.container else list
         for _ in range(args.rounds):
-            runs["A"].append(_ns_per_op(_ours(args.base.resolve(), rule, argv), args.wall))
-            runs["B"].append(_ns_per_op(_ours(ROOT, rule, argv), args.wall))
+            runs["A"].append(_ns_per_op(_ours(a_tree, rule, argv), args.wall))
+            runs["B"].append(_ns_per_op(wrap(_ours(ROOT, rule, argv)), args.wall))
             runs["native"].append(_ns_per_op(argv, args.wall))
     med = {k: statistics.median(v) / 1000 for k, v in runs.items()}
     unit = "ms per run" if args.wall else "us/op"

@@ -10,7 +10,10 @@
 * 8d: as 8c with ``capture_output=True``.
 
 A is another checkout of the project, built in place (see ab.py); B is this tree. Both
-run with this venv's interpreter, the tree first on sys.path, as ab.py does.
+run with this venv's interpreter, the tree first on sys.path, as ab.py does. With
+--container (no --base), A is this tree on the host and B this tree inside the simulated
+default container (tests/container.py, as root: its launcher's exec is in B's figure
+for 8a and 8b, not for 8c and 8d, which time calls inside one process).
 """
 
 from __future__ import annotations
@@ -42,53 +45,67 @@ print(statistics.median(times) * 1000)
 """
 
 
-def _sandlock(tree: Path) -> list[str]:
+LAUNCHER = ROOT / "tests" / "container.py"
+_boxed: set[str] = set()  # the keys run inside the container
+
+
+def _sandlock(tree: Path, key: str = "") -> list[str]:
     main = f"import sys; sys.path.insert(0, {str(tree)!r}); from sandlock.cli import main; main()"
-    return [sys.executable, "-c", main]
+    prefix = [sys.executable, str(LAUNCHER), "--"] if key in _boxed else []
+    return [*prefix, sys.executable, "-c", main]
 
 
-def _cli(tree: Path, daemon: str | None = None) -> float:
+def _cli(tree: Path, key: str, daemon: str | None = None) -> float:
     via = ["--daemon", daemon] if daemon else []
     t0 = time.perf_counter()
-    subprocess.run([*_sandlock(tree), "run", *via, "--", "/bin/true"], check=True, cwd="/")
+    subprocess.run([*_sandlock(tree, key), "run", *via, "--", "/bin/true"], check=True, cwd="/")
     return (time.perf_counter() - t0) * 1000
 
 
-def _inproc(tree: Path, calls: int, capture: bool = False) -> float:
+def _inproc(tree: Path, key: str, calls: int, capture: bool = False) -> float:
     code = _INPROC.format(tree=str(tree), calls=calls, capture=capture)
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    prefix = [sys.executable, str(LAUNCHER), "--"] if key in _boxed else []
+    argv = [*prefix, sys.executable, "-c", code]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True)
     return float(out.stdout)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--base", type=Path, required=True, help="A: another built checkout")
+    p.add_argument("--base", type=Path, help="A: another built checkout")
+    p.add_argument("--container", action="store_true", help="A: host, B: in a container")
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--calls", type=int, default=50, help="in-process runs per round (8c)")
     args = p.parse_args()
-    trees = {"A": args.base.resolve(), "B": ROOT}
-    rows: dict[str, Callable[[Path, str], float]] = {
-        "8a run -- /bin/true, ms": lambda t, d: _cli(t),
-        "8b run --daemon -- /bin/true, ms": lambda t, d: _cli(t, d),
-        "8c in-process run, ms": lambda t, d: _inproc(t, args.calls),
-        "8d in-process run, output captured, ms": lambda t, d: _inproc(t, args.calls, True),
+    if (args.base is None) == (not args.container):
+        p.error("give --base or --container")
+    if args.container:
+        _boxed.add("B")
+    trees = {"A": ROOT if args.container else args.base.resolve(), "B": ROOT}
+    rows: dict[str, Callable[[Path, str, str], float]] = {
+        "8a run -- /bin/true, ms": lambda t, k, d: _cli(t, k),
+        "8b run --daemon -- /bin/true, ms": lambda t, k, d: _cli(t, k, d),
+        "8c in-process run, ms": lambda t, k, d: _inproc(t, k, args.calls),
+        "8d in-process run, output captured, ms": lambda t, k, d: _inproc(t, k, args.calls, True),
     }
     runs: dict[str, dict[str, list[float]]] = {row: {"A": [], "B": []} for row in rows}
     with tempfile.TemporaryDirectory(prefix="sandlock-ab-") as tmp, ExitStack() as stack:
-        daemons = {key: _serve(stack, tree, os.path.join(tmp, key)) for key, tree in trees.items()}
+        daemons = {
+            key: _serve(stack, tree, key, os.path.join(tmp, key)) for key, tree in trees.items()
+        }
         for _ in range(args.rounds):
             for key, tree in trees.items():
                 for row, measure in rows.items():
-                    runs[row][key].append(measure(tree, daemons[key]))
+                    runs[row][key].append(measure(tree, key, daemons[key]))
     for row, got in runs.items():
         a, b = statistics.median(got["A"]), statistics.median(got["B"])
         print(f"{row}: median of {args.rounds}: A {a:.2f}, B {b:.2f}, B-A {b - a:+.2f}")
     return 0
 
 
-def _serve(stack: ExitStack, tree: Path, sock: str) -> str:
+def _serve(stack: ExitStack, tree: Path, key: str, sock: str) -> str:
     """Start ``sandlock serve`` of ``tree`` on ``sock`` until the stack closes."""
-    daemon = subprocess.Popen([*_sandlock(tree), "serve", "--socket", sock], cwd="/")
+    daemon = subprocess.Popen([*_sandlock(tree, key), "serve", "--socket", sock], cwd="/")
     stack.callback(daemon.wait, 10)
     stack.callback(daemon.terminate)
     deadline = time.monotonic() + 10

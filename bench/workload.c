@@ -292,6 +292,21 @@ static int sink(void)
     return 0;
 }
 
+/* socket() + close(): what making a socket costs (trapped and made on behalf where
+ * pidfd_getfd is refused, as in a container; not trapped otherwise). */
+static long run_socket(long count)
+{
+    long fail = 0;
+    for (long i = 0; i < count; i++) {
+        int fd = udp_socket();
+        if (fd < 0)
+            fail++;
+        else
+            close(fd);
+    }
+    return fail;
+}
+
 /* A few untimed operations of the same kind first: a supervisor may start its
  * machinery on the first trapped call (ours imports trio then), and start-up is not what
  * the per-operation rows measure. ("send" is warmed by its own untimed connect.) */
@@ -306,6 +321,8 @@ static void warm_up(const char *name)
         run_sendmsg(n);
     else if (strcmp(name, "sendmmsg") == 0)
         run_sendmmsg(2);
+    else if (strcmp(name, "socket") == 0)
+        run_socket(n);
 }
 
 int main(int argc, char **argv)
@@ -351,6 +368,8 @@ int main(int argc, char **argv)
             fail = run_sendto(count, DGRAM_LARGE);
         } else if (strcmp(name, "sendmsg") == 0) {
             fail = run_sendmsg(count);
+        } else if (strcmp(name, "socket") == 0) {
+            fail = run_socket(count);
         } else if (strcmp(name, "sendmmsg") == 0) {
             calls = count;
             ops = count * MMSG_BATCH;

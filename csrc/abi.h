@@ -42,11 +42,13 @@
  * these are x86-64's whatever the build machine; checked against its headers below). */
 #define SANDLOCK_AUDIT_ARCH AUDIT_ARCH_X86_64
 #define SANDLOCK_NR_OPEN 2
+#define SANDLOCK_NR_SOCKET 41 /* trapped only where sockets are made on behalf (owned.h) */
 #define SANDLOCK_NR_CONNECT 42
 #define SANDLOCK_NR_ACCEPT 43
 #define SANDLOCK_NR_SENDTO 44
 #define SANDLOCK_NR_SENDMSG 46
 #define SANDLOCK_NR_BIND 49
+#define SANDLOCK_NR_SOCKETPAIR 53 /* (owned.h, as socket) */
 #define SANDLOCK_NR_OPENAT 257
 #define SANDLOCK_NR_ACCEPT4 288
 #define SANDLOCK_NR_SENDMMSG 307
@@ -89,10 +91,10 @@ struct sandlock_msghdr {
 
 /* What the spawned child reports when a step before exec fails (sandlock_spawn). */
 enum {
-    SANDLOCK_STAGE_PARENT = 1,   /* pipe/fork/pidfd in the parent */
+    SANDLOCK_STAGE_PARENT = 1,   /* pipe/thread/fork/pidfd in the parent */
     SANDLOCK_STAGE_SETUP = 2,    /* chdir, no_new_privs, close_range in the child */
     SANDLOCK_STAGE_FILTER = 3,   /* seccomp(2) refused the filter */
-    SANDLOCK_STAGE_LISTENER = 4, /* pidfd_getfd of the listener */
+    /* 4 was the pidfd_getfd of the listener, which the spawning thread no longer needs */
     SANDLOCK_STAGE_EXEC = 5,     /* execve failed */
     SANDLOCK_STAGE_LANDLOCK = 6  /* entering the Landlock domain failed */
 };
@@ -125,7 +127,8 @@ _Static_assert(SANDLOCK_NR_OPEN == SYS_open && SANDLOCK_NR_CONNECT == SYS_connec
                    SANDLOCK_NR_ACCEPT == SYS_accept && SANDLOCK_NR_SENDTO == SYS_sendto &&
                    SANDLOCK_NR_SENDMSG == SYS_sendmsg && SANDLOCK_NR_BIND == SYS_bind &&
                    SANDLOCK_NR_OPENAT == SYS_openat && SANDLOCK_NR_ACCEPT4 == SYS_accept4 &&
-                   SANDLOCK_NR_SENDMMSG == SYS_sendmmsg,
+                   SANDLOCK_NR_SENDMMSG == SYS_sendmmsg && SANDLOCK_NR_SOCKET == SYS_socket &&
+                   SANDLOCK_NR_SOCKETPAIR == SYS_socketpair,
                "x86-64 syscall numbers");
 #define SANDLOCK_SAME_FIELD(ours, theirs)                                                   \
     (offsetof(struct sandlock_msghdr, ours) == offsetof(struct msghdr, theirs) &&            \

@@ -251,3 +251,41 @@ int sandlock_bind_as(const struct sandlock_creds *as, int fd, const void *addr,
     release(&s);
     return rc;
 }
+
+static int plain_socket(int domain, int type, int protocol, int *sv)
+{
+    if (sv != NULL)
+        return socketpair(domain, type, protocol, sv) < 0 ? -errno : 0;
+    int fd = socket(domain, type, protocol);
+    return fd < 0 ? -errno : fd;
+}
+
+static int socket_as(const struct sandlock_creds *as, int domain, int type, int protocol,
+                     int *sv)
+{
+    if (as == NULL)
+        return plain_socket(domain, type, protocol, sv);
+    struct saved s;
+    int rc = save(&s);
+    if (rc == 0) {
+        rc = become(as, &s);
+        if (rc == 0)
+            rc = plain_socket(domain, type, protocol, sv);
+        else
+            rc = -EPERM;
+        restore(&s);
+    }
+    release(&s);
+    return rc;
+}
+
+int sandlock_socket_as(const struct sandlock_creds *as, int domain, int type, int protocol)
+{
+    return socket_as(as, domain, type, protocol, NULL);
+}
+
+int sandlock_socketpair_as(const struct sandlock_creds *as, int domain, int type,
+                           int protocol, int sv[2])
+{
+    return socket_as(as, domain, type, protocol, sv);
+}

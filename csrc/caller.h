@@ -46,6 +46,14 @@ int64_t sandlock_sendmsg_as(const struct sandlock_creds *as, int fd,
 int sandlock_bind_as(const struct sandlock_creds *as, int fd, const void *addr,
                      uint32_t addrlen);
 
+/* socket(2) / socketpair(2) as *as (NULL: as ourselves): a socket made on behalf
+ * (owned.h) is made as the child would make it (no raw or netlink socket a root
+ * supervisor could make and the child could not). socket returns the fd; socketpair
+ * fills sv[2] and returns 0. */
+int sandlock_socket_as(const struct sandlock_creds *as, int domain, int type, int protocol);
+int sandlock_socketpair_as(const struct sandlock_creds *as, int domain, int type,
+                           int protocol, int sv[2]);
+
 /* cdef-end */
 
 #endif

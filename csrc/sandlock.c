@@ -3,10 +3,12 @@
  */
 #define _GNU_SOURCE
 #include "sandlock.h"
+#include "owned.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -169,9 +171,9 @@ int sandlock_landlock_abi(void)
     return abi < 0 ? NEG_ERRNO : (int)abi;
 }
 
-/* The child's report: what happened and a value (an fd number or an errno). */
+/* The child's report of a failure before exec: a SANDLOCK_STAGE_* and an errno. */
 struct report {
-    int stage; /* 0: listener number follows; else a SANDLOCK_STAGE_* failure */
+    int stage;
     int value;
 };
 
@@ -183,70 +185,115 @@ static void child_fail(int wfd, int stage, int err)
     _exit(127);
 }
 
-/* Runs between fork and exec: async-signal-safe calls only. */
-static void child_main(int rfd, int wfd, const char *path, char *const argv[],
-                       char *const envp[], const char *cwd, const int stdio[3], int new_pgrp,
-                       const struct sock_fprog *prog, unsigned int flags, int landlock_abi,
-                       const int *keep, int nkeep, const int *unblock, int nunblock)
+/* Everything the spawning thread and the child need (see sandlock_spawn). */
+struct spawn_job {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;
+    const int *stdio;
+    int new_pgrp;
+    const struct sock_fprog *prog;
+    unsigned int flags;
+    int landlock_abi;
+    const int *keep;
+    int nkeep;
+    const int *unblock;
+    int nunblock;
+    int wfd;      /* the report pipe's write end (close-on-exec) */
+    /* out */
+    pid_t pid;
+    int listener;
+    int stage;
+    int err;
+};
+
+/* Runs between fork and exec, already under the filter and in the domain (inherited from
+ * the spawning thread): async-signal-safe calls only, none of them trapped. */
+static void child_main(const struct spawn_job *j)
 {
+    int wfd = j->wfd;
     /* The supervisor made itself non-dumpable; the child inherited that, and a parent
-     * without CAP_SYS_PTRACE could not take its listener (pidfd_getfd). exec would reset
-     * it anyway: reset it now. */
+     * without CAP_SYS_PTRACE could not read its memory or copy its sockets. exec would
+     * reset it anyway: reset it now. */
     if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
         child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
+    /* Our copy of the listener (fork copied the table; it is close-on-exec anyway). */
+    close(j->listener);
     sigset_t set;
     sigemptyset(&set);
-    for (int i = 0; i < nunblock; i++)
-        sigaddset(&set, unblock[i]);
+    for (int i = 0; i < j->nunblock; i++)
+        sigaddset(&set, j->unblock[i]);
     sigprocmask(SIG_UNBLOCK, &set, NULL);
     /* Python ignores these; a command expects the defaults (as subprocess does). */
     signal(SIGPIPE, SIG_DFL);
     signal(SIGXFSZ, SIG_DFL);
 
-    if (new_pgrp && setpgid(0, 0) < 0)
+    if (j->new_pgrp && setpgid(0, 0) < 0)
         child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
     /* dup2 clears close-on-exec on the copy; a descriptor already in place keeps its
      * flag, so clear it by hand. */
     for (int i = 0; i < 3; i++) {
-        if (stdio[i] < 0)
+        if (j->stdio[i] < 0)
             continue;
-        if (stdio[i] == i ? fcntl(i, F_SETFD, 0) < 0 : dup2(stdio[i], i) < 0)
+        if (j->stdio[i] == i ? fcntl(i, F_SETFD, 0) < 0 : dup2(j->stdio[i], i) < 0)
             child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
     }
-    if (cwd && chdir(cwd) < 0)
+    if (j->cwd && chdir(j->cwd) < 0)
         child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
     /* Everything above stderr closes at exec, except what the caller keeps. */
     if (syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
         child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
-    for (int i = 0; i < nkeep; i++)
-        if (keep[i] != rfd && keep[i] != wfd && fcntl(keep[i], F_SETFD, 0) < 0)
+    for (int i = 0; i < j->nkeep; i++)
+        if (j->keep[i] != wfd && fcntl(j->keep[i], F_SETFD, 0) < 0)
             child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
     if (drop_caps() < 0)
         child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        child_fail(wfd, SANDLOCK_STAGE_SETUP, errno);
-    /* Landlock wants no_new_privs (above). The domain is entered before the filter, so
-     * the filter need not let the landlock calls through; the parent, outside the
-     * domain, still takes the listener from us (pidfd_getfd) and reads our memory. */
-    if (landlock_abi > 0 && enter_landlock(landlock_abi) < 0)
-        child_fail(wfd, SANDLOCK_STAGE_LANDLOCK, errno);
-
-    long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
-                            flags | SECCOMP_FILTER_FLAG_NEW_LISTENER, prog);
-    if (listener < 0)
-        child_fail(wfd, SANDLOCK_STAGE_FILTER, errno);
-
-    /* From here connect/sendmsg would wait for a supervisor that has no listener
-     * yet; write and read are not trapped. Hand the number over, wait for the ack. */
-    struct report r = {0, (int)listener};
-    if (write(wfd, &r, sizeof r) != (ssize_t)sizeof r)
-        _exit(127);
-    char ack;
-    if (read(rfd, &ack, 1) != 1)
-        _exit(127); /* the parent went away: never exec unsupervised */
-    close((int)listener);
-    execve(path, argv, envp);
+    execve(j->path, j->argv, j->envp);
     child_fail(wfd, SANDLOCK_STAGE_EXEC, errno);
+}
+
+/* The spawning thread. A seccomp filter installed without TSYNC, no_new_privs and a
+ * Landlock domain belong to the calling thread only, and fork copies them from the
+ * thread that forks: so this short-lived thread of ours takes them on, installs the
+ * filter (its listener lands in our own descriptor table: no pidfd_getfd, which a
+ * default container refuses), forks the child, and ends. The rest of the process never
+ * runs under the filter. Landlock comes before the filter, so the filter need not let
+ * the landlock calls through. */
+static void *spawn_thread(void *arg)
+{
+    struct spawn_job *j = arg;
+    j->pid = -1;
+    j->listener = -1;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+        j->stage = SANDLOCK_STAGE_SETUP;
+        j->err = errno;
+        return NULL;
+    }
+    if (j->landlock_abi > 0 && enter_landlock(j->landlock_abi) < 0) {
+        j->stage = SANDLOCK_STAGE_LANDLOCK;
+        j->err = errno;
+        return NULL;
+    }
+    long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                            j->flags | SECCOMP_FILTER_FLAG_NEW_LISTENER, j->prog);
+    if (listener < 0) {
+        j->stage = SANDLOCK_STAGE_FILTER;
+        j->err = errno;
+        return NULL;
+    }
+    j->listener = (int)listener;
+    /* From here this thread must make no trapped call: nobody reads the listener yet. */
+    pid_t pid = fork();
+    if (pid == 0)
+        child_main(j);
+    if (pid < 0) {
+        j->stage = SANDLOCK_STAGE_PARENT;
+        j->err = errno;
+        return NULL;
+    }
+    j->pid = pid;
+    return NULL;
 }
 
 static int read_report(int fd, struct report *r)
@@ -271,7 +318,7 @@ int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
         .len = (unsigned short)(bpf_len / sizeof(struct sock_filter)),
         .filter = (struct sock_filter *)bpf,
     };
-    int up[2], down[2]; /* child -> parent reports, parent -> child ack */
+    int up[2]; /* child -> parent: a failure report, or end of file at exec */
     struct report r;
     int err;
 
@@ -279,62 +326,46 @@ int sandlock_spawn(const char *path, char *const argv[], char *const envp[],
     *listener = *pidfd = -1;
     if (pipe2(up, O_CLOEXEC) < 0)
         return NEG_ERRNO;
-    if (pipe2(down, O_CLOEXEC) < 0) {
-        err = NEG_ERRNO;
+    struct spawn_job j = {
+        .path = path, .argv = argv, .envp = envp, .cwd = cwd, .stdio = stdio,
+        .new_pgrp = new_pgrp, .prog = &prog, .flags = filter_flags,
+        .landlock_abi = landlock_abi, .keep = keep, .nkeep = nkeep, .unblock = unblock,
+        .nunblock = nunblock, .wfd = up[1], .stage = SANDLOCK_STAGE_PARENT,
+    };
+    pthread_t thread;
+    int rc = pthread_create(&thread, NULL, spawn_thread, &j);
+    if (rc != 0) {
         close(up[0]);
         close(up[1]);
-        return err;
+        return -rc;
     }
-    pid_t pid = fork();
+    pthread_join(thread, NULL);
+    close(up[1]);
+    *listener = j.listener;
+    pid_t pid = j.pid;
     if (pid < 0) {
-        err = NEG_ERRNO;
+        *stage = j.stage;
+        err = -j.err;
         goto close_all;
     }
-    if (pid == 0) {
-        close(up[0]);
-        close(down[1]);
-        child_main(down[0], up[1], path, argv, envp, cwd, stdio, new_pgrp, &prog,
-                   filter_flags, landlock_abi, keep, nkeep, unblock, nunblock);
-    }
-    close(up[1]);
-    close(down[0]);
-    up[1] = down[0] = -1;
-
-    /* The child waits for our ack, so it cannot be reaped (and its pid reused) yet. */
+    /* Only we reap the child, so its pid names it until we do. */
     *pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (*pidfd < 0) {
         err = NEG_ERRNO;
         goto kill_child;
     }
-    int n = read_report(up[0], &r);
-    if (n != (int)sizeof r) {
-        err = n < 0 ? n : -EPIPE;
-        goto kill_child;
-    }
-    if (r.stage != 0) {
-        *stage = r.stage;
-        err = -r.value;
-        goto reap_child;
-    }
-    *listener = (int)syscall(SYS_pidfd_getfd, *pidfd, r.value, 0);
-    if (*listener < 0) {
-        *stage = SANDLOCK_STAGE_LISTENER;
-        err = NEG_ERRNO;
-        goto kill_child;
-    }
-    if (write(down[1], "x", 1) != 1) {
-        err = NEG_ERRNO;
-        goto kill_child;
-    }
     /* End of file: the exec happened (the pipe is close-on-exec). */
-    n = read_report(up[0], &r);
+    int n = read_report(up[0], &r);
     if (n == (int)sizeof r) {
         *stage = r.stage;
         err = -r.value;
         goto reap_child;
     }
+    if (n < 0) {
+        err = n;
+        goto kill_child;
+    }
     close(up[0]);
-    close(down[1]);
     return pid;
 
 kill_child:
@@ -342,18 +373,13 @@ kill_child:
 reap_child:
     while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
         ;
+close_all:
     if (*listener >= 0)
         close(*listener);
     if (*pidfd >= 0)
         close(*pidfd);
     *listener = *pidfd = -1;
-close_all:
-    for (int i = 0; i < 2; i++) {
-        if (up[i] >= 0)
-            close(up[i]);
-        if (down[i] >= 0)
-            close(down[i]);
-    }
+    close(up[0]);
     return err;
 }
 
@@ -412,6 +438,8 @@ int sandlock_pidfd_getfd(int pidfd, int fd)
 
 int sandlock_getfd(int tid, int fd)
 {
+    if (sandlock_owned_mode())
+        return sandlock_owned_find(tid, fd);
     int pidfd = sandlock_pidfd_open_thread(tid);
     if (pidfd < 0)
         return pidfd;

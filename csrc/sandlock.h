@@ -21,14 +21,15 @@
 int sandlock_landlock_abi(void);
 
 /*
- * Fork a child that installs the BPF filter (flags: SECCOMP_FILTER_FLAG_*), hands its
- * listener to us by fd number over a pipe, waits for our ack, then execs path.
+ * Start a child under the BPF filter (flags: SECCOMP_FILTER_FLAG_*) and exec path in it.
+ * A short-lived thread of ours installs the filter on itself (so the listener is ours
+ * without pidfd_getfd) and forks the child, which inherits the filter (sandlock.c).
  * stdio[i] >= 0 becomes descriptor i of the child (-1: inherit).
  * Descriptors >= 3 not in keep[] are closed at exec; keep[] lose close-on-exec.
  * unblock[] are signals to unblock in the child. cwd may be NULL. With new_pgrp the
  * child leads a process group of its own (so that its whole tree can be signalled).
  * With landlock_abi >= 2 (sandlock_landlock_abi's answer) the child enters a Landlock
- * domain after no_new_privs: no ptrace-class access to processes outside it, and from
+ * domain (entered by the same thread, before the filter, after no_new_privs): no ptrace-class access to processes outside it, and from
  * ABI 6 no signals to them nor connects to their abstract unix sockets. 0: no domain;
  * 1 fails (EOPNOTSUPP: such a domain would refuse renames into another directory).
  * On success returns the pid and fills *listener and *pidfd (both close-on-exec).

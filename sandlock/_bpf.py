@@ -8,6 +8,7 @@ from the file's ownership and mode below, not from the checksum):
     $XDG_CACHE_HOME/sandlock/filter-<crc32>-<size>.bpf        (default ~/.cache/sandlock/)
     $XDG_CACHE_HOME/sandlock/filter-<crc32>-<size>-open.bpf   (the trap_open variant)
     $XDG_CACHE_HOME/sandlock/filter-<crc32>-<size>[-open]-reach.bpf   (refuse_reach)
+    $XDG_CACHE_HOME/sandlock/filter-<crc32>-<size>[-open][-reach]-own.bpf   (own_sockets)
 
 The variants of the program (with and without the open traps of sandlock.vfiles; with
 and without the reach refusals that stand in for Landlock) are built from the same
@@ -29,29 +30,31 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_filter.py")
 _INSN = 8  # sizeof(struct sock_filter)
 
 
-def cache_path(trap_open: bool = False, refuse_reach: bool = False) -> str:
+def cache_path(trap_open: bool = False, refuse_reach: bool = False, own: bool = False) -> str:
     """Where the program (the ``trap_open`` and ``refuse_reach`` variants or not) is cached."""
     with open(_SOURCE, "rb") as f:
         source = f.read()
     key = f"{zlib.crc32(source):08x}-{len(source)}"
     variant = ("-open" if trap_open else "") + ("-reach" if refuse_reach else "")
+    variant += "-own" if own else ""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "sandlock", f"filter-{key}{variant}.bpf")
 
 
-_loaded: dict[tuple[bool, bool], bytes] = {}  # not functools.cache: it costs a launch ~3 ms
+_loaded: dict[tuple[bool, bool, bool], bytes] = {}  # not functools.cache: it costs a launch ~3 ms
 
 
-def filter_bpf(trap_open: bool = False, refuse_reach: bool = False) -> bytes:
+def filter_bpf(trap_open: bool = False, refuse_reach: bool = False, own: bool = False) -> bytes:
     """The program: from the cache when it can be trusted, else built (and cached).
 
     ``trap_open`` selects the variant that also traps read-only opens (sandlock.vfiles),
     ``refuse_reach`` the one that refuses ptrace attach, process_vm_* and pidfd_getfd
-    (where Landlock cannot keep the sandbox out of other processes)."""
-    key = (trap_open, refuse_reach)
+    (where Landlock cannot keep the sandbox out of other processes), ``own`` the one that
+    traps socket() and socketpair() (where the supervisor makes the sockets: _owned.py)."""
+    key = (trap_open, refuse_reach, own)
     program = _loaded.get(key)
     if program is None:
-        program = _loaded[key] = _load(trap_open, refuse_reach)
+        program = _loaded[key] = _load(trap_open, refuse_reach, own)
     return program
 
 
@@ -60,14 +63,14 @@ def forget() -> None:
     _loaded.clear()
 
 
-def _load(trap_open: bool, refuse_reach: bool) -> bytes:
-    path = cache_path(trap_open, refuse_reach)
+def _load(trap_open: bool, refuse_reach: bool, own: bool) -> bytes:
+    path = cache_path(trap_open, refuse_reach, own)
     cached = _read_trusted(path)
     if cached is not None:
         return cached
     from ._filter import build_bpf
 
-    program = build_bpf(trap_open, refuse_reach)
+    program = build_bpf(trap_open, refuse_reach, own)
     _write(path, program)
     return program
 

@@ -30,6 +30,10 @@ once per process and cached. What it does, for x86-64:
   O_PATH, O_DIRECTORY or O_TMPFILE: ``OPEN_NOT_TRAPPED``), and openat2 always (its flags
   are in memory, out of the filter's reach). The supervisor answers everything it does not
   serve with SECCOMP_USER_NOTIF_FLAG_CONTINUE. Opens with write intent never reach it.
+* Only in the variant built with ``own_sockets=True`` (where pidfd_getfd is refused, as
+  in a default container; csrc/owned.h): socket() and socketpair() go to the supervisor,
+  which makes the socket itself, as the caller, and keeps a duplicate. The refusals of
+  socket() above are then the supervisor's (``socket_refusal``, from the same tables).
 * Only in the variant built with ``refuse_reach=True`` (for kernels without Landlock,
   whose domain otherwise keeps the sandbox out of other processes; see launch.py):
   ptrace(PTRACE_ATTACH) and ptrace(PTRACE_SEIZE), process_vm_readv, process_vm_writev
@@ -135,6 +139,20 @@ def _refuse(
         f.add_rule(action, name, *fixed, sc.Arg(arg, sc.MASKED_EQ, mask, value))
 
 
+def socket_refusal(family: int, sock_type: int, protocol: int) -> int:
+    """The errno the filter's socket() rules give these raw (64-bit) arguments, or 0: the
+    same decision, for the variant where the supervisor makes the sockets."""
+    if family not in _ALLOWED_FAMILIES:
+        return errno.EAFNOSUPPORT
+    if family in (socket.AF_INET, socket.AF_INET6):
+        kind = sock_type & 0xF
+        if kind not in _ALLOWED_TYPES:
+            return errno.EPERM
+        if protocol not in _ALLOWED_PROTOCOLS[(family, kind)]:
+            return errno.EPROTONOSUPPORT
+    return 0
+
+
 def _add_socket_rules(f: sc.SyscallFilter) -> None:
     _refuse(f, errno.EAFNOSUPPORT, "socket", 0, _ALLOWED_FAMILIES)
     for family in (socket.AF_INET, socket.AF_INET6):
@@ -192,7 +210,7 @@ def _add_open_traps(f: sc.SyscallFilter) -> None:
     f.add_rule(sc.NOTIFY, "openat2")
 
 
-def _build_native(trap_open: bool, refuse_reach: bool) -> sc.SyscallFilter:
+def _build_native(trap_open: bool, refuse_reach: bool, own_sockets: bool) -> sc.SyscallFilter:
     """The x86-64 rules (see the module docstring)."""
     f = sc.SyscallFilter(sc.ALLOW)
     f.set_attr(sc.Attr.ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
@@ -204,7 +222,11 @@ def _build_native(trap_open: bool, refuse_reach: bool) -> sc.SyscallFilter:
     for name in ("connect", "sendto", "sendmsg", "sendmmsg"):
         f.syscall_priority(name, 255)
     f.add_rule(sc.NOTIFY, "bind")  # AF_UNIX binds are recorded (_local.UnixGuard)
-    _add_socket_rules(f)
+    if own_sockets:
+        f.add_rule(sc.NOTIFY, "socket")
+        f.add_rule(sc.NOTIFY, "socketpair")
+    else:
+        _add_socket_rules(f)
     _add_accept_traps(f)
     for level, opt in _SOURCE_ROUTES:
         f.add_rule(
@@ -228,12 +250,15 @@ def _i386_refusals(f: sc.SyscallFilter) -> None:
         f.add_rule(sc.ERRNO(errno.ENOSYS), name)
 
 
-def build_filter(trap_open: bool = False, refuse_reach: bool = False) -> sc.SyscallFilter:
+def build_filter(
+    trap_open: bool = False, refuse_reach: bool = False, own_sockets: bool = False
+) -> sc.SyscallFilter:
     """The whole filter: the native rules merged with the closed IA-32 entry.
 
     With ``trap_open`` the read-only opens are trapped too, with ``refuse_reach`` the
-    calls that reach into other processes are refused (see the module docstring)."""
-    f = _build_native(trap_open, refuse_reach)
+    calls that reach into other processes are refused, with ``own_sockets`` the sockets
+    are made by the supervisor (see the module docstring)."""
+    f = _build_native(trap_open, refuse_reach, own_sockets)
     x86 = sc.SyscallFilter(sc.ALLOW)
     x86.set_attr(sc.Attr.ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
     x86.remove_arch(sc.system_arch())
@@ -246,9 +271,11 @@ def build_filter(trap_open: bool = False, refuse_reach: bool = False) -> sc.Sysc
     return f
 
 
-def build_bpf(trap_open: bool = False, refuse_reach: bool = False) -> bytes:
+def build_bpf(
+    trap_open: bool = False, refuse_reach: bool = False, own_sockets: bool = False
+) -> bytes:
     """The filter as BPF bytes for seccomp(2) (sandlock._bpf caches them)."""
-    f = build_filter(trap_open, refuse_reach)
+    f = build_filter(trap_open, refuse_reach, own_sockets)
     with tempfile.TemporaryFile() as out:
         f.export_bpf(out)
         out.seek(0)

@@ -40,6 +40,7 @@ import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
+from . import _owned
 from . import _syscalls as sys_
 from ._msg import CMSG_HEADER, cmsgs
 from .policy import Decision
@@ -97,7 +98,7 @@ def translate_rights(tid: int, control: bytes, keep: list[int]) -> bytes | int:
         start = m.offset + CMSG_HEADER
         count = (m.length - CMSG_HEADER) // 4
         for i, fd in enumerate(struct.unpack_from(f"<{count}i", control, start)):
-            dup = sys_.getfd(tid, fd)
+            dup = _owned.getfd(tid, fd)
             if dup < 0:
                 return -errno.EBADF
             keep.append(dup)

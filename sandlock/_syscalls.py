@@ -41,6 +41,8 @@ NR_SENDMMSG: int = _lib.SANDLOCK_NR_SENDMMSG
 NR_BIND: int = _lib.SANDLOCK_NR_BIND  # what the command binds is its own (_local.py)
 NR_ACCEPT: int = _lib.SANDLOCK_NR_ACCEPT  # accepts: the peer decided (inbound.py)
 NR_ACCEPT4: int = _lib.SANDLOCK_NR_ACCEPT4
+NR_SOCKET: int = _lib.SANDLOCK_NR_SOCKET  # only where sockets are made on behalf (_owned.py)
+NR_SOCKETPAIR: int = _lib.SANDLOCK_NR_SOCKETPAIR
 # seccomp(2): the filter's mode and flags, and the answers' flags.
 SET_MODE_FILTER: int = _lib.SANDLOCK_SET_MODE_FILTER
 FILTER_FLAG_NEW_LISTENER: int = _lib.SANDLOCK_FILTER_FLAG_NEW_LISTENER
@@ -60,7 +62,6 @@ PATH_MAX: int = _lib.SANDLOCK_PATH_MAX  # a path read out of the child, its NUL 
 STAGE_PARENT: int = _lib.SANDLOCK_STAGE_PARENT  # pipe/fork/pidfd in the parent
 STAGE_SETUP: int = _lib.SANDLOCK_STAGE_SETUP  # chdir, no_new_privs, close_range in the child
 STAGE_FILTER: int = _lib.SANDLOCK_STAGE_FILTER  # seccomp(2) refused the filter
-STAGE_LISTENER: int = _lib.SANDLOCK_STAGE_LISTENER  # pidfd_getfd of the listener
 STAGE_EXEC: int = _lib.SANDLOCK_STAGE_EXEC  # execve failed
 STAGE_LANDLOCK: int = _lib.SANDLOCK_STAGE_LANDLOCK  # entering the Landlock domain failed
 # What the gate may answer itself (Gate flags).
@@ -119,10 +120,11 @@ def spawn(
     keep_fds: Sequence[int],
     unblock: Sequence[int],
 ) -> tuple[int, int, int]:
-    """Fork, install the filter in the child, take its listener, exec ``path``.
+    """Start ``path`` under the filter: a short-lived thread installs it on itself (the
+    listener is ours), forks the child, which inherits it, and ends (csrc/sandlock.c).
 
-    With ``landlock_abi`` >= 2 (``landlock_abi()``'s answer) the child first enters a
-    Landlock domain of its own. Returns (pid, pidfd, listener)."""
+    With ``landlock_abi`` >= 2 (``landlock_abi()``'s answer) that thread first enters a
+    Landlock domain of its own, which the child inherits. Returns (pid, pidfd, listener)."""
     argv_keep = [_ffi.new("char[]", a) for a in argv]
     argv_c = _ffi.new("char *[]", [*argv_keep, _ffi.NULL])
     env_keep = [_ffi.new("char[]", e) for e in envp]
@@ -332,6 +334,65 @@ def connect(fd: int, addr: bytes, *, nonblock: bool, who: Creds | None = None) -
         rc: int = _lib.sandlock_connect_as(who._c, fd, addr, len(addr), 1 if nonblock else 0)
         return rc
     rc = _lib.sandlock_connect(fd, addr, len(addr), 1 if nonblock else 0)
+    return rc
+
+
+def socket_as(domain: int, type: int, protocol: int, who: Creds | None = None) -> int:
+    """socket(2) in this process, as ``who`` if given: the fd or a negative errno."""
+    rc: int = _lib.sandlock_socket_as(
+        _ffi.NULL if who is None else who._c, domain, type, protocol
+    )
+    return rc
+
+
+def socketpair_as(
+    domain: int, type: int, protocol: int, who: Creds | None = None
+) -> tuple[int, int] | int:
+    """socketpair(2) in this process, as ``who`` if given: both fds or a negative errno."""
+    sv = _ffi.new("int[2]")
+    rc: int = _lib.sandlock_socketpair_as(
+        _ffi.NULL if who is None else who._c, domain, type, protocol, sv
+    )
+    return rc if rc < 0 else (sv[0], sv[1])
+
+
+# ---- sockets made on behalf (csrc/owned.h) --------------------------------------------
+
+OWNED_UNKNOWN: int = _lib.SANDLOCK_OWNED_UNKNOWN  # owned_find: a socket we did not make
+OWNED_MAX: int = _lib.SANDLOCK_OWNED_MAX  # sockets kept per sandbox (then EMFILE)
+
+
+def owned_mode() -> bool:
+    """Whether sockets are made on behalf here (pidfd_getfd refused; probed once)."""
+    return bool(_lib.sandlock_owned_mode())
+
+
+def owned_set_mode(on: bool) -> None:
+    _lib.sandlock_owned_set_mode(1 if on else 0)
+
+
+def owned_add(owner: int, fd: int) -> int:
+    """Keep ``fd`` (ours from now on) in the table for ``owner``: 0 or a negative errno."""
+    rc: int = _lib.sandlock_owned_add(owner, fd)
+    return rc
+
+
+def owned_sweep(owner: int, live: Sequence[int]) -> int:
+    """Drop ``owner``'s sockets whose inode is not in ``live``; how many are left."""
+    rc: int = _lib.sandlock_owned_sweep(owner, _ffi.new("uint64_t[]", list(live) or [0]), len(live))
+    return rc
+
+
+def owned_rekey(owner: int, new_owner: int) -> None:
+    _lib.sandlock_owned_rekey(owner, new_owner)
+
+
+def owned_forget(owner: int) -> None:
+    _lib.sandlock_owned_forget(owner)
+
+
+def owned_count(owner: int) -> int:
+    rc: int = _lib.sandlock_owned_count(owner)
     return rc
 
 

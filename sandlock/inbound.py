@@ -40,6 +40,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
+from . import _owned
 from . import _syscalls as sys_
 from ._msg import int32
 from .answer import Answer, Install, Pending
@@ -172,6 +173,10 @@ class _Accept:
             elif not self.h.still_waiting(self.n):
                 return -errno.ENOENT
             conn.setblocking(not self.flags & socket.SOCK_NONBLOCK)  # shared with the child
+            if sys_.owned_mode():  # our copy, before the child has it (_owned.py)
+                rc = _owned.keep(self.h.listener, conn.fileno())
+                if rc < 0:
+                    return rc
             return Install(conn.detach(), cloexec=bool(self.flags & socket.SOCK_CLOEXEC))
 
     def _write_peer(self, peer: bytes) -> int:

@@ -1,12 +1,14 @@
 """Starting a command under the filter, with its listener in our hands before it execs.
 
-The fork/exec path is in C (``sandlock_spawn``): the child installs the filter itself
-(we cannot install one in another process), writes the listener's fd number into a pipe
-and waits; we take the listener with pidfd_getfd and ack; only then does it exec. The
-listener is close-on-exec, and the child cannot pass it with sendmsg(SCM_RIGHTS) because
-sendmsg is already trapped. This module only starts (the environment, the executable's
-path, Landlock, the spawn); waiting and serving are session.py's. Nothing here imports
-trio: it is the lean part of the launch path.
+The fork/exec path is in C (``sandlock_spawn``): a short-lived thread of ours enters the
+Landlock domain and installs the filter on itself (a filter without TSYNC, no_new_privs
+and a domain are the calling thread's only), so the listener lands in our own descriptor
+table; that thread forks the child, which inherits all three, and ends. No pidfd_getfd
+(a default container refuses it without CAP_SYS_PTRACE; README, "Containers"). The
+child's copy of the listener is closed before exec (it is close-on-exec anyway). This
+module only starts (the environment, the executable's path, Landlock, the spawn);
+waiting and serving are session.py's. Nothing here imports trio: it is the lean part of
+the launch path.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from _thread import get_ident  # (threading costs a launch ~1 ms)
 
+from . import _owned
 from . import _syscalls as sys_
 from ._bpf import filter_bpf
 from ._gatemode import gate_answers
@@ -84,9 +88,11 @@ class Child:
         self.gate = gate
 
     def close(self) -> None:
-        """Stop the gate, close our descriptors of the child (the listener and the pidfd)."""
+        """Stop the gate, close our descriptors of the child (the listener and the pidfd)
+        and our copies of its sockets (_owned.py)."""
         if self.gate is not None:
             self.gate.close()
+        sys_.owned_forget(self.listener)
         for fd in (self.pidfd, self.listener):
             try:
                 os.close(fd)
@@ -154,6 +160,11 @@ def start(
     # runs under our uid, must not be able to ptrace it or write its memory.
     sys_.protect_self()
     abi = landlock()
+    own = _owned.enabled()
+    spawning = -2 - get_ident() % (1 << 30)  # the sockets' owner until there is a listener
+    if own:  # the sockets the command inherits from us, kept before it can use them
+        inherited = [fd if fd >= 0 else i for i, fd in enumerate(stdio)]
+        _owned.keep_inherited(spawning, [*inherited, *keep_fds])
     try:
         spawned = sys_.spawn(
             os.fsencode(path),
@@ -162,15 +173,17 @@ def start(
             cwd=os.fsencode(cwd) if cwd is not None else None,
             stdio=stdio,
             new_pgrp=new_pgrp,
-            bpf=filter_bpf(trap_open=trap_open, refuse_reach=abi == 0),
+            bpf=filter_bpf(trap_open=trap_open, refuse_reach=abi == 0, own=own),
             filter_flags=_FILTER_FLAGS,
             landlock_abi=abi,
             keep_fds=keep_fds,
             unblock=unblock_signals,
         )
     except sys_.SpawnError as err:
+        sys_.owned_forget(spawning)
         raise _launch_error(argv[0], cwd, err) from err
     pid, pidfd, listener = spawned
+    sys_.owned_rekey(spawning, listener)
     try:
         return Child(pid, pidfd, listener, sys_.Gate(listener, flags, open_names) if gate else None)
     except OSError as err:
@@ -194,7 +207,6 @@ def _launch_error(name: str, cwd: str | None, err: sys_.SpawnError) -> Exception
         sys_.STAGE_PARENT: "starting the child",
         sys_.STAGE_SETUP: "preparing the child",
         sys_.STAGE_FILTER: "installing the seccomp filter",
-        sys_.STAGE_LISTENER: "taking the seccomp listener (pidfd_getfd)",
         sys_.STAGE_LANDLOCK: "entering the Landlock domain",
     }.get(err.stage, "starting the child")
     return SupervisorError(f"{what} failed: {reason}")

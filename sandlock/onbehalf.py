@@ -39,7 +39,7 @@ import select
 import socket
 from collections.abc import Callable
 
-from . import _caller, _local, _msg
+from . import _caller, _local, _msg, _owned
 from . import _syscalls as sys_
 from ._msg import Message, int32
 from .answer import Answer, Decided, Pending, Reply
@@ -179,6 +179,8 @@ class Handlers:
             SYS_SENDMMSG: sends.sendmmsg,
             SYS_ACCEPT: Handlers.accept,
             SYS_ACCEPT4: Handlers.accept,
+            sys_.NR_SOCKET: _owned.socket_call,  # (trapped only where _owned.enabled())
+            sys_.NR_SOCKETPAIR: _owned.socketpair_call,
         }
 
     def handle(self, n: sys_.Notif) -> Answer:
@@ -223,7 +225,7 @@ class Handlers:
         swap the descriptor meanwhile: a bind sends nothing, and an AF_UNIX socket bound
         behind our back is only one that is not recorded, so connects to it are refused."""
         fd, addr_p, addrlen = int32(n.args[0]), n.args[1], int32(n.args[2])
-        dup = sys_.getfd(n.pid, fd)
+        dup = _owned.getfd(n.pid, fd)
         if dup < 0:
             return Reply.CONTINUE  # not a descriptor: the kernel says so itself
         info = sys_.sock_info(dup)
@@ -270,7 +272,7 @@ class Handlers:
     def on_socket(self, n: sys_.Notif, fd: int, act: Callable[[Call], Answer]) -> Answer:
         """Run ``act`` on a duplicate of the child's descriptor; close what the call
         opened when it is answered (a Pending closes it when it finishes)."""
-        dup = sys_.getfd(n.pid, fd)
+        dup = _owned.getfd(n.pid, fd)
         if dup < 0:
             return dup
         info = sys_.sock_info(dup)

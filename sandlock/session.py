@@ -42,7 +42,8 @@ import os
 import select
 import time
 
-from . import launch
+from . import _owned, launch
+from . import _syscalls as sys_
 from ._signals import FORWARDED_SIGNALS, forward_pending, open_signalfd
 from .errors import SupervisorError
 
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
     import trio
     from _typeshed import SupportsWrite
 
-    from . import _syscalls as sys_
     from .ask import Asker
     from .audit import AuditSeal
     from .names import Names
@@ -284,6 +284,8 @@ class Session:
                 await nursery.start(self.supervisor.serve)
                 if self._signal_fd >= 0:
                     nursery.start_soon(forward, self._signal_fd, child.pidfd)
+                if sys_.owned_mode():  # our copies of the sockets it closed, dropped
+                    nursery.start_soon(_owned.reap, child.listener, child.pid)
                 # The deadline covers the streams too: a descendant that keeps the output
                 # open after the command exited cannot stretch a run past it.
                 with trio.move_on_after(timeout) as waiting:
@@ -425,7 +427,8 @@ def wait_child(
     With ``streams``, the exit status comes once the child has exited and every stream
     is done, as subprocess.communicate waits for the end of the output. With a
     ``deadline`` (time.monotonic()), TIMED_OUT once it has passed, the child not reaped
-    (it may have exited: still ours to signal until reaped)."""
+    (it may have exited: still ours to signal until reaped). Where sockets are made on
+    behalf, our copies of those the sandbox closed are dropped on the way (_owned.py)."""
     poller = select.poll()
     poller.register(child.pidfd, select.POLLIN)
     if signal_fd >= 0:
@@ -439,6 +442,8 @@ def wait_child(
         for fd, events in own.items():
             poller.register(fd, events)
     exited = False
+    sweep_ms = math.ceil(_owned.SWEEP_INTERVAL * 1000) if sys_.owned_mode() else None
+    swept = time.monotonic()
     while True:
         wait_ms = None
         if deadline is not None:
@@ -446,7 +451,13 @@ def wait_child(
             if left <= 0:
                 return TIMED_OUT
             wait_ms = math.ceil(left * 1000)
+        if sweep_ms is not None:
+            wait_ms = sweep_ms if wait_ms is None else min(wait_ms, sweep_ms)
         ready = dict(poller.poll(wait_ms))
+        if sweep_ms is not None and time.monotonic() - swept >= _owned.SWEEP_INTERVAL:
+            swept = time.monotonic()
+            if sys_.owned_count(child.listener):
+                _owned.sweep(child.listener, child.pid)
         if gate is not None and ready.get(gate.fd, 0) & select.POLLIN:
             handed = gate.read()
             if handed is None:
@@ -483,7 +494,7 @@ def exit_status(pidfd: int) -> int:
 
 def kill_tree(pid: int) -> None:
     """SIGKILL the process group led by ``pid`` and every descendant of ``pid``."""
-    for target in [pid, *_descendants(pid)]:
+    for target in [pid, *_owned.descendants(pid)]:
         try:
             os.kill(target, _SIGKILL)
         except ProcessLookupError:
@@ -492,23 +503,3 @@ def kill_tree(pid: int) -> None:
         os.killpg(pid, _SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(b")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    found, todo = [], [pid]
-    while todo:
-        for kid in children.get(todo.pop(), []):
-            found.append(kid)
-            todo.append(kid)
-    return found
