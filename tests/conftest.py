@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -474,6 +475,23 @@ def lo_sniffer() -> Iterator[LoSniffer]:
         yield sniffer
     finally:
         sniffer.close()
+
+
+# ---------------------------------------------------------------------------- containers
+
+
+@pytest.fixture(scope="session")
+def public_python() -> Iterator[str]:
+    """A python that uid 12345 can run with sandlock importable (tests/container.py's
+    public_tree), made once per session: the container tests and the container suite
+    share it (copying the venv takes ~20 s)."""
+    from . import container
+
+    dest = Path(tempfile.mkdtemp(prefix="sandlock-container-"))
+    try:
+        yield str(container.public_tree(dest))
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- probes

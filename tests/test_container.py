@@ -12,12 +12,9 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,16 +30,6 @@ pytestmark = [
 UID = 12345
 MODES = [None, UID]
 MODE_IDS = ["root", "uid12345"]
-
-
-@pytest.fixture(scope="module")
-def public_python() -> Iterator[str]:
-    """A python that uid 12345 can run with sandlock importable (container.public_tree)."""
-    dest = Path(tempfile.mkdtemp(prefix="sandlock-container-"))
-    try:
-        yield str(container.public_tree(dest))
-    finally:
-        shutil.rmtree(dest, ignore_errors=True)
 
 
 def in_container(uid: int | None, public_python: str, *args: str) -> list[str]:
