@@ -49,6 +49,7 @@ def suite_runs(public_python: str) -> Iterator[dict[str, tuple[subprocess.Popen[
     """Both modes started at once (they mostly wait on sockets and children, so side by
     side they take little more than one): each mode's pytest, its output in a file."""
     dest = Path(tempfile.mkdtemp(prefix="sandlock-suite-"))
+    dest.chmod(0o755)  # (uid 12345 reaches its cache below it)
     src = Path(public_python).parents[2] / "src"
     runs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     try:

@@ -457,7 +457,7 @@ def test_the_daemon_launch_path_stays_lean(daemon: Daemon, sinks: Sinks) -> None
     )
     assert (res.returncode, res.stdout) == (5, "ok\n111\n"), describe(res)
     assert {"sandlock._fastrun", "sandlock.client", "sandlock.launch"} <= loaded
-    assert not loaded & SLOW_MODULES, sorted(loaded & SLOW_MODULES)
+    assert not loaded & SLOW_MODULES, (sorted(loaded & SLOW_MODULES), res.stderr, sorted(loaded))
     assert (ok.settle().count, bad.settle().count) == (1, 0)
 
 
