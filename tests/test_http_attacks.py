@@ -1,0 +1,124 @@
+"""Attacks on the HTTP relay (httprelay.py) by the sandboxed command: raw requests that
+try to get a denied path, another protocol or a crash past the rules.
+
+The loopback server's log (tests/httpfake.py) is the proof that a refused request never
+reached it; ``internal error`` on stderr is a bug in the relay that a command can cause.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from .conftest import describe, run_sandboxed
+from .httpfake import EchoServer
+
+PY = sys.executable
+TIMEOUT = 90
+
+# Each argv after the port is one raw request (``{host}``: the Host header line's value);
+# one connection each, ``Connection: close`` added; prints the status line's code.
+RAW = r"""
+import socket, sys
+port = int(sys.argv[1])
+host = f"127.0.0.1:{port}"
+for raw in sys.argv[2:]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    s.sendall(raw.replace("{host}", host).encode("latin-1"))
+    got = b""
+    try:
+        while chunk := s.recv(65536):
+            got += chunk
+    except ConnectionResetError:
+        pass
+    s.close()
+    print(got.split(b" ", 2)[1].decode() if got.startswith(b"HTTP/") else "none")
+"""
+
+
+@pytest.fixture
+def web() -> Iterator[EchoServer]:
+    with EchoServer() as server:
+        yield server
+
+
+def rules(port: int, *extra: str) -> list[str]:
+    return [
+        "--http-ports",
+        str(port),
+        "--http-allow",
+        "GET 127.0.0.1/ok/*",
+        "--http-deny",
+        "* */ok/secret*",
+        *extra,
+    ]
+
+
+def raw(port: int, args: list[str], requests: list[str]) -> tuple[list[str], str]:
+    res = run_sandboxed(args, [PY, "-c", RAW, str(port), *requests], timeout=TIMEOUT)
+    assert res.returncode == 0, describe(res)
+    assert "internal error" not in res.stderr and "Traceback" not in res.stderr, describe(res)
+    return res.stdout.split(), res.stderr
+
+
+def test_a_fragment_in_the_target_is_refused(web: EchoServer) -> None:
+    """``#`` cannot be in a request target (RFC 9112): the relay matched the part before
+    it, and a server that reads it as a path character resolves ``/ok/a#/../../secret``
+    to ``/secret``; refused as a bad path, it never reaches the server."""
+    p = web.port
+    got, _ = raw(
+        p,
+        rules(p),
+        [
+            "GET /ok/a#/../../secret HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+            "GET /ok/x#/../secret HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+            "GET http://{host}/ok/a#/../../secret HTTP/1.1\r\nHost: {host}\r\n"
+            "Connection: close\r\n\r\n",
+            "GET /ok/a HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        ],
+    )
+    assert got == ["403", "403", "403", "200"]
+    assert [s.target for s in web.log] == ["/ok/a"]
+
+
+def test_a_second_upgrade_header_cannot_propose_h2c(web: EchoServer) -> None:
+    """``Upgrade: websocket`` then ``Upgrade: h2c`` on an allowed GET: a server reads both
+    (or the last), and may switch to h2c, after which requests are no longer checked;
+    every Upgrade header counts, so it is refused and never reaches the server."""
+    p = web.port
+    got, _ = raw(
+        p,
+        rules(p),
+        [
+            "GET /ok/a HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n"
+            "Connection: Upgrade, close\r\n\r\n",
+            "GET /ok/b HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        ],
+    )
+    assert got == ["403", "200"]
+    assert [s.target for s in web.log] == ["/ok/b"]
+
+
+def test_malformed_authorities_are_refused_quietly(web: EchoServer) -> None:
+    """An absolute URI whose authority urllib cannot split (``[::1``, ``[zz]``), and an
+    HTTP/1.0 request whose host has no IDNA form (``a..b``, a 64-character label) under
+    a ``*`` rule: each refused or answered, one connection at a time; no internal error
+    (a command must not make the relay fail)."""
+    p = web.port
+    label = "a" * 64
+    got, _ = raw(
+        p,
+        rules(p, "--http-allow", "GET */any/*"),
+        [
+            "GET http://[::1/ok/a HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+            "GET http://[zz]/ok/a HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+            "GET http://a..b/any/x HTTP/1.0\r\n\r\n",
+            f"GET http://{label}.example/any/x HTTP/1.0\r\n\r\n",
+            "GET /any/y HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        ],
+    )
+    assert got[:2] == ["403", "403"] and got[4] == "200", got
+    assert got[2] in ("200", "403") and got[3] in ("200", "403"), got
+    assert all("/ok/a" not in s.target for s in web.log)
