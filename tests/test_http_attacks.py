@@ -7,12 +7,15 @@ reached it; ``internal error`` on stderr is a bug in the relay that a command ca
 
 from __future__ import annotations
 
+import resource
 import sys
 from collections.abc import Iterator
 
 import pytest
 
-from .conftest import describe, run_sandboxed
+from sandlock.relay import MAX_SERVED
+
+from .conftest import TcpSink, describe, run_sandboxed
 from .httpfake import EchoServer
 
 PY = sys.executable
@@ -122,3 +125,51 @@ def test_malformed_authorities_are_refused_quietly(web: EchoServer) -> None:
     assert got[:2] == ["403", "403"] and got[4] == "200", got
     assert got[2] in ("200", "403") and got[3] in ("200", "403"), got
     assert all("/ok/a" not in s.target for s in web.log)
+
+
+HOLD = r"""
+import errno, resource, socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+socks, reset = [], 0
+for _ in range(n):
+    try:
+        socks.append(socket.create_connection(("127.0.0.1", port), timeout=20))
+    except ConnectionResetError:  # (the relay's reset, seen by the connect already)
+        reset += 1
+time.sleep(2)
+for s in socks:
+    try:
+        s.setblocking(False)
+        s.recv(1)
+    except ConnectionResetError:
+        reset += 1
+    except BlockingIOError:
+        pass
+print(n, reset)
+"""
+
+
+def test_idle_connections_are_bounded() -> None:
+    """Slowloris: connections held open without a byte each cost the supervisor two fds
+    (and open one to the server); past ``MAX_SERVED`` a new one is reset at once, so the
+    server never sees more, and stderr says so once."""
+    extra = 64
+    sink = TcpSink("127.0.0.1")
+    try:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard < 3 * (MAX_SERVED + extra) + 64:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} too low for the supervisor's side")
+        args = ["--http-ports", str(sink.port), "--http-allow", "GET 127.0.0.1/*"]
+        res = run_sandboxed(
+            args, [PY, "-c", HOLD, str(sink.port), str(MAX_SERVED + extra)], timeout=TIMEOUT
+        )
+        assert res.returncode == 0, describe(res)
+        opened, reset = map(int, res.stdout.split())
+        assert opened == MAX_SERVED + extra and reset >= extra, describe(res)
+        sink.settle()
+        assert sink.count <= MAX_SERVED, sink.count
+        assert res.stderr.count("connections at once") == 1, describe(res)
+    finally:
+        sink.close()
