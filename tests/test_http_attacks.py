@@ -10,9 +10,11 @@ from __future__ import annotations
 import resource
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from sandlock.httptls import Interceptor
 from sandlock.relay import MAX_SERVED
 
 from .conftest import TcpSink, describe, run_sandboxed
@@ -173,3 +175,86 @@ def test_idle_connections_are_bounded() -> None:
         assert res.stderr.count("connections at once") == 1, describe(res)
     finally:
         sink.close()
+
+
+BAD_SNI = r"""
+import socket, ssl, sys
+port = int(sys.argv[1])
+for fake in sys.argv[2:]:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(inc, out, server_hostname="aaaa.example")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = out.read().replace(b"aaaa.example", fake.encode("latin-1"))
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    s.sendall(hello)
+    try:
+        got = s.recv(7)
+        print("alert" if got[:1] == b"\x15" else "other" if got else "closed")
+    except OSError as err:
+        print(type(err).__name__)
+    s.close()
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20)) as s:
+    s.sendall(b"GET /ok/a HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    print(s.recv(12).decode())
+"""
+
+
+def test_a_non_ascii_sni_is_refused_quietly(tmp_path: Path) -> None:
+    """A ClientHello whose SNI is not ASCII (the ``ssl`` module cannot decode it, and
+    prints a traceback from its callback) or not a name a certificate can hold: the
+    handshake fails, nothing on stderr, and the next connection works."""
+    ca = Interceptor()
+    (tmp_path / "ca.pem").write_bytes(ca.ca_pem)
+    with EchoServer(tls=ca.base_context("127.0.0.1")) as web:
+        p = web.port
+        args = [
+            "--http-tls",
+            "--http-ports",
+            str(p),
+            "--http-upstream-ca",
+            str(tmp_path / "ca.pem"),
+            "--http-allow",
+            "GET 127.0.0.1/ok/*",
+        ]
+        res = run_sandboxed(
+            args, [PY, "-c", BAD_SNI, str(p), "\xff\xfe\xfd\xfc.example", "a\x7fa a.example"],
+            timeout=TIMEOUT,
+        )
+        assert res.returncode == 0, describe(res)
+        lines = res.stdout.split("\n")
+        assert lines[2] == "HTTP/1.1 200", describe(res)
+        refused = ("alert", "closed", "ConnectionResetError")
+        assert all(x in refused for x in lines[:2]), describe(res)
+        assert res.stderr == "", describe(res)
+        assert [s.target for s in web.log] == ["/ok/a"]
+
+
+def test_the_sni_hook_passes_every_other_report_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unraisable hook --http-tls installs drops only an undecodable SNI's report:
+    any other goes to the hook that was there."""
+    seen: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    Interceptor()
+    Interceptor()  # (installed once)
+    raw_name = b"\xff.example"
+    try:
+        raw_name.decode("ascii")
+    except UnicodeDecodeError as err:
+        sni_error = err
+    other = UnicodeDecodeError("ascii", b"\xff", 0, 1, "x")
+    for exc, obj in ((sni_error, raw_name), (other, b"elsewhere"), (ValueError("v"), raw_name)):
+        sys.unraisablehook(_Unraisable(type(exc), exc, None, None, obj))
+    assert seen == [other, seen[1]] and isinstance(seen[1], ValueError)
+
+
+class _Unraisable:
+    def __init__(self, t: type, v: BaseException, tb: None, msg: None, obj: object) -> None:
+        self.exc_type, self.exc_value, self.exc_traceback = t, v, tb
+        self.err_msg, self.object = msg, obj
