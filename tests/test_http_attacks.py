@@ -17,8 +17,9 @@ import pytest
 from sandlock.httptls import Interceptor
 from sandlock.relay import MAX_SERVED
 
-from .conftest import TcpSink, describe, run_sandboxed
+from .conftest import TcpSink, describe, run_command, run_sandboxed
 from .httpfake import EchoServer
+from .test_containment import LANDLOCK_ABI
 
 PY = sys.executable
 TIMEOUT = 90
@@ -258,3 +259,76 @@ class _Unraisable:
     def __init__(self, t: type, v: BaseException, tb: None, msg: None, obj: object) -> None:
         self.exc_type, self.exc_value, self.exc_traceback = t, v, tb
         self.err_msg, self.object = msg, obj
+
+
+READ_PARENT = r"""
+import ctypes, os, sys
+ppid = os.getppid()
+with open(f"/proc/{ppid}/cmdline", "rb") as f:
+    print("parent", b"sandlock" in f.read())
+libc = ctypes.CDLL(None, use_errno=True)
+def attempt(label, fn):
+    try:
+        fn()
+        print(label, "ok")
+    except OSError as err:
+        print(label, err.errno)
+def mem():
+    with open(f"/proc/{ppid}/maps") as f:
+        start = int(next(l for l in f if "[heap]" in l).split("-")[0], 16)
+    with open(f"/proc/{ppid}/mem", "rb") as f:
+        f.seek(start)
+        f.read(64)
+def vm_read():
+    class iovec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+    buf = ctypes.create_string_buffer(64)
+    local = iovec(ctypes.cast(buf, ctypes.c_void_p), 64)
+    remote = iovec(ctypes.c_void_p(id(ppid)), 64)
+    if libc.process_vm_readv(ppid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) < 0:
+        raise OSError(ctypes.get_errno(), "process_vm_readv")
+def attach():
+    if libc.ptrace(16, ppid, None, None) < 0:  # PTRACE_ATTACH
+        raise OSError(ctypes.get_errno(), "ptrace")
+    libc.ptrace(17, ppid, None, None)  # PTRACE_DETACH
+attempt("mem", mem)
+attempt("vm_read", vm_read)
+if sys.argv[1:] != ["baseline"]:  # (attaching the test runner would leave it stopped)
+    attempt("attach", attach)
+else:
+    print("attach skipped")
+def fds():
+    opened = 0
+    for name in os.listdir(f"/proc/{ppid}/fd"):
+        try:
+            os.close(os.open(f"/proc/{ppid}/fd/{name}", os.O_RDONLY))
+            opened += 1
+        except OSError as err:
+            last = err
+    if not opened:
+        raise last
+    print("opened", opened, end=" ")
+attempt("fd_open", fds)
+"""
+
+
+def test_the_ca_key_stays_in_the_supervisor(tmp_path: Path) -> None:
+    """--http-tls keeps the run CA's private key in the supervisor's memory: the command
+    (root here) cannot read that memory (/proc/PID/mem, process_vm_readv), trace the
+    supervisor, or open its fds (a leaf's memfd) through /proc/PID/fd; unsandboxed, a
+    root child can (the baseline: the attempts are real)."""
+    if LANDLOCK_ABI == 0:
+        pytest.skip("Landlock is not available: /proc/PID/mem is not contained without it")
+    plain = run_command([PY, "-c", READ_PARENT, "baseline"], timeout=30)
+    base = plain.stdout.split("\n")
+    assert base[1] == "mem ok" and base[4].endswith(" ok"), describe(plain)
+    ca = Interceptor()
+    (tmp_path / "ca.pem").write_bytes(ca.ca_pem)
+    args = ["--http-tls", "--http-upstream-ca", str(tmp_path / "ca.pem")]
+    res = run_sandboxed(
+        [*args, "--http-allow", "GET 127.0.0.1/ok/*"], [PY, "-c", READ_PARENT], timeout=TIMEOUT
+    )
+    assert res.returncode == 0, describe(res)
+    got = res.stdout.split("\n")
+    assert got[0] == "parent True", describe(res)
+    assert got[1:5] == ["mem 13", "vm_read 1", "attach 1", "fd_open 13"], describe(res)
