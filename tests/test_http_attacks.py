@@ -8,7 +8,10 @@ reached it; ``internal error`` on stderr is a bug in the relay that a command ca
 from __future__ import annotations
 
 import resource
+import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -332,3 +335,65 @@ def test_the_ca_key_stays_in_the_supervisor(tmp_path: Path) -> None:
     got = res.stdout.split("\n")
     assert got[0] == "parent True", describe(res)
     assert got[1:5] == ["mem 13", "vm_read 1", "attach 1", "fd_open 13"], describe(res)
+
+
+class _Switcher:
+    """A server that answers every request head with ``101`` (no upgrade was asked for)
+    and keeps what it receives after it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.after: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                head = b""
+                try:
+                    while b"\r\n\r\n" not in head and (chunk := conn.recv(4096)):
+                        head += chunk
+                    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
+                    rest = head.split(b"\r\n\r\n", 1)[1]
+                    while chunk := conn.recv(4096):
+                        rest += chunk
+                except OSError:
+                    pass
+                self.after.append(rest)
+
+
+SWITCHED = r"""
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
+s.sendall(b"GET /ok/a HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+got = b""
+try:
+    while chunk := s.recv(4096):
+        got += chunk
+        s.sendall(b"GET /secret HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+except OSError:
+    pass
+print(got.split(b"\r\n", 1)[0].decode() or "closed")
+"""
+
+
+def test_a_101_nobody_asked_for_switches_nothing() -> None:
+    """A server (the command may pick any allowed one) that answers 101 to a request
+    without Upgrade: the relay does not switch to copying bytes; the connection ends, and
+    what the command sends next never reaches the server unchecked."""
+    server = _Switcher()
+    try:
+        args = ["--http-ports", str(server.port), "--http-allow", "GET 127.0.0.1/ok/*"]
+        res = run_sandboxed(args, [PY, "-c", SWITCHED, str(server.port)], timeout=TIMEOUT)
+        assert res.returncode == 0, describe(res)
+        assert "internal error" not in res.stderr, describe(res)
+        time.sleep(0.5)
+        assert server.after == [b""], (server.after, describe(res))
+    finally:
+        server.sock.close()
