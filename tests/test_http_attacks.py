@@ -397,3 +397,21 @@ def test_a_101_nobody_asked_for_switches_nothing() -> None:
         assert server.after == [b""], (server.after, describe(res))
     finally:
         server.sock.close()
+
+
+def test_other_protocols_on_an_http_port_reach_nothing(web: EchoServer) -> None:
+    """The HTTP/2 prior-knowledge preface, ``OPTIONS *`` and ``CONNECT`` to an allowed
+    address: refused (400 or 403), quietly; the server gets none of them."""
+    p = web.port
+    got, _ = raw(
+        p,
+        rules(p, "--http-allow", "* 127.0.0.1/*"),
+        [
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+            "CONNECT {host} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+            "GET /ok/a HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
+        ],
+    )
+    assert got[0] in ("400", "403") and got[1:] == ["403", "403", "200"], got
+    assert [s.target for s in web.log] == ["/ok/a"]
