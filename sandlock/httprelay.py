@@ -20,8 +20,8 @@ by h11 until the previous exchange ends):
    **the address and port the command connected to**, never to what the request names;
    its body streamed as it comes, the response streamed back.
 4. ``Upgrade: websocket`` on an allowed ``GET``: after the server's ``101`` the bytes are
-   copied both ways, unparsed. Any other upgrade (``h2c``: requests no longer checked)
-   and ``CONNECT`` are refused.
+   copied both ways, unparsed. Any other upgrade (``h2c``: requests no longer checked),
+   also as a second Upgrade header, and ``CONNECT`` are refused.
 
 Every request's decision is one record (``syscall: "http"``, with method, host, path,
 status and rule) for the audit log and the denial report.
@@ -150,7 +150,12 @@ class HttpHandler:
         if target.startswith("/"):
             authority = host_header
         elif target.lower().startswith(("http://", "https://")):
-            parts = urllib.parse.urlsplit(target)
+            try:
+                parts = urllib.parse.urlsplit(target)
+            except ValueError:  # (``http://[::1/``: no authority a server would agree on)
+                return HttpDecision(False, HOST_MISMATCH), shown, target[:_MAX_PATH_SHOWN]
+            if parts.fragment or target.endswith("#"):  # (normalise_path refuses it too)
+                return HttpDecision(False, BAD_PATH), parts.netloc, target[:_MAX_PATH_SHOWN]
             authority = parts.netloc
             path_text = parts.path or "/"
             if host_header is not None and normalise_host(host_header) != normalise_host(authority):
@@ -171,8 +176,8 @@ class HttpHandler:
             decision = policy.decide("tcp", dest.addr, dest.port)
             if only_by_name(policy, decision, dest):
                 return HttpDecision(False, HOST_MISMATCH), host, path_text
-        upgrade = _header(request, b"upgrade")
-        if upgrade is not None and (upgrade.lower() != "websocket" or method != "GET"):
+        upgrade = _upgrade(request)
+        if upgrade is not None and (upgrade != "websocket" or method != "GET"):
             return HttpDecision(False, UPGRADE), host, path_text
         path = normalise_path(path_text)
         return self.rules.decide(method, host, dest.port, path, bound=bound), host, path_text
@@ -223,6 +228,13 @@ def _header(request: h11.Request, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+def _upgrade(request: h11.Request) -> str | None:
+    """The protocols ``request`` proposes, every Upgrade header joined (a server may read
+    a second one, or the last: ``h2c`` after ``websocket``), lower-cased; None: none."""
+    values = [v.decode("latin-1").strip() for k, v in request.headers if k == b"upgrade"]
+    return ", ".join(values).lower() if values else None
 
 
 def _bound(policy: Policy, host: str, shown: str) -> bool:
@@ -342,7 +354,7 @@ class _Exchange:
         assert self.up is not None
         headers = _framed(request.headers.raw_items())
         if not any(k.lower() == b"host" for k, _ in headers):  # (HTTP/1.0 without one)
-            headers.append((b"Host", host.encode("idna") if host.isascii() else b""))
+            headers.append((b"Host", host.encode("ascii", "replace")))  # (as it came: ASCII)
         try:
             await self._send_up(
                 h11.Request(method=request.method, target=request.target, headers=headers)

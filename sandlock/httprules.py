@@ -25,10 +25,12 @@ Deny rules are checked first and win; then, if any allow rule exists, a request 
 rule matches is refused (``http-default-deny``); with deny rules only, the rest passes.
 
 **Normalisation** (:func:`normalise_path`), so that a path is matched as a server would
-read it: the query and fragment dropped, ``;parameters`` dropped from each segment
+read it: the query dropped, ``;parameters`` dropped from each segment
 (``/ok/..;/secret``), percent-decoding once (``%2e%2e``, ``%2f``), ``\\`` read as ``/``,
 empty segments (``//``) and ``.`` dropped, ``..`` resolved (never above the root). A path
-that is not ``/``-rooted (an absolute URI's path is taken from it first), decodes to
+that is not ``/``-rooted (an absolute URI's path is taken from it first), holds a ``#``
+(never in a request target, RFC 9112: a server may read ``/ok#/../secret`` as
+``/secret``), decodes to
 invalid UTF-8, holds a control character, or still holds an encoded dot, slash or
 backslash once decoded (``%252e``: for a server that decodes twice) is refused
 (``http-bad-path``). Allow rules
@@ -195,8 +197,8 @@ def normalise_path(target: str) -> str | None:
     """The path of a request target as matched (module docstring), or None if it is
     refused. An origin-form target (``/a/b?q``) only: the caller takes an absolute URI's
     path out first."""
-    path = target.split("#", 1)[0].split("?", 1)[0]
-    if not path.startswith("/"):
+    path = target.split("?", 1)[0]
+    if not path.startswith("/") or "#" in target:
         return None
     try:
         raw = _PERCENT.sub(lambda m: bytes([int(m.group(1), 16)]), path.encode("utf-8"))

@@ -66,6 +66,27 @@ def bundle_paths(environ: Mapping[str, str]) -> list[str]:
     return list(out)
 
 
+def _quiet_undecodable_sni() -> None:
+    """An SNI that is not ASCII never reaches our callback: ``ssl`` fails to decode it,
+    fails the handshake (good), and reports the UnicodeDecodeError through
+    ``sys.unraisablehook``, whose default prints a traceback on stderr: a command could
+    fill our stderr with them. This hook (installed once, in front of the one there)
+    drops exactly that report (a decoding error of the very bytes reported) and passes
+    every other on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_sandlock_sni", False):
+        return
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        err, obj = unraisable.exc_value, unraisable.object
+        if isinstance(err, UnicodeDecodeError) and isinstance(obj, bytes) and err.object == obj:
+            return
+        previous(unraisable)
+
+    hook._sandlock_sni = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 class Interceptor:
     """One run's CA, its leaves and the upstream TLS context."""
 
@@ -119,6 +140,7 @@ class Interceptor:
         if upstream_ca is not None:
             self.upstream.load_verify_locations(cafile=upstream_ca)
         self.upstream.set_alpn_protocols(["http/1.1"])
+        _quiet_undecodable_sni()
 
     def base_context(self, address: str) -> ssl.SSLContext:
         """The server context a connection to ``address`` starts with: a leaf for the

@@ -15,7 +15,9 @@ anything the request names), writes the bytes it read, and hands both sockets to
 ``Splicer`` (csrc/relay.h: one C thread, epoll, ``splice`` through a pipe per direction:
 no copy into user space, no Python per byte, bounded memory, each half-close and reset
 passed on, every pair reset when the sandbox ends; at most SANDLOCK_RELAY_MAX_PAIRS at
-once: a connection past that, or one it cannot take for want of pipes, is reset). With
+once: a connection past that, or one it cannot take for want of pipes, is reset).
+Before that, at most ``MAX_SERVED`` connections are read, checked or relayed by HTTP
+rules at once; one past that is reset at its accept (one line on stderr, once). With
 ``Relay(native=False)`` trio tasks do the same in Python (``_pump``: the reference the
 tests compare it with). Otherwise, or if the upstream cannot be reached, the child's
 connection is reset (SO_LINGER 0) and nothing it sent reaches the destination: the
@@ -67,6 +69,11 @@ FIRST_TIMEOUT = 10.0  # seconds to wait for the first record
 CONNECT_TIMEOUT = 30.0  # seconds to reach the original destination
 PIPE_SIZE = sys_.RELAY_PIPE_SIZE  # each direction's pipe (F_SETPIPE_SZ; csrc/abi.h)
 MAX_WAITING = 4096  # connections noted but not yet accepted
+# Connections served here at once (read, checked, or relayed by HTTP rules), each two fds
+# and a few trio tasks: past it a new one is reset, so that a command holding connections
+# open without a byte (slowloris) cannot grow the supervisor without bound. (A pair handed
+# to the C data path leaves this count: the Splicer has its own cap.)
+MAX_SERVED = sys_.RELAY_MAX_PAIRS
 _SPLICE = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _FAMILY = struct.Struct("=H")  # sa_family_t, host order
 _LINGER0 = struct.pack("ii", 1, 0)
@@ -149,6 +156,8 @@ class Relay:
         self._listeners: dict[int, socket.socket] = {}
         self._targets: dict[int, bytes] = {}
         self._noted: dict[tuple[str, int], _Noted] = {}
+        self._served = 0  # connections in _guarded now (MAX_SERVED)
+        self._full_said = False
 
     def wants(self, policy: Policy, decision: Decision, dest: Dest) -> bool:
         """Whether this allowed TCP connect must go through the relay."""
@@ -224,7 +233,18 @@ class Relay:
             if noted is None:  # not one of the sandbox's: someone else on loopback
                 _reset(conn)
                 continue
+            if self._served >= MAX_SERVED:
+                _reset(conn)
+                if not self._full_said:
+                    self._full_said = True
+                    print(
+                        f"sandlock: the relay serves {MAX_SERVED} connections at once;"
+                        " more are reset",
+                        file=sys.stderr,
+                    )
+                continue
             conn.setblocking(False)
+            self._served += 1
             nursery.start_soon(self._guarded, conn, noted)
 
     async def _guarded(self, conn: socket.socket, noted: _Noted) -> None:
@@ -238,6 +258,8 @@ class Relay:
             if conn.fileno() >= 0:
                 _reset(conn)
             print(f"sandlock: internal error in the relay: {err!r} (reset)", file=sys.stderr)
+        finally:
+            self._served -= 1
 
     async def _serve(self, conn: socket.socket, noted: _Noted) -> None:
         upstream: socket.socket | None = None
