@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 import h11
 import trio
 
+from . import httpbody
 from .httprules import (
     BAD_PATH,
     HOST_MISMATCH,
@@ -84,6 +85,7 @@ class HttpHandler:
         self._record = record
         self._verify = verify
         self.tls = tls  # --http-tls (httptls.py)
+        self.splice_bodies = True  # (httpbody.py; False: every body through h11, for tests)
 
     @property
     def ports(self) -> frozenset[int]:
@@ -384,10 +386,11 @@ class _Exchange:
     async def _after(self, switched: bool) -> bool:
         """The exchange done: a switched protocol copied to its end, or the destination's
         side made ready for the next request; whether the connection goes on."""
-        assert self.up is not None
         if switched:
             await self._splice()
             return False
+        if self.up is None or self.up.our_state is h11.IDLE:  # (after a spliced body)
+            return True
         if self.up.our_state is h11.DONE and self.up.their_state is h11.DONE:
             self.up.start_next_cycle()
         else:
@@ -485,6 +488,8 @@ class _Exchange:
                         reason=event.reason,
                     )
                 )
+                if await self._spliced_body(request, event):
+                    return False
             elif isinstance(event, h11.Data):
                 await self._send_down(h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
@@ -492,6 +497,40 @@ class _Exchange:
                 return False
             else:
                 raise _Closed
+
+    async def _spliced_body(self, request: h11.Request, response: h11.Response) -> bool:
+        """The response's body moved by the kernel (httpbody.py) if it can be: whether
+        it was (the exchange is then over on both sides)."""
+        assert self.up is not None and self.upstream is not None
+        client, upstream = self.client, self.upstream
+        if not (
+            self.handler.splice_bodies
+            and isinstance(client, trio.SocketStream)
+            and isinstance(upstream, trio.SocketStream)
+            and self.up.our_state in (h11.DONE, h11.MUST_CLOSE)  # (the request all sent)
+        ):
+            return False
+        buffered, _ = self.up.trailing_data
+        left = httpbody.counted(request, response, len(buffered))
+        if not left:
+            return False
+        if buffered:
+            await self._send_down(h11.Data(data=buffered))
+        # h11 counts the stand-in's length against Content-Length and hands it back
+        # (Content-Length framing adds no bytes of its own):
+        stand_in = h11.Data(data=httpbody.Sized(left))  # type: ignore[arg-type]
+        pieces = self.down.send_with_data_passthrough(stand_in)
+        assert pieces is not None and len(pieces) == 1
+        try:
+            await httpbody.move(upstream.socket.fileno(), client.socket.fileno(), left)
+        except httpbody.Short as err:
+            raise _Closed from err  # (the command sees the body cut short, then the end)
+        await self._send_down(h11.EndOfMessage())
+        if httpbody.keeps_alive(request, response):
+            self.up = h11.Connection(h11.CLIENT)  # (it never saw the body: start afresh)
+        else:
+            await self._close_upstream()
+        return True
 
     async def _splice(self) -> None:
         """After a 101: the bytes each side sent past the handshake, then a copy both ways."""
@@ -544,11 +583,13 @@ class _Exchange:
         self.up = None
 
     async def close(self) -> None:
-        await self._close_upstream()
         try:
-            await self.client.aclose()
-        except (trio.BrokenResourceError, OSError):
-            pass  # (closed all the same)
+            await self._close_upstream()  # (cancelled at its checkpoint when the run ends)
+        finally:
+            try:
+                await self.client.aclose()
+            except (trio.BrokenResourceError, OSError):
+                pass  # (closed all the same)
 
 
 async def _starts_tls(conn: socket.socket) -> bool:
