@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 SANDLOCK = REPO / ".venv" / "bin" / "sandlock"
 SHORT = b"ok"
 CHUNK = bytes(1 << 20)
+BASE: list[str] = []  # (--base)
 ALLOW = "GET 127.0.0.1/b*"  # (/bench and /bulk; after the timed part, GET /denied: 403)
 
 CLIENT = r"""
@@ -161,19 +162,21 @@ def measure(mode: str, port: int, how: str, n: int, ca: str | None) -> float:
         argv = [str(peer), str(REPO / "bench" / "sdk_driver.py"), "run", json.dumps(spec)]
     elif mode == "net":
         argv = [str(SANDLOCK), "run", "--net-allow", f"127.0.0.1:{port}", "--", *argv]
-    elif mode == "http":
+    elif mode in ("http", "base"):
         rules = ["--http-ports", str(port), "--http-allow", ALLOW]
         if ca:
             rules += ["--http-tls", "--http-upstream-ca", ca]
         argv = [str(SANDLOCK), "run", *rules, "--", *argv]
     env = dict(os.environ)
+    if mode == "base":  # (the same console script, the base tree's sandlock first on the path)
+        env["PYTHONPATH"] = BASE[0]
     if ca:
         env |= {"SSL_CERT_FILE": ca, "CURL_CA_BUNDLE": ca}
     out = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
     if out.returncode != 0:
         raise SystemExit(f"{mode} {how}: {out.stderr.strip()}")
     figure, code = out.stdout.split()
-    want = "403" if mode in ("http", "peer") else "200"
+    want = "403" if mode in ("http", "base", "peer") else "200"
     if code != want:  # (each side proven to check, in the very run measured)
         raise SystemExit(f"{mode} {how}: GET /denied answered {code}, not {want}")
     return float(figure)
@@ -187,7 +190,15 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=200, help="megabytes of the bulk row")
     parser.add_argument("--tls", action="store_true", help="HTTPS instead of HTTP")
     parser.add_argument("--peer", action="store_true", help="also the Rust peer (plain HTTP)")
+    parser.add_argument(
+        "--base",
+        metavar="DIR",
+        help="also ours from another source tree (e.g. `git archive main`, with the built "
+        "_native copied in), run as PYTHONPATH=DIR: an A/B row per round",
+    )
     args = parser.parse_args()
+    if args.base:
+        BASE.append(os.path.abspath(args.base))
     listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
     port = listener.getsockname()[1]
     mb = [0]
@@ -205,7 +216,7 @@ def main() -> None:
         ("native", "net", "http", "peer")
         if args.peer and not args.tls
         else ("native", "net", "http")
-    )
+    ) + (("base",) if args.base else ())
     rows: dict[str, dict[str, list[float]]] = {}
     load = os.getloadavg()
     for row, n in (("curl", args.curl), ("python", args.requests), ("bulk", args.mb)):
@@ -247,6 +258,12 @@ def main() -> None:
         f"| bulk {args.mb} MB down | MB/s | {b['native']:.0f} | {b['net']:.0f} | "
         f"{b['http']:.0f} | {b['http'] / b['native']:.2f}x |"
     )
+    if args.base:
+        print("| row | unit | base (HTTP rule) | ours (HTTP rule) |")
+        print("|---|---|---|---|")
+        for name, row, unit in (("curl", c, "ms/request"), ("python", p, "us/request")):
+            print(f"| {name} | {unit} | {row['base']:.2f} | {row['http']:.2f} |")
+        print(f"| bulk | MB/s | {b['base']:.0f} | {b['http']:.0f} |")
     for row, r in rows.items():
         for mode, values in r.items():
             print(f"{row} {mode}: " + ", ".join(f"{v:.2f}" for v in values))
