@@ -29,6 +29,7 @@ status and rule) for the audit log and the denial report.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import urllib.parse
@@ -100,7 +101,7 @@ class HttpHandler:
         tls = self.tls is not None and await _starts_tls(conn)
         if tls:
             assert self.tls is not None
-            shown = str(ipaddress.ip_address(canonical(dest.addr)))
+            shown = _text(dest.addr)
             wrapped = trio.SSLStream(
                 plain, self.tls.base_context(shown), server_side=True, https_compatible=True
             )
@@ -136,7 +137,7 @@ class HttpHandler:
             return False
         if sni is _PLAIN or sni is None:
             return True
-        return _bound(self._policy(), sni, str(ipaddress.ip_address(canonical(dest.addr))))
+        return _bound(self._policy(), sni, _text(dest.addr))
 
     def decide(
         self, request: h11.Request, dest: Dest, sni: str | None = _PLAIN
@@ -145,7 +146,7 @@ class HttpHandler:
         ``sni``: the TLS SNI (None: a TLS connection without one; ``_PLAIN``: no TLS)."""
         method = request.method.decode("ascii", "replace")
         target = request.target.decode("ascii", "replace")
-        shown = str(ipaddress.ip_address(canonical(dest.addr)))
+        shown = _text(dest.addr)
         host_header = _header(request, b"host")
         authority: str | None = None
         path_text = target
@@ -199,7 +200,7 @@ class HttpHandler:
                 "pid": pid,
                 "syscall": "http",
                 "proto": "tcp",
-                "dst": str(ipaddress.ip_address(canonical(dest.addr))),
+                "dst": _text(dest.addr),
                 "port": dest.port,
                 "host": host,
                 "method": request.method.decode("ascii", "replace"),
@@ -227,13 +228,29 @@ def _header(request: h11.Request, name: bytes) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _text(addr: bytes) -> str:
+    """A destination's packed address as text (IPv4-mapped shown as IPv4); cached: asked
+    several times per request, of a handful of addresses."""
+    return str(ipaddress.ip_address(canonical(addr)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _literal(host: str) -> str | None:
+    """``host`` as an IP address's text if it is one (cached: parsing a name as an address
+    fails twice, IPv4 then IPv6, on every request)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
 def _bound(policy: Policy, host: str, shown: str) -> bool:
     """Whether ``host`` (normalised) is the address ``shown`` or a name the policy gives
     that address."""
-    try:
-        return str(ipaddress.ip_address(host)) == shown
-    except ValueError:
-        pass
+    literal = _literal(host)
+    if literal is not None:
+        return literal == shown
     key = policy.host_for_name(host)
     return key is not None and shown in policy.host_addresses.get(key, ())
 
@@ -420,7 +437,7 @@ class _Exchange:
         tls = self.handler.tls
         if self.sni is _PLAIN or tls is None:
             return plain, ""
-        shown = str(ipaddress.ip_address(canonical(self.dest.addr)))
+        shown = _text(self.dest.addr)
         wrapped = trio.SSLStream(
             plain, tls.upstream, server_hostname=self.sni or shown, https_compatible=True
         )
@@ -583,13 +600,14 @@ class _Exchange:
         self.up = None
 
     async def close(self) -> None:
+        """The command's side first (its EOF is what it waits for), then the destination's;
+        both closed even when cancelled at the first one's checkpoint (the run ends)."""
         try:
-            await self._close_upstream()  # (cancelled at its checkpoint when the run ends)
+            await self.client.aclose()
+        except (trio.BrokenResourceError, OSError):
+            pass  # (closed all the same)
         finally:
-            try:
-                await self.client.aclose()
-            except (trio.BrokenResourceError, OSError):
-                pass  # (closed all the same)
+            await self._close_upstream()
 
 
 async def _starts_tls(conn: socket.socket) -> bool:
