@@ -4,8 +4,11 @@
 
 Three modes, the same client timed inside the command (start-up excluded): native (no
 sandbox); ``net``: ours with ``--net-allow 127.0.0.1:PORT`` (no HTTP rules: the gate's
-path); ``http``: ours with ``--http-ports PORT --http-allow 'GET 127.0.0.1/*'`` (every
-connection through the relay, every request checked). Rounds alternate the modes so load
+path); ``http``: ours with ``--http-ports PORT --http-allow 'GET 127.0.0.1/b*'`` (every
+connection through the relay, every request checked). After its timed part, each run
+asks ``GET /denied`` once and the round fails unless the answer is 403 in the modes with
+HTTP rules (ours and the peer's) and 200 in the others: each side is proven to check
+HTTP, on the bench server's port, in the very run measured. Rounds alternate the modes so load
 hits them alike. The server (threads here, on 127.0.0.1) answers each request with a short
 body, or MB megabytes for the bulk row. Rows:
 
@@ -23,7 +26,7 @@ the file those variables name).
 
 With ``--peer`` (plain HTTP only) a fourth mode: the Rust peer (PyPI sandlock 0.9.0, in
 bench/.peer-venv, set up as bench/run.py does) driven through its SDK
-(bench/sdk_driver.py) with the same rules: ``http_allow=["GET 127.0.0.1/*"]``,
+(bench/sdk_driver.py) with the same rules: ``http_allow=["GET 127.0.0.1/b*"]``,
 ``http_ports=[PORT]``, ``net_allow=["127.0.0.1:PORT"]`` and read access (Landlock) to the
 system and the interpreter's directories. HTTPS is not compared: the peer verifies the
 server against the system roots only, and the test server's CA is not one of them.
@@ -47,11 +50,14 @@ REPO = Path(__file__).resolve().parents[1]
 SANDLOCK = REPO / ".venv" / "bin" / "sandlock"
 SHORT = b"ok"
 CHUNK = bytes(1 << 20)
+BASE: list[str] = []  # (--base)
+ALLOW = "GET 127.0.0.1/b*"  # (/bench and /bulk; after the timed part, GET /denied: 403)
 
 CLIENT = r"""
 import http.client, ssl, subprocess, sys, time
 port, how, n, scheme = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 url = f"{scheme}://127.0.0.1:{port}/bench"
+denied = f"{scheme}://127.0.0.1:{port}/denied"
 ctx = ssl.create_default_context() if scheme == "https" else None
 def connection():
     if ctx is None:
@@ -62,7 +68,11 @@ if how == "curl":
     t = time.perf_counter_ns()
     for _ in range(n):
         subprocess.run(["curl", "-s", "-f", "-o", "/dev/null", url], check=True)
-    print((time.perf_counter_ns() - t) / n / 1e6)
+    figure = (time.perf_counter_ns() - t) / n / 1e6
+    code = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", denied],
+        capture_output=True, text=True, check=True,
+    ).stdout
 elif how == "python":
     def one():
         c = connection()
@@ -74,7 +84,10 @@ elif how == "python":
     t = time.perf_counter_ns()
     for _ in range(n):
         one()
-    print((time.perf_counter_ns() - t) / n / 1e3)
+    figure = (time.perf_counter_ns() - t) / n / 1e3
+    c = connection()
+    c.request("GET", "/denied")
+    code = c.getresponse().status
 else:
     c = connection()
     t = time.perf_counter_ns()
@@ -84,7 +97,11 @@ else:
     while data := r.read(1 << 20):
         got += len(data)
     assert got == n << 20, got
-    print(got / 1e6 / ((time.perf_counter_ns() - t) / 1e9))
+    figure = got / 1e6 / ((time.perf_counter_ns() - t) / 1e9)
+    c = connection()
+    c.request("GET", "/denied")
+    code = c.getresponse().status
+print(figure, code)
 """
 
 
@@ -115,10 +132,11 @@ def answer(conn: socket.socket, mb: int, tls: ssl.SSLContext | None = None) -> N
                     if not data:
                         return
                     buf += data
-                _, _, buf = buf.partition(b"\r\n\r\n")
-                size = mb << 20 if mb else len(SHORT)
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                bulk = mb and not head.startswith(b"GET /denied ")
+                size = mb << 20 if bulk else len(SHORT)
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
-                if mb:
+                if bulk:
                     for _ in range(mb):
                         conn.sendall(CHUNK)
                 else:
@@ -134,7 +152,7 @@ def measure(mode: str, port: int, how: str, n: int, ca: str | None) -> float:
         readable += [sys.prefix, sys.base_prefix, os.path.realpath(sys.base_prefix), str(REPO)]
         kwargs = {
             "net_allow": [f"127.0.0.1:{port}"],
-            "http_allow": ["GET 127.0.0.1/*"],
+            "http_allow": [ALLOW],
             "http_ports": [port],
             "fs_readable": [p for p in readable if os.path.exists(p)],
             "fs_writable": ["/dev/null"],  # (curl -o /dev/null)
@@ -144,18 +162,24 @@ def measure(mode: str, port: int, how: str, n: int, ca: str | None) -> float:
         argv = [str(peer), str(REPO / "bench" / "sdk_driver.py"), "run", json.dumps(spec)]
     elif mode == "net":
         argv = [str(SANDLOCK), "run", "--net-allow", f"127.0.0.1:{port}", "--", *argv]
-    elif mode == "http":
-        rules = ["--http-ports", str(port), "--http-allow", "GET 127.0.0.1/*"]
+    elif mode in ("http", "base"):
+        rules = ["--http-ports", str(port), "--http-allow", ALLOW]
         if ca:
             rules += ["--http-tls", "--http-upstream-ca", ca]
         argv = [str(SANDLOCK), "run", *rules, "--", *argv]
     env = dict(os.environ)
+    if mode == "base":  # (the same console script, the base tree's sandlock first on the path)
+        env["PYTHONPATH"] = BASE[0]
     if ca:
         env |= {"SSL_CERT_FILE": ca, "CURL_CA_BUNDLE": ca}
     out = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
     if out.returncode != 0:
         raise SystemExit(f"{mode} {how}: {out.stderr.strip()}")
-    return float(out.stdout.strip())
+    figure, code = out.stdout.split()
+    want = "403" if mode in ("http", "base", "peer") else "200"
+    if code != want:  # (each side proven to check, in the very run measured)
+        raise SystemExit(f"{mode} {how}: GET /denied answered {code}, not {want}")
+    return float(figure)
 
 
 def main() -> None:
@@ -166,7 +190,15 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=200, help="megabytes of the bulk row")
     parser.add_argument("--tls", action="store_true", help="HTTPS instead of HTTP")
     parser.add_argument("--peer", action="store_true", help="also the Rust peer (plain HTTP)")
+    parser.add_argument(
+        "--base",
+        metavar="DIR",
+        help="also ours from another source tree (e.g. `git archive main`, with the built "
+        "_native copied in), run as PYTHONPATH=DIR: an A/B row per round",
+    )
     args = parser.parse_args()
+    if args.base:
+        BASE.append(os.path.abspath(args.base))
     listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
     port = listener.getsockname()[1]
     mb = [0]
@@ -184,7 +216,7 @@ def main() -> None:
         ("native", "net", "http", "peer")
         if args.peer and not args.tls
         else ("native", "net", "http")
-    )
+    ) + (("base",) if args.base else ())
     rows: dict[str, dict[str, list[float]]] = {}
     load = os.getloadavg()
     for row, n in (("curl", args.curl), ("python", args.requests), ("bulk", args.mb)):
@@ -226,6 +258,12 @@ def main() -> None:
         f"| bulk {args.mb} MB down | MB/s | {b['native']:.0f} | {b['net']:.0f} | "
         f"{b['http']:.0f} | {b['http'] / b['native']:.2f}x |"
     )
+    if args.base:
+        print("| row | unit | base (HTTP rule) | ours (HTTP rule) |")
+        print("|---|---|---|---|")
+        for name, row, unit in (("curl", c, "ms/request"), ("python", p, "us/request")):
+            print(f"| {name} | {unit} | {row['base']:.2f} | {row['http']:.2f} |")
+        print(f"| bulk | MB/s | {b['base']:.0f} | {b['http']:.0f} |")
     for row, r in rows.items():
         for mode, values in r.items():
             print(f"{row} {mode}: " + ", ".join(f"{v:.2f}" for v in values))

@@ -9,7 +9,8 @@ out).
 ``server``: a 127.0.0.1 server answering each connection's first bytes with a 59-byte
 HTTP reply; ``client PORT N``: N connections (connect, request, reply to EOF, close),
 printing the medians of each part as the command sees them (run it with and without
-``--verify-names``).
+``--verify-names``; or with HTTP rules instead: ``--http-ports PORT --http-allow
+'GET localhost/*'``, which times the HTTP handler's steps).
 
 Measurement only: it replaces functions of sandlock.relay and sandlock.onbehalf in this
 process before the CLI starts, and adds a timer's cost (~1 us) to each step.
@@ -27,6 +28,7 @@ from typing import Any
 
 import sandlock._syscalls as sys_
 import sandlock.cli as cli
+import sandlock.httprelay as httprelay
 import sandlock.onbehalf as onbehalf
 import sandlock.relay as relay
 
@@ -114,6 +116,12 @@ def main() -> None:
     s.join = timed("  Splicer.join", s.join, False)
     h: Any = onbehalf.Handlers
     h._connect = timed("onbehalf _connect: decided, connected to the relay", h._connect, False)
+    x: Any = httprelay  # (HTTP rules: --http-ports PORT --http-allow 'GET localhost/*')
+    x.HttpHandler.serve = timed("http serve whole", x.HttpHandler.serve, True)
+    x.HttpHandler.decide = timed("  http decide", x.HttpHandler.decide, False)
+    x._Exchange.prefetch = timed("  http prefetch: upstream", x._Exchange.prefetch, True)
+    x._Exchange._relay = timed("  http _relay: request up, response down", x._Exchange._relay, True)
+    x._Exchange.close = timed("  http close", x._Exchange.close, True)
     exit_now = os._exit
 
     def report(code: int) -> None:

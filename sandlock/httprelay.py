@@ -29,6 +29,7 @@ status and rule) for the audit log and the denial report.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import urllib.parse
@@ -37,6 +38,7 @@ from collections.abc import Callable, Iterable
 import h11
 import trio
 
+from . import httpbody
 from .httprules import (
     BAD_PATH,
     HOST_MISMATCH,
@@ -84,6 +86,7 @@ class HttpHandler:
         self._record = record
         self._verify = verify
         self.tls = tls  # --http-tls (httptls.py)
+        self.splice_bodies = True  # (httpbody.py; False: every body through h11, for tests)
 
     @property
     def ports(self) -> frozenset[int]:
@@ -98,7 +101,7 @@ class HttpHandler:
         tls = self.tls is not None and await _starts_tls(conn)
         if tls:
             assert self.tls is not None
-            shown = str(ipaddress.ip_address(canonical(dest.addr)))
+            shown = _text(dest.addr)
             wrapped = trio.SSLStream(
                 plain, self.tls.base_context(shown), server_side=True, https_compatible=True
             )
@@ -134,7 +137,7 @@ class HttpHandler:
             return False
         if sni is _PLAIN or sni is None:
             return True
-        return _bound(self._policy(), sni, str(ipaddress.ip_address(canonical(dest.addr))))
+        return _bound(self._policy(), sni, _text(dest.addr))
 
     def decide(
         self, request: h11.Request, dest: Dest, sni: str | None = _PLAIN
@@ -143,7 +146,7 @@ class HttpHandler:
         ``sni``: the TLS SNI (None: a TLS connection without one; ``_PLAIN``: no TLS)."""
         method = request.method.decode("ascii", "replace")
         target = request.target.decode("ascii", "replace")
-        shown = str(ipaddress.ip_address(canonical(dest.addr)))
+        shown = _text(dest.addr)
         host_header = _header(request, b"host")
         authority: str | None = None
         path_text = target
@@ -202,7 +205,7 @@ class HttpHandler:
                 "pid": pid,
                 "syscall": "http",
                 "proto": "tcp",
-                "dst": str(ipaddress.ip_address(canonical(dest.addr))),
+                "dst": _text(dest.addr),
                 "port": dest.port,
                 "host": host,
                 "method": request.method.decode("ascii", "replace"),
@@ -237,13 +240,29 @@ def _upgrade(request: h11.Request) -> str | None:
     return ", ".join(values).lower() if values else None
 
 
+@functools.lru_cache(maxsize=256)
+def _text(addr: bytes) -> str:
+    """A destination's packed address as text (IPv4-mapped shown as IPv4); cached: asked
+    several times per request, of a handful of addresses."""
+    return str(ipaddress.ip_address(canonical(addr)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _literal(host: str) -> str | None:
+    """``host`` as an IP address's text if it is one (cached: parsing a name as an address
+    fails twice, IPv4 then IPv6, on every request)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
 def _bound(policy: Policy, host: str, shown: str) -> bool:
     """Whether ``host`` (normalised) is the address ``shown`` or a name the policy gives
     that address."""
-    try:
-        return str(ipaddress.ip_address(host)) == shown
-    except ValueError:
-        pass
+    literal = _literal(host)
+    if literal is not None:
+        return literal == shown
     key = policy.host_for_name(host)
     return key is not None and shown in policy.host_addresses.get(key, ())
 
@@ -396,10 +415,11 @@ class _Exchange:
     async def _after(self, switched: bool) -> bool:
         """The exchange done: a switched protocol copied to its end, or the destination's
         side made ready for the next request; whether the connection goes on."""
-        assert self.up is not None
         if switched:
             await self._splice()
             return False
+        if self.up is None or self.up.our_state is h11.IDLE:  # (after a spliced body)
+            return True
         if self.up.our_state is h11.DONE and self.up.their_state is h11.DONE:
             self.up.start_next_cycle()
         else:
@@ -429,7 +449,7 @@ class _Exchange:
         tls = self.handler.tls
         if self.sni is _PLAIN or tls is None:
             return plain, ""
-        shown = str(ipaddress.ip_address(canonical(self.dest.addr)))
+        shown = _text(self.dest.addr)
         wrapped = trio.SSLStream(
             plain, tls.upstream, server_hostname=self.sni or shown, https_compatible=True
         )
@@ -497,6 +517,8 @@ class _Exchange:
                         reason=event.reason,
                     )
                 )
+                if await self._spliced_body(request, event):
+                    return False
             elif isinstance(event, h11.Data):
                 await self._send_down(h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
@@ -504,6 +526,40 @@ class _Exchange:
                 return False
             else:
                 raise _Closed
+
+    async def _spliced_body(self, request: h11.Request, response: h11.Response) -> bool:
+        """The response's body moved by the kernel (httpbody.py) if it can be: whether
+        it was (the exchange is then over on both sides)."""
+        assert self.up is not None and self.upstream is not None
+        client, upstream = self.client, self.upstream
+        if not (
+            self.handler.splice_bodies
+            and isinstance(client, trio.SocketStream)
+            and isinstance(upstream, trio.SocketStream)
+            and self.up.our_state in (h11.DONE, h11.MUST_CLOSE)  # (the request all sent)
+        ):
+            return False
+        buffered, _ = self.up.trailing_data
+        left = httpbody.counted(request, response, len(buffered))
+        if not left:
+            return False
+        if buffered:
+            await self._send_down(h11.Data(data=buffered))
+        # h11 counts the stand-in's length against Content-Length and hands it back
+        # (Content-Length framing adds no bytes of its own):
+        stand_in = h11.Data(data=httpbody.Sized(left))  # type: ignore[arg-type]
+        pieces = self.down.send_with_data_passthrough(stand_in)
+        assert pieces is not None and len(pieces) == 1
+        try:
+            await httpbody.move(upstream.socket.fileno(), client.socket.fileno(), left)
+        except httpbody.Short as err:
+            raise _Closed from err  # (the command sees the body cut short, then the end)
+        await self._send_down(h11.EndOfMessage())
+        if httpbody.keeps_alive(request, response):
+            self.up = h11.Connection(h11.CLIENT)  # (it never saw the body: start afresh)
+        else:
+            await self._close_upstream()
+        return True
 
     async def _splice(self) -> None:
         """After a 101: the bytes each side sent past the handshake, then a copy both ways."""
@@ -556,11 +612,14 @@ class _Exchange:
         self.up = None
 
     async def close(self) -> None:
-        await self._close_upstream()
+        """The command's side first (its EOF is what it waits for), then the destination's;
+        both closed even when cancelled at the first one's checkpoint (the run ends)."""
         try:
             await self.client.aclose()
         except (trio.BrokenResourceError, OSError):
             pass  # (closed all the same)
+        finally:
+            await self._close_upstream()
 
 
 async def _starts_tls(conn: socket.socket) -> bool:
