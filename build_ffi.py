@@ -20,8 +20,10 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 HEADERS = ("abi", "sandlock", "gate", "caller", "relay", "owned")  # csrc/<name>.h, in order
-# csrc/<name>.c; fastpath.h, destset.h and connecting.h are C only (not in the cdef).
-SOURCES = ("sandlock", "gate", "caller", "relay", "fastpath", "destset", "connecting", "owned")
+# csrc/<name>.c; fastpath.h, destset.h, relaynotes.h and connecting.h are C only (not in
+# the cdef).
+SOURCES = ("sandlock", "gate", "caller", "relay", "fastpath", "destset", "relaynotes")
+SOURCES += ("connecting", "owned")
 
 
 def _cdef(header: str) -> str:

@@ -65,6 +65,9 @@
  * /proc/sys/fs/pipe-max-size), and how many pairs it moves bytes for at once. */
 #define SANDLOCK_RELAY_PIPE_SIZE (1 << 20)
 #define SANDLOCK_RELAY_MAX_PAIRS 4096
+/* The room for a destination's name in the gate's notes for the relay (relaynotes.h):
+ * a sockaddr_in6. */
+#define SANDLOCK_RELAY_NOTE_NAME 28
 
 /* What is copied out of the child, and how much of it at most. */
 #define SANDLOCK_SOCKADDR_MAX sizeof(struct sockaddr_storage)

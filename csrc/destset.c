@@ -2,8 +2,12 @@
 #include "destset.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/socket.h>
+
+/* The bytes that name a destination: everything before used (its kind). */
+#define KEY_BYTES offsetof(struct dest, used)
 
 static int make_dest(struct dest *d, int domain, int type, int protocol, const void *addr,
                      uint32_t addrlen, int port)
@@ -26,7 +30,7 @@ static unsigned int slot_of(const struct dest *d)
 {
     const uint8_t *p = (const uint8_t *)d;
     uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < sizeof *d; i++)
+    for (size_t i = 0; i < KEY_BYTES; i++)
         h = (h ^ p[i]) * 16777619u;
     return h % DESTSET_SLOTS;
 }
@@ -37,7 +41,7 @@ static struct dest *find(struct destset *s, const struct dest *d)
     unsigned int i = slot_of(d);
     for (;;) {
         struct dest *slot = &s->slots[i];
-        if (!slot->used || memcmp(slot, d, sizeof *d) == 0)
+        if (!slot->used || memcmp(slot, d, KEY_BYTES) == 0)
             return slot;
         i = (i + 1) % DESTSET_SLOTS;
     }
@@ -56,12 +60,15 @@ void destset_destroy(struct destset *s)
 }
 
 int destset_add(struct destset *s, int domain, int type, int protocol, const void *addr,
-                uint32_t addrlen, int port)
+                uint32_t addrlen, int port, int kind)
 {
     struct dest d;
     int err = make_dest(&d, domain, type, protocol, addr, addrlen, port);
     if (err < 0)
         return err;
+    if (kind != DESTSET_DIRECT && kind != DESTSET_RELAY)
+        return -EINVAL;
+    d.used = (uint8_t)kind;
     pthread_mutex_lock(&s->lock);
     struct dest *slot = find(s, &d);
     if (!slot->used) {
@@ -70,9 +77,9 @@ int destset_add(struct destset *s, int domain, int type, int protocol, const voi
             s->used = 0;
             slot = find(s, &d);
         }
-        *slot = d;
         s->used++;
     }
+    *slot = d; /* (the kind of one already there too: the latest decision's) */
     pthread_mutex_unlock(&s->lock);
     return 0;
 }
@@ -84,9 +91,9 @@ int destset_has(struct destset *s, int domain, int type, int protocol, const voi
     if (make_dest(&d, domain, type, protocol, addr, addrlen, port) < 0)
         return 0;
     pthread_mutex_lock(&s->lock);
-    int hit = find(s, &d)->used;
+    int kind = find(s, &d)->used;
     pthread_mutex_unlock(&s->lock);
-    return hit;
+    return kind;
 }
 
 void destset_clear(struct destset *s)

@@ -12,10 +12,15 @@
 
 #define DESTSET_SLOTS 1024 /* emptied when 3/4 full: Python refills it */
 
+/* What Python decided for a destination: call it, or (a TCP connect) send it to the
+ * relay (relaynotes.h). */
+enum { DESTSET_DIRECT = 1, DESTSET_RELAY = 2 };
+
 struct dest {
     uint8_t addr[16];
     uint16_t port;
-    uint8_t domain, type, protocol, used;
+    uint8_t domain, type, protocol;
+    uint8_t used; /* 0: an empty slot; else the kind (DESTSET_*), not part of the key */
     uint8_t pad[4];
 };
 
@@ -30,10 +35,10 @@ struct destset {
 void destset_init(struct destset *s);
 void destset_destroy(struct destset *s);
 /* Remember a destination (addr: the 4- or 16-byte address of an AF_INET or AF_INET6
- * sockaddr): 0, or -EINVAL for one that cannot be. */
+ * sockaddr) and its kind (DESTSET_*): 0, or -EINVAL for one that cannot be. */
 int destset_add(struct destset *s, int domain, int type, int protocol, const void *addr,
-                uint32_t addrlen, int port);
-/* 1 if that destination is remembered, else 0. */
+                uint32_t addrlen, int port, int kind);
+/* The kind that destination is remembered with, or 0 if it is not. */
 int destset_has(struct destset *s, int domain, int type, int protocol, const void *addr,
                 uint32_t addrlen, int port);
 void destset_clear(struct destset *s);

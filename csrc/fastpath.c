@@ -212,9 +212,10 @@ static int name_fits(const struct call *c, uint64_t len)
     return len >= min && len <= FP_MAX_NAME;
 }
 
-/* Whether the gate may send to our copy of a name that fits: the family is the socket's
- * own, and Python allowed the destination. */
-static int name_known(struct fastpath *f, const struct call *c, const uint8_t *name)
+/* How the gate may reach our copy of a name that fits: 0 if not at all; DESTSET_DIRECT if
+ * the family is the socket's own and Python allowed the destination; DESTSET_RELAY if
+ * Python sends that TCP connect to the relay. Sends go only to DESTSET_DIRECT ones. */
+static int name_kind(struct fastpath *f, const struct call *c, const uint8_t *name)
 {
     uint16_t family;
     memcpy(&family, name, 2);
@@ -234,6 +235,11 @@ int fastpath_park(struct fastpath *f, uint64_t id, int fd)
     return timeout_us < 0 ? -1 : connecting_park(f->connecting, id, fd, timeout_us);
 }
 
+static int name_known(struct fastpath *f, const struct call *c, const uint8_t *name)
+{
+    return name_kind(f, c, name) == DESTSET_DIRECT;
+}
+
 static int do_connect(struct fastpath *f, const struct seccomp_notif *n, int *fd, int *rc_out)
 {
     struct call c;
@@ -245,7 +251,8 @@ static int do_connect(struct fastpath *f, const struct seccomp_notif *n, int *fd
         return HAND_OVER;
     if (open_call(f, &c, n, (int)n->data.args[0], 0) != DONE)
         return HAND_OVER;
-    if (!name_fits(&c, len) || !name_known(f, &c, name)) {
+    int kind = name_fits(&c, len) ? name_kind(f, &c, name) : 0;
+    if (kind == 0 || (kind == DESTSET_RELAY && c.type != SOCK_STREAM)) {
         close(c.dup);
         return HAND_OVER;
     }
@@ -253,18 +260,33 @@ static int do_connect(struct fastpath *f, const struct seccomp_notif *n, int *fd
         close(c.dup);
         return DONE;
     }
+    /* To the relay: its listener is what we connect to, under the notes' lock until the
+     * destination is noted (an accept that races us waits for it: relaynotes.h). */
+    const uint8_t *to = name;
+    uint32_t tolen = len;
+    if (kind == DESTSET_RELAY) {
+        pthread_mutex_lock(&f->relay.lock);
+        to = relaynotes_target_locked(&f->relay, c.domain, &tolen);
+        if (to == NULL) { /* (the relay is not running: Python refuses it) */
+            pthread_mutex_unlock(&f->relay.lock);
+            close(c.dup);
+            return HAND_OVER;
+        }
+    }
     /* Only a TCP connect can wait, and only on a blocking socket: only then do the
      * flags matter (a UDP connect returns at once either way). */
     int fl = c.type == SOCK_STREAM ? fcntl(c.dup, F_GETFL) : O_NONBLOCK;
     if (fl < 0) {
+        if (kind == DESTSET_RELAY)
+            pthread_mutex_unlock(&f->relay.lock);
         close(c.dup);
         return HAND_OVER;
     }
     /* A blocking connect is started non-blocking: O_NONBLOCK lives on the open file the
      * child shares, so it is set only for the call and the file's flags put back at once. */
     int blocking_stream = !(fl & O_NONBLOCK);
-    int rc = blocking_stream ? sandlock_connect_nonblock(c.dup, name, len, fl)
-                             : sandlock_connect(c.dup, name, len, 0);
+    int rc = blocking_stream ? sandlock_connect_nonblock(c.dup, to, tolen, fl)
+                             : sandlock_connect(c.dup, to, tolen, 0);
     if (blocking_stream && rc == -EINPROGRESS) {
         /* Finished already (loopback usually is)? POLLOUT alone means connected, SO_ERROR
          * would read 0: it is asked only when poll reports an error or a hang-up. */
@@ -276,6 +298,14 @@ static int do_connect(struct fastpath *f, const struct seccomp_notif *n, int *fd
         } else if (ready > 0) {
             rc = 0;
         }
+    }
+    if (kind == DESTSET_RELAY) {
+        /* Started or made: the relay will accept it, and must know where it goes. A note
+         * that cannot be made refuses the call (the relay resets what it cannot place). */
+        if ((rc == 0 || rc == -EINPROGRESS) &&
+            relaynotes_note_locked(&f->relay, c.dup, name, len, n->pid) < 0)
+            rc = -ECONNREFUSED;
+        pthread_mutex_unlock(&f->relay.lock);
     }
     if (blocking_stream && rc == -EINPROGRESS) {
         if (fastpath_park(f, n->id, c.dup) == 0)
@@ -641,6 +671,7 @@ void fastpath_init(struct fastpath *f, int listener, unsigned int flags, const c
     f->listener = listener;
     f->flags = flags;
     destset_init(&f->dests);
+    relaynotes_init(&f->relay);
     pthread_mutex_init(&f->open.lock, NULL);
     fastpath_set_open_names(f, open_names, len);
     f->connecting = connecting_new(listener, &f->connects); /* NULL: Python finishes */
@@ -651,5 +682,6 @@ void fastpath_release(struct fastpath *f)
     if (f->connecting != NULL)
         connecting_free(f->connecting);
     destset_destroy(&f->dests);
+    relaynotes_destroy(&f->relay);
     pthread_mutex_destroy(&f->open.lock);
 }

@@ -11,6 +11,8 @@
  *   connect, sendto, sendmsg, sendmmsg (SANDLOCK_GATE_CACHE) to a destination in the set
  *     Python filled (destset.h), on a duplicate of the child's socket (pidfd_getfd), with
  *     the destination and the data copied out of the child once, never blocking;
+ *   a TCP connect Python decided must go through the relay (DESTSET_RELAY): connected to
+ *     the relay's listener instead, the destination noted for the relay (relaynotes.h);
  *   open, openat, openat2 (SANDLOCK_GATE_OPEN) that cannot name a virtual file: CONTINUE
  *     (see do_open in fastpath.c for why the names Python gives make that exact).
  *
@@ -28,6 +30,7 @@
 #include "abi.h"
 #include "connecting.h"
 #include "destset.h"
+#include "relaynotes.h"
 
 #define FP_MAX_NAME SANDLOCK_SOCKADDR_MAX
 #define FP_MAX_DATA 65536        /* larger sends go to Python (which caps at 16 MiB) */
@@ -69,6 +72,7 @@ struct fastpath {
     _Atomic uint64_t connects, sends, opens;    /* what it answered */
     struct connecting *connecting;              /* NULL: Python finishes blocking connects */
     struct destset dests;
+    struct relaynotes relay;                    /* the connects sent to the relay */
     struct open_names open;
     /* The gate thread's own: its pidfds, and its scratch memory for what it copies out of
      * the child (names and iovec arrays in meta, the data in data; the ranges to read). */

@@ -253,9 +253,21 @@ int sandlock_gate_set_open_names(struct sandlock_gate *g, const char *names, siz
 }
 
 int sandlock_gate_allow(struct sandlock_gate *g, int domain, int type, int protocol,
-                        const void *addr, uint32_t addrlen, int port)
+                        const void *addr, uint32_t addrlen, int port, int relay)
 {
-    return destset_add(&g->fp.dests, domain, type, protocol, addr, addrlen, port);
+    return destset_add(&g->fp.dests, domain, type, protocol, addr, addrlen, port,
+                       relay ? DESTSET_RELAY : DESTSET_DIRECT);
+}
+
+int sandlock_gate_set_relay(struct sandlock_gate *g, int domain, const void *addr, uint32_t len)
+{
+    return relaynotes_set_target(&g->fp.relay, domain, addr, len);
+}
+
+int sandlock_gate_take_note(struct sandlock_gate *g, const uint8_t *local, int port,
+                            uint8_t *name, uint32_t *namelen, uint32_t *tid)
+{
+    return relaynotes_take(&g->fp.relay, local, port, name, namelen, tid);
 }
 
 void sandlock_gate_clear(struct sandlock_gate *g)

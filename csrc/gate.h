@@ -63,9 +63,19 @@ void sandlock_gate_set_flags(struct sandlock_gate *gate, unsigned int flags);
  * CONTINUEd; names NULL: none known, every open is handed over (so it is too when they do
  * not fit: -E2BIG, or are not NUL-terminated: -EINVAL). */
 int sandlock_gate_set_open_names(struct sandlock_gate *gate, const char *names, size_t len);
-/* Remember an allowed destination: addr is the 4- or 16-byte address of the sockaddr. */
+/* Remember an allowed destination: addr is the 4- or 16-byte address of the sockaddr;
+ * relay 1: a TCP connect to it goes to the relay (sandlock_gate_set_relay), 0: to it. */
 int sandlock_gate_allow(struct sandlock_gate *gate, int domain, int type, int protocol,
-                        const void *addr, uint32_t addrlen, int port);
+                        const void *addr, uint32_t addrlen, int port, int relay);
+/* The relay's listener sockaddr for sockets of domain (AF_INET, AF_INET6); len 0: none
+ * (then connects remembered as relayed are handed over). 0, or -errno. */
+int sandlock_gate_set_relay(struct sandlock_gate *gate, int domain, const void *addr,
+                            uint32_t len);
+/* The relay accepted a connection from local (16 bytes, IPv4 as ::ffff:a.b.c.d) port:
+ * 1 with the destination's name (name: 28 bytes of room) and the connecting thread's tid
+ * if the gate sent it there (the note is taken), else 0. */
+int sandlock_gate_take_note(struct sandlock_gate *gate, const uint8_t *local, int port,
+                            uint8_t *name, uint32_t *namelen, uint32_t *tid);
 /* Park notification id's blocking connect in progress on our duplicate fd with the
  * gate's second thread, which answers it when the handshake ends (connecting.h): 0 if
  * parked (fd is the gate's now), -1 if not (fd still the caller's). For calls whose

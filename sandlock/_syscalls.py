@@ -71,6 +71,7 @@ GATE_POLL: int = _lib.SANDLOCK_GATE_POLL  # wait in poll() even where RECV could
 # The relay's data path (Splicer): each direction's pipe, and the pairs it takes at once.
 RELAY_PIPE_SIZE: int = _lib.SANDLOCK_RELAY_PIPE_SIZE
 RELAY_MAX_PAIRS: int = _lib.SANDLOCK_RELAY_MAX_PAIRS
+_RELAY_NAME: int = _lib.SANDLOCK_RELAY_NOTE_NAME
 
 _CODES = {"uint64_t": "Q", "uint32_t": "I", "int32_t": "i"}  # the field types of our structs
 
@@ -508,10 +509,36 @@ class Gate:
         if self._g != _ffi.NULL:
             _lib.sandlock_gate_set_open_names(self._g, arg, size)
 
-    def allow(self, domain: int, type: int, protocol: int, addr: bytes, port: int) -> None:
-        """Remember an allowed destination (``addr``: the packed 4 or 16 bytes)."""
+    def allow(
+        self, domain: int, type: int, protocol: int, addr: bytes, port: int, relay: bool = False
+    ) -> None:
+        """Remember an allowed destination (``addr``: the packed 4 or 16 bytes); with
+        ``relay``, a TCP connect to it goes to the relay's listener (``set_relay``) and is
+        noted for the relay (``take_note``) instead."""
         if self._g != _ffi.NULL:
-            _lib.sandlock_gate_allow(self._g, domain, type, protocol, addr, len(addr), port)
+            _lib.sandlock_gate_allow(
+                self._g, domain, type, protocol, addr, len(addr), port, int(relay)
+            )
+
+    def set_relay(self, domain: int, target: bytes | None) -> None:
+        """The relay's listener sockaddr for sockets of ``domain`` (None: the relay
+        stopped; connects remembered as relayed are handed over)."""
+        if self._g != _ffi.NULL:
+            arg = target or b""
+            err = _lib.sandlock_gate_set_relay(self._g, domain, arg, len(arg))
+            if err < 0:
+                raise _oserror("sandlock_gate_set_relay", -err)
+
+    def take_note(self, local: bytes, port: int) -> tuple[bytes, int] | None:
+        """The destination name and tid the gate noted for the relay's connection from
+        ``local`` (16 bytes, IPv4 mapped) ``port``, taken; None if it sent none."""
+        if self._g == _ffi.NULL:
+            return None
+        name = _ffi.new("uint8_t[]", _RELAY_NAME)
+        out = _ffi.new("uint32_t[2]")
+        if not _lib.sandlock_gate_take_note(self._g, local, port, name, out, out + 1):
+            return None
+        return bytes(_ffi.buffer(name, out[0])), int(out[1])
 
     def park_connect(self, notif_id: int, fd: int) -> bool:
         """Hand a blocking connect in progress on our duplicate ``fd`` to the gate, which

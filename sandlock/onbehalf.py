@@ -59,8 +59,11 @@ if TYPE_CHECKING:
     class GateCache(Protocol):
         """What the handlers ask of the gate (sys_.Gate) when it may repeat decisions."""
 
-        def allow(self, domain: int, type: int, protocol: int, addr: bytes, port: int) -> None:
-            """Answer calls to this destination, sent to as named, from now on."""
+        def allow(
+            self, domain: int, type: int, protocol: int, addr: bytes, port: int, relay: bool = ...
+        ) -> None:
+            """Answer calls to this destination, sent to as named (with ``relay``: TCP
+            connects sent to the relay instead), from now on."""
 
         def park_connect(self, notif_id: int, fd: int) -> bool:
             """Take a blocking connect in progress and answer it when the handshake ends."""
@@ -359,9 +362,17 @@ class Handlers:
             self.gate.allow(c.info.domain, c.info.type, c.info.protocol, dest.addr, dest.port)
         return pinned
 
+    def remember_relayed(self, c: Call, name: bytes, dest: Dest, event: Event) -> None:
+        """Let the gate send the next connects to ``dest`` to the relay itself (noting each
+        for it: csrc/relaynotes.h), as this one is: only a name used as given, as in
+        ``destination``."""
+        if self.gate is not None and rememberable(event) and pin_unspecified(name, dest) is name:
+            info = c.info
+            self.gate.allow(info.domain, info.type, info.protocol, dest.addr, dest.port, True)
+
     def relay_for(self, c: Call, event: Event, dest: Dest) -> bytes | None:
-        """With --verify-names, the relay's name for an allowed TCP connect that only a
-        hostname rule allows (relay.py); else None. Never remembered by the gate."""
+        """With --verify-names or HTTP rules, the relay's name for an allowed TCP connect
+        that must go through it (relay.py: ``Relay.wants``); else None."""
         relay = self.relay
         if relay is None or c.info.protocol != socket.IPPROTO_TCP:
             return None
@@ -428,6 +439,7 @@ class Handlers:
                         c.note(event, -errno.ECONNREFUSED)
                         return -errno.ECONNREFUSED
                     else:
+                        self.remember_relayed(c, name, dest, event)
                         name, relayed = relay, dest
         elif c.info.domain == socket.AF_UNIX:
             decided = self.unix_name(c, "connect", name)

@@ -54,7 +54,7 @@ from . import _syscalls as sys_
 from .events import Event
 from .firstbytes import MAX_FIRST, NEED_MORE, NOT_NAMED, First, read
 from .policy import Decision, Policy
-from .sockaddr import MAPPED_PREFIX, Dest, canonical
+from .sockaddr import MAPPED_PREFIX, Dest, canonical, parse_sockaddr
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -145,6 +145,7 @@ class Relay:
         verify: bool = True,
         http: HttpHandler | None = None,
         native: bool = True,
+        gate: sys_.Gate | None = None,
     ) -> None:
         self._policy = policy
         self._report = report
@@ -152,6 +153,7 @@ class Relay:
         self._verify = verify  # --verify-names: connections only a hostname rule allows
         self._http = http  # HTTP rules (httprelay.py): every connection to an HTTP port
         self._native = native  # the C data path (False: trio tasks; tests compare both)
+        self._gate = gate  # sends remembered relayed connects here itself, noted there
         self._splicer: sys_.Splicer | None = None
         self._listeners: dict[int, socket.socket] = {}
         self._targets: dict[int, bytes] = {}
@@ -190,11 +192,17 @@ class Relay:
             if self._native:
                 self._splicer = sys_.Splicer()
             self._listen()
+            if self._gate is not None:
+                for domain, target in self._targets.items():
+                    self._gate.set_relay(domain, target)
             task_status.started()
             async with trio.open_nursery() as nursery:
                 for sock in self._listeners.values():
                     nursery.start_soon(self._accept, sock, nursery)
         finally:
+            if self._gate is not None:
+                for domain in self._targets:
+                    self._gate.set_relay(domain, None)
             self._targets.clear()
             for sock in self._listeners.values():
                 trio.lowlevel.notify_closing(sock)
@@ -229,7 +237,7 @@ class Relay:
                 continue
             except OSError:  # (ECONNABORTED, EMFILE: that one connection is lost)
                 continue
-            noted = self._noted.pop((_unmapped(peer[0]), peer[1]), None)
+            noted = self._noted.pop((_unmapped(peer[0]), peer[1]), None) or self._gate_note(peer)
             if noted is None:  # not one of the sandbox's: someone else on loopback
                 _reset(conn)
                 continue
@@ -246,6 +254,22 @@ class Relay:
             conn.setblocking(False)
             self._served += 1
             nursery.start_soon(self._guarded, conn, noted)
+
+    def _gate_note(self, peer: tuple[str, int] | tuple[str, int, int, int]) -> _Noted | None:
+        """The note the gate made of a connect it sent here (a remembered relayed
+        destination: csrc/relaynotes.h), taken; None if it made none."""
+        if self._gate is None:
+            return None
+        host = _unmapped(peer[0])
+        if ":" in host:
+            local = socket.inet_pton(socket.AF_INET6, host)
+        else:
+            local = MAPPED_PREFIX + socket.inet_aton(host)
+        note = self._gate.take_note(local, peer[1])
+        if note is None:
+            return None
+        dest = parse_sockaddr(note[0])
+        return _Noted(note[1], dest) if isinstance(dest, Dest) else None
 
     async def _guarded(self, conn: socket.socket, noted: _Noted) -> None:
         """``_serve``; a bug resets that one connection, never the run (fails closed)."""

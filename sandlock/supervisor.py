@@ -122,7 +122,9 @@ class Supervisor:
             http = HttpHandler(
                 names.http, lambda: self.policy, self._tell_http, verify=verify, tls=names.tls
             )
-        return Relay(lambda: self.policy, self._tell, verify=names.options.verify_names, http=http)
+        gate = self.gate if self._remember else None  # (it sends remembered ones itself)
+        verify = names.options.verify_names
+        return Relay(lambda: self.policy, self._tell, verify=verify, http=http, gate=gate)
 
     def _tell_http(self, record: Record) -> None:
         if self._on_dns is not None:  # (records of the names' machinery: dns.py, httprelay.py)

@@ -555,7 +555,7 @@ def test_request_bodies_are_streamed(tmp_path: Path) -> None:
 
 
 ABRUPT = r"""
-import socket, struct, sys
+import socket, struct, sys, time
 port = int(sys.argv[1])
 host = f"Host: 127.0.0.1:{port}\r\n".encode()
 for data, reset in [(b"GET /ok/a HTTP/1.1\r\n" + host, False),
@@ -563,7 +563,8 @@ for data, reset in [(b"GET /ok/a HTTP/1.1\r\n" + host, False),
                     (b"\x00\x01garbage\r\n\r\n", False)]:
     s = socket.create_connection(("127.0.0.1", port), timeout=20)
     s.sendall(data)
-    if reset:
+    if reset:  # (once the relay has had time to take the connection and pass the bytes on:
+        time.sleep(0.3)  # a connection reset before its accept is dropped by the kernel)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     else:
         s.shutdown(socket.SHUT_WR)

@@ -13,14 +13,16 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import describe, run_sandboxed
+from .conftest import describe, run_command, run_sandboxed, sandlock_env
 from .dnsfake import FakeUpstream
 from .tlsfake import Authority, WebServer
 
@@ -191,6 +193,102 @@ def test_only_allowed_names_pass(
     assert sorted(str(r["host"]) for r in refused) == ["None", "None", "evil.test", "evil.test"]
     assert all(r["action"] == "deny" and r["port"] in (https.port, http.port) for r in refused)
     assert "it named evil.test" in res.stderr
+
+
+def test_remembered_connects_go_to_the_relay_from_the_gate_and_each_is_checked(
+    fake: FakeUpstream, https: WebServer, http: WebServer, gate_mode: str
+) -> None:
+    """After the first relayed connect to a destination, the gate sends the next ones to
+    the relay itself (csrc/relaynotes.h: no Python on the connect), and every one of them
+    is still checked: a wrong name after good ones is reset and reaches no server. The
+    same outcomes with SANDLOCK_GATE=python, where the gate answers no connect."""
+    from .test_gate_mode import SPIED, _stats
+
+    cases = ["tls:good.test"] * 3 + ["tls:evil.test", "tls:", "tls:good.test"]
+    cases += ["http:good.test"] * 2 + ["http:evil.test", "http:good.test"]
+    cmd = client_cmd(https, http, cases)
+    argv = [*SPIED, "run", *args(fake, https.port, http.port), "--", *cmd]
+    res = run_command(argv, timeout=TIMEOUT, env=sandlock_env())
+    got = [line.rsplit(" ", 1)[1] for line in res.stdout.splitlines()]
+    reset = "ConnectionResetError"
+    assert got == ["ok"] * 3 + [reset, reset, "ok"] + ["ok"] * 2 + [reset, "ok"], describe(res)
+    assert https.accepted == 4 and http.accepted == 3  # the refused ones: never connected
+    connects = _stats(res.stderr)["connects"]
+    if gate_mode == "gate":  # (all but the first to each server; ≥: timing may park some)
+        assert connects >= len(cases) - 2, describe(res)
+    else:
+        assert connects == 0, describe(res)
+
+
+MANY = r"""
+import resource, socket, sys
+ports, n = [int(p) for p in sys.argv[1:3]], int(sys.argv[3])
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+addr = socket.getaddrinfo("good.test", ports[0], socket.AF_INET)[0][4][0]
+socks = [socket.create_connection((addr, ports[i % 2]), timeout=30) for i in range(n)]
+for i, s in enumerate(socks):
+    s.sendall(f"GET /{i} HTTP/1.0\r\nHost: good.test\r\n\r\n".encode())
+wrong = 0
+for i, s in enumerate(socks):
+    data = b""
+    while chunk := s.recv(4096):
+        data += chunk
+    wrong += data.split(b"\r\n\r\n", 1)[-1] != f"{ports[i % 2]} /{i}".encode()
+print(n, wrong)
+"""
+
+
+def _path_server() -> tuple[socket.socket, threading.Thread]:
+    """A loopback server answering each request with its own port and the request's
+    path, one thread, every connection at once (selectors)."""
+    import selectors
+
+    server = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(server, selectors.EVENT_READ)
+        got: dict[socket.socket, bytes] = {}
+        while True:
+            for key, _ in sel.select():
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is server:
+                    try:
+                        conn, _ = server.accept()
+                    except OSError:
+                        return  # (closed: the test is over)
+                    got[conn] = b""
+                    sel.register(conn, selectors.EVENT_READ)
+                    continue
+                data = got[sock] = got[sock] + sock.recv(4096)
+                if b"\r\n\r\n" in data:
+                    path = data.split(b" ", 2)[1]
+                    sock.sendall(b"HTTP/1.0 200 OK\r\n\r\n%d %s" % (port, path))
+                    sel.unregister(sock)
+                    sock.close()
+                    del got[sock]
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def test_many_connections_at_once_each_reach_their_own_destination(fake: FakeUpstream) -> None:
+    """2000 relayed connections open at once, alternating between two allowed ports (most
+    sent to the relay by the gate, each noted by its local port): every one reaches its
+    own destination and gets its own answer."""
+    servers = [_path_server() for _ in range(2)]
+    try:
+        ports = [str(server.getsockname()[1]) for server, _ in servers]
+        cmd = [PY, "-c", MANY, *ports, "2000"]
+        res = run_sandboxed(args(fake, *map(int, ports)), cmd, timeout=TIMEOUT)
+    finally:
+        for server, _ in servers:
+            server.close()
+    assert res.returncode == 0 and res.stdout.split() == ["2000", "0"], describe(res)
 
 
 def test_profile_and_api_turn_it_on(
