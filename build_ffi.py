@@ -6,9 +6,10 @@ notification thread that answers what Python already decided), csrc/caller.h (ca
 made with the caller's credentials), csrc/relay.h (the relay's data path) and
 csrc/owned.h (the sockets created on behalf where pidfd_getfd is refused). The headers
 are the statement of the C boundary.
-Each ``#define NAME VALUE`` of a block is given to cffi as ``#define NAME ...``: the
-compiler supplies the value, so the headers stay plain C and kernel constants come from
-the system's headers. setup.py names ``build_ffi.py:ffibuilder``.
+Each ``#define NAME VALUE`` of a block is given to cffi as ``#define NAME ...``, and each
+array length named by one as ``[...]``: the compiler supplies the value, so the headers
+stay plain C and kernel constants come from the system's headers. setup.py names
+``build_ffi.py:ffibuilder``.
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-HEADERS = ("abi", "sandlock", "gate", "caller", "relay", "owned")  # csrc/<name>.h, in order
-# csrc/<name>.c; fastpath.h, destset.h, relaynotes.h and connecting.h are C only (not in
-# the cdef).
+HEADERS = ("abi", "sandlock", "gate", "caller", "relay", "owned", "clienthello")  # csrc/<name>.h
+# csrc/<name>.c; fastpath.h, destset.h, relaynotes.h, approved.h and connecting.h are C
+# only (not in the cdef).
 SOURCES = ("sandlock", "gate", "caller", "relay", "fastpath", "destset", "relaynotes")
-SOURCES += ("connecting", "owned")
+SOURCES += ("connecting", "owned", "approved", "clienthello")
 
 
 def _cdef(header: str) -> str:
     start = header.index("/* cdef-begin */")
     end = header.index("/* cdef-end */")
-    return re.sub(r"^#define (\w+) .*$", r"#define \1 ...", header[start:end], flags=re.M)
+    block = re.sub(r"^#define (\w+) .*$", r"#define \1 ...", header[start:end], flags=re.M)
+    return re.sub(r"\[SANDLOCK_\w+\]", "[...]", block)  # (an array sized by one: the compiler's)
 
 
 ffibuilder = FFI()

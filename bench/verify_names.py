@@ -1,6 +1,6 @@
 """--verify-names: what the relay costs a connection's set-up and a bulk download.
 
-    .venv/bin/python bench/verify_names.py [--rounds 5] [--count 2000] [--mb 200]
+    .venv/bin/python bench/verify_names.py [--rounds 5] [--count 2000] [--mb 200] [--tls]
 
 Three modes, the same Python client timed inside the command (start-up excluded):
 native (no sandbox), ours with `--net-allow localhost:PORT` resolved at start
@@ -10,7 +10,10 @@ short reply, for the bulk row with MB megabytes. Rows:
 
 - set-up: connect, send one HTTP request head naming localhost, read the reply to its
   end, close; microseconds per connection (median of the rounds);
-- bulk: one connection, MB megabytes down; MB/s.
+- bulk: one connection, MB megabytes down; MB/s;
+- TLS set-up (``--tls``): the set-up row over TLS 1.3 (the client's SNI and the
+  certificate's name: localhost; a throwaway CA from tests/tlsfake.py): the row where
+  the relay's C thread lets connections through on its own once Python approved the name.
 
 Standard library only; prints a table and every round's figure.
 """
@@ -20,9 +23,11 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -32,11 +37,14 @@ REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 CHUNK = bytes(1 << 20)
 
 CLIENT = r"""
-import socket, sys, time
+import socket, ssl, sys, time
 port, mode, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 head = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+ctx = ssl.create_default_context(cafile=sys.argv[4]) if len(sys.argv) > 4 else None
 def one():
     s = socket.create_connection(("127.0.0.1", port))
+    if ctx is not None:
+        s = ctx.wrap_socket(s, server_hostname="localhost")
     s.sendall(head)
     got = 0
     while data := s.recv(1 << 20):
@@ -57,18 +65,20 @@ else:
 """
 
 
-def serve(listener: socket.socket, body_mb: list[int]) -> None:
+def serve(listener: socket.socket, body_mb: list[int], tls: ssl.SSLContext | None) -> None:
     while True:
         try:
             conn, _ = listener.accept()
         except OSError:
             return
-        threading.Thread(target=answer, args=(conn, body_mb[0]), daemon=True).start()
+        threading.Thread(target=answer, args=(conn, body_mb[0], tls), daemon=True).start()
 
 
-def answer(conn: socket.socket, mb: int) -> None:
+def answer(conn: socket.socket, mb: int, tls: ssl.SSLContext | None) -> None:
     with conn:
         try:
+            if tls is not None:
+                conn = tls.wrap_socket(conn, server_side=True)
             conn.recv(4096)
             if mb:
                 for _ in range(mb):
@@ -79,8 +89,8 @@ def answer(conn: socket.socket, mb: int) -> None:
             pass
 
 
-def measure(mode: str, port: int, how: str, n: int) -> float:
-    argv = [sys.executable, "-c", CLIENT, str(port), how, str(n)]
+def measure(mode: str, port: int, how: str, n: int, ca: Path | None = None) -> float:
+    argv = [sys.executable, "-c", CLIENT, str(port), how, str(n), *([str(ca)] if ca else [])]
     rules = ["--no-dns-proxy", "--net-allow", f"localhost:{port}"]
     if mode == "ours":
         argv = [str(SANDLOCK), "run", *rules, "--", *argv]
@@ -98,20 +108,35 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000, help="connections per set-up round")
     parser.add_argument("--mb", type=int, default=200, help="megabytes of the bulk row")
     parser.add_argument("--modes", default="native,ours,verify")
+    parser.add_argument("--tls", action="store_true", help="add the TLS set-up row")
     args = parser.parse_args()
     listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
     port = listener.getsockname()[1]
     body_mb = [0]
-    threading.Thread(target=serve, args=(listener, body_mb), daemon=True).start()
+    threading.Thread(target=serve, args=(listener, body_mb, None), daemon=True).start()
     modes = args.modes.split(",")
     rows: dict[str, dict[str, list[float]]] = {"setup": {}, "bulk": {}}
-    for row, how, n in (("setup", "setup", args.count), ("bulk", "bulk", args.mb)):
-        body_mb[0] = 0 if row == "setup" else args.mb
+    plan = [("setup", "setup", args.count, port, None), ("bulk", "bulk", args.mb, port, None)]
+    temp = tempfile.TemporaryDirectory()
+    if args.tls:
+        sys.path.insert(0, str(REPO))
+        from tests.tlsfake import Authority
+
+        authority = Authority(["localhost"], Path(temp.name))
+        tls_listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        tls_port = tls_listener.getsockname()[1]
+        context = authority.server_context()
+        threading.Thread(target=serve, args=(tls_listener, [0], context), daemon=True).start()
+        plan.insert(1, ("tls", "setup", args.count, tls_port, authority.ca_file))
+        rows["tls"] = {}
+    for row, how, n, row_port, ca in plan:
+        body_mb[0] = args.mb if row == "bulk" else 0
         for _ in range(args.rounds):
             for mode in modes:
-                rows[row].setdefault(mode, []).append(measure(mode, port, how, n))
+                rows[row].setdefault(mode, []).append(measure(mode, row_port, how, n, ca))
                 print(f"{row} {mode}: {rows[row][mode][-1]:.1f}", file=sys.stderr)
     listener.close()
+    temp.cleanup()
     if len(modes) < 3:
         return
     med = {row: {m: statistics.median(v) for m, v in r.items()} for row, r in rows.items()}
@@ -123,6 +148,13 @@ def main() -> None:
         f"| set-up (connect, request, reply, close) | us/conn | {s['native']:.1f} | "
         f"{s['ours']:.1f} | {s['verify']:.1f} | {s['verify'] - s['ours']:.1f} | - |"
     )
+    if "tls" in med:
+        t = med["tls"]
+        print(
+            f"| TLS set-up (connect, handshake, request, reply, close) | us/conn | "
+            f"{t['native']:.1f} | {t['ours']:.1f} | {t['verify']:.1f} | "
+            f"{t['verify'] - t['ours']:.1f} | - |"
+        )
     print(
         f"| bulk {args.mb} MB down | MB/s | {b['native']:.0f} | {b['ours']:.0f} | "
         f"{b['verify']:.0f} | - | {b['verify'] / b['native']:.2f} |"

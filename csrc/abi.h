@@ -68,6 +68,12 @@
 /* The room for a destination's name in the gate's notes for the relay (relaynotes.h):
  * a sockaddr_in6. */
 #define SANDLOCK_RELAY_NOTE_NAME 28
+/* A connection's first record (firstbytes.py, clienthello.h): the most read before
+ * deciding (one TLS record, 2^14 bytes and its header; an HTTP request head must fit in
+ * it too), the longest host name, and what the C reader says of it. */
+#define SANDLOCK_FIRST_MAX (16 * 1024 + 5)
+#define SANDLOCK_FIRST_NAME_MAX 253
+enum { SANDLOCK_FIRST_NEED_MORE = 0, SANDLOCK_FIRST_NAMED = 1, SANDLOCK_FIRST_OTHER = 2 };
 
 /* What is copied out of the child, and how much of it at most. */
 #define SANDLOCK_SOCKADDR_MAX sizeof(struct sockaddr_storage)

@@ -672,6 +672,7 @@ void fastpath_init(struct fastpath *f, int listener, unsigned int flags, const c
     f->flags = flags;
     destset_init(&f->dests);
     relaynotes_init(&f->relay);
+    approved_init(&f->approved);
     pthread_mutex_init(&f->open.lock, NULL);
     fastpath_set_open_names(f, open_names, len);
     f->connecting = connecting_new(listener, &f->connects); /* NULL: Python finishes */
@@ -683,5 +684,6 @@ void fastpath_release(struct fastpath *f)
         connecting_free(f->connecting);
     destset_destroy(&f->dests);
     relaynotes_destroy(&f->relay);
+    approved_destroy(&f->approved);
     pthread_mutex_destroy(&f->open.lock);
 }

@@ -28,6 +28,7 @@
 #include <linux/seccomp.h>
 
 #include "abi.h"
+#include "approved.h"
 #include "connecting.h"
 #include "destset.h"
 #include "relaynotes.h"
@@ -73,6 +74,7 @@ struct fastpath {
     struct connecting *connecting;              /* NULL: Python finishes blocking connects */
     struct destset dests;
     struct relaynotes relay;                    /* the connects sent to the relay */
+    struct approved approved;                   /* names the relay may let through */
     struct open_names open;
     /* The gate thread's own: its pidfds, and its scratch memory for what it copies out of
      * the child (names and iovec arrays in meta, the data in data; the ranges to read). */

@@ -273,6 +273,19 @@ int sandlock_gate_take_note(struct sandlock_gate *g, const uint8_t *local, int p
 void sandlock_gate_clear(struct sandlock_gate *g)
 {
     destset_clear(&g->fp.dests);
+    approved_clear(&g->fp.approved);
+}
+
+int sandlock_gate_approve(struct sandlock_gate *g, const char *name, size_t namelen,
+                          const uint8_t *addr, uint32_t addrlen, int port)
+{
+    return approved_add(&g->fp.approved, name, namelen, addr, addrlen, port);
+}
+
+int sandlock_gate_approved(struct sandlock_gate *g, const char *name, size_t namelen,
+                           const uint8_t *dest, uint32_t destlen)
+{
+    return approved_has(&g->fp.approved, name, namelen, dest, destlen);
 }
 
 int sandlock_gate_park_connect(struct sandlock_gate *g, uint64_t id, int fd)

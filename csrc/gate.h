@@ -81,7 +81,12 @@ int sandlock_gate_take_note(struct sandlock_gate *gate, const uint8_t *local, in
  * parked (fd is the gate's now), -1 if not (fd still the caller's). For calls whose
  * outcome nobody needs to hear. */
 int sandlock_gate_park_connect(struct sandlock_gate *gate, uint64_t id, int fd);
-/* Forget every destination (the policy changed). */
+/* Let the relay's thread let a TLS connection to addr (4 or 16 bytes) port whose
+ * ClientHello names name (lower case) through on its own (approved.h): Python's relay
+ * checked one. 0, or -errno. */
+int sandlock_gate_approve(struct sandlock_gate *gate, const char *name, size_t namelen,
+                          const uint8_t *addr, uint32_t addrlen, int port);
+/* Forget every destination and approved name (the policy changed). */
 void sandlock_gate_clear(struct sandlock_gate *gate);
 void sandlock_gate_stats(struct sandlock_gate *gate, struct sandlock_gate_stats *out);
 /* Stop the threads, wait for them, fill *final with the counters as they ended, free
@@ -89,5 +94,10 @@ void sandlock_gate_stats(struct sandlock_gate *gate, struct sandlock_gate_stats 
 void sandlock_gate_stop(struct sandlock_gate *gate, struct sandlock_gate_stats *final);
 
 /* cdef-end */
+
+/* For the relay's thread (relay.c): whether name is approved for the destination
+ * sockaddr dest (approved.h). */
+int sandlock_gate_approved(struct sandlock_gate *gate, const char *name, size_t namelen,
+                           const uint8_t *dest, uint32_t destlen);
 
 #endif

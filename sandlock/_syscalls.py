@@ -72,6 +72,11 @@ GATE_POLL: int = _lib.SANDLOCK_GATE_POLL  # wait in poll() even where RECV could
 RELAY_PIPE_SIZE: int = _lib.SANDLOCK_RELAY_PIPE_SIZE
 RELAY_MAX_PAIRS: int = _lib.SANDLOCK_RELAY_MAX_PAIRS
 _RELAY_NAME: int = _lib.SANDLOCK_RELAY_NOTE_NAME
+FIRST_MAX: int = _lib.SANDLOCK_FIRST_MAX  # a connection's first record, read at most
+FIRST_NAME_MAX: int = _lib.SANDLOCK_FIRST_NAME_MAX
+FIRST_NEED_MORE: int = _lib.SANDLOCK_FIRST_NEED_MORE
+FIRST_NAMED: int = _lib.SANDLOCK_FIRST_NAMED
+FIRST_OTHER: int = _lib.SANDLOCK_FIRST_OTHER
 
 _CODES = {"uint64_t": "Q", "uint32_t": "I", "int32_t": "i"}  # the field types of our structs
 
@@ -529,6 +534,13 @@ class Gate:
             if err < 0:
                 raise _oserror("sandlock_gate_set_relay", -err)
 
+    def approve(self, name: str, addr: bytes, port: int) -> None:
+        """Let the relay's C thread let a TLS connection to ``addr`` (4 or 16 bytes)
+        ``port`` naming ``name`` through on its own until the policy changes (``clear``)."""
+        if self._g != _ffi.NULL:
+            raw = name.encode("ascii")
+            _lib.sandlock_gate_approve(self._g, raw, len(raw), addr, len(addr), port)
+
     def take_note(self, local: bytes, port: int) -> tuple[bytes, int] | None:
         """The destination name and tid the gate noted for the relay's connection from
         ``local`` (16 bytes, IPv4 mapped) ``port``, taken; None if it sent none."""
@@ -593,13 +605,47 @@ class Gate:
 # ---- the relay's data path ---------------------------------------------------------
 
 
+def first_tls(data: bytes) -> tuple[int, str | None]:
+    """What the relay's C reader (csrc/clienthello.h) says of a connection's first bytes:
+    FIRST_NEED_MORE, FIRST_OTHER, or FIRST_NAMED and the host name."""
+    name = _ffi.new("char[]", FIRST_NAME_MAX)
+    size = _ffi.new("size_t *")
+    verdict = int(_lib.sandlock_first_tls(data, len(data), name, size))
+    if verdict == FIRST_NAMED:
+        return verdict, bytes(_ffi.buffer(name, size[0])).decode("ascii")
+    return verdict, None
+
+
+class Handed:
+    """A connection the relay's front hands to Python (csrc/relay.h): ``fd``, the peer
+    address it was accepted from (``local``: 16 bytes, IPv4 mapped; ``port``), the
+    destination name the gate noted for it (None: none) and the thread that connected,
+    whether its first record's time ran out, and the bytes read from it so far.
+    (A plain class: typing stays off the launch path.)"""
+
+    __slots__ = ("data", "dest", "fd", "local", "port", "tid", "timed_out")
+
+    def __init__(
+        self,
+        fd: int,
+        local: bytes,
+        port: int,
+        dest: bytes | None,
+        tid: int,
+        timed_out: bool,
+        data: bytes,
+    ) -> None:
+        self.fd, self.local, self.port, self.dest = fd, local, port, dest
+        self.tid, self.timed_out, self.data = tid, timed_out, data
+
+
 class Splicer:
     """The C thread that moves bytes both ways between pairs of connected sockets
     (csrc/relay.h; --verify-names, relay.py). The thread starts with the first ``join``;
     ``close`` stops it and resets every pair still open. Once closed, ``join`` takes
     nothing and ``pairs`` is 0."""
 
-    __slots__ = ("_r",)
+    __slots__ = ("_handed", "_r")
 
     def __init__(self) -> None:
         err = _ffi.new("int *")
@@ -607,6 +653,35 @@ class Splicer:
         if r == _ffi.NULL:
             raise _oserror("sandlock_relay_new", err[0])
         self._r = r
+        self._handed = _ffi.new("struct sandlock_relay_handed *")
+
+    def front(self, gate: Gate, l4: int, l6: int, first: float, connect: float) -> int:
+        """Let the thread accept on the listeners ``l4`` and ``l6`` (-1: none; still the
+        caller's, to close after ``close``) and let through the TLS connections the gate
+        noted and approved (csrc/relay.h); the rest wait in ``next``, those whose first
+        record took over ``first`` seconds marked timed out; a destination not reached
+        in ``connect`` seconds is given up. The eventfd that is readable when some wait
+        (the thread's: never close it)."""
+        if self._r == _ffi.NULL or gate._g == _ffi.NULL:
+            raise _oserror("sandlock_relay_front", _errno.ESHUTDOWN)
+        first_ms, connect_ms = round(first * 1000), round(connect * 1000)
+        rc = _lib.sandlock_relay_front(self._r, gate._g, l4, l6, first_ms, connect_ms)
+        if rc < 0:
+            raise _oserror("sandlock_relay_front", -rc)
+        return int(rc)
+
+    def next(self) -> Handed | None:
+        """The next connection the front hands over (its fd now the caller's), or None."""
+        if self._r == _ffi.NULL or not _lib.sandlock_relay_next(self._r, self._handed):
+            return None
+        h = self._handed
+        dest = bytes(_ffi.buffer(h.dest, h.destlen)) if h.noted else None
+        data = bytes(_ffi.buffer(h.data, h.len))
+        return Handed(h.fd, bytes(h.local), h.port, dest, h.tid, bool(h.timed_out), data)
+
+    def fast(self) -> int:
+        """Connections the front let through itself."""
+        return 0 if self._r == _ffi.NULL else int(_lib.sandlock_relay_fast(self._r))
 
     def join(self, a: int, b: int) -> int:
         """Hand the connected sockets ``a`` and ``b`` over: 0, and both fds are the

@@ -195,22 +195,43 @@ class Relay:
             if self._gate is not None:
                 for domain, target in self._targets.items():
                     self._gate.set_relay(domain, target)
+            handed = self._front()
             task_status.started()
             async with trio.open_nursery() as nursery:
-                for sock in self._listeners.values():
-                    nursery.start_soon(self._accept, sock, nursery)
+                if handed is not None:  # (the C thread accepts: relay.h's front)
+                    nursery.start_soon(self._take, handed, nursery)
+                else:
+                    for sock in self._listeners.values():
+                        nursery.start_soon(self._accept, sock, nursery)
         finally:
             if self._gate is not None:
                 for domain in self._targets:
                     self._gate.set_relay(domain, None)
             self._targets.clear()
+            if self._splicer is not None:  # (every pair still open is reset; first: the
+                self._splicer.close()  # front's thread must be gone before its listeners)
+                self._splicer = None
             for sock in self._listeners.values():
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
             self._listeners.clear()
-            if self._splicer is not None:  # (every pair still open is reset)
-                self._splicer.close()
-                self._splicer = None
+
+    def _front(self) -> int | None:
+        """With --verify-names alone (no HTTP rules, the default check) and the gate
+        remembering, let the C thread accept and let through the TLS connections whose
+        name Python approved for their destination (csrc/relay.h): the eventfd that says
+        it handed connections over (``_take``); else None (``_accept`` accepts here)."""
+        if (
+            self._splicer is None
+            or self._gate is None
+            or self._http is not None
+            or not self._verify
+            or self._check is not names_check
+        ):
+            return None
+        v4 = self._listeners[socket.AF_INET].fileno()
+        v6 = self._listeners[socket.AF_INET6].fileno() if socket.AF_INET6 in self._listeners else -1
+        return self._splicer.front(self._gate, v4, v6, FIRST_TIMEOUT, CONNECT_TIMEOUT)
 
     def _listen(self) -> None:
         v4 = _listener(socket.AF_INET, "127.0.0.1")
@@ -238,22 +259,57 @@ class Relay:
             except OSError:  # (ECONNABORTED, EMFILE: that one connection is lost)
                 continue
             noted = self._noted.pop((_unmapped(peer[0]), peer[1]), None) or self._gate_note(peer)
-            if noted is None:  # not one of the sandbox's: someone else on loopback
-                _reset(conn)
-                continue
-            if self._served >= MAX_SERVED:
-                _reset(conn)
-                if not self._full_said:
-                    self._full_said = True
-                    print(
-                        f"sandlock: the relay serves {MAX_SERVED} connections at once;"
-                        " more are reset",
-                        file=sys.stderr,
-                    )
-                continue
-            conn.setblocking(False)
-            self._served += 1
-            nursery.start_soon(self._guarded, conn, noted)
+            self._admit(conn, noted, b"", False, nursery)
+
+    async def _take(self, handed: int, nursery: trio.Nursery) -> None:
+        """Serve what the front hands over (relay.h), as ``_accept`` serves what it
+        accepts: with the gate's note, else Python's own (``expect``), and the bytes the
+        front read already."""
+        import trio
+
+        assert self._splicer is not None
+        while True:
+            await trio.lowlevel.wait_readable(handed)
+            try:
+                os.read(handed, 8)  # (first: a connection handed from now on wakes us again)
+            except BlockingIOError:
+                pass
+            while (h := self._splicer.next()) is not None:
+                conn = socket.socket(fileno=h.fd)
+                if h.dest is not None:
+                    dest = parse_sockaddr(h.dest)
+                    noted = _Noted(h.tid, dest) if isinstance(dest, Dest) else None
+                else:
+                    noted = self._noted.pop((_shown(h.local), h.port), None)
+                self._admit(conn, noted, h.data, h.timed_out, nursery)
+
+    def _admit(
+        self,
+        conn: socket.socket,
+        noted: _Noted | None,
+        data: bytes,
+        timed_out: bool,
+        nursery: trio.Nursery,
+    ) -> None:
+        """Serve an accepted connection of the sandbox's (``noted``) in a task of its own,
+        ``data`` read from it already; reset it if it is not the sandbox's, or if
+        ``MAX_SERVED`` are served already."""
+        if noted is None:  # not one of the sandbox's: someone else on loopback
+            _reset(conn)
+            return
+        if self._served >= MAX_SERVED:
+            _reset(conn)
+            if not self._full_said:
+                self._full_said = True
+                print(
+                    f"sandlock: the relay serves {MAX_SERVED} connections at once;"
+                    " more are reset",
+                    file=sys.stderr,
+                )
+            return
+        conn.setblocking(False)
+        self._served += 1
+        nursery.start_soon(self._guarded, conn, noted, data, timed_out)
 
     def _gate_note(self, peer: tuple[str, int] | tuple[str, int, int, int]) -> _Noted | None:
         """The note the gate made of a connect it sent here (a remembered relayed
@@ -271,13 +327,15 @@ class Relay:
         dest = parse_sockaddr(note[0])
         return _Noted(note[1], dest) if isinstance(dest, Dest) else None
 
-    async def _guarded(self, conn: socket.socket, noted: _Noted) -> None:
+    async def _guarded(
+        self, conn: socket.socket, noted: _Noted, data: bytes = b"", timed_out: bool = False
+    ) -> None:
         """``_serve``; a bug resets that one connection, never the run (fails closed)."""
         try:
             if self._http is not None and noted.dest.port in self._http.ports:
                 await self._http.serve(conn, noted.pid, noted.dest)  # (it owns conn)
             else:
-                await self._serve(conn, noted)
+                await self._serve(conn, noted, data, timed_out)
         except Exception as err:
             if conn.fileno() >= 0:
                 _reset(conn)
@@ -285,16 +343,21 @@ class Relay:
         finally:
             self._served -= 1
 
-    async def _serve(self, conn: socket.socket, noted: _Noted) -> None:
+    async def _serve(
+        self, conn: socket.socket, noted: _Noted, data: bytes = b"", timed_out: bool = False
+    ) -> None:
         upstream: socket.socket | None = None
         try:
-            first, data = await _first(conn)
+            first, data = await _first(conn, data, timed_out)
             if not data and first == _CLOSED:
                 return  # closed before a byte was sent: nothing to refuse (a lost race)
             name = first.name if isinstance(first, First) else None
             if not isinstance(first, First) or not self._check(self._policy(), first, noted.dest):
                 self._refused(noted, name)
                 return
+            if first.kind == "tls" and name is not None and self._approves():
+                assert self._gate is not None  # (the front's: the next one to it, in C)
+                self._gate.approve(name, noted.dest.addr, noted.dest.port)
             upstream = await _connect(noted.dest)
             if upstream is None:
                 return
@@ -306,6 +369,12 @@ class Relay:
             for sock in (conn, upstream):
                 if sock is not None and sock.fileno() >= 0:
                     _reset(sock)
+
+    def _approves(self) -> bool:
+        """Whether a name this relay let through may be let through again by the front
+        (relay.h): a cache of ``names_check`` under the policy deciding now, emptied by
+        the gate with every policy change."""
+        return self._gate is not None and self._http is None and self._check is names_check
 
     async def _splice(self, conn: socket.socket, upstream: socket.socket) -> bool:
         """Move bytes both ways between the checked ``conn`` and ``upstream`` until both
@@ -344,14 +413,16 @@ class Relay:
 # ---- the connection's parts --------------------------------------------------------------
 
 
-async def _first(conn: socket.socket) -> tuple[First | str, bytes]:
+async def _first(
+    conn: socket.socket, data: bytes = b"", timed_out: bool = False
+) -> tuple[First | str, bytes]:
     """Read until ``firstbytes.read`` decides, within the size cap and the time limit:
-    the verdict and every byte read (``_CLOSED``: the end came before any verdict)."""
+    the verdict and every byte read (``_CLOSED``: the end came before any verdict).
+    ``data``: read already (by the front, relay.h), ``timed_out``: in its time."""
     import trio
 
-    data = b""
-    verdict: First | str = NEED_MORE
-    with trio.move_on_after(FIRST_TIMEOUT):
+    verdict: First | str = read(data) if data else NEED_MORE
+    with trio.move_on_after(0 if timed_out else FIRST_TIMEOUT):
         while verdict == NEED_MORE and len(data) < MAX_FIRST:
             try:  # (first without waiting: the command often wrote before the accept)
                 chunk = conn.recv(MAX_FIRST - len(data))
@@ -474,3 +545,10 @@ def _sockaddr6(addr: bytes, port: int) -> bytes:
 
 def _unmapped(host: str) -> str:
     return host.removeprefix("::ffff:")
+
+
+def _shown(local: bytes) -> str:
+    """A peer address as accept shows it (16 bytes, IPv4 mapped), as ``_noted`` keys it."""
+    if local.startswith(MAPPED_PREFIX):
+        return socket.inet_ntop(socket.AF_INET, local[12:])
+    return socket.inet_ntop(socket.AF_INET6, local)

@@ -24,6 +24,7 @@ import pytest
 
 from .conftest import describe, run_command, run_sandboxed, sandlock_env
 from .dnsfake import FakeUpstream
+from .test_gate_mode import SPY, _stats
 from .tlsfake import Authority, WebServer
 
 PY = sys.executable
@@ -195,6 +196,20 @@ def test_only_allowed_names_pass(
     assert "it named evil.test" in res.stderr
 
 
+# Each relay's count of connections its C thread let through on its own (relay.h's
+# front), written to stderr as it closes: a spy in the supervising process.
+FRONT_SPY = """
+import sys
+from sandlock import _syscalls as _s
+_close_splicer = _s.Splicer.close
+def _splicer_close(self):
+    fast = self.fast()
+    _close_splicer(self)
+    print("fast", fast, file=sys.stderr, flush=True)
+_s.Splicer.close = _splicer_close
+"""
+
+
 def test_remembered_connects_go_to_the_relay_from_the_gate_and_each_is_checked(
     fake: FakeUpstream, https: WebServer, http: WebServer, gate_mode: str
 ) -> None:
@@ -202,22 +217,58 @@ def test_remembered_connects_go_to_the_relay_from_the_gate_and_each_is_checked(
     the relay itself (csrc/relaynotes.h: no Python on the connect), and every one of them
     is still checked: a wrong name after good ones is reset and reaches no server. The
     same outcomes with SANDLOCK_GATE=python, where the gate answers no connect."""
-    from .test_gate_mode import SPIED, _stats
 
     cases = ["tls:good.test"] * 3 + ["tls:evil.test", "tls:", "tls:good.test"]
     cases += ["http:good.test"] * 2 + ["http:evil.test", "http:good.test"]
     cmd = client_cmd(https, http, cases)
-    argv = [*SPIED, "run", *args(fake, https.port, http.port), "--", *cmd]
+    argv = [PY, "-c", FRONT_SPY + SPY, "run", *args(fake, https.port, http.port), "--", *cmd]
     res = run_command(argv, timeout=TIMEOUT, env=sandlock_env())
     got = [line.rsplit(" ", 1)[1] for line in res.stdout.splitlines()]
     reset = "ConnectionResetError"
     assert got == ["ok"] * 3 + [reset, reset, "ok"] + ["ok"] * 2 + [reset, "ok"], describe(res)
     assert https.accepted == 4 and http.accepted == 3  # the refused ones: never connected
     connects = _stats(res.stderr)["connects"]
+    fast = [int(line.split()[1]) for line in res.stderr.splitlines() if line.startswith("fast ")]
     if gate_mode == "gate":  # (all but the first to each server; ≥: timing may park some)
         assert connects >= len(cases) - 2, describe(res)
+        assert fast == [3], describe(res)  # the good TLS ones after the first: C's alone
     else:
-        assert connects == 0, describe(res)
+        assert connects == 0 and fast == [0], describe(res)
+
+
+SILENT = r"""
+import socket, ssl, sys, time
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+with ctx.wrap_socket(socket.create_connection(("good.test", port), timeout=20),
+                     server_hostname="good.test") as s:  # (the gate remembers it now)
+    pass
+s = socket.create_connection(("good.test", port), timeout=20)
+t = time.monotonic()
+try:
+    print("eof" if s.recv(10) == b"" else "data")
+except ConnectionResetError:
+    print("reset")
+print("waited", round(time.monotonic() - t, 1))
+"""
+
+
+def test_a_silent_connection_from_the_gate_is_reset_in_time(
+    fake: FakeUpstream, https: WebServer, http: WebServer
+) -> None:
+    """A connection the gate sent to the relay whose command sends nothing: the relay's C
+    thread gives it to Python after FIRST_TIMEOUT (set to 1 s here, in the supervising
+    process), which refuses it (reset, reported); the server sees only the first one."""
+    assert https.tls is not None
+    spy = "import sandlock.relay; sandlock.relay.FIRST_TIMEOUT = 1.0\n" + FRONT_SPY + SPY
+    cmd = [PY, "-c", SILENT, str(https.port), str(https.tls.ca_file)]
+    argv = [PY, "-c", spy, "run", *args(fake, https.port, http.port), "--", *cmd]
+    res = run_command(argv, timeout=TIMEOUT, env=sandlock_env())
+    assert res.stdout.split()[:2] == ["reset", "waited"], describe(res)
+    assert 0.5 <= float(res.stdout.split()[2]) < 8, describe(res)
+    assert "it named no host" in res.stderr, describe(res)
+    assert _stats(res.stderr)["connects"] == 1, describe(res)  # (the second: the gate's)
+    assert https.accepted == 1
 
 
 MANY = r"""
