@@ -400,12 +400,8 @@ async def _pump(src: socket.socket, dst: socket.socket) -> None:
     ``dst``. An error raises OSError (the caller resets both)."""
     import trio
 
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    r, w = open_pipe()
     try:
-        try:
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # (pipe-max-size lower: the default size works, slower)
         while True:
             try:
                 n = os.splice(src.fileno(), w, PIPE_SIZE, flags=_SPLICE)
@@ -427,6 +423,17 @@ async def _pump(src: socket.socket, dst: socket.socket) -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def open_pipe() -> tuple[int, int]:
+    """A pipe to splice through (read end, write end), non-blocking and close-on-exec,
+    of PIPE_SIZE bytes where the system allows it."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # (pipe-max-size lower: the default size works, slower)
+    return r, w
 
 
 def _reset(sock: socket.socket) -> None:
