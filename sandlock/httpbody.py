@@ -24,13 +24,12 @@ the next request), and a response that comes while the request's body is still g
 
 from __future__ import annotations
 
-import fcntl
 import os
 
 import h11
 import trio
 
-from .relay import PIPE_SIZE
+from .relay import PIPE_SIZE, open_pipe
 
 __all__ = ["MIN_SPLICE", "Short", "Sized", "counted", "keeps_alive", "move"]
 
@@ -89,12 +88,8 @@ async def move(src: int, dst: int, count: int) -> None:
     """Splice exactly ``count`` bytes from the socket ``src`` to the socket ``dst``
     (both non-blocking); Short if ``src`` ends or either fails first (what was read is
     still delivered before)."""
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    r, w = open_pipe()
     try:
-        try:
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # (pipe-max-size lower: the default size works, slower)
         left = count
         while left:
             try:

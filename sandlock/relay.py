@@ -69,6 +69,10 @@ FIRST_TIMEOUT = 10.0  # seconds to wait for the first record
 CONNECT_TIMEOUT = 30.0  # seconds to reach the original destination
 PIPE_SIZE = sys_.RELAY_PIPE_SIZE  # each direction's pipe (F_SETPIPE_SZ; csrc/abi.h)
 MAX_WAITING = 4096  # connections noted but not yet accepted
+ACCEPT_BACKOFF = 0.05  # seconds between accepts while they fail for want of descriptors
+# accept's errors that leave the connection queued (our descriptor table, the system's,
+# or the kernel's memory is full: trio's serve_listeners sleeps on the same ones)
+_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 # Connections served here at once (read, checked, or relayed by HTTP rules), each two fds
 # and a few trio tasks: past it a new one is reset, so that a command holding connections
 # open without a byte (slowloris) cannot grow the supervisor without bound. (A pair handed
@@ -256,7 +260,14 @@ class Relay:
                 conn, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 continue
-            except OSError:  # (ECONNABORTED, EMFILE: that one connection is lost)
+            except OSError as err:
+                # The listener stays readable while the connection waits in its queue: an
+                # accept again at once would spin at full CPU for as long as the command
+                # holds the descriptors it made us open (each relayed connection costs
+                # two). Wait a little instead; other errors (ECONNABORTED: that one
+                # connection is lost) go on at once.
+                if err.errno in _EXHAUSTED:
+                    await trio.sleep(ACCEPT_BACKOFF)
                 continue
             noted = self._noted.pop((_unmapped(peer[0]), peer[1]), None) or self._gate_note(peer)
             self._admit(conn, noted, b"", False, nursery)
@@ -484,12 +495,8 @@ async def _pump(src: socket.socket, dst: socket.socket) -> None:
     ``dst``. An error raises OSError (the caller resets both)."""
     import trio
 
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    r, w = open_pipe()
     try:
-        try:
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # (pipe-max-size lower: the default size works, slower)
         while True:
             try:
                 n = os.splice(src.fileno(), w, PIPE_SIZE, flags=_SPLICE)
@@ -511,6 +518,17 @@ async def _pump(src: socket.socket, dst: socket.socket) -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def open_pipe() -> tuple[int, int]:
+    """A pipe to splice through (read end, write end), non-blocking and close-on-exec,
+    of PIPE_SIZE bytes where the system allows it."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # (pipe-max-size lower: the default size works, slower)
+    return r, w
 
 
 def _reset(sock: socket.socket) -> None:
