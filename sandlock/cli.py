@@ -189,8 +189,8 @@ def _run(args: Args) -> int:
         from .learn import Learner
 
         learner = Learner(allow, deny, unix_allow=unix_allow)
-        policy = learner.policy
         names = learner.http_names(_http_ports(getattr(args, "http_ports", ())))
+        policy = learner.policy  # (with the relay's empty HTTP rules, if any)
     else:
         from .plan import make
 

@@ -297,7 +297,8 @@ class Plan:
         self.options = options
         self.http: HttpRules | None = None
         """The HTTP rules (httprules.py), None without any; their allow rules' hosts are
-        reachable over TCP on the HTTP ports (added to the allow rules here)."""
+        reachable over TCP on the HTTP ports (added to the allow rules here). The policy
+        carries them (:attr:`Policy.http_rules`): the relay reads them there."""
         if options.http_allow or options.http_deny:
             rules = self._with_http(rules, options)
         elif options.http_tls:
@@ -332,7 +333,7 @@ class Plan:
         from .policy import Policy
 
         named = {r.host: () for r in rules.allow if r.host is not None}
-        unresolved = Policy(rules.allow, rules.deny, named, rules.unix)
+        unresolved = Policy(rules.allow, rules.deny, named, rules.unix, http=self.http)
         self.notes: list[str] = []
         """One line each for what start-up resolution left out (denied names, answers
         the rebinding guard dropped); :func:`make` prints them, the daemon sends them to
@@ -437,7 +438,7 @@ class Plan:
             options = NameOptions.from_wire(options.to_wire() | {"virtual_hosts": False})
         names = Names(policy, options, self.upstream, sockets, self.seeds, self.shown)
         names.startup_records = list(self.records)
-        names.http = self.http
+        names.http_ports = self.http.ports if self.http is not None else None
         if self.http is not None and self.options.http_tls:
             names.use_tls(self.options.http_upstream_ca)
         return names

@@ -507,3 +507,22 @@ def test_start_fails_when_dns_mode_is_required(
     plan = make(allow, [], options, resolver=fake_resolver if options.dns_proxy else None)
     with pytest.raises(SandlockError, match="cannot start the DNS proxy on port 53"):
         plan.start(plan.policy)
+
+
+# --- HTTP rules: carried by the policy, swapped while a run goes on ----------------------
+
+
+def test_the_policy_carries_the_http_rules() -> None:
+    """The plan's HTTP rules ride in its policy, and the DNS mode's and an ask's new
+    policies (with_hosts, with_allow) keep them: the relay reads them there."""
+    from sandlock.rules import parse_rule
+
+    options = NameOptions(http_allow=["GET example.com/a/*"], http_ports=[8080])
+    policy = make([], [], options, resolver=fake_resolver).policy
+    http = policy.http_rules
+    assert http is not None and [r.spec for r in http.allow] == ["GET example.com/a/*"]
+    assert http.ports == frozenset({8080})
+    assert policy.with_hosts({"example.com": ["192.0.2.9"]}).http_rules is http
+    assert policy.with_allow(parse_rule("api.example.org", flag="--ask")).http_rules is http
+    assert make([], [], resolver=fake_resolver).policy.http_rules is None
+
