@@ -1,4 +1,4 @@
-"""HTTP rules swapped while the command runs (``Process.set_policy``):
+"""HTTP rules swapped while the command runs (``Process.set_policy``, ``sandlock policy``):
 the next request is decided by the new rules, on a fresh connection and on one kept alive
 since before the swap; a bad rule changes nothing; a run started without HTTP rules
 cannot be given any.
@@ -12,6 +12,7 @@ which is never asked of any resolver (plan.py).
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,9 @@ import trio
 
 from sandlock import AsyncProcess, PolicyError, Process, Sandbox
 
+from .conftest import describe, run_command, sandlock_env
 from .httpfake import EchoServer
+from .test_daemon import DAEMON, Daemon
 
 PY = sys.executable
 TIMEOUT = 60
@@ -185,3 +188,114 @@ async def test_open_process_set_policy_swaps_http_rules(web: EchoServer) -> None
             assert (await ask(proc, "/a/x"))[:2] == [403, True]
             assert (await ask(proc, "/b/x"))[:2] == [200, True]
     assert [s.target for s in web.log] == ["/a/x", "/b/x"]
+
+
+# ---------------------------------------------------------------------------- the daemon
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path / "d.sock")
+    yield d
+    d.stop()
+
+
+def test_policy_request_http_fields_are_checked_as_the_run_request_s() -> None:
+    """A policy request's http_allow and http_deny are checked as the run request's name
+    options are: lists of strings, within the rule count and length limits."""
+    from sandlock._request import MAX_RULES, RequestError, check_request
+
+    req: dict[str, Any] = {"op": "policy", "id": "x", "http_allow": ["GET */a"]}
+    assert check_request(req, []) == "policy"
+    assert check_request(req | {"http_allow": [], "http_deny": []}, []) == "policy"
+    with pytest.raises(RequestError, match="lists of strings"):
+        check_request(req | {"http_deny": "GET */b"}, [])
+    with pytest.raises(RequestError, match="lists of strings"):
+        check_request(req | {"http_allow": [1]}, [])
+    with pytest.raises(RequestError, match="longer than 1024") as err:
+        check_request(req | {"http_deny": ["GET */" + "x" * 2000]}, [])
+    assert err.value.policy_error
+    with pytest.raises(RequestError, match="the daemon's limit") as err:
+        check_request(req | {"http_deny": ["GET */b"] * MAX_RULES}, [])
+    assert err.value.policy_error
+    with pytest.raises(RequestError, match="unknown field 'http_ports'"):
+        check_request(req | {"http_ports": [80]}, [])  # (the run's: fixed)
+
+
+def _run_client(daemon: Daemon, web: EchoServer, rules: list[str]) -> subprocess.Popen[bytes]:
+    """The CLIENT under `sandlock run --daemon`, its stdin and stdout ours."""
+    client = [PY, "-c", CLIENT, str(web.port)]
+    return subprocess.Popen(
+        [*DAEMON, "run", "--daemon", str(daemon.path), "--quiet", *rules, "--", *client],
+        env=sandlock_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+
+
+def _only_sandbox(daemon: Daemon) -> str:
+    daemon.wait_for_sandboxes(1)
+    with daemon.raw() as s:
+        s.send(b'{"op": "ps"}')
+        (box,) = json.loads(s.recv(65536))["sandboxes"]
+    return str(box["id"])
+
+
+def _policy(daemon: Daemon, box: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_command(
+        [*DAEMON, "policy", "--daemon", str(daemon.path), box, *args], env=sandlock_env()
+    )
+
+
+def test_sandlock_policy_swaps_http_rules(daemon: Daemon, web: EchoServer) -> None:
+    """`sandlock policy ID --http-allow` through the daemon decides the next request, on a
+    kept-alive connection and a fresh one; a bad rule is one line, exit 2, and changes
+    nothing."""
+    rules = ["--http-ports", str(web.port), "--http-allow", "GET localhost/a/*"]
+    with _run_client(daemon, web, rules) as proc:
+
+        def ask(how: str, path: str) -> list[Any]:
+            return _get(proc.stdin, proc.stdout, how, path)
+
+        try:
+            box = _only_sandbox(daemon)
+            assert ask("keep", "/a/x")[:2] == [200, True]
+            assert ask("fresh", "/b/x")[0] == 403
+            res = _policy(daemon, box, "--http-allow", "GET localhost/b/*")
+            assert res.returncode == 0, describe(res)
+            assert ask("keep", "/a/x") == [403, True, DEFAULT_DENY]
+            assert ask("keep", "/b/x")[:2] == [200, True]
+            assert ask("fresh", "/b/x")[0] == 200
+            assert ask("fresh", "/a/x")[0] == 403
+            bad = _policy(daemon, box, "--http-allow", "GET")
+            assert bad.returncode == 2, describe(bad)
+            assert bad.stderr.count("\n") == 1 and "--http-allow: `GET` is not" in bad.stderr
+            assert ask("keep", "/b/x")[:2] == [200, True]
+            assert ask("keep", "/a/x")[0] == 403
+            assert proc.stdin is not None
+            proc.stdin.close()
+            assert proc.wait(timeout=TIMEOUT) == 0
+        finally:
+            proc.kill()
+    assert [s.target for s in web.log] == ["/a/x", "/b/x", "/b/x", "/b/x"]
+
+
+def test_sandlock_policy_cannot_give_http_rules_to_a_sandbox_without_them(
+    daemon: Daemon, web: EchoServer
+) -> None:
+    """`sandlock policy ID --http-allow` on a sandbox started without HTTP rules: one
+    line, exit 2, and the sandbox's rules stay."""
+    with _run_client(daemon, web, ["--net-allow", f"127.0.0.1:{web.port}"]) as proc:
+        try:
+            box = _only_sandbox(daemon)
+            res = _policy(daemon, box, "--http-allow", "GET localhost/b/*")
+            assert res.returncode == 2, describe(res)
+            assert res.stderr.count("\n") == 1, describe(res)
+            assert "started without HTTP rules" in res.stderr, describe(res)
+            assert _get(proc.stdin, proc.stdout, "fresh", "/a/x")[0] == 200
+            assert proc.stdin is not None
+            proc.stdin.close()
+            assert proc.wait(timeout=TIMEOUT) == 0
+        finally:
+            proc.kill()
+    assert [s.target for s in web.log] == ["/a/x"]
