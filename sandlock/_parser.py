@@ -290,6 +290,32 @@ def _add_http_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_http_swap_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "HTTP rules",
+        "Either option replaces both of the sandbox's HTTP lists (one not given becomes "
+        "empty); neither keeps them. The next request is decided by the new rules, on a "
+        "connection already open too. The HTTP ports and --http-tls stay those the sandbox "
+        "started with (which connections the relay interposes is decided as each is made): "
+        "a sandbox started without HTTP rules cannot be given any (exit status 2).",
+    )
+    g.add_argument(
+        "--http-allow",
+        action="append",
+        default=[],
+        metavar="'METHOD HOST[:PORT]/PATH'",
+        help="allow requests like this (repeatable; as in `sandlock run`): every other "
+        "request on the HTTP ports is refused (403)",
+    )
+    g.add_argument(
+        "--http-deny",
+        action="append",
+        default=[],
+        metavar="'METHOD HOST[:PORT]/PATH'",
+        help="refuse requests like this (403), whatever --http-allow says (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser for every `sandlock` subcommand."""
     parser = _Parser(
@@ -373,11 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
         "policy",
         help="replace the rules of a running sandbox",
         description="Replace the policy of sandbox ID (see `sandlock ps`) atomically; it "
-        "decides from the sandbox's next call. The new rules replace all old ones.",
+        "decides from the sandbox's next call. The new --net-allow, --net-deny and "
+        "--unix-allow rules replace all old ones (none given: none); the HTTP rules as "
+        "below. Hostnames are resolved as the sandbox's own options say. A bad rule is one "
+        "line, exit status 2, and the old rules all stay.",
     )
     _add_daemon_arg(pol)
     pol.add_argument("id", metavar="ID", help="the sandbox, as `sandlock ps` shows it")
     _add_rule_args(pol)
+    _add_http_swap_args(pol)
     _add_audit(sub)
     _add_mcp(sub)
     return parser

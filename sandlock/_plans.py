@@ -63,9 +63,18 @@ class Resolvers:
         self.per_uid = per_uid
         self._per_uid: dict[int, trio.CapacityLimiter] = {}
 
-    async def plan(self, req: dict[str, Any], uid: int) -> Plan:
+    async def plan(
+        self,
+        req: dict[str, Any],
+        uid: int,
+        *,
+        options: NameOptions | None = None,
+        interposed: bool = False,
+    ) -> Plan:
         """The rules (and hostname options) a request describes (see plan.Plan): parsed
-        here, resolved in a thread of the daemon's own bounded pool."""
+        here, resolved in a thread of the daemon's own bounded pool. ``options`` and
+        ``interposed``: a policy swap's (plan.swap_options), instead of the request's
+        ``names``."""
         try:
             rules = parse(req.get("allow", []), req.get("deny", []), req.get("unix_allow", []))
             hosts = len(rules.hostnames)
@@ -75,9 +84,10 @@ class Resolvers:
                     f"{MAX_HOSTS})",
                     policy_error=True,
                 )
-            options = NameOptions.from_wire(req.get("names"))
+            if options is None:
+                options = NameOptions.from_wire(req.get("names"))
             if not hosts:
-                return Plan(rules, options)  # no lookup: no thread
+                return Plan(rules, options, interposed=interposed)  # no lookup: no thread
             gone = threading.Event()
 
             def interrupt() -> None:
@@ -87,7 +97,9 @@ class Resolvers:
             limiter = self._per_uid.setdefault(uid, trio.CapacityLimiter(self.per_uid))
             try:
                 return await trio.to_thread.run_sync(
-                    functools.partial(Plan, rules, options, interrupt=interrupt),
+                    functools.partial(
+                        Plan, rules, options, interrupt=interrupt, interposed=interposed
+                    ),
                     abandon_on_cancel=True,
                     limiter=_Slots(self._total, limiter),  # type: ignore[arg-type]
                 )

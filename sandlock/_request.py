@@ -49,7 +49,7 @@ _FIELDS: dict[str, set[str]] = {
     "supervise": {"op", "cmd", "quiet", "summary"},
     "ps": {"op"},
     "ping": {"op"},
-    "policy": {"op", "id", "allow", "deny", "unix_allow"},
+    "policy": {"op", "id", "allow", "deny", "unix_allow", "http_allow", "http_deny"},
 }
 _NAME_FIELDS = {
     "virtual_hosts",
@@ -91,6 +91,7 @@ def check_request(req: dict[str, Any], fds: list[int]) -> str:
     elif op == "policy":
         if not isinstance(req.get("id"), str):
             raise RequestError("policy: id must be a string")
+        _check_http_rules(req)  # (absent both: the sandbox keeps its HTTP rules)
     elif op == "supervise":
         cmd = req.get("cmd")
         if not (_strings(cmd) and cmd and len(cmd) <= MAX_ARGS):
@@ -160,6 +161,19 @@ def check_names(data: object) -> None:
 def _check_http(data: dict[str, Any]) -> None:
     """The HTTP rules of the name options: lists of strings within the rule limits, and
     a list of ports (httprules.py parses them, as the plan does)."""
+    _check_http_rules(data)
+    ports = data.get("http_ports", [])
+    if not (
+        isinstance(ports, list)
+        and len(ports) <= 64
+        and all(type(p) is int and 0 < p < 65536 for p in ports)
+    ):
+        raise RequestError("http_ports must be a list of at most 64 ports (1-65535)")
+
+
+def _check_http_rules(data: dict[str, Any]) -> None:
+    """``http_allow`` and ``http_deny`` of the name options or of a policy request: lists
+    of strings within the rule limits."""
     allow, deny = data.get("http_allow", []), data.get("http_deny", [])
     if not (_strings(allow) and _strings(deny)):
         raise RequestError("http_allow and http_deny must be lists of strings")
@@ -173,13 +187,6 @@ def _check_http(data: dict[str, Any]) -> None:
             raise RequestError(
                 f"{flag}: a rule longer than {MAX_RULE_LENGTH} characters", policy_error=True
             )
-    ports = data.get("http_ports", [])
-    if not (
-        isinstance(ports, list)
-        and len(ports) <= 64
-        and all(type(p) is int and 0 < p < 65536 for p in ports)
-    ):
-        raise RequestError("http_ports must be a list of at most 64 ports (1-65535)")
 
 
 def _link(fd: int) -> str:

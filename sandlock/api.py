@@ -143,15 +143,23 @@ class Sandbox:
         self.audit = os.fspath(audit) if audit is not None else None
 
     def _make_plan(
-        self, net_allow: Sequence[str], net_deny: Sequence[str], unix_allow: Sequence[str]
+        self,
+        net_allow: Sequence[str],
+        net_deny: Sequence[str],
+        unix_allow: Sequence[str],
+        options: NameOptions | None = None,
+        *,
+        interposed: bool = False,
     ) -> Plan:
-        """These rules' plan, with this sandbox's name options (PolicyError if one is bad)."""
+        """These rules' plan, with this sandbox's name options or ``options`` (a swap's:
+        plan.swap_options), PolicyError if one is bad."""
         return make(
             list(net_allow),
             list(net_deny),
-            self._options,
+            options if options is not None else self._options,
             resolver=self._resolver,
             unix_allow=unix_allow,
+            interposed=interposed,
         )
 
     @classmethod

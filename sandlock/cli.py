@@ -189,8 +189,8 @@ def _run(args: Args) -> int:
         from .learn import Learner
 
         learner = Learner(allow, deny, unix_allow=unix_allow)
-        policy = learner.policy
         names = learner.http_names(_http_ports(getattr(args, "http_ports", ())))
+        policy = learner.policy  # (with the relay's empty HTTP rules, if any)
     else:
         from .plan import make
 
@@ -319,7 +319,17 @@ def _policy(args: Args) -> int:
     from .client import set_policy
 
     path = _need_daemon(args)
-    set_policy(path, args.id, *_rule_specs(args))
+    allow, deny, unix_allow = _rule_specs(args)  # (a --profile's HTTP lists join the flags)
+    given = bool(args.http_allow or args.http_deny)  # neither: the HTTP rules stay
+    set_policy(
+        path,
+        args.id,
+        allow,
+        deny,
+        unix_allow,
+        http_allow=list(args.http_allow) if given else None,
+        http_deny=list(args.http_deny) if given else None,
+    )
     print(f"sandlock: policy of {args.id} replaced", file=sys.stderr)
     return 0
 

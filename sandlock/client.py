@@ -190,12 +190,20 @@ def set_policy(
     allow: Sequence[str],
     deny: Sequence[str],
     unix_allow: Sequence[str] = (),
+    *,
+    http_allow: Sequence[str] | None = None,
+    http_deny: Sequence[str] | None = None,
 ) -> None:
-    """Replace the policy of a running sandbox (PolicyError or DaemonError if refused)."""
+    """Replace the policy of a running sandbox (PolicyError or DaemonError if refused).
+    ``http_allow``/``http_deny``: either given replaces both of its HTTP lists (None is
+    empty then); neither keeps them."""
     sock = connect(path)
     message = {"op": "policy", "id": sandbox_id, "allow": list(allow), "deny": list(deny)}
     if unix_allow:
         message["unix_allow"] = list(unix_allow)
+    if http_allow is not None or http_deny is not None:
+        message["http_allow"] = list(http_allow or ())
+        message["http_deny"] = list(http_deny or ())
     try:
         request(sock, message)
     finally:

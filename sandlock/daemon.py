@@ -23,7 +23,11 @@ Requests (one JSON object per record, see _wire.py), each answered with
 * ``{"op": "ping"}``: answered ``{"ok": true}`` by the event loop; a client asks it
   while its command runs, to learn that the daemon still serves it (client.py).
 * ``{"op": "policy", "id": ..., "allow": [...], "deny": [...]}``: replace a sandbox's
-  policy; it decides from the sandbox's next call.
+  policy; it decides from the sandbox's next call. The new rules are planned with the
+  sandbox's own name options. With ``"http_allow"`` or ``"http_deny"`` (either: both
+  lists are replaced, one left out is empty) its HTTP rules too, from its next request
+  on; with neither, they stay (plan.swap_options). A sandbox that started without HTTP
+  rules cannot be given any (a policy error).
 
 The socket is created 0600, and every request is checked against the peer's credentials
 (SO_PEERCRED): a client may supervise and change only processes of its own uid.
@@ -68,10 +72,10 @@ from ._listen import bind, fd_room, hung_up, peer, raise_fd_limit
 from ._plans import Resolvers
 from ._request import RequestError, check_request, check_supervise_fds
 from ._sink import DEFAULT_LIMIT, AuditSink, Sink, SinkText, audit_note, report_note
-from .errors import SandlockError
+from .errors import PolicyError, SandlockError
 from .launch import Child
 from .names import Names
-from .plan import Plan
+from .plan import NameOptions, Plan, swap_options
 from .report import DenialReport, Observer, Summary
 from .session import Session
 from .unixrules import daemon_marker
@@ -135,6 +139,7 @@ class _Sandbox:
     session: Session
     observer: Observer
     rules: int
+    options: NameOptions  # the name options it started with (its swaps are planned so)
     sinks: list[Sink] = field(default_factory=list)
 
 
@@ -306,7 +311,16 @@ class Daemon:
         box = self.sandboxes.get(req["id"])
         if box is None or box not in self._visible(c.uid):
             raise RequestError(f"no sandbox {req['id']!r} of yours is running")
-        plan = await self.resolvers.plan(req, c.uid)  # (hostnames: it may await a while)
+        current = box.session.policy
+        try:
+            options = swap_options(
+                box.options, current, req.get("http_allow"), req.get("http_deny")
+            )
+        except PolicyError as err:
+            raise RequestError(str(err), policy_error=True) from None
+        interposed = current.http_rules is not None  # (the sandbox has an HTTP relay)
+        # (hostnames: it may await a while)
+        plan = await self.resolvers.plan(req, c.uid, options=options, interposed=interposed)
         if self.sandboxes.get(box.id) is not box:
             raise RequestError(f"sandbox {box.id} ended before its policy was replaced")
         box.session.policy = plan.policy
@@ -387,7 +401,9 @@ class Daemon:
         session = Session(policy, names=names, observe=lambda: observer, report_to=stderr)
         session.adopt(child)
         rules = len(policy.allow_rules) + len(policy.deny_rules)
-        box = _Sandbox(box_id, pid, owner, req["cmd"], session, observer, rules, sinks)
+        box = _Sandbox(
+            box_id, pid, owner, req["cmd"], session, observer, rules, plan.options, sinks
+        )
         self.sandboxes[box_id] = box
         c.sandboxes += 1
         nursery.start_soon(self._run_sandbox, box, c)

@@ -25,6 +25,11 @@ by h11 until the previous exchange ends):
 
 Every request's decision is one record (``syscall: "http"``, with method, host, path,
 status and rule) for the audit log and the denial report.
+
+The rules are read for each request from the policy deciding now (``Policy.http_rules``):
+a swap (``Process.set_policy``, ``sandlock policy``) decides the next request, on an open
+keep-alive connection too. The ports, and whether TLS is intercepted, are the run's: which
+connections come here is decided when each one is made.
 """
 
 from __future__ import annotations
@@ -41,9 +46,9 @@ import trio
 from . import httpbody
 from .httprules import (
     BAD_PATH,
+    DEFAULT_DENY,
     HOST_MISMATCH,
     HttpDecision,
-    HttpRules,
     normalise_host,
     normalise_path,
 )
@@ -70,18 +75,19 @@ Record = dict[str, object]
 
 
 class HttpHandler:
-    """Checks and relays each request of a connection to an HTTP port."""
+    """Checks and relays each request of a connection to one of ``ports``, under the HTTP
+    rules of the policy ``policy`` gives at that moment."""
 
     def __init__(
         self,
-        rules: HttpRules,
+        ports: Iterable[int],
         policy: Callable[[], Policy],
         record: Callable[[Record], None] | None,
         *,
         verify: bool = False,
         tls: Interceptor | None = None,
     ) -> None:
-        self.rules = rules
+        self._ports = frozenset(ports)
         self._policy = policy
         self._record = record
         self._verify = verify
@@ -90,8 +96,8 @@ class HttpHandler:
 
     @property
     def ports(self) -> frozenset[int]:
-        """The TCP ports whose connections come here."""
-        return self.rules.ports
+        """The TCP ports whose connections come here (the run's: fixed)."""
+        return self._ports
 
     async def serve(self, conn: socket.socket, pid: int, dest: Dest) -> None:
         """Serve the command's connection ``conn`` to ``dest`` until either side ends."""
@@ -183,7 +189,10 @@ class HttpHandler:
         if upgrade is not None and (upgrade != "websocket" or method != "GET"):
             return HttpDecision(False, UPGRADE), host, path_text
         path = normalise_path(path_text)
-        return self.rules.decide(method, host, dest.port, path, bound=bound), host, path_text
+        rules = policy.http_rules
+        if rules is None:  # (a policy made without the run's HTTP rules: a bug; closed)
+            return HttpDecision(False, DEFAULT_DENY), host, path_text
+        return rules.decide(method, host, dest.port, path, bound=bound), host, path_text
 
     def report(
         self,

@@ -58,16 +58,26 @@ class Learner:
     def http_names(self, ports: Sequence[int]) -> Names | None:
         """With HTTP ports (learn --http-ports), what makes the run pass their connections
         through the HTTP relay with no rule (every request passes, each one recorded);
-        None without."""
+        None without. Call it before taking ``policy``: the relay reads the (empty) HTTP
+        rules there."""
         if not ports:
             return None
         from .httprules import HttpRules
         from .names import Names
         from .plan import NameOptions
+        from .policy import Policy
 
         self._http_ports = tuple(ports)
+        p = self.policy
+        self.policy = Policy(
+            p.allow_rules,
+            p.deny_rules,
+            p.host_addresses,
+            p.unix_rules,
+            http=HttpRules([], [], ports),
+        )
         names = Names(self.policy, NameOptions(virtual_hosts=False), None, None, {})
-        names.http = HttpRules([], [], ports)
+        names.http_ports = frozenset(ports)
         return names
 
     def http_record(self, record: Mapping[str, object]) -> None:

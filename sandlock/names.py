@@ -45,7 +45,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import dns
     from .ask import Asker
-    from .httprules import HttpRules
     from .httptls import Interceptor
     from .plan import NameOptions
     from .policy import Policy
@@ -103,8 +102,10 @@ class Names:
         shown: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.options = options
-        self.http: HttpRules | None = None
-        """The HTTP rules (plan.py): the relay then interposes the HTTP ports."""
+        self.http_ports: frozenset[int] | None = None
+        """With HTTP rules (plan.py), the ports whose connections the relay interposes,
+        fixed for the run; the rules themselves are the policy's (Policy.http_rules), which
+        a swap replaces."""
         self.tls: Interceptor | None = None
         """--http-tls: this run's CA (httptls.py), in the bundles of ``vfiles``."""
         self.tls_bundles: list[str] = []

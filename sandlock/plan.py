@@ -28,6 +28,10 @@ needs (the API runs one plan many times). The daemon, which counts a request's h
 before it resolves them in a thread of its own pool, calls the two halves: :func:`parse`,
 then :class:`Plan`.
 
+A running sandbox's policy is replaced by a plan too (``Process.set_policy``, ``sandlock
+policy``): made with the run's own name options, its HTTP rules those of the swap
+(:func:`swap_options`), and ``interposed`` when the run has an HTTP relay.
+
 The daemon client's lean launch path imports this module for the defaults alone, so at
 import it loads nothing but errors.py: the rest is imported where a plan is made.
 """
@@ -53,7 +57,17 @@ if TYPE_CHECKING:
     Resolver = Callable[[str], Sequence[str]]
     """A start-up resolver: a hostname in, its addresses out (OSError if it has none)."""
 
-__all__ = ["TTL_MAX", "TTL_MIN", "NameOptions", "Plan", "Rules", "make", "parse", "resolve_host"]
+__all__ = [
+    "TTL_MAX",
+    "TTL_MIN",
+    "NameOptions",
+    "Plan",
+    "Rules",
+    "make",
+    "parse",
+    "resolve_host",
+    "swap_options",
+]
 
 TTL_MIN = 30.0
 """Seconds a learned address stays allowed at least (--dns-ttl-min): see dns.py."""
@@ -262,10 +276,12 @@ def make(
     unix_allow: Sequence[str] = (),
     resolver: Resolver | None = None,
     learn: bool = False,
+    interposed: bool = False,
 ) -> Plan:
     """The plan of these rule strings and hostname options (see :class:`Plan`); its
     :attr:`Plan.notes` printed on stderr."""
-    plan = Plan(parse(allow, deny, unix_allow), options, resolver=resolver, learn=learn)
+    rules = parse(allow, deny, unix_allow)
+    plan = Plan(rules, options, resolver=resolver, learn=learn, interposed=interposed)
     for note in plan.notes:
         print(note, file=sys.stderr)
     return plan
@@ -279,7 +295,11 @@ class Plan:
     start-up resolution and, unless ``options.dns_proxy`` says otherwise, means
     resolving at start. ``interrupt`` is called before each lookup, and may raise to
     stop the rest (the daemon's, when the client that asked has gone). ``learn`` is
-    learn mode: no hostname machinery at run time, wildcards allowed (and empty)."""
+    learn mode: no hostname machinery at run time, wildcards allowed (and empty).
+    ``interposed``: the plan of a swap on a run that has an HTTP relay (it started with
+    HTTP rules; :func:`swap_options`): its policy carries HTTP rules even when the swap
+    gives none (every request then passes), and --http-upstream-ca, loaded at the start,
+    is not read again."""
 
     def __init__(
         self,
@@ -289,6 +309,7 @@ class Plan:
         resolver: Resolver | None = None,
         interrupt: Callable[[], None] | None = None,
         learn: bool = False,
+        interposed: bool = False,
     ) -> None:
         if learn:  # nothing at run time: no forwarder, no virtual files
             options = NameOptions(virtual_hosts=False, dns_proxy=False)
@@ -297,9 +318,10 @@ class Plan:
         self.options = options
         self.http: HttpRules | None = None
         """The HTTP rules (httprules.py), None without any; their allow rules' hosts are
-        reachable over TCP on the HTTP ports (added to the allow rules here)."""
-        if options.http_allow or options.http_deny:
-            rules = self._with_http(rules, options)
+        reachable over TCP on the HTTP ports (added to the allow rules here). The policy
+        carries them (:attr:`Policy.http_rules`): the relay reads them there."""
+        if options.http_allow or options.http_deny or interposed:
+            rules = self._with_http(rules, options, interposed)
         elif options.http_tls:
             raise PolicyError(
                 "--http-tls: no HTTP rule to enforce (give --http-allow or --http-deny)",
@@ -332,7 +354,7 @@ class Plan:
         from .policy import Policy
 
         named = {r.host: () for r in rules.allow if r.host is not None}
-        unresolved = Policy(rules.allow, rules.deny, named, rules.unix)
+        unresolved = Policy(rules.allow, rules.deny, named, rules.unix, http=self.http)
         self.notes: list[str] = []
         """One line each for what start-up resolution left out (denied names, answers
         the rebinding guard dropped); :func:`make` prints them, the daemon sends them to
@@ -353,7 +375,7 @@ class Plan:
             found[host] = self._guard(unresolved, host, spec, _resolve(lookup, host, spec))
         self.policy = unresolved.with_hosts(found) if found else unresolved
 
-    def _with_http(self, rules: Rules, options: NameOptions) -> Rules:
+    def _with_http(self, rules: Rules, options: NameOptions, interposed: bool) -> Rules:
         import os
 
         from .httprules import ALLOW_FLAG, HttpRules
@@ -362,9 +384,10 @@ class Plan:
         http = HttpRules.parse(
             options.http_allow, options.http_deny, options.http_ports, tls=options.http_tls
         )
-        if options.http_upstream_ca is not None and not os.path.isfile(options.http_upstream_ca):
+        ca = options.http_upstream_ca
+        if ca is not None and not interposed and not os.path.isfile(ca):
             raise PolicyError(
-                f"--http-upstream-ca: no such file: {options.http_upstream_ca}",
+                f"--http-upstream-ca: no such file: {ca}",
                 flag="--http-upstream-ca",
             )
         self.http = http
@@ -437,10 +460,46 @@ class Plan:
             options = NameOptions.from_wire(options.to_wire() | {"virtual_hosts": False})
         names = Names(policy, options, self.upstream, sockets, self.seeds, self.shown)
         names.startup_records = list(self.records)
-        names.http = self.http
+        names.http_ports = self.http.ports if self.http is not None else None
         if self.http is not None and self.options.http_tls:
             names.use_tls(self.options.http_upstream_ca)
         return names
+
+
+def swap_options(
+    options: NameOptions,
+    current: Policy,
+    http_allow: Sequence[str] | None,
+    http_deny: Sequence[str] | None,
+) -> NameOptions:
+    """The name options of a new policy for a running sandbox: the run's own ``options``
+    (its hostname mode, HTTP ports and TLS, all fixed for the run) with the HTTP rules of
+    the swap. Either list given replaces both (an omitted one is empty); neither keeps
+    those of ``current``, the policy deciding now (an earlier swap's, if any).
+
+    PolicyError if HTTP rules are given to a run that started without any: nothing
+    interposes its HTTP ports (no relay, no CA in its bundles), so none could hold. Make
+    the swap's plan with ``interposed=current.http_rules is not None``."""
+    http = current.http_rules
+    if http_allow is None and http_deny is None:
+        if http is None:
+            return options
+        allow = [rule.spec for rule in http.allow]
+        deny = [rule.spec for rule in http.deny]
+    else:
+        if isinstance(http_allow, str) or isinstance(http_deny, str):
+            raise PolicyError("http_allow and http_deny must be lists of rules, not a string")
+        allow, deny = list(http_allow or ()), list(http_deny or ())
+        if http is None and (allow or deny):
+            from .httprules import ALLOW_FLAG, DENY_FLAG
+
+            flag = ALLOW_FLAG if allow else DENY_FLAG
+            raise PolicyError(
+                f"{flag}: this sandbox started without HTTP rules, so it cannot be given any "
+                "while it runs (no relay interposes its HTTP ports): start it with some",
+                flag=flag,
+            )
+    return NameOptions.from_wire(options.to_wire() | {"http_allow": allow, "http_deny": deny})
 
 
 def resolve_host(host: str) -> list[str]:

@@ -27,6 +27,10 @@ The model, as in ``net-rules.md``:
   (:meth:`Policy.denied_name`), and :meth:`Policy.host_for_name` covers none of them,
   whatever allow rule or wildcard names them. Their ports and schemes are parsed as in
   allow rules; a denied name is denied whatever they are.
+- **Carried, not decided here**: the ``--unix-allow`` rules (:mod:`sandlock.unixrules`)
+  and the HTTP rules (:mod:`sandlock.httprules`), which the handlers and the HTTP relay
+  read from the policy deciding now. A swap of the policy swaps them with the rest, at
+  once: there is no second copy of any rule to go stale.
 
 Pure: no I/O, no resolver; a Policy is built from parsed rules and the addresses of
 their hosts, in one way (its constructor). It is immutable: the supervisor swaps whole
@@ -48,6 +52,7 @@ __all__ = ["Decision", "HostAddrs", "IPAddress", "Policy", "stored_address", "st
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .httprules import HttpRules
     from .unixrules import UnixRules
 
 HostAddrs = Mapping[str, Iterable[str | IPAddress]]
@@ -106,7 +111,9 @@ class Policy:
     ``host_addrs`` must name exactly the hostnames of the allow rules (an empty address
     list is allowed and matches nothing); the hostnames of deny rules hold no addresses.
     Addresses are strings or ``ipaddress`` objects (:func:`stored_address`). Raises
-    ValueError otherwise. ``unix`` are the ``--unix-allow`` rules (None: none given).
+    ValueError otherwise. ``unix`` are the ``--unix-allow`` rules (None: none given);
+    ``http`` the HTTP rules (None: the run has no HTTP relay; empty rules: it has one,
+    and every request passes).
     The plan (:mod:`sandlock.plan`) parses the rule strings and resolves the hostnames.
     """
 
@@ -117,6 +124,7 @@ class Policy:
         "_deny",
         "_domains",
         "_hosts",
+        "_http",
         "_tables",
         "_unix",
     )
@@ -127,6 +135,7 @@ class Policy:
     _denied_domains: Mapping[str, str]
     _domains: frozenset[str]
     _hosts: Mapping[str, tuple[str, ...]]
+    _http: HttpRules | None
     _tables: dict[str, _Table]
     _unix: UnixRules | None
 
@@ -136,9 +145,12 @@ class Policy:
         deny: Sequence[Rule],
         host_addrs: HostAddrs,
         unix: UnixRules | None = None,
+        *,
+        http: HttpRules | None = None,
     ) -> None:
         allow, deny = tuple(allow), tuple(deny)
         object.__setattr__(self, "_unix", unix)
+        object.__setattr__(self, "_http", http)
         hosts = _check_hosts(allow, host_addrs)
         object.__setattr__(self, "_allow", allow)
         object.__setattr__(self, "_deny", deny)
@@ -179,7 +191,7 @@ class Policy:
             if host not in self._hosts:
                 raise ValueError(f"no --net-allow rule names the host {host!r}")
         hosts: dict[str, Iterable[str | IPAddress]] = {**self._hosts, **host_addrs}
-        return type(self)(self._allow, self._deny, hosts, self._unix)
+        return type(self)(self._allow, self._deny, hosts, self._unix, http=self._http)
 
     def with_allow(self, rule: Rule) -> Policy:
         """A new Policy with one more allow rule, after the others (a hostname rule's host
@@ -188,7 +200,7 @@ class Policy:
         hosts: dict[str, Iterable[str | IPAddress]] = dict(self._hosts)
         if rule.host is not None:
             hosts.setdefault(rule.host, ())
-        return type(self)((*self._allow, rule), self._deny, hosts, self._unix)
+        return type(self)((*self._allow, rule), self._deny, hosts, self._unix, http=self._http)
 
     def host_for_name(self, name: str) -> str | None:
         """The host key of the allow rules that covers the DNS name ``name``, or None.
@@ -250,6 +262,12 @@ class Policy:
     def unix_rules(self) -> UnixRules | None:
         """The ``--unix-allow`` rules (None: none given; only sockets bound inside)."""
         return self._unix
+
+    @property
+    def http_rules(self) -> HttpRules | None:
+        """The HTTP rules (None: the run has no HTTP relay): the relay reads them here
+        for each request (httprelay.py)."""
+        return self._http
 
     @property
     def deny_rules(self) -> tuple[Rule, ...]:

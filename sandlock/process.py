@@ -39,6 +39,7 @@ from ._fastrun import command_environ
 from .api import DEVNULL, PIPE, Sandbox, StrPath
 from .audit import AuditLog, AuditSeal, DecisionRecord
 from .errors import SupervisorError, TimeoutExpired, UsageError
+from .plan import swap_options
 from .report import Observer
 from .session import Background, Session
 
@@ -201,10 +202,22 @@ class _Started:
                 os.close(fd)
 
     def new_policy(
-        self, net_allow: Sequence[str], net_deny: Sequence[str], unix_allow: Sequence[str]
+        self,
+        net_allow: Sequence[str],
+        net_deny: Sequence[str],
+        unix_allow: Sequence[str],
+        http_allow: Sequence[str] | None,
+        http_deny: Sequence[str] | None,
     ) -> Callable[[], None]:
-        """The swap to these rules, built here (PolicyError if one is bad: nothing changes)."""
-        policy = self.sandbox._make_plan(net_allow, net_deny, unix_allow).policy
+        """The swap to these rules, built here (PolicyError if one is bad: nothing changes);
+        the HTTP rules as plan.swap_options says (None and None: those in force now)."""
+        current = self.session.policy
+        options = swap_options(self.sandbox._options, current, http_allow, http_deny)
+        interposed = current.http_rules is not None  # (the run has an HTTP relay)
+        plan = self.sandbox._make_plan(
+            net_allow, net_deny, unix_allow, options, interposed=interposed
+        )
+        policy = plan.policy
 
         def swap() -> None:
             self.session.policy = policy
@@ -241,10 +254,21 @@ class _Controls:
         net_deny: Sequence[str] = (),
         *,
         unix_allow: Sequence[str] = (),
+        http_allow: Sequence[str] | None = None,
+        http_deny: Sequence[str] | None = None,
     ) -> None:
-        """Replace all the rules at once (as ``sandlock policy``): the command's next call
-        is decided by the new ones. A bad rule raises PolicyError and the old rules stay."""
-        self._apply(self._run.new_policy(net_allow, net_deny, unix_allow))
+        """Replace the rules at once (as ``sandlock policy``): the command's next call, and
+        its next HTTP request (on a keep-alive connection already open too), is decided by
+        the new ones. ``net_allow``, ``net_deny`` and ``unix_allow`` are always replaced
+        (omitted: none). ``http_allow`` and ``http_deny``: giving either replaces both HTTP
+        lists (an omitted one becomes empty); giving neither keeps the HTTP rules in force.
+
+        The HTTP ports and TLS interception stay those the run started with: which
+        connections go through the HTTP relay is decided when each one is made. So a run
+        started without HTTP rules (no relay, no CA) cannot be given any: PolicyError.
+        A bad rule, net or HTTP, raises PolicyError and every old rule stays."""
+        run = self._run
+        self._apply(run.new_policy(net_allow, net_deny, unix_allow, http_allow, http_deny))
 
     def _apply(self, swap: Callable[[], None]) -> None:
         raise NotImplementedError

@@ -232,7 +232,7 @@ class Session:
         child = self._started()
         names = self.names
         trio_first = names is not None and (
-            names.dns_mode or names.options.verify_names or names.http is not None
+            names.dns_mode or names.options.verify_names or names.http_ports is not None
         )
         status = wait_child(
             child,

@@ -110,17 +110,18 @@ class Supervisor:
     def _relay(self, names: Names | None) -> Relay | None:
         """With --verify-names, the relay that checks names (relay.py), and with HTTP
         rules, HTTP requests (httprelay.py); it runs in serve."""
-        if names is None or not (names.options.verify_names or names.http is not None):
+        ports = names.http_ports if names is not None else None
+        if names is None or not (names.options.verify_names or ports is not None):
             return None
         from .relay import Relay
 
         http = None
-        if names.http is not None:
+        if ports is not None:  # (the rules: the policy's, read per request)
             from .httprelay import HttpHandler
 
             verify = names.options.verify_names
             http = HttpHandler(
-                names.http, lambda: self.policy, self._tell_http, verify=verify, tls=names.tls
+                ports, lambda: self.policy, self._tell_http, verify=verify, tls=names.tls
             )
         gate = self.gate if self._remember else None  # (it sends remembered ones itself)
         verify = names.options.verify_names

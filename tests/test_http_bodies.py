@@ -198,8 +198,8 @@ async def test_bodies_in_process(
 
     monkeypatch.setattr(httpbody, "move", counting)
     rules = HttpRules.parse(*RULES, [server.port])
-    policy = Policy((), (), {})  # (an IP-literal Host is bound without it)
-    handler = HttpHandler(rules, lambda: policy, None)
+    policy = Policy((), (), {}, http=rules)  # (an IP-literal Host is bound without hosts)
+    handler = HttpHandler(rules.ports, lambda: policy, None)
     handler.splice_bodies = splice
     relay = Relay(lambda: policy, None, verify=False, http=handler)
     dest = Dest(socket.AF_INET, bytes([127, 0, 0, 1]), server.port)

@@ -507,3 +507,72 @@ def test_start_fails_when_dns_mode_is_required(
     plan = make(allow, [], options, resolver=fake_resolver if options.dns_proxy else None)
     with pytest.raises(SandlockError, match="cannot start the DNS proxy on port 53"):
         plan.start(plan.policy)
+
+
+# --- HTTP rules: carried by the policy, swapped while a run goes on ----------------------
+
+
+def test_the_policy_carries_the_http_rules() -> None:
+    """The plan's HTTP rules ride in its policy, and the DNS mode's and an ask's new
+    policies (with_hosts, with_allow) keep them: the relay reads them there."""
+    from sandlock.rules import parse_rule
+
+    options = NameOptions(http_allow=["GET example.com/a/*"], http_ports=[8080])
+    policy = make([], [], options, resolver=fake_resolver).policy
+    http = policy.http_rules
+    assert http is not None and [r.spec for r in http.allow] == ["GET example.com/a/*"]
+    assert http.ports == frozenset({8080})
+    assert policy.with_hosts({"example.com": ["192.0.2.9"]}).http_rules is http
+    assert policy.with_allow(parse_rule("api.example.org", flag="--ask")).http_rules is http
+    assert make([], [], resolver=fake_resolver).policy.http_rules is None
+
+
+def test_swap_options_replace_both_lists_or_keep_those_in_force() -> None:
+    """Either HTTP list given replaces both (one left out: empty); neither keeps those of
+    the policy in force; the run's own options (ports, TLS, hostname mode) stay."""
+    from sandlock.plan import swap_options
+
+    run = NameOptions(
+        dns_proxy=False, http_allow=["GET */a/*"], http_deny=["GET */a/no"], http_ports=[8080]
+    )
+    current = make([], [], run).policy
+    swapped = swap_options(run, current, ["GET */b/*"], None)
+    assert (swapped.http_allow, swapped.http_deny) == (("GET */b/*",), ())
+    assert (swapped.http_ports, swapped.dns_proxy) == ((8080,), False)
+    later = make([], [], swapped, interposed=True).policy
+    kept = swap_options(run, later, None, None)
+    assert (kept.http_allow, kept.http_deny) == (("GET */b/*",), ())
+    emptied = swap_options(run, later, [], None)
+    with pytest.raises(PolicyError, match="not a string"):
+        swap_options(run, later, "GET */b/*", None)
+    # No list left: the relay stays (the ports are the run's) and passes every request.
+    none = make([], [], emptied, interposed=True).policy.http_rules
+    assert none is not None and not none and none.ports == frozenset({8080})
+    assert not none.decide("GET", "x", 8080, "/a", bound=False).rule
+
+
+def test_swap_options_refuse_http_rules_to_a_run_without_them() -> None:
+    """A run started without HTTP rules has no relay: a swap giving it some is a one-line
+    PolicyError naming the flag; one giving none (or empty lists) is not."""
+    from sandlock.plan import swap_options
+
+    run = NameOptions(dns_proxy=False)
+    current = make(["127.0.0.1"], [], run).policy
+    with pytest.raises(PolicyError, match=r"^--http-deny: this sandbox started without") as err:
+        swap_options(run, current, None, ["GET */x"])
+    assert "\n" not in str(err.value) and err.value.flag == "--http-deny"
+    assert swap_options(run, current, None, None) is run
+    assert make([], [], swap_options(run, current, [], [])).policy.http_rules is None
+
+
+def test_a_swap_under_http_tls_needs_no_rule_nor_the_ca_file() -> None:
+    """--http-tls without rules is an error at the start, not in a swap (the run
+    intercepts TLS whatever its rules), and --http-upstream-ca, loaded at the start, is
+    not read again."""
+    options = NameOptions(http_tls=True, http_upstream_ca="/nonexistent.pem")
+    with pytest.raises(PolicyError, match="--http-tls: no HTTP rule"):
+        make([], [], NameOptions(http_tls=True))
+    with pytest.raises(PolicyError, match="--http-upstream-ca: no such file"):
+        make([], [], NameOptions.from_wire(options.to_wire() | {"http_allow": ["GET */"]}))
+    http = make([], [], options, interposed=True).policy.http_rules
+    assert http is not None and http.ports == frozenset({80, 443})
