@@ -29,18 +29,20 @@ import re
 import struct
 from typing import NamedTuple
 
+from ._syscalls import FIRST_MAX, FIRST_NAME_MAX
+
 __all__ = ["MAX_FIRST", "NEED_MORE", "NOT_NAMED", "First", "host_name", "read"]
 
-MAX_FIRST = 16 * 1024 + 5
+MAX_FIRST: int = FIRST_MAX
 """The most we read before deciding: one TLS record (2^14 bytes and its header); an HTTP
-request head must fit in it too."""
+request head must fit in it too (csrc/abi.h: the relay's C reader reads as much)."""
 
 _HANDSHAKE = 22
 _CLIENT_HELLO = 1
 _EXT_SNI = 0
 _EXT_ECH = 0xFE0D  # encrypted_client_hello (RFC 9849)
 _SNI_HOST = 0
-_MAX_NAME = 253
+_MAX_NAME = FIRST_NAME_MAX  # 253
 
 
 class First(NamedTuple):

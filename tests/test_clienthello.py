@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from sandlock import _syscalls as sys_
 from sandlock.firstbytes import NEED_MORE, First, read
 
+from .firstsamples import CURL_HELLO, ssl_hello
 from .test_firstbytes import client_hello, hello_with, sni
 
 c_read = sys_.first_tls  # what the C reader says: its verdict, and the name when NAMED
@@ -38,6 +39,8 @@ def agree(data: bytes) -> None:
 
 
 HELLOS = [
+    CURL_HELLO,  # (example.com, ALPN, padding)
+    ssl_hello("alpn.test", ["h2", "http/1.1"]),
     client_hello("good.test"),
     client_hello("Good.Example.TEST"),
     client_hello("a-b_c.x1"),
@@ -83,15 +86,16 @@ def test_whole_hellos_agree(hello: bytes) -> None:
 def test_names_and_refusals() -> None:
     """The cases that matter most, said outright (not only 'as the reference')."""
     named = sys_.FIRST_NAMED
-    assert c_read(HELLOS[1]) == (named, "good.example.test")
+    assert c_read(CURL_HELLO) == (named, "example.com")
+    assert c_read(HELLOS[3]) == (named, "good.example.test")
     assert c_read(hello_with([sni(b"good.test.")])) == (named, "good.test")
     for refused in CRAFTED[4:5] + CRAFTED[17:19] + CRAFTED[21:23]:  # IP, two names, ECH
         assert c_read(refused)[0] == sys_.FIRST_OTHER, refused.hex()
-    assert c_read(HELLOS[3])[0] == sys_.FIRST_OTHER  # no SNI: Python refuses it
+    assert c_read(HELLOS[5])[0] == sys_.FIRST_OTHER  # no SNI: Python refuses it
 
 
 def test_every_prefix_needs_more() -> None:
-    hello = HELLOS[0]
+    hello = HELLOS[2]
     for end in range(0, len(hello)):
         assert c_read(hello[:end])[0] == sys_.FIRST_NEED_MORE, end
     assert c_read(b"\x16\x02")[0] == sys_.FIRST_OTHER

@@ -191,7 +191,7 @@ def edited(record: bytes, edits: list[tuple[str, int, object]]) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.sampled_from(HELLOS + HEADS), _edits)
 def test_edited_real_records(record: bytes, edits: list[tuple[str, int, object]]) -> None:
     """A real record with several bytes changed, inserted or removed, cut or extended."""
@@ -215,7 +215,7 @@ _other_ext = st.tuples(
 _delta = st.sampled_from([0, 0, 0, 0, -1, 1, -4, 3])
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     st.one_of(st.none(), st.lists(st.one_of(_sni_ext, _other_ext), max_size=5)),
     st.binary(max_size=3),
@@ -261,7 +261,7 @@ _header = st.tuples(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     st.sampled_from([b"GET", b"POST", b"CONNECT", b"OPTIONS", b"G(T", b""]),
     st.one_of(
@@ -297,7 +297,7 @@ def test_built_http_heads(
     assert_same(head[: len(head) - cut])
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     st.one_of(
         st.binary(max_size=600),
@@ -324,7 +324,7 @@ def test_oversized_inputs() -> None:
         assert_same(head[:end])
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.one_of(st.text(max_size=30), st.from_regex(r"[A-Za-z0-9._\-]{0,30}", fullmatch=True)))
 def test_host_name_is_the_reference(text: str) -> None:
     """host_name, which read() applies to every name it finds, unchanged."""
