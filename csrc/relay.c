@@ -438,12 +438,20 @@ static void start_upstream(struct sandlock_relay *r, struct first *f)
         drop_first(r, f);
         return;
     }
-    if (connect(f->up, (struct sockaddr *)&ss, len) == 0) {
+    int rc = connect(f->up, (struct sockaddr *)&ss, len) == 0 ? 0 : -errno;
+    if (rc == -EINPROGRESS) { /* finished already (loopback usually is)? */
+        struct pollfd p = {.fd = f->up, .events = POLLOUT};
+        int err = 0;
+        socklen_t elen = sizeof err;
+        if (poll(&p, 1, 0) > 0)
+            rc = getsockopt(f->up, SOL_SOCKET, SO_ERROR, &err, &elen) < 0 ? -errno : -err;
+    }
+    if (rc == 0) {
         connected(r, f);
         return;
     }
     struct epoll_event ev = {.events = EPOLLOUT | EPOLLET, .data.ptr = f};
-    if (errno != EINPROGRESS || epoll_ctl(r->ep, EPOLL_CTL_ADD, f->up, &ev) < 0) {
+    if (rc != -EINPROGRESS || epoll_ctl(r->ep, EPOLL_CTL_ADD, f->up, &ev) < 0) {
         drop_first(r, f); /* (refused: reset, as relay.py does when it cannot connect) */
         return;
     }

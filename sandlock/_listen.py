@@ -14,7 +14,7 @@ import trio
 
 from .errors import SandlockError
 
-__all__ = ["bind", "fd_room", "hung_up", "peer", "raise_fd_limit"]
+__all__ = ["bind", "fd_room", "hung_up", "peer"]
 
 FDS_PER_CLIENT = 12  # descriptors a client with a live sandbox may cost (worst case)
 RESERVED_FDS = 32  # kept for the daemon itself (trio, resolvers, the DNS forwarders)
@@ -50,16 +50,6 @@ async def bind(path: str) -> trio.socket.SocketType:
     os.chmod(path, 0o600)
     sock.listen(128)
     return sock
-
-
-def raise_fd_limit() -> None:
-    """Take every descriptor the hard limit allows (each client costs a few)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (OSError, ValueError):
-            pass
 
 
 def peer(sock: trio.socket.SocketType) -> tuple[int, int]:

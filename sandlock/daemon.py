@@ -67,8 +67,9 @@ import trio
 
 from . import _syscalls as sys_
 from . import _wire
+from ._fdlimit import raise_fd_limit
 from ._gatemode import gate_answers
-from ._listen import bind, fd_room, hung_up, peer, raise_fd_limit
+from ._listen import bind, fd_room, hung_up, peer
 from ._plans import Resolvers
 from ._request import RequestError, check_request, check_supervise_fds
 from ._sink import DEFAULT_LIMIT, AuditSink, Sink, SinkText, audit_note, report_note

@@ -664,7 +664,10 @@ async def _connect(dest: Dest) -> trio.SocketStream | None:
     """A stream to ``dest`` (the address the command connected to), or None."""
     seen = canonical(dest.addr)
     family = socket.AF_INET if len(seen) == 4 else socket.AF_INET6
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    except OSError:  # (EMFILE: the supervisor's descriptors are used up: as unreachable)
+        return None
     with trio.move_on_after(CONNECT_TIMEOUT):
         try:
             await sock.connect((socket.inet_ntop(family, seen), dest.port))

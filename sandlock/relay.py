@@ -460,7 +460,11 @@ async def _connect(dest: Dest) -> socket.socket | None:
 
     seen = canonical(dest.addr)
     family = socket.AF_INET if len(seen) == 4 else socket.AF_INET6
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+    try:
+        sock = socket.socket(family, kind)
+    except OSError:  # (EMFILE: the supervisor's descriptors are used up; reset, as refused)
+        return None
     address = (socket.inet_ntop(family, seen), dest.port)
     rc = -1
     try:
