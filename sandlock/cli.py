@@ -224,7 +224,7 @@ def _run(args: Args) -> int:
             keep_fds=args.keep_fds,
             forward_signals=True,
         )
-        if names is not None and (names.options.verify_names or names.http is not None):
+        if names is not None and (names.options.verify_names or names.http_ports is not None):
             from ._fdlimit import raise_fd_limit
 
             raise_fd_limit()  # (the relay's: the command, started, keeps the caller's limit)
