@@ -245,22 +245,12 @@ def _add_http_args(p: argparse.ArgumentParser) -> None:
         "connection to an HTTP port goes through sandlock's relay, which checks each request "
         "and forwards it only to the address and port CMD connected to.",
     )
-    g.add_argument(
-        "--http-allow",
-        action="append",
-        default=[],
-        metavar="'METHOD HOST[:PORT]/PATH'",
-        help="allow requests like this (repeatable): METHOD or *, HOST a name, *.domain, an "
+    _add_http_rule_args(
+        g,
+        "allow requests like this (repeatable): METHOD or *, HOST a name, *.domain, an "
         "IP or *, PATH exact or a prefix ending in * (e.g. 'GET api.example.com/v1/*'); "
         "any --http-allow refuses every other request on the HTTP ports (403), and lets CMD "
         "reach HOST over TCP on them",
-    )
-    g.add_argument(
-        "--http-deny",
-        action="append",
-        default=[],
-        metavar="'METHOD HOST[:PORT]/PATH'",
-        help="refuse requests like this (403), whatever --http-allow says (repeatable)",
     )
     g.add_argument(
         "--http-ports",
@@ -299,21 +289,22 @@ def _add_http_swap_args(p: argparse.ArgumentParser) -> None:
         "started with (which connections the relay interposes is decided as each is made): "
         "a sandbox started without HTTP rules cannot be given any (exit status 2).",
     )
-    g.add_argument(
-        "--http-allow",
-        action="append",
-        default=[],
-        metavar="'METHOD HOST[:PORT]/PATH'",
-        help="allow requests like this (repeatable; as in `sandlock run`): every other "
+    _add_http_rule_args(
+        g,
+        "allow requests like this (repeatable; as in `sandlock run`): every other "
         "request on the HTTP ports is refused (403)",
     )
-    g.add_argument(
-        "--http-deny",
-        action="append",
-        default=[],
-        metavar="'METHOD HOST[:PORT]/PATH'",
-        help="refuse requests like this (403), whatever --http-allow says (repeatable)",
-    )
+
+
+def _add_http_rule_args(g: argparse._ArgumentGroup, allow_help: str) -> None:
+    """--http-allow and --http-deny, as `run` and `policy` both take them."""
+    for flag, help in (
+        ("--http-allow", allow_help),
+        ("--http-deny", "refuse requests like this (403), whatever --http-allow says (repeatable)"),
+    ):
+        g.add_argument(
+            flag, action="append", default=[], metavar="'METHOD HOST[:PORT]/PATH'", help=help
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
