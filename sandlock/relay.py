@@ -30,6 +30,16 @@ succeeds at once, and a destination that refuses it shows as a reset after the f
 bytes, not as ECONNREFUSED; a protocol in which the server speaks first gets no bytes
 and is reset after ``FIRST_TIMEOUT``.
 
+Python decides the first connection to each destination and the first use of each
+name; then C repeats those decisions. Given the ``gate`` (which remembers), a relayed
+destination is remembered as such: the gate connects later connects to it to the relay
+itself, noting the destination (csrc/relaynotes.h; ``_gate_note`` takes it at accept).
+With --verify-names alone, the C thread accepts too (``_front``, csrc/relay.h): a TLS
+ClientHello naming a host this relay let through to that destination under the policy
+deciding now (``approve``, emptied by the gate with each policy change) is let through
+there; everything else comes here (``_take``) with the bytes read, and is served as if
+accepted here.
+
 HTTP rules plug into the same relay: with ``http`` (httprelay.py), every TCP connection
 to an HTTP port is relayed, and handed whole to it (each request checked, h11 both
 ways) instead of ``_serve``. ``verify`` False: only those (HTTP rules without
@@ -158,6 +168,7 @@ class Relay:
         self._http = http  # HTTP rules (httprelay.py): every connection to an HTTP port
         self._native = native  # the C data path (False: trio tasks; tests compare both)
         self._gate = gate  # sends remembered relayed connects here itself, noted there
+        self._fronted = False  # the C thread accepts (relay.h's front): approve names to it
         self._splicer: sys_.Splicer | None = None
         self._listeners: dict[int, socket.socket] = {}
         self._targets: dict[int, bytes] = {}
@@ -200,6 +211,7 @@ class Relay:
                 for domain, target in self._targets.items():
                     self._gate.set_relay(domain, target)
             handed = self._front()
+            self._fronted = handed is not None
             task_status.started()
             async with trio.open_nursery() as nursery:
                 if handed is not None:  # (the C thread accepts: relay.h's front)
@@ -366,8 +378,8 @@ class Relay:
             if not isinstance(first, First) or not self._check(self._policy(), first, noted.dest):
                 self._refused(noted, name)
                 return
-            if first.kind == "tls" and name is not None and self._approves():
-                assert self._gate is not None  # (the front's: the next one to it, in C)
+            if self._fronted and first.kind == "tls" and name is not None:
+                assert self._gate is not None  # (the next one to it, in the C thread)
                 self._gate.approve(name, noted.dest.addr, noted.dest.port)
             upstream = await _connect(noted.dest)
             if upstream is None:
@@ -380,12 +392,6 @@ class Relay:
             for sock in (conn, upstream):
                 if sock is not None and sock.fileno() >= 0:
                     _reset(sock)
-
-    def _approves(self) -> bool:
-        """Whether a name this relay let through may be let through again by the front
-        (relay.h): a cache of ``names_check`` under the policy deciding now, emptied by
-        the gate with every policy change."""
-        return self._gate is not None and self._http is None and self._check is names_check
 
     async def _splice(self, conn: socket.socket, upstream: socket.socket) -> bool:
         """Move bytes both ways between the checked ``conn`` and ``upstream`` until both
