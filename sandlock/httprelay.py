@@ -300,12 +300,12 @@ class _Exchange:
     async def run(self) -> None:
         while True:
             try:
-                event = await _next(self.down, self.client)
+                event = await self._next_request()
             except h11.RemoteProtocolError:
                 await self._answer(400, "sandlock: malformed HTTP request", close=True)
                 return
             if not isinstance(event, h11.Request):
-                return  # (ConnectionClosed)
+                return  # (ConnectionClosed, or the destination ended its side)
             decision, host, path = self.handler.decide(event, self.dest, self.sni)
             if not decision.allowed:
                 self.handler.report(
@@ -318,6 +318,42 @@ class _Exchange:
             if self.down.our_state is not h11.DONE or self.down.their_state is not h11.DONE:
                 return
             self.down.start_next_cycle()
+
+    async def _next_request(self) -> h11.Event | type[h11.PAUSED] | None:
+        """The command's next event. While it is awaited with the destination's connection
+        open and idle, the destination ending that connection (or speaking unasked: a
+        ``408``, dropped) ends this one: None. Without the relay the command would see
+        that end; a client reading to the end of a keep-alive answer, or a pool testing
+        an idle connection, waits for it."""
+        upstream = self.upstream
+        if upstream is None or self._opened is not None or self.down.trailing_data[0]:
+            return await _next(self.down, self.client)  # (none open, or a request came)
+        got: list[h11.Event | type[h11.PAUSED]] = []
+        failed: list[BaseException] = []
+        async with trio.open_nursery() as nursery:
+
+            async def command() -> None:
+                try:
+                    got.append(await _next(self.down, self.client))
+                except (_Closed, h11.RemoteProtocolError) as err:
+                    failed.append(err)  # (raised below: not as a group from the nursery)
+                nursery.cancel_scope.cancel()
+
+            async def destination() -> None:
+                try:
+                    await upstream.receive_some(_CHUNK)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+                nursery.cancel_scope.cancel()  # (its end, an error, or bytes unasked)
+
+            nursery.start_soon(command)
+            nursery.start_soon(destination)
+        if failed:
+            raise failed[0]
+        if got:
+            return got[0]
+        await self._close_upstream()
+        return None
 
     async def _refuse(self, request: h11.Request, decision: HttpDecision) -> bool:
         """Answer 403; whether the connection goes on."""
