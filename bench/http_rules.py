@@ -199,6 +199,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.base:
         BASE.append(os.path.abspath(args.base))
+    if args.peer and not args.tls:
+        from _env import ensure_peer  # (bench/: installs the peer on first use)
+
+        ensure_peer()
     listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
     port = listener.getsockname()[1]
     mb = [0]
