@@ -120,7 +120,7 @@ def _add_rule_args(p: argparse.ArgumentParser) -> None:
         metavar="RULE",
         help="refuse egress to RULE even where an allow rule matches (repeatable); a "
         "hostname or '*.domain' rule means the name never resolves for CMD (NXDOMAIN), "
-        "whatever allow rule names it",
+        "whatever allow rule names it, on every port and protocol",
     )
     p.add_argument(
         "--unix-allow",

@@ -613,3 +613,9 @@ def test_a_denied_name_is_refused_under_an_allowing_wildcard(
         want = {"good.a.test": "ok", "evil.a.test": "ConnectionResetError"}
         assert outcomes(res.stdout) == want, describe(res)
         assert server.accepted == 3
+        # A deny rule's port and scheme narrow nothing for a name: other port, other scheme.
+        other = server.port % 65535 + 1
+        for spec in (f"evil.a.test:{other}", f"udp://evil.a.test:{server.port}"):
+            res = run_sandboxed([*base, "--net-deny", spec], cmd, timeout=TIMEOUT)
+            assert outcomes(res.stdout) == want, describe(res)
+        assert server.accepted == 5
