@@ -32,11 +32,13 @@ class Seen(NamedTuple):
 
 
 class EchoServer:
-    """A threaded HTTP/1.1 server on 127.0.0.1 (port 0); ``log`` lists what it got."""
+    """A threaded HTTP/1.1 server on ``host`` (127.0.0.1, or ::1), port 0; ``log`` lists
+    what it got."""
 
     def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.tls = tls
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.bind((host, 0))
         self.sock.listen(64)
         self.port: int = self.sock.getsockname()[1]

@@ -175,6 +175,38 @@ def test_keep_alive_allowed_denied_allowed(web: EchoServer) -> None:
     assert web.accepted == 1
 
 
+V6_CLIENT = r"""
+import http.client, sys
+port = int(sys.argv[1])
+for path, host in (("/ok/1", f"[::1]:{port}"), ("/secret", f"[::1]:{port}"),
+                   ("/ok/2", f"127.0.0.1:{port}"), ("/ok/3", f"[::1]:{port + 1}")):
+    conn = http.client.HTTPConnection("::1", port, timeout=20)
+    conn.putrequest("GET", path, skip_host=True)
+    conn.putheader("Host", host)
+    conn.endheaders()
+    r = conn.getresponse()
+    print(path, r.status, r.read().decode().strip())
+    conn.close()
+"""
+
+
+def test_ipv6_loopback() -> None:
+    """HTTP rules on ::1: a rule naming `[::1]` allows its paths, other paths and a Host
+    naming another address or port are refused, and only the allowed request arrives."""
+    with EchoServer("::1") as web:
+        p = web.port
+        args = ["--http-ports", str(p), "--http-allow", "GET [::1]/ok/*"]
+        res = run_sandboxed(args, [PY, "-c", V6_CLIENT, str(p)], timeout=TIMEOUT)
+    assert res.returncode == 0, describe(res)
+    assert res.stdout.splitlines() == [
+        "/ok/1 200 ok GET /ok/1 0",
+        "/secret 403 sandlock: refused by HTTP rule `http-default-deny`",
+        "/ok/2 403 sandlock: refused by HTTP rule `http-default-deny`",  # (no rule names it)
+        "/ok/3 403 sandlock: refused by HTTP rule `http-host-mismatch`",
+    ], describe(res)
+    assert [(s.target, s.host) for s in web.log] == [("/ok/1", f"[::1]:{p}")]
+
+
 def test_refused_upload_closes_allowed_chunked_upload_streams(web: EchoServer) -> None:
     """A chunked upload to an allowed path arrives chunked and whole; a refused one with a
     body is answered 403 and its body never reaches the server."""
