@@ -72,9 +72,12 @@ if TYPE_CHECKING:
 
     from .httprelay import HttpHandler
 
-__all__ = ["MISMATCH", "Check", "Relay", "name_allowed", "names_check", "only_by_name"]
+__all__ = ["ECH", "MISMATCH", "Check", "Relay", "name_allowed", "names_check", "only_by_name"]
 
 MISMATCH = "name-mismatch"
+# An Encrypted ClientHello (firstbytes' kind), as the refusal's event says it (its
+# ``detail``): the denial report says why, the audit record is MISMATCH's as any other.
+ECH = "ech"
 FIRST_TIMEOUT = 10.0  # seconds to wait for the first record
 CONNECT_TIMEOUT = 30.0  # seconds to reach the original destination
 PIPE_SIZE = sys_.RELAY_PIPE_SIZE  # each direction's pipe (F_SETPIPE_SZ; csrc/abi.h)
@@ -376,7 +379,8 @@ class Relay:
                 return  # closed before a byte was sent: nothing to refuse (a lost race)
             name = first.name if isinstance(first, First) else None
             if not isinstance(first, First) or not self._check(self._policy(), first, noted.dest):
-                self._refused(noted, name)
+                ech = isinstance(first, First) and first.kind == ECH
+                self._refused(noted, name, ECH if ech else None)
                 return
             if self._fronted and first.kind == "tls" and name is not None:
                 assert self._gate is not None  # (the next one to it, in the C thread)
@@ -421,10 +425,13 @@ class Relay:
             nursery.start_soon(pump, upstream, conn)
         return not failed
 
-    def _refused(self, noted: _Noted, name: str | None) -> None:
+    def _refused(self, noted: _Noted, name: str | None, detail: str | None = None) -> None:
+        """Report a refused connection: ``name`` the host its first record named (an ECH
+        ClientHello's outer name), ``detail`` ``ECH`` for an encrypted ClientHello."""
         if self._report is not None:
             decision = Decision(allowed=False, rule=MISMATCH, host=name)
-            self._report(Event(noted.pid, "connect", "tcp", noted.dest, decision, errno.ECONNRESET))
+            reset = errno.ECONNRESET
+            self._report(Event(noted.pid, "connect", "tcp", noted.dest, decision, reset, detail))
 
 
 # ---- the connection's parts --------------------------------------------------------------

@@ -43,8 +43,9 @@ class DenialReport:
         self._seen: set[tuple[str, str, int | None]] = set()
         self.suppressed = 0
 
-    def __call__(self, record: DecisionRecord) -> None:
-        """Report a refused destination, unless already reported, a probe, or over the rate."""
+    def __call__(self, record: DecisionRecord, detail: str | None = None) -> None:
+        """Report a refused destination, unless already reported, a probe, or over the rate
+        (``detail``: the event's, :class:`sandlock.events.Event`)."""
         if is_probe(record):
             return
         key = (record.proto, record.dst, record.port)
@@ -54,7 +55,9 @@ class DenialReport:
         if not self._take():
             return
         print(
-            f"sandlock: denied {record.describe()} — {_why(record)}", file=self.stream, flush=True
+            f"sandlock: denied {record.describe()} — {_why(record, detail)}",
+            file=self.stream,
+            flush=True,
         )
 
     def _take(self) -> bool:
@@ -138,7 +141,7 @@ def is_probe(record: DecisionRecord) -> bool:
     return record.proto == "udp" and record.port == 0 and record.syscall == "connect"
 
 
-def _why(record: DecisionRecord) -> str:
+def _why(record: DecisionRecord, detail: str | None = None) -> str:
     if record.proto == "unix":
         from .unixrules import DAEMON_RULE, LINKED_RULE
 
@@ -152,6 +155,12 @@ def _why(record: DecisionRecord) -> str:
     if record.rule == "ask:timeout":
         return "no rule allows it, and no answer came in time"
     if record.rule == "name-mismatch":  # (relay.MISMATCH: --verify-names)
+        if detail == "ech":  # (relay.ECH: the host it asks for is encrypted)
+            outer = f" ({record.host} is only its outer, public name)" if record.host else ""
+            return (
+                "its TLS ClientHello is encrypted (ECH), so it names no host that can be"
+                f" checked{outer} (--verify-names)"
+            )
         named = f"it named {record.host}" if record.host else "it named no host"
         return f"{named}, which no rule allows at this address (--verify-names)"
     return "no rule allows it" if record.rule == "default-deny" else f"--net-deny {record.rule}"
@@ -277,7 +286,7 @@ class Observer:
         if self.denied is not None:
             self.denied.append(record)
         if self.report is not None:
-            self.report(record)
+            self.report(record, event.detail)
 
     def finish(self, stream: SupportsWrite[str] | None) -> AuditSeal | None:
         """The run is over: its audit log sealed and closed, and on ``stream`` (None: say

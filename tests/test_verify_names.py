@@ -9,12 +9,14 @@ its first record (nor that record) reaches them.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import resource
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -25,6 +27,7 @@ import pytest
 
 from .conftest import describe, run_command, run_sandboxed, sandlock_env
 from .dnsfake import FakeUpstream
+from .test_firstbytes import hello_with, sni
 from .test_gate_mode import SPY, _stats
 from .tlsfake import Authority, WebServer
 
@@ -126,12 +129,20 @@ for case in sys.argv[5:]:
     elif kind == "close":  # nothing sent: nothing refused, nothing reported
         socket.create_connection(("good.test", tls_port), timeout=20).close()
         print(case, "closed")
-    else:
+    else:  # raw, ech: these bytes to the TLS port
         print(case, raw(bytes.fromhex(arg)))
 """
 
+# A ClientHello with Encrypted ClientHello (RFC 9849): the allowed name as its outer SNI,
+# and an outer ECHClientHello (type 0; HKDF-SHA256, AES-128-GCM; config 42; enc; payload)
+# hiding the name it asks for. Sent as raw bytes (Python's ssl cannot make one).
+ECH_OUTER = struct.pack("!BHHBH", 0, 1, 1, 42, 32) + bytes(range(32)) + struct.pack("!H", 48)
+ECH_HELLO = hello_with([sni(b"good.test"), (0xFE0D, ECH_OUTER + bytes(48))])
+ECH_CASE = "ech:" + ECH_HELLO.hex()
+
 CASES = [
     "tls:good.test",
+    ECH_CASE,  # (after a good one: the gate sends it to the C front, good.test approved)
     "tls:evil.test",  # another name on the same address (the certificate covers it)
     "tls:",  # no SNI
     "http:good.test",
@@ -175,13 +186,16 @@ def test_without_verify_names_every_case_passes(
 def test_only_allowed_names_pass(
     fake: FakeUpstream, https: WebServer, http: WebServer, tmp_path: Path, gate_mode: str
 ) -> None:
-    """Allowed SNI and Host pass; a wrong SNI, no SNI, raw bytes, a wrong Host are reset
-    and never reach the servers; each refusal is audited as name-mismatch."""
+    """Allowed SNI and Host pass; a wrong SNI, no SNI, an Encrypted ClientHello (whose
+    outer SNI is the allowed name), raw bytes, a wrong Host are reset and never reach the
+    servers; each refusal is audited as name-mismatch with the name seen, and the ECH one
+    is reported as encrypted, not as a name no rule allows."""
     audit = tmp_path / "audit.jsonl"
     res = run_client(fake, https, http, ["--audit", str(audit)], CASES)
     got = outcomes(res.stdout)
     assert got == {
         "tls:good.test": "ok",
+        ECH_CASE: "ConnectionResetError",
         "tls:evil.test": "ConnectionResetError",
         "tls:": "ConnectionResetError",
         "http:good.test": "ok",
@@ -192,9 +206,19 @@ def test_only_allowed_names_pass(
     assert https.accepted == 1 and http.accepted == 1  # the refused ones: never connected
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     refused = [r for r in records if r.get("rule") == "name-mismatch"]
-    assert sorted(str(r["host"]) for r in refused) == ["None", "None", "evil.test", "evil.test"]
+    hosts = sorted(str(r["host"]) for r in refused)
+    assert hosts == ["None", "None", "evil.test", "evil.test", "good.test"], records
     assert all(r["action"] == "deny" and r["port"] in (https.port, http.port) for r in refused)
-    assert "it named evil.test" in res.stderr
+    (ech,) = [r for r in refused if r["host"] == "good.test"]  # (the outer SNI, as seen)
+    assert (ech["dst"], ech["port"], ech["errno"]) == ("127.0.0.1", https.port, errno.ECONNRESET)
+    # One line per destination: the TLS port's first refusal is the ECH one, the HTTP
+    # port's the wrong Host.
+    assert "it named evil.test" in res.stderr, describe(res)
+    lines = [line for line in res.stderr.splitlines() if f"127.0.0.1:{https.port}" in line]
+    assert len(lines) == 1 and "ClientHello is encrypted (ECH)" in lines[0], describe(res)
+    assert "names no host that can be checked" in lines[0], describe(res)
+    assert "good.test is only its outer, public name" in lines[0], describe(res)
+    assert "it named good.test" not in res.stderr, describe(res)
 
 
 # Each relay's count of connections its C thread let through on its own (relay.h's
