@@ -550,6 +550,38 @@ def test_curl(fake: FakeUpstream, https: WebServer) -> None:
     assert https.accepted == 1
 
 
+def test_curl_plain_http(fake: FakeUpstream, http: WebServer, tmp_path: Path) -> None:
+    """curl over plain HTTP: Host good.test passes (the body arrives); Host evil.test to
+    the same address (-H, and --resolve) is reset (curl 56, recv failure), audited as
+    name-mismatch with evil.test, and the server never gets the connection."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    url = f"http://good.test:{http.port}/hello.txt"
+    base = [curl, "-q", "-sS", "--noproxy", "*", "--max-time", "20"]
+    good = run_sandboxed(args(fake, http.port), [*base, url], timeout=TIMEOUT)
+    assert good.returncode == 0 and good.stdout == BODY.decode(), describe(good)
+    assert http.accepted == 1
+    evil_url = f"http://evil.test:{http.port}/hello.txt"
+    wrong = {
+        "header": [*base, "-H", "Host: evil.test", url],
+        "resolve": [*base, "--resolve", f"evil.test:{http.port}:127.0.0.1", evil_url],
+    }
+    for how, cmd in wrong.items():
+        audit = tmp_path / f"{how}.jsonl"
+        res = run_sandboxed([*args(fake, http.port), "--audit", str(audit)], cmd, timeout=TIMEOUT)
+        assert res.returncode == 56 and BODY.decode() not in res.stdout, (how, describe(res))
+        records = [json.loads(line) for line in audit.read_text().splitlines()]
+        refused = [
+            (r["host"], r["dst"], r["port"], r["action"])
+            for r in records
+            if r.get("rule") == "name-mismatch"
+        ]
+        assert refused == [("evil.test", "127.0.0.1", http.port, "deny")], (how, records)
+        assert "it named evil.test" in res.stderr, (how, describe(res))
+        assert http.accepted == 1, how  # never connected: the request never reached it
+
+
 def test_node_fetch(fake: FakeUpstream, https: WebServer) -> None:
     """node's fetch, trusting the test CA, through the relay."""
     node = shutil.which("node")
