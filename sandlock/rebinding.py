@@ -14,9 +14,13 @@ hostname rule*:
   none remain), start-up resolution leaves it out, and both say so
   (``"rule": "rebinding-guard"``).
 
-Exceptions: ``localhost`` and names under ``.localhost`` (RFC 6761: loopback by
-definition, never asked of an upstream), and ``--dns-allow-private``, which turns the
-guard off. Pure: no I/O.
+Exceptions: a loopback answer (127/8, ::1, an IPv4-mapped 127/8) for ``localhost`` or a
+name under ``.localhost`` (RFC 6761: loopback by definition; resolved at start, sandlock
+answers them so itself), and ``--dns-allow-private``, which turns the guard off. Any
+other guarded answer for those names is guarded as any name's: ``.localhost`` names
+reach the upstream through the forwarder (and the system resolver at start may answer
+from anywhere), so a resolver answering ``dev.localhost`` with ``169.254.169.254`` or
+``10.0.0.5`` must not open it. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -76,10 +80,17 @@ def guarded(address: str) -> bool:
     return any(value & mask == net for net, mask in _MASKS[ip.version])
 
 
-def exempt(name: str) -> bool:
-    """Whether ``name`` (lower case, no final dot) is loopback by definition: ``localhost``
-    and every name under ``.localhost`` (RFC 6761)."""
-    return name == "localhost" or name.endswith(".localhost")
+def exempt(name: str, address: str) -> bool:
+    """Whether the guard lets ``name`` (lower case, no final dot) answer ``address`` (an
+    answer as :func:`guarded` takes it): a loopback address (127/8, ::1, or the
+    IPv4-mapped form of 127/8, should a caller pass it unmapped) for ``localhost`` or a
+    name under ``.localhost`` (RFC 6761: loopback by definition). Their other guarded
+    answers (169.254.169.254, 10.0.0.5) are not exempt."""
+    if name != "localhost" and not name.endswith(".localhost"):
+        return False
+    ip = ipaddress.ip_address(address)
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
 
 
 class Sorted(NamedTuple):
@@ -95,13 +106,13 @@ class Sorted(NamedTuple):
 
 def sort_answers(policy: Policy, name: str, answers: Iterable[str], *, on: bool) -> Sorted:
     """Sort the stored ``answers`` for ``name`` under ``policy``; ``on`` False (the
-    ``--dns-allow-private`` option) or an exempt name allows them all."""
+    ``--dns-allow-private`` option) allows them all, :func:`exempt` the loopback answers
+    of ``localhost`` names."""
     allowed: list[str] = []
     by_address: list[str] = []
     dropped: list[str] = []
-    check = on and not exempt(name)
     for address in answers:
-        if not check or not guarded(address):
+        if not on or not guarded(address) or exempt(name, address):
             allowed.append(address)
         elif policy.allows_by_address(ipaddress.ip_address(address).packed):
             by_address.append(address)

@@ -19,7 +19,7 @@ from sandlock.errors import PolicyError
 from sandlock.plan import NameOptions, Plan, make
 from sandlock.policy import Policy, stored_address
 from sandlock.profile import read_profile
-from sandlock.rebinding import GUARDED_NETWORKS, guarded
+from sandlock.rebinding import GUARDED_NETWORKS, exempt, guarded
 
 from .dnsfake import FakeUpstream
 from .test_dns import IO_LIMIT, addresses, running
@@ -35,6 +35,9 @@ def upstream() -> Iterator[FakeUpstream]:
         fake.add("api.example.test", "AAAA", ["::ffff:127.0.0.1"])
         fake.add("mixed.example.test", "A", ["192.0.2.5", "127.0.0.7"])
         fake.add("dev.localhost", "A", ["127.0.0.1"])
+        fake.add("meta.localhost", "A", ["127.0.0.1", "169.254.169.254", "10.1.2.3"])
+        fake.add("meta.localhost", "AAAA", ["::1", "::ffff:127.0.0.9", "fd00::5"])
+        fake.add("private.localhost", "A", ["169.254.169.254"])
         for name in ("ok.example.test", "evil.example.test", "x.bad.example.test"):
             fake.add(name, "A", ["192.0.2.8"])
         fake.add("bad.example.test", "A", ["192.0.2.9"])
@@ -95,6 +98,33 @@ def test_every_network_is_tested() -> None:
     tested = [ipaddress.ip_address(stored_address(a)) for a in GUARDED_ADDRESSES]
     for network in GUARDED_NETWORKS:
         assert any(ip in network for ip in tested), network
+
+
+@pytest.mark.parametrize(
+    ("name", "address", "want"),
+    [
+        ("localhost", "127.0.0.1", True),
+        ("dev.localhost", "127.9.9.9", True),
+        ("a.b.localhost", "::1", True),
+        ("dev.localhost", "::ffff:127.0.0.1", True),  # (mapped, should a caller not unmap)
+        ("dev.localhost", stored_address("::ffff:127.0.0.2"), True),
+        ("dev.localhost", "169.254.169.254", False),
+        ("dev.localhost", "10.0.0.5", False),
+        ("localhost", "192.168.1.1", False),
+        ("localhost", "0.0.0.0", False),
+        ("dev.localhost", "::", False),
+        ("dev.localhost", "fd00::5", False),
+        ("dev.localhost", "fe80::1", False),
+        ("dev.localhost", "::ffff:10.0.0.5", False),
+        ("dev.localhost", "::ffff:169.254.169.254", False),
+        ("localhost.example", "127.0.0.1", False),
+        ("notlocalhost", "127.0.0.1", False),
+    ],
+)
+def test_localhost_exemption_is_for_loopback_answers(name: str, address: str, want: bool) -> None:
+    """`localhost` and names under `.localhost` are exempt only for loopback answers
+    (127/8, ::1, a mapped 127/8); any other name is exempt for none."""
+    assert exempt(name, address) is want
 
 
 # --- start-up resolution ------------------------------------------------------------------
@@ -170,6 +200,49 @@ def test_startup_localhost_is_exempt() -> None:
         "localhost": ("127.0.0.1",),
         "dev.localhost": ("127.0.0.1",),
     }
+
+
+LOCALHOST_ANSWERS = [
+    "127.0.0.1",
+    "169.254.169.254",
+    "::1",
+    "10.0.0.5",
+    "::ffff:127.0.0.2",
+    "fd00::5",
+    "::ffff:10.0.0.6",
+]
+LOCALHOST_KEPT = ("127.0.0.1", "::1", "127.0.0.2")
+LOCALHOST_DROPPED = ["169.254.169.254", "10.0.0.5", "fd00::5", "10.0.0.6"]
+
+
+def test_startup_localhost_names_keep_only_loopback_answers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A resolver answering `localhost` or a `.localhost` name with link-local, private or
+    ULA addresses next to loopback ones: the loopback ones (a mapped one too) pass, the
+    others are guarded as any name's: one line and one record per name, refused."""
+    plan = make(
+        ["localhost:80", "dev.localhost:80"],
+        [],
+        NameOptions(dns_proxy=False),
+        resolver=lambda name: LOCALHOST_ANSWERS,
+    )
+    assert plan.policy.host_addresses == {
+        "localhost": LOCALHOST_KEPT,
+        "dev.localhost": LOCALHOST_KEPT,
+    }
+    for address in LOCALHOST_KEPT:
+        assert _allows(plan.policy, address, 80)
+    for address in LOCALHOST_DROPPED:
+        assert not _allows(plan.policy, address, 80)
+    assert not _allows(plan.policy, "::ffff:10.0.0.6", 80)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all("rebinding guard" in line for line in lines), lines
+    assert "`dev.localhost` answered 169.254.169.254, 10.0.0.5, fd00::5, 10.0.0.6" in lines[1]
+    assert [(r["host"], r["rule"], r["answers"]) for r in plan.records] == [
+        ("localhost", "rebinding-guard", LOCALHOST_DROPPED),
+        ("dev.localhost", "rebinding-guard", LOCALHOST_DROPPED),
+    ]
 
 
 def test_startup_denied_name_is_never_looked_up(capsys: pytest.CaptureFixture[str]) -> None:
@@ -304,6 +377,40 @@ async def test_forwarder_localhost_is_exempt(upstream: FakeUpstream) -> None:
             reply = await env.udp("dev.localhost")
             assert addresses(reply) == ["127.0.0.1"]
             assert env.allows("tcp", "127.0.0.1", 8080)
+
+
+async def test_forwarder_localhost_names_keep_only_loopback_answers(
+    upstream: FakeUpstream,
+) -> None:
+    """A `.localhost` name whose upstream answers link-local, private or ULA addresses
+    next to loopback ones: only the loopback records (A, AAAA, a mapped 127/8) reach the
+    command and are learned; a name answering none gets NXDOMAIN; rebinding-guard
+    records say which were dropped. Checked as values: nothing connects to them."""
+    specs = ["meta.localhost:8080", "private.localhost:8080"]
+    with trio.fail_after(IO_LIMIT):
+        async with running(upstream, specs) as env:
+            reply = await env.udp("meta.localhost")
+            assert reply.rcode() == dns.rcode.NOERROR and addresses(reply) == ["127.0.0.1"]
+            aaaa = await env.udp("meta.localhost", "AAAA")
+            assert sorted(addresses(aaaa)) == ["::1", "::ffff:127.0.0.9"]
+            assert sorted(env.book.addresses("meta.localhost")) == ["127.0.0.1", "127.0.0.9", "::1"]
+            for address in ("127.0.0.1", "::1", "::ffff:127.0.0.9"):
+                assert env.allows("tcp", address, 8080), address
+            for address in ("169.254.169.254", "10.1.2.3", "fd00::5"):
+                assert not env.allows("tcp", address, 8080), address
+            private = await env.udp("private.localhost")
+            assert private.rcode() == dns.rcode.NXDOMAIN and addresses(private) == []
+            assert env.book.addresses("private.localhost") == ()
+            guard = [
+                (r["host"], r["qtype"], sorted(r["answers"]), r["rcode"])  # type: ignore[type-var]
+                for r in env.records
+                if r["rule"] == "rebinding-guard"
+            ]
+            assert guard == [
+                ("meta.localhost", "A", ["10.1.2.3", "169.254.169.254"], "NOERROR"),
+                ("meta.localhost", "AAAA", ["fd00::5"], "NOERROR"),
+                ("private.localhost", "A", ["169.254.169.254"], "NXDOMAIN"),
+            ]
 
 
 async def test_forwarder_deny_names(upstream: FakeUpstream) -> None:
