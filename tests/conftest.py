@@ -9,6 +9,7 @@ receiving side, what actually arrived.  Everything here stays on loopback:
   waits until the thread has seen it, so everything that arrived before it is counted.
   A sink refuses to bind anything but a loopback address.
 - ``probe("name")``: compiles ``tests/probes/name.c`` once per session and returns its path.
+- ``need_tool("curl")``: a program's path; missing, the test is skipped, or fails in CI.
 - ``run_sandboxed(sandlock_args, cmd)`` / ``run_plain(cmd)``: run a command with or without
   the sandbox under a generous timeout (to catch hangs, not to time things); a hang kills
   the whole process group and fails the test with the output so far.
@@ -492,6 +493,27 @@ def public_python() -> Iterator[str]:
         yield str(container.public_tree(dest))
     finally:
         shutil.rmtree(dest, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- tools
+
+
+def in_ci() -> bool:
+    """Whether the tests run in CI: the environment variable CI set (`CI=true bash
+    .ci/run`, as CI services set it), and not to "0" or "false"."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def need_tool(name: str) -> str:
+    """The path of the program ``name`` (curl, node, git: the real clients a test runs).
+    Missing, the test is skipped, or fails in CI (:func:`in_ci`): CI must not go green
+    by skipping the very clients it is meant to prove."""
+    path = shutil.which(name)
+    if path is None:
+        if in_ci():
+            pytest.fail(f"{name} is not installed, and CI is set: a missing tool fails")
+        pytest.skip(f"{name} is not installed")
+    return path
 
 
 # ---------------------------------------------------------------------------- probes

@@ -10,7 +10,6 @@ import json
 import os
 import pty
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,9 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SANDLOCK, describe, kill_group, parse_probe, run_command, sandlock_env
-
-CURL = shutil.which("curl")
+from .conftest import (
+    SANDLOCK,
+    describe,
+    kill_group,
+    need_tool,
+    parse_probe,
+    run_command,
+    sandlock_env,
+)
 
 
 def _one_error_line(res: subprocess.CompletedProcess[str]) -> str:
@@ -438,7 +443,7 @@ def http_servers():
 
 def _curl(url: str) -> list[str]:
     return [
-        CURL or "curl",
+        need_tool("curl"),
         "-q",
         "-sS",
         "--noproxy",
@@ -453,7 +458,6 @@ def _curl(url: str) -> list[str]:
     ]
 
 
-@pytest.mark.skipif(CURL is None, reason="curl not installed")
 def test_curl_allowed(run_sandboxed, http_servers):
     """curl to an allowed local HTTP server gets its page."""
     allowed, _ = http_servers
@@ -463,7 +467,6 @@ def test_curl_allowed(run_sandboxed, http_servers):
     assert allowed.requests == 1
 
 
-@pytest.mark.skipif(CURL is None, reason="curl not installed")
 @pytest.mark.parametrize("how", ["default-deny", "explicit-deny"])
 def test_curl_denied(run_sandboxed, http_servers, how):
     """curl to a server the policy does not allow fails to connect (curl exit 7) and the

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import SANDLOCK, TcpSink, describe, run_command, run_sandboxed, sandlock_env
+from .conftest import (
+    SANDLOCK,
+    TcpSink,
+    describe,
+    need_tool,
+    run_command,
+    run_sandboxed,
+    sandlock_env,
+)
 from .dnsfake import FakeUpstream
 from .httpfake import EchoServer
 
@@ -277,9 +284,7 @@ def test_curl_and_urllib(web: EchoServer) -> None:
         "200 ok GET /ok/u 0",
         "403 sandlock: refused by HTTP rule `http-default-deny`",
     ]
-    curl = shutil.which("curl")
-    if curl is None:
-        pytest.skip("curl is not installed")
+    curl = need_tool("curl")
     out = []
     for path in ("/ok/c", "/ok/../x"):
         res = run_sandboxed(

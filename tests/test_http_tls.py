@@ -9,7 +9,6 @@ loopback HTTPS server (tests/httpfake.py) logs every request that reaches it.
 from __future__ import annotations
 
 import random
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from sandlock.httptls import Interceptor
 
-from .conftest import describe, run_sandboxed
+from .conftest import describe, need_tool, run_sandboxed
 from .dnsfake import FakeUpstream
 from .httpfake import EchoServer
 
@@ -147,9 +146,7 @@ def test_curl_and_git_trust_the_run_ca(
     fake: FakeUpstream, web: EchoServer, server_ca: tuple[Interceptor, Path]
 ) -> None:
     """curl and git over HTTPS, with no CA flag, reach the server through the relay."""
-    curl, git = shutil.which("curl"), shutil.which("git")
-    if curl is None or git is None:
-        pytest.skip("curl or git is not installed")
+    curl, git = need_tool("curl"), need_tool("git")
     p = web.port
     res = run_sandboxed(
         args(fake, p, server_ca[1]),
@@ -170,14 +167,12 @@ def test_curl_and_git_trust_the_run_ca(
     ]
 
 
-def test_node_fetch_if_installed(
+def test_node_fetch(
     fake: FakeUpstream, web: EchoServer, server_ca: tuple[Interceptor, Path]
 ) -> None:
     """node's fetch, with no flag: node keeps its own CA list, so sandlock sets
     NODE_EXTRA_CA_CERTS (unless set) to an injected bundle (README: HTTP rules)."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
+    node = need_tool("node")
     p = web.port
     script = (
         f"fetch('https://good.test:{p}/ok/n').then(r => r.text().then(t => "

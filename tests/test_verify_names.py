@@ -14,7 +14,6 @@ import json
 import os
 import random
 import resource
-import shutil
 import socket
 import struct
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import describe, run_command, run_sandboxed, sandlock_env
+from .conftest import describe, need_tool, run_command, run_sandboxed, sandlock_env
 from .dnsfake import FakeUpstream
 from .test_firstbytes import hello_with, sni
 from .test_gate_mode import SPY, _stats
@@ -522,9 +521,7 @@ os._exit(7)
 
 def test_curl(fake: FakeUpstream, https: WebServer) -> None:
     """curl: the allowed name passes; --resolve evil.test to the same address is reset."""
-    curl = shutil.which("curl")
-    if curl is None:
-        pytest.skip("curl is not installed")
+    curl = need_tool("curl")
     assert https.tls is not None
     ca = str(https.tls.ca_file)
     good = run_sandboxed(
@@ -554,9 +551,7 @@ def test_curl_plain_http(fake: FakeUpstream, http: WebServer, tmp_path: Path) ->
     """curl over plain HTTP: Host good.test passes (the body arrives); Host evil.test to
     the same address (-H, and --resolve) is reset (curl 56, recv failure), audited as
     name-mismatch with evil.test, and the server never gets the connection."""
-    curl = shutil.which("curl")
-    if curl is None:
-        pytest.skip("curl is not installed")
+    curl = need_tool("curl")
     url = f"http://good.test:{http.port}/hello.txt"
     base = [curl, "-q", "-sS", "--noproxy", "*", "--max-time", "20"]
     good = run_sandboxed(args(fake, http.port), [*base, url], timeout=TIMEOUT)
@@ -584,9 +579,7 @@ def test_curl_plain_http(fake: FakeUpstream, http: WebServer, tmp_path: Path) ->
 
 def test_node_fetch(fake: FakeUpstream, https: WebServer) -> None:
     """node's fetch, trusting the test CA, through the relay."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
+    node = need_tool("node")
     assert https.tls is not None
     script = (
         f"fetch('https://good.test:{https.port}/hello.txt')"
@@ -600,9 +593,7 @@ def test_node_fetch(fake: FakeUpstream, https: WebServer) -> None:
 
 def test_git_clone_over_https(fake: FakeUpstream, https: WebServer, www: Path) -> None:
     """git clone over HTTPS (the "dumb" protocol, served as files) through the relay."""
-    git = shutil.which("git")
-    if git is None:
-        pytest.skip("git is not installed")
+    git = need_tool("git")
     assert https.tls is not None
     work = www.parent / "work"
     env = {**os.environ, "HOME": str(www.parent), "GIT_CONFIG_NOSYSTEM": "1"}
