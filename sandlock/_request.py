@@ -25,7 +25,7 @@ import os
 import select
 from typing import Any
 
-from . import _sink
+from . import _sink, _wire
 
 __all__ = [
     "MAX_HOSTS",
@@ -63,6 +63,7 @@ _NAME_FIELDS = {
     "http_deny",
     "http_ports",
     "http_tls",
+    "http_upstream_ca_pem",
 }
 
 
@@ -132,11 +133,16 @@ def check_names(data: object) -> None:
         return
     if not isinstance(data, dict):
         raise RequestError("name options must be an object")
-    if "http_upstream_ca" in data:
+    if "http_upstream_ca" in data:  # (a client of ours sends the file's text instead)
         raise RequestError(
-            "--http-upstream-ca: not available through the daemon (it reads no file of the "
-            "client's)",
+            "--http-upstream-ca: the daemon opens no file a client names; send its text "
+            "(http_upstream_ca_pem)",
             policy_error=True,
+        )
+    pem = data.get("http_upstream_ca_pem")
+    if not (pem is None or (isinstance(pem, str) and len(pem) <= _wire.MAX_CA_TEXT)):
+        raise RequestError(
+            f"http_upstream_ca_pem must be a string of at most {_wire.MAX_CA_TEXT} characters"
         )
     unknown = sorted(set(data) - _NAME_FIELDS)
     if unknown:

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_RECORD = 64 * 1024
+# The longest certificate text (--http-upstream-ca read by a daemon's client) a request
+# carries, and the run's CA in a reply: room left in a record for the rest.
+MAX_CA_TEXT = 48 * 1024
 MAX_FDS = 8
 ANC_SIZE = _socket.CMSG_SPACE(MAX_FDS * 4)
 _FD = struct.Struct("i")  # a descriptor in SCM_RIGHTS is a C int

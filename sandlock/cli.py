@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from .ask import Asker
     from .audit import AuditLog
     from .learn import Learner
-    from .names import Names
     from .plan import NameOptions
     from .report import Observer
 
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     Args = argparse.Namespace | SimpleNamespace
 
 EXIT_USAGE = 2
+NO_CA = "--http-ca-out: there is no CA without --http-tls and an HTTP rule"
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -166,8 +166,9 @@ def _run(args: Args) -> int:
             "cannot prompt on this terminal); drop one of them"
         )
     if args.command == "run" and args.daemon:
-        if getattr(args, "http_ca_out", None):
-            raise UsageError("--http-ca-out: not available with --daemon (the daemon makes the CA)")
+        ca_out = getattr(args, "http_ca_out", None)
+        if ca_out and not getattr(args, "http_tls", False):
+            raise UsageError(NO_CA)
         from .client import run_via_daemon  # the daemon checks the rules: no policy here
 
         return run_via_daemon(
@@ -180,7 +181,8 @@ def _run(args: Args) -> int:
             audit=args.audit,
             quiet=args.quiet,
             summary=args.summary,
-            names=_name_fields(args),
+            names=_daemon_name_fields(args),
+            ca_out=(lambda pem: _write_ca(ca_out, pem)) if ca_out else None,
         )
 
     learner = None
@@ -198,7 +200,9 @@ def _run(args: Args) -> int:
         policy = plan.policy
         names = plan.start(policy)
         if getattr(args, "http_ca_out", None):
-            _write_ca(args.http_ca_out, names)
+            if names is None or names.tls is None:
+                raise UsageError(NO_CA)
+            _write_ca(args.http_ca_out, names.tls.ca_pem)
 
     from .launch import original_environ
     from .session import Session
@@ -251,15 +255,40 @@ def _asker(args: Args) -> tuple[Asker, int]:
     return Asker(TtyPrompt(tty, args.ask_timeout), args.ask_timeout), tty
 
 
-def _write_ca(path: str, names: Names | None) -> None:
-    """--http-ca-out: this run's CA certificate (public) to ``path``."""
-    if names is None or names.tls is None:
-        raise UsageError("--http-ca-out: there is no CA without --http-tls and an HTTP rule")
+def _write_ca(path: str, pem: bytes) -> None:
+    """--http-ca-out: this run's CA certificate (public) to ``path``, before the command
+    starts."""
     try:
         with open(path, "wb") as f:
-            f.write(names.tls.ca_pem)
+            f.write(pem)
     except OSError as err:
         raise UsageError(f"--http-ca-out: cannot write {path}: {err.strerror}") from None
+
+
+def _daemon_name_fields(args: Args) -> dict[str, Any]:
+    """The name options for the daemon: --http-upstream-ca's file read here, as the
+    caller (the daemon opens no path a client names), and sent as its text."""
+    fields = _name_fields(args)
+    path = fields.pop("http_upstream_ca", None)
+    if path is None:
+        return fields
+    from ._wire import MAX_CA_TEXT
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CA_TEXT + 1)
+    except OSError as err:
+        raise UsageError(f"--http-upstream-ca: cannot read {path}: {err.strerror}") from None
+    if len(data) > MAX_CA_TEXT:
+        raise UsageError(
+            f"--http-upstream-ca: {path} is longer than {MAX_CA_TEXT} bytes, the most a "
+            "daemon takes (give the one CA the server needs, not a whole bundle)"
+        )
+    try:
+        fields["http_upstream_ca_pem"] = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise UsageError(f"--http-upstream-ca: {path} is not a PEM file (not text)") from None
+    return fields
 
 
 def _rule_specs(args: Args) -> tuple[list[str], list[str], list[str]]:

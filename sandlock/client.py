@@ -29,7 +29,7 @@ from .session import TIMED_OUT, exit_status, wait_child
 # typing costs a launch ~7 ms; the daemon client's path does without it at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import Any
 
 _REPLY_TIMEOUT = 30.0
@@ -84,18 +84,27 @@ def run_via_daemon(
     quiet: bool = False,
     summary: bool = False,
     names: dict[str, object] | None = None,
+    ca_out: Callable[[bytes], None] | None = None,
 ) -> int:
     """Run ``cmd`` supervised by the daemon at ``path``; return its exit status.
 
     The daemon checks the rules first (a bad one raises PolicyError before anything is
     started); this process never loads the policy code, which keeps its start-up short.
-    ``names`` is the wire form of names.NameOptions (the hostname options)."""
+    ``names`` is the wire form of names.NameOptions (the hostname options); ``ca_out``
+    is given the run's CA (--http-tls, the daemon's reply to the rules) before the
+    command starts."""
     grace = _grace(os.environ.get(GRACE_VARIABLE))
     sock = connect(path)
     rules = {"op": "rules", "allow": list(allow), "deny": list(deny), "names": names}
     if unix_allow:
         rules["unix_allow"] = list(unix_allow)
-    trap_open = bool(request(sock, rules).get("trap_open"))
+    checked = request(sock, rules)
+    trap_open = bool(checked.get("trap_open"))
+    if ca_out is not None:
+        ca_pem = checked.get("ca_pem")
+        if not isinstance(ca_pem, str):
+            raise DaemonError("--daemon: the daemon gave no CA for --http-ca-out")
+        ca_out(ca_pem.encode("ascii"))
     audit_fd = -1
     if audit is not None:
         try:

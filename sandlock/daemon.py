@@ -303,8 +303,16 @@ class Daemon:
         op = check_request(req, fds)
         if op == "rules":
             c.checked = None
-            c.checked = await self.resolvers.plan(req, c.uid)
-            return {"ok": True, "trap_open": c.checked.trap_open}
+            plan = await self.resolvers.plan(req, c.uid)
+            reply: dict[str, Any] = {"ok": True, "trap_open": plan.trap_open}
+            try:
+                authority = plan.authority()  # (--http-tls: the run's CA, made now)
+            except SandlockError as err:
+                raise RequestError(str(err), policy_error=True) from None
+            if authority is not None:  # (public: the client's --http-ca-out writes it)
+                reply["ca_pem"] = authority.ca_pem.decode("ascii")
+            c.checked = plan
+            return reply
         if op == "ping":
             return {"ok": True}
         if op == "ps":

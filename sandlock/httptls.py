@@ -90,7 +90,9 @@ def _quiet_undecodable_sni() -> None:
 class Interceptor:
     """One run's CA, its leaves and the upstream TLS context."""
 
-    def __init__(self, upstream_ca: str | None = None) -> None:
+    def __init__(self, upstream_ca: str | None = None, upstream_pem: str | None = None) -> None:
+        """``upstream_ca``: a CA file the upstream is verified against too (tests);
+        ``upstream_pem``: the same as text (a daemon's client read the file)."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -139,6 +141,8 @@ class Interceptor:
         self.upstream = ssl.create_default_context()
         if upstream_ca is not None:
             self.upstream.load_verify_locations(cafile=upstream_ca)
+        if upstream_pem is not None:
+            self.upstream.load_verify_locations(cadata=upstream_pem)
         self.upstream.set_alpn_protocols(["http/1.1"])
         _quiet_undecodable_sni()
 

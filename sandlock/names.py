@@ -130,20 +130,12 @@ class Names:
             addrs = {h: (*a, *shown.get(h, ())) for h, a in policy.host_addresses.items()}
             self.vfiles.set(HOSTS, hosts_text(addrs))
 
-    def use_tls(self, upstream_ca: str | None) -> None:
-        """--http-tls: make this run's CA and put it in the CA bundles the command
-        opens (virtual files). SandlockError if the upstream CA file cannot be read."""
+    def use_tls(self, authority: Interceptor) -> None:
+        """--http-tls: put this run's CA (made by the plan) in the CA bundles the command
+        opens (virtual files)."""
         import os
 
-        from .errors import PolicyError
-        from .httptls import Interceptor
-
-        try:
-            self.tls = Interceptor(upstream_ca)
-        except (OSError, ValueError) as err:  # (ssl.SSLError is an OSError)
-            raise PolicyError(
-                f"--http-upstream-ca: cannot load {upstream_ca}: {err}", flag="--http-upstream-ca"
-            ) from None
+        self.tls = authority
         if self.vfiles is None:
             self.vfiles = VirtualFiles()
         self.tls_bundles = self.tls.inject(self.vfiles.set, os.environ)

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from . import upstream as dns_upstream
     from .httprules import HttpRules
+    from .httptls import Interceptor
     from .names import Names
     from .policy import Policy
     from .rules import Rule
@@ -95,6 +96,7 @@ class NameOptions:
         "http_ports",
         "http_tls",
         "http_upstream_ca",
+        "http_upstream_ca_pem",
         "ttl_max",
         "ttl_min",
         "verify_names",
@@ -116,6 +118,7 @@ class NameOptions:
         http_ports: Sequence[int] = (),
         http_tls: bool = False,
         http_upstream_ca: str | None = None,
+        http_upstream_ca_pem: str | None = None,
     ) -> None:
         self.dns_allow_private = dns_allow_private
         # HTTP rules (httprules.py; the plan parses them): they ride with the hostname
@@ -125,6 +128,9 @@ class NameOptions:
         self.http_ports = tuple(http_ports)  # () is httprules.DEFAULT_PORTS
         self.http_tls = http_tls  # --http-tls (httptls.py)
         self.http_upstream_ca = http_upstream_ca  # --http-upstream-ca FILE
+        # ... its text instead, through the daemon (its client reads the file: the daemon
+        # opens no path a client names)
+        self.http_upstream_ca_pem = http_upstream_ca_pem
         self.verify_names = verify_names  # --verify-names (relay.py)
         self.virtual_hosts = virtual_hosts
         self.dns_proxy = dns_proxy
@@ -153,6 +159,8 @@ class NameOptions:
             http["http_tls"] = True
         if self.http_upstream_ca is not None:
             http["http_upstream_ca"] = self.http_upstream_ca
+        if self.http_upstream_ca_pem is not None:
+            http["http_upstream_ca_pem"] = self.http_upstream_ca_pem
         return {
             "virtual_hosts": self.virtual_hosts,
             "dns_proxy": self.dns_proxy,
@@ -185,6 +193,9 @@ class NameOptions:
                 http_ports=_ports(data.get("http_ports", ())),
                 http_tls=bool(data.get("http_tls", False)),
                 http_upstream_ca=_opt_str(data.get("http_upstream_ca"), "http_upstream_ca"),
+                http_upstream_ca_pem=_opt_str(
+                    data.get("http_upstream_ca_pem"), "http_upstream_ca_pem"
+                ),
             )
         except (TypeError, ValueError) as err:
             raise PolicyError(f"bad name options: {err}") from None
@@ -316,6 +327,7 @@ class Plan:
         options = options if options is not None else NameOptions()
         options.check()
         self.options = options
+        self._authority: Interceptor | None = None
         self.http: HttpRules | None = None
         """The HTTP rules (httprules.py), None without any; their allow rules' hosts are
         reachable over TCP on the HTTP ports (added to the allow rules here). The policy
@@ -461,9 +473,29 @@ class Plan:
         names = Names(policy, options, self.upstream, sockets, self.seeds, self.shown)
         names.startup_records = list(self.records)
         names.http_ports = self.http.ports if self.http is not None else None
-        if self.http is not None and self.options.http_tls:
-            names.use_tls(self.options.http_upstream_ca)
+        authority = self.authority()
+        if authority is not None:
+            names.use_tls(authority)
         return names
+
+    def authority(self) -> Interceptor | None:
+        """--http-tls: the run's CA (httptls.py), made once, on first use (the daemon
+        gives it to its client before the command starts, for --http-ca-out); None
+        without TLS interception. PolicyError if the upstream CA cannot be loaded."""
+        if self.http is None or not self.options.http_tls:
+            return None
+        if self._authority is None:
+            from .httptls import Interceptor
+
+            ca, pem = self.options.http_upstream_ca, self.options.http_upstream_ca_pem
+            try:
+                self._authority = Interceptor(ca, pem)
+            except (OSError, ValueError) as err:  # (ssl.SSLError is an OSError)
+                what = ca if ca is not None else "the certificates sent"
+                raise PolicyError(
+                    f"--http-upstream-ca: cannot load {what}: {err}", flag="--http-upstream-ca"
+                ) from None
+        return self._authority
 
 
 def swap_options(

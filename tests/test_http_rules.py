@@ -524,7 +524,9 @@ def test_http_rules_through_the_daemon(web: EchoServer, tmp_path: Path) -> None:
         assert "sandlock: denied HTTP GET 127.0.0.1/secret" in res.stderr
         assert [s.target for s in web.log] == ["/ok/a"]
         res = daemon.run([*rules(p), "--http-ca-out", str(tmp_path / "ca.pem")], ["true"])
-        assert res.returncode == 2 and "not available with --daemon" in res.stderr
+        assert res.returncode == 2, describe(res)
+        assert "--http-ca-out: there is no CA without --http-tls" in res.stderr, describe(res)
+        assert not (tmp_path / "ca.pem").exists()
     finally:
         daemon.stop()
 

@@ -247,3 +247,79 @@ def test_bad_tls_files_are_one_line(tmp_path: Path) -> None:
     )
     assert res.returncode == 2 and "--http-ca-out: cannot write" in res.stderr, describe(res)
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+PINNED = r"""
+import ssl, sys, urllib.request
+ca_out, port = sys.argv[1], int(sys.argv[2])
+print(open(ca_out).read().splitlines()[0])  # (written before the command started)
+only = ssl.create_default_context(cafile=ca_out)  # (that CA alone: the run's own)
+r = urllib.request.urlopen(f"https://good.test:{port}/ok/pinned", timeout=20, context=only)
+print(r.status, r.read().decode())
+"""
+
+
+def test_https_rules_through_the_daemon(
+    fake: FakeUpstream, web: EchoServer, server_ca: tuple[Interceptor, Path], tmp_path: Path
+) -> None:
+    """run --daemon --http-tls: the client reads --http-upstream-ca (the daemon opens no
+    path a client names) and sends its text; the daemon's run CA comes back with its
+    check of the rules and --http-ca-out is written before the command starts (a client
+    trusting that file alone reaches the server through the relay); the answers are the
+    ones of a run without the daemon."""
+    from .test_daemon import Daemon
+
+    ca_out = tmp_path / "run-ca.pem"
+    daemon = Daemon(tmp_path / "d.sock")
+    try:
+        flags = args(fake, web.port, server_ca[1], "--http-ca-out", str(ca_out))
+        res = daemon.run(flags, [PY, "-c", CLIENT, str(web.port)], timeout=TIMEOUT)
+        assert res.returncode == 0, describe(res)
+        assert res.stdout.splitlines() == [
+            "200 ok GET /ok/a 0",
+            "403 sandlock: refused by HTTP rule `http-default-deny`",
+            "200 ok GET /ip/x 0",
+            "403 sandlock: refused by HTTP rule `http-default-deny`",
+            "alpn http/1.1",
+            "HTTP/1.1 403 Forbidden sandlock: refused by HTTP rule `http-host-mismatch`",
+        ], describe(res)
+        cmd = [PY, "-c", PINNED, str(ca_out), str(web.port)]
+        res = daemon.run(flags, cmd, timeout=TIMEOUT)
+        assert res.returncode == 0, describe(res)
+        assert res.stdout.splitlines() == [
+            "-----BEGIN CERTIFICATE-----",
+            "200 ok GET /ok/pinned 0",
+        ], describe(res)
+        assert [s.target for s in web.log] == ["/ok/a", "/ip/x", "/ok/pinned"]
+    finally:
+        daemon.stop()
+
+
+def test_bad_tls_files_through_the_daemon_are_one_line(tmp_path: Path) -> None:
+    """Through the daemon: a CA file that cannot be read, one too long to send, or one
+    the daemon cannot load, and a --http-ca-out path that cannot be written: one line,
+    exit 2, nothing run."""
+    from sandlock._wire import MAX_CA_TEXT
+
+    from .test_daemon import Daemon
+
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    huge = tmp_path / "huge.pem"
+    huge.write_text("x" * (MAX_CA_TEXT + 1))
+    ran = tmp_path / "ran"
+    rules = ["--http-tls", "--http-allow", "GET 127.0.0.1/*"]
+    daemon = Daemon(tmp_path / "d.sock")
+    try:
+        for extra, needle in [
+            (["--http-upstream-ca", str(tmp_path / "nonexistent.pem")], "cannot read"),
+            (["--http-upstream-ca", str(huge)], f"longer than {MAX_CA_TEXT} bytes"),
+            (["--http-upstream-ca", str(junk)], "--http-upstream-ca: cannot load"),
+            (["--http-ca-out", str(tmp_path / "no" / "dir" / "ca.pem")], "cannot write"),
+        ]:
+            res = daemon.run([*rules, *extra], ["touch", str(ran)], timeout=TIMEOUT)
+            assert res.returncode == 2 and needle in res.stderr, describe(res)
+            assert len(res.stderr.strip().splitlines()) == 1, describe(res)
+            assert not ran.exists()
+    finally:
+        daemon.stop()

@@ -278,6 +278,25 @@ def test_wire_round_trip_and_checks() -> None:
         check_names({"http_allow": ["GET */" + "x" * 2000]})
 
 
+def test_the_upstream_ca_rides_as_text() -> None:
+    """Through the daemon --http-upstream-ca is the file's text (its client reads the
+    file): a path is refused (the daemon opens no path a client names), the text is
+    checked for its type and length, and round-trips."""
+    from sandlock._request import RequestError, check_names
+    from sandlock._wire import MAX_CA_TEXT
+    from sandlock.plan import NameOptions
+
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    wire = NameOptions(http_allow=["GET */"], http_tls=True, http_upstream_ca_pem=pem).to_wire()
+    check_names(wire)
+    assert NameOptions.from_wire(wire).http_upstream_ca_pem == pem
+    with pytest.raises(RequestError, match="opens no file a client names"):
+        check_names({"http_upstream_ca": "/etc/ssl/certs/ca-certificates.crt"})
+    for bad in (1, ["x"], "x" * (MAX_CA_TEXT + 1)):
+        with pytest.raises(RequestError, match="http_upstream_ca_pem must be a string"):
+            check_names({"http_upstream_ca_pem": bad})
+
+
 def test_api_sandbox_takes_http_rules() -> None:
     """Sandbox(http_allow=..., http_deny=...): parsed at once, implying TCP to the host."""
     from sandlock import Sandbox
