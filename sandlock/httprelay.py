@@ -295,6 +295,10 @@ class _Exchange:
         self.up: h11.Connection | None = None  # the destination's side: we are its client
         self.upstream: trio.abc.Stream | None = None
         self._opened: trio.Event | None = trio.Event()  # (prefetch: set when tried)
+        # The destination's connection carries no next request (HTTP/1.0, ``Connection:
+        # close``, a body framed by its end) but is kept until one comes: its end, which
+        # the server sends now, is the command's (_next_request), as without the relay.
+        self._spent = False
         self._why = ""
 
     async def run(self) -> None:
@@ -321,10 +325,10 @@ class _Exchange:
 
     async def _next_request(self) -> h11.Event | type[h11.PAUSED] | None:
         """The command's next event. While it is awaited with the destination's connection
-        open and idle, the destination ending that connection (or speaking unasked: a
-        ``408``, dropped) ends this one: None. Without the relay the command would see
-        that end; a client reading to the end of a keep-alive answer, or a pool testing
-        an idle connection, waits for it."""
+        open and idle (or spent), the destination ending that connection (or speaking
+        unasked: a ``408``, dropped) ends this one: None. Without the relay the command
+        would see that end; a client reading to the end of a keep-alive answer or of an
+        HTTP/1.0 one, or a pool testing an idle connection, waits for it."""
         upstream = self.upstream
         if upstream is None or self._opened is not None or self.down.trailing_data[0]:
             return await _next(self.down, self.client)  # (none open, or a request came)
@@ -406,7 +410,8 @@ class _Exchange:
         if self._opened is not None:  # (the prefetch's outcome, once)
             await self._opened.wait()
             self._opened, why = None, self._why
-        elif self.upstream is None:  # (the last one had to close)
+        elif self.upstream is None or self._spent:  # (the last one had to close)
+            await self._close_upstream()
             self.upstream, why = await self._open_upstream()
             self.up = h11.Connection(h11.CLIENT)
         if self.upstream is None:
@@ -468,7 +473,7 @@ class _Exchange:
         if self.up.our_state is h11.DONE and self.up.their_state is h11.DONE:
             self.up.start_next_cycle()
         else:
-            await self._close_upstream()
+            self._spent = True
         return True
 
     def no_prefetch(self) -> None:
@@ -603,7 +608,7 @@ class _Exchange:
         if httpbody.keeps_alive(request, response):
             self.up = h11.Connection(h11.CLIENT)  # (it never saw the body: start afresh)
         else:
-            await self._close_upstream()
+            self._spent = True
         return True
 
     async def _splice(self) -> None:
@@ -655,6 +660,7 @@ class _Exchange:
                 pass  # (closed all the same)
         self.upstream = None
         self.up = None
+        self._spent = False
 
     async def close(self) -> None:
         """The command's side first (its EOF is what it waits for), then the destination's;

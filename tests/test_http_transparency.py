@@ -1,0 +1,303 @@
+"""HTTP rules: the relay is transparent for allowed traffic, told apart from a native run.
+
+Each test runs the same raw-socket client against the same loopback server twice: once
+without the sandbox (the baseline, which shows what the client should see) and once
+sandboxed with HTTP rules allowing every request (every connection to the port goes
+through httprelay.py). The client prints, per response, its status, body length and
+body tail (framing decoded: the relay may re-frame a body, never change it), then how
+the connection ended. The two outputs must be the same. Plain HTTP, and with
+--http-tls where the case applies.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from sandlock.httptls import Interceptor
+
+from .conftest import describe, run_plain, run_sandboxed
+
+PY = sys.executable
+TIMEOUT = 120
+BIG = 1 << 20  # a body the relay splices (httpbody.MIN_SPLICE and more)
+UPLOAD = 3 << 20  # a request body bigger than the socket buffers on the way
+
+Head = tuple[str, str, str, dict[str, str]]  # method, target, version, headers (lower-cased)
+Script = Callable[[socket.socket, Head, bytes], "bytes | None"]
+
+
+def _body(conn: socket.socket, head: Head, rest: bytes) -> tuple[bytes, bytes]:
+    """The request's body (Content-Length framing) and the bytes past it."""
+    n = int(head[3].get("content-length", "0"))
+    while len(rest) < n and (data := conn.recv(65536)):
+        rest += data
+    return rest[:n], rest[n:]
+
+
+def _linger(conn: socket.socket) -> None:
+    """End as a careful server does: half-close, read and drop what still comes (a close
+    with unread bytes would reset the connection), then close."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
+def v10_length(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
+    """``/v10length/N``: an HTTP/1.0 answer of N bytes with Content-Length (as Python's
+    http.server gives), then the end of the connection."""
+    n = int(head[1].split("/")[2])
+    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % n + b"x" * n)
+    _linger(conn)
+    return None
+
+
+def v10_close(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
+    """``/v10close/N``: an HTTP/1.0 answer of N bytes framed by the connection's end."""
+    n = int(head[1].split("/")[2])
+    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * n)
+    _linger(conn)
+    return None
+
+
+def big_head(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
+    """``/bighead``: 60 KB of response headers, written in two pieces (a reader gets an
+    incomplete head first), then ``ok`` and the end."""
+    fields = b"".join(b"X-Big-%d: %s\r\n" % (i, b"v" * 2000) for i in range(30))
+    whole = b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 2\r\n\r\nok"
+    conn.sendall(whole[:20000])
+    time.sleep(0.2)
+    conn.sendall(whole[20000:])
+    _linger(conn)
+    return None
+
+
+def early_close(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
+    """``/early-close``: ``413`` with ``Connection: close`` before reading the body, then
+    a careful end (the client's body read and dropped)."""
+    conn.sendall(
+        b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbig"
+    )
+    _linger(conn)
+    return None
+
+
+def early_keep(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
+    """``/early-keep``: ``200`` at once, keep-alive; then the body is read (RFC 9110
+    15.1: a server that answers early and does not close goes on reading the content)."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
+    return _body(conn, head, rest)[1]
+
+
+def ok(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
+    """``/ok...``: ``200`` with the target and the body's length; ``Connection: close``
+    asked: closes after."""
+    body, rest = _body(conn, head, rest)
+    text = f"{head[1]} {len(body)}".encode()
+    close = head[3].get("connection", "").lower() == "close"
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n"
+        % (len(text), b"Connection: close\r\n" if close else b"")
+        + text
+    )
+    if close:
+        _linger(conn)
+        return None
+    return rest
+
+
+SCRIPTS: dict[str, Script] = {
+    "v10length": v10_length,
+    "v10close": v10_close,
+    "bighead": big_head,
+    "early-close": early_close,
+    "early-keep": early_keep,
+    "ok": ok,
+}
+
+
+class ScriptedServer:
+    """A threaded loopback server (TLS with ``tls``) answering each request as the
+    function SCRIPTS names by its path's first segment says; a request's head is read
+    here, its body by the script."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.settimeout(30)
+        conn = raw
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(raw, server_side=True)
+            rest: bytes | None = b""
+            while rest is not None:
+                while b"\r\n\r\n" not in rest:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    rest += data
+                text, rest = rest.split(b"\r\n\r\n", 1)
+                lines = text.decode("latin-1").split("\r\n")
+                method, target, version = lines[0].split(" ")
+                fields = dict(line.split(":", 1) for line in lines[1:])
+                headers = {k.strip().lower(): v.strip() for k, v in fields.items()}
+                script = SCRIPTS[target.split("/")[1]]
+                rest = script(conn, (method, target, version, headers), rest)
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+            raw.close()
+
+
+CLIENT = r"""
+import socket, ssl, sys
+port, tls, upload = int(sys.argv[1]), sys.argv[2] == "tls", int(sys.argv[3])
+heads = [h.replace("PORT", str(port)).encode() for h in sys.argv[4:]]
+sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+if tls:
+    sock = ssl.create_default_context().wrap_socket(sock, server_hostname="127.0.0.1")
+got, end = b"", "end"
+try:
+    sock.sendall(heads[0])
+    try:
+        sock.sendall(b"u" * upload)  # (a body the server may answer before reading)
+        for head in heads[1:]:
+            sock.sendall(head)
+    except OSError as err:
+        print("send:", type(err).__name__)
+    while data := sock.recv(1 << 20):
+        got += data
+except TimeoutError:
+    end = "no end in 5 s"
+except (ssl.SSLError, OSError) as err:
+    end = type(err).__name__
+
+def responses(data):
+    # (status, body): framing decoded (Content-Length, chunked, or the end)
+    while data:
+        head, sep, data = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        fields = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(b":")
+            fields[k.strip().lower()] = v.strip()
+        if status < 200 or status in (204, 304):
+            body = b""
+        elif fields.get(b"transfer-encoding") == b"chunked":
+            body = b""
+            while True:
+                size, _, data = data.partition(b"\r\n")
+                n = int(size.split(b";")[0] or b"0", 16)
+                if not n:
+                    data = data.partition(b"\r\n\r\n")[2]
+                    break
+                body, data = body + data[:n], data[n + 2:]
+        elif b"content-length" in fields:
+            n = int(fields[b"content-length"])
+            body, data = data[:n], data[n:]
+        else:
+            body, data = data, b""
+        yield status, body
+
+for status, body in responses(got):
+    print(status, len(body), body[-16:].decode("latin-1"))
+print(end)
+"""
+
+
+class Setup(NamedTuple):
+    """A server, the client's mode, the sandbox's HTTP rules, the native run's environment."""
+
+    server: ScriptedServer
+    tls: str  # "plain" or "tls"
+    rules: list[str]
+    env: dict[str, str]  # (with TLS: the native client trusts the server's CA)
+
+
+def observe(setup: Setup, heads: list[str], upload: int, sandboxed: bool) -> str:
+    """What CLIENT sees of ``heads`` (PORT in them: the port), ``upload`` bytes sent after
+    the first, natively or sandboxed under ``setup.rules``."""
+    cmd = [PY, "-c", CLIENT, str(setup.server.port), setup.tls, str(upload), *heads]
+    if sandboxed:
+        res = run_sandboxed(setup.rules, cmd, timeout=TIMEOUT)
+        assert "internal error" not in res.stderr, describe(res)
+    else:
+        res = run_plain(cmd, timeout=TIMEOUT, env=setup.env)
+    assert res.returncode == 0, describe(res)
+    return str(res.stdout)
+
+
+def get(path: str, extra: str = "") -> str:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\n{extra}\r\n"
+
+
+@pytest.fixture
+def server_ca(tmp_path: Path) -> tuple[Interceptor, Path]:
+    ca = Interceptor()
+    path = tmp_path / "server-ca.pem"
+    path.write_bytes(ca.ca_pem)
+    return ca, path
+
+
+@pytest.fixture(params=["plain", "tls"])
+def mode(request: pytest.FixtureRequest, server_ca: tuple[Interceptor, Path]) -> Iterator[Setup]:
+    """A server, plain or TLS, and how to reach it natively and sandboxed."""
+    tls = request.param == "tls"
+    server = ScriptedServer(tls=server_ca[0].base_context("127.0.0.1") if tls else None)
+    rules = ["--http-ports", str(server.port), "--http-allow", "* 127.0.0.1/*"]
+    env = dict(os.environ)
+    if tls:
+        rules += ["--http-tls", "--http-upstream-ca", str(server_ca[1])]
+        env["SSL_CERT_FILE"] = str(server_ca[1])
+    try:
+        yield Setup(server, request.param, rules, env)
+    finally:
+        server.close()
+
+
+def differential(setup: Setup, heads: list[str], upload: int = 0) -> tuple[str, str]:
+    """(native, sandboxed) observations of the same exchange."""
+    return observe(setup, heads, upload, False), observe(setup, heads, upload, True)
+
+
+@pytest.mark.parametrize(
+    "path", ["/v10length/5", "/v10close/5", f"/v10length/{BIG}", f"/v10close/{BIG}"]
+)
+def test_an_http10_answer_ends_the_connection(mode: Setup, path: str) -> None:
+    """An HTTP/1.0 answer (Content-Length, or framed by the end; h11's body or a spliced
+    one) is followed by the server's end, and the client reading to the end gets it. The
+    relay used to close its side to the server (no keep-alive in HTTP/1.0) but keep the
+    command's open, waiting for a next request: no end in 5 s."""
+    n = int(path.split("/")[2])
+    native, sandboxed = differential(mode, [get(path)])
+    assert native == f"200 {n} {'x' * min(n, 16)}\nend\n"
+    assert sandboxed == native
