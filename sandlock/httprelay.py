@@ -70,6 +70,11 @@ _PLAIN = "\0plain"  # (the ``sni`` of a connection without TLS)
 _CHUNK = 1 << 20  # bytes read at a time (h11 hands them on as one Data event)
 _MAX_PATH_SHOWN = 512
 _DRAIN = 1 << 20  # bytes read (and dropped) of a refused request's body before closing
+# The longest head (request or response line and headers) h11 waits for. Its default,
+# 16 KiB, is below what clients and servers take (curl 100 KiB, Python 64 KiB a line,
+# Go 1 MiB): the relay must not be the one to refuse a head the other side would read.
+# Not a memory bound: a read of _CHUNK may already sit in h11's buffer.
+MAX_HEAD = 1 << 18
 
 Record = dict[str, object]
 
@@ -291,7 +296,8 @@ class _Exchange:
         self.pid = pid
         self.dest = dest
         self.sni = sni  # _PLAIN without TLS
-        self.down = h11.Connection(h11.SERVER)  # the command's side: we serve it
+        # the command's side (we serve it) and the destination's (we are its client):
+        self.down = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.up: h11.Connection | None = None  # the destination's side: we are its client
         self.upstream: trio.abc.Stream | None = None
         self._opened: trio.Event | None = trio.Event()  # (prefetch: set when tried)
@@ -413,7 +419,7 @@ class _Exchange:
         elif self.upstream is None or self._spent:  # (the last one had to close)
             await self._close_upstream()
             self.upstream, why = await self._open_upstream()
-            self.up = h11.Connection(h11.CLIENT)
+            self.up = _client()
         if self.upstream is None:
             await self._answer(502, f"sandlock: {why}", close=True)
             self.handler.report(
@@ -486,7 +492,7 @@ class _Exchange:
         try:
             self.upstream, self._why = await self._open_upstream()
             if self.upstream is not None:
-                self.up = h11.Connection(h11.CLIENT)
+                self.up = _client()
         finally:
             self._opened.set()
 
@@ -606,7 +612,7 @@ class _Exchange:
             raise _Closed from err  # (the command sees the body cut short, then the end)
         await self._send_down(h11.EndOfMessage())
         if httpbody.keeps_alive(request, response):
-            self.up = h11.Connection(h11.CLIENT)  # (it never saw the body: start afresh)
+            self.up = _client()  # (it never saw the body: start afresh)
         else:
             self._spent = True
         return True
@@ -671,6 +677,11 @@ class _Exchange:
             pass  # (closed all the same)
         finally:
             await self._close_upstream()
+
+
+def _client() -> h11.Connection:
+    """The destination's side of a connection: we are its client."""
+    return h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
 
 
 async def _starts_tls(conn: socket.socket) -> bool:
