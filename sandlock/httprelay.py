@@ -463,9 +463,16 @@ class _Exchange:
                 switched = await self._forward_response(request, host, path, decision)
             except (_Closed, h11.ProtocolError) as err:
                 failed.append(err)
-            if failed or not body_done.is_set():  # (answered before the body ended: give up)
+            if failed or (switched and not body_done.is_set()):
                 nursery.cancel_scope.cancel()
                 return False
+            # Answered before the body ended (a 413, an early 200): the body goes on to the
+            # destination, which reads it (RFC 9110 15.1: a server that does not close
+            # reads the rest) or ends the connection (the command's ends with it), as
+            # without the relay. Closing the command's connection now would reset it,
+            # its body unread, and the answer with it.
+        if failed:
+            return False
         return await self._after(switched)
 
     async def _after(self, switched: bool) -> bool:

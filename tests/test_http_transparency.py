@@ -313,6 +313,31 @@ def test_a_large_response_head_passes(mode: Setup) -> None:
     assert sandboxed == native
 
 
+def test_an_early_final_answer_then_close_is_not_a_reset(
+    mode: Setup,
+) -> None:
+    """A server answers ``413`` with ``Connection: close`` before reading a 3 MiB body and
+    reads the rest to drop it: the client gets the answer, then the end. The relay closed
+    the command's connection with the body unread, which resets it."""
+    head = f"POST /early-close HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nContent-Length: {UPLOAD}\r\n\r\n"
+    native, sandboxed = differential(mode, [head], upload=UPLOAD)
+    assert native == "413 3 big\nend\n"
+    assert sandboxed == native
+
+
+def test_an_early_answer_on_a_kept_connection_goes_on(
+    mode: Setup,
+) -> None:
+    """A server answers ``200`` before reading a 3 MiB body and then reads it, keeping
+    the connection (RFC 9110 15.1): the body goes on to it and the next request is
+    served on the same connection. The relay gave up on the connection instead."""
+    head = f"POST /early-keep HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nContent-Length: {UPLOAD}\r\n\r\n"
+    heads = [head, get("/ok/next", "Connection: close\r\n")]
+    native, sandboxed = differential(mode, heads, upload=UPLOAD)
+    assert native == "200 5 early\n200 10 /ok/next 0\nend\n"
+    assert sandboxed == native
+
+
 def test_a_large_request_head_passes(mode: Setup) -> None:
     """60 KB of request headers (cookies, say) reach a server that reads them: the relay
     answered ``400`` past h11's default 16 KiB instead."""
