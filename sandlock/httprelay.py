@@ -471,9 +471,40 @@ class _Exchange:
             # reads the rest) or ends the connection (the command's ends with it), as
             # without the relay. Closing the command's connection now would reset it,
             # its body unread, and the answer with it.
+            if not body_done.is_set() and self.down.our_state is h11.MUST_CLOSE:
+                await self._pass_end(body_done)
         if failed:
             return False
         return await self._after(switched)
+
+    async def _pass_end(self, body_done: trio.Event) -> None:
+        """An answer that ends the connection sent while the request's body still goes
+        on: until the body ends, the destination's end of its side (a careful server
+        half-closes after a ``413``, or a ``417`` to a client waiting for ``100
+        Continue``, which then sends no body) is passed to the command as its own end."""
+        assert self.upstream is not None
+        upstream = self.upstream
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                try:
+                    await upstream.receive_some(_CHUNK)  # (after the answer: its end)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+                # (TLS: the bare end of the transport, as a server's shutdown gives; no
+                # more is sent on this connection)
+                client = self.client
+                if isinstance(client, trio.SSLStream):
+                    client = client.transport_stream
+                try:
+                    if isinstance(client, trio.abc.HalfCloseableStream):
+                        await client.send_eof()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+
+            nursery.start_soon(watch)
+            await body_done.wait()
+            nursery.cancel_scope.cancel()
 
     async def _after(self, switched: bool) -> bool:
         """The exchange done: a switched protocol copied to its end, or the destination's

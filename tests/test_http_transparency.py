@@ -94,6 +94,16 @@ def early_close(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
     return None
 
 
+def refuse_expect(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
+    """``/expect-close``: ``417`` with ``Connection: close`` to a request that waits for a
+    ``100 Continue``, then a careful end."""
+    conn.sendall(
+        b"HTTP/1.1 417 Expectation Failed\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno"
+    )
+    _linger(conn)
+    return None
+
+
 def early_keep(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
     """``/early-keep``: ``200`` at once, keep-alive; then the body is read (RFC 9110
     15.1: a server that answers early and does not close goes on reading the content)."""
@@ -153,6 +163,7 @@ SCRIPTS: dict[str, Script] = {
     "bighead": big_head,
     "early-close": early_close,
     "early-keep": early_keep,
+    "expect-close": refuse_expect,
     "ok": ok,
 }
 
@@ -396,6 +407,17 @@ def test_a_large_request_head_passes(mode: Setup) -> None:
     head = get("/ok/cookies", cookies + "Connection: close\r\n")
     native, sandboxed = differential(mode, [head[:20000], head[20000:]])
     assert native == "200 13 /ok/cookies 0\nend\n"
+    assert sandboxed == native
+
+
+def test_a_refused_expectation_ends_the_connection(mode: Setup) -> None:
+    """A client sends ``Expect: 100-continue`` and waits; the server answers ``417`` with
+    ``Connection: close`` and half-closes: the client, its body never sent, gets the
+    answer and the end. The relay, which let the body go on after an early answer, kept
+    the command's side open waiting for it: both waited."""
+    head = "POST /expect-close HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nExpect: 100-continue\r\n"
+    native, sandboxed = differential(mode, [head + "Content-Length: 5\r\n\r\n"])
+    assert native == "417 2 no\nend\n"
     assert sandboxed == native
 
 
