@@ -3,9 +3,9 @@
 Each test runs the same raw-socket client against the same loopback server twice: once
 without the sandbox (the baseline, which shows what the client should see) and once
 sandboxed with HTTP rules allowing every request (every connection to the port goes
-through httprelay.py). The client prints, per response, its status, body length and
-body tail (framing decoded: the relay may re-frame a body, never change it), then how
-the connection ended. The two outputs must be the same. Plain HTTP, and with
+through httprelay.py). The client prints, per response, its status, body length, body
+tail and trailers (framing decoded: the relay may re-frame a body, never change it),
+then how the connection ended. The two outputs must be the same. Plain HTTP, and with
 --http-tls where the case applies.
 """
 
@@ -155,7 +155,52 @@ def v10_keep(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
     return None
 
 
+def canned(answer: bytes, then: float = 0.0, end: bool = False) -> Script:
+    """A script that waits ``then`` seconds, writes ``answer``, and with ``end`` (a body
+    cut short) or when the request asks ``Connection: close`` ends the connection."""
+
+    def script(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
+        time.sleep(then)
+        conn.sendall(answer)
+        if end or head[3].get("connection", "").lower() == "close":
+            _linger(conn)
+            return None
+        return rest
+
+    return script
+
+
+def go_on(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
+    """``/continue``: ``100 Continue``, then the body is read and its length answered."""
+    conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+    body, rest = _body(conn, head, rest)
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d" % (len(str(len(body))), len(body))
+    )
+    return rest
+
+
 SCRIPTS: dict[str, Script] = {
+    "continue": go_on,
+    "hints": canned(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    ),
+    "head": canned(b'HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nETag: "e"\r\n\r\n'),
+    "no-content": canned(b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"),
+    "not-modified": canned(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n"),
+    "trailers": canned(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-T: done\r\n\r\n"
+    ),
+    "cut": canned(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", end=True),
+    "cut-big": canned(
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 * BIG) + b"x" * BIG, end=True
+    ),
+    "cut-chunk": canned(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", end=True
+    ),
+    "slow": canned(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow", then=2.5),
     "at-end": at_end,
     "v10keep": v10_keep,
     "v10length": v10_length,
@@ -245,7 +290,7 @@ except (ssl.SSLError, OSError) as err:
     end = type(err).__name__
 
 def responses(data):
-    # (status, body): framing decoded (Content-Length, chunked, or the end)
+    # (status, body, trailers): framing decoded (Content-Length, chunked, or the end)
     while data:
         head, sep, data = data.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
@@ -254,6 +299,7 @@ def responses(data):
         for line in lines[1:]:
             k, _, v = line.partition(b":")
             fields[k.strip().lower()] = v.strip()
+        trailers = b""
         if status < 200 or status in (204, 304):
             body = b""
         elif fields.get(b"transfer-encoding") == b"chunked":
@@ -262,7 +308,10 @@ def responses(data):
                 size, _, data = data.partition(b"\r\n")
                 n = int(size.split(b";")[0] or b"0", 16)
                 if not n:
-                    data = data.partition(b"\r\n\r\n")[2]
+                    if data.startswith(b"\r\n"):
+                        data = data[2:]
+                    else:
+                        trailers, _, data = data.partition(b"\r\n\r\n")
                     break
                 body, data = body + data[:n], data[n + 2:]
         elif b"content-length" in fields:
@@ -270,10 +319,11 @@ def responses(data):
             body, data = data[:n], data[n:]
         else:
             body, data = data, b""
-        yield status, body
+        yield status, body, trailers
 
-for status, body in responses(got):
-    print(status, len(body), body[-16:].decode("latin-1"))
+for status, body, trailers in responses(got):
+    shown = trailers.decode().split("\r\n") if trailers else []
+    print(status, len(body), body[-16:].decode("latin-1"), *shown)
 print(end)
 """
 
@@ -407,6 +457,55 @@ def test_a_large_request_head_passes(mode: Setup) -> None:
     head = get("/ok/cookies", cookies + "Connection: close\r\n")
     native, sandboxed = differential(mode, [head[:20000], head[20000:]])
     assert native == "200 13 /ok/cookies 0\nend\n"
+    assert sandboxed == native
+
+
+CLOSE = "Connection: close\r\n"
+SAME = {  # heads sent -> what the client sees, natively and through the relay
+    "100-continue": (
+        [
+            "POST /continue HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nExpect: 100-continue\r\n"
+            "Content-Length: 5\r\n\r\n",
+            "hello",
+            get("/ok/next", CLOSE),
+        ],
+        "100 0 \n200 1 5\n200 10 /ok/next 0\nend\n",
+    ),
+    "103, 204, 304, HEAD": (
+        [
+            get("/hints")
+            + get("/no-content")
+            + get("/not-modified")
+            + f"HEAD /head HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\n{CLOSE}\r\n"
+        ],
+        "103 0 \n200 2 ok\n204 0 \n304 0 \n200 0 \nend\n",
+    ),
+    "trailers": (
+        [get("/trailers") + get("/ok/after", CLOSE)],
+        "200 5 hello X-T: done\n200 11 /ok/after 0\nend\n",
+    ),
+    "cut short": ([get("/cut")], "200 4 half\nend\n"),
+    "cut short, spliced": ([get("/cut-big")], f"200 {BIG} {'x' * 16}\nend\n"),
+    "cut short, chunked": ([get("/cut-chunk")], "200 5 hello\nend\n"),
+    "slow": ([get("/slow", CLOSE)], "200 4 slow\nend\n"),
+    "pipelined": (
+        ["".join(get(f"/ok/{i}") for i in range(30)) + get("/ok/last", CLOSE)],
+        "".join(f"200 {len(f'/ok/{i} 0')} /ok/{i} 0\n" for i in range(30))
+        + "200 10 /ok/last 0\nend\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SAME)
+def test_what_already_passes_unchanged(mode: Setup, case: str) -> None:
+    """The cases the relay already carried as they are, pinned: a ``100 Continue`` the
+    client waits for, ``103``, ``204`` and ``304`` (no body, keep-alive), a ``HEAD``
+    answer's Content-Length with no body, trailers, a body cut short (h11's, spliced,
+    chunked: the client sees it short, then the end), an answer after 2.5 s, and 31
+    pipelined requests."""
+    heads, seen = SAME[case]
+    native, sandboxed = differential(mode, heads)
+    assert native == seen
     assert sandboxed == native
 
 
