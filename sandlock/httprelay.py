@@ -18,7 +18,8 @@ by h11 until the previous exchange ends):
    ``Connection: close``: its body is not read). Allowed: the request is re-serialised by
    h11 (what the server reads is what was checked: no smuggling through framing) to
    **the address and port the command connected to**, never to what the request names;
-   its body streamed as it comes, the response streamed back.
+   its body streamed as it comes (to its end, also past an early answer such as a
+   ``413``: the server reads on or ends the connection), the response streamed back.
 4. ``Upgrade: websocket`` on an allowed ``GET``: after the server's ``101`` the bytes are
    copied both ways, unparsed. Any other upgrade (``h2c``: requests no longer checked),
    also as a second Upgrade header, and ``CONNECT`` are refused.
@@ -296,7 +297,7 @@ class _Exchange:
         self.pid = pid
         self.dest = dest
         self.sni = sni  # _PLAIN without TLS
-        # the command's side (we serve it) and the destination's (we are its client):
+        # the command's side: we serve it
         self.down = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.up: h11.Connection | None = None  # the destination's side: we are its client
         self.upstream: trio.abc.Stream | None = None
