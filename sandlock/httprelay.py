@@ -335,10 +335,11 @@ class _Exchange:
         open and idle (or spent), the destination ending that connection (or speaking
         unasked: a ``408``, dropped) ends this one: None. Without the relay the command
         would see that end; a client reading to the end of a keep-alive answer or of an
-        HTTP/1.0 one, or a pool testing an idle connection, waits for it."""
-        upstream = self.upstream
-        if upstream is None or self._opened is not None or self.down.trailing_data[0]:
-            return await _next(self.down, self.client)  # (none open, or a request came)
+        HTTP/1.0 one, or a pool testing an idle connection, waits for it. So with the
+        one the prefetch opens before the first request (a server's idle timeout)."""
+        opened = self._opened
+        if self.down.trailing_data[0] or (self.upstream is None and opened is None):
+            return await _next(self.down, self.client)  # (a request came, or none open)
         got: list[h11.Event | type[h11.PAUSED]] = []
         failed: list[BaseException] = []
         async with trio.open_nursery() as nursery:
@@ -351,6 +352,11 @@ class _Exchange:
                 nursery.cancel_scope.cancel()
 
             async def destination() -> None:
+                if opened is not None:
+                    await opened.wait()  # (the prefetch's connection: once open)
+                upstream = self.upstream
+                if upstream is None:
+                    return  # (none: the request will get the 502)
                 try:
                     await upstream.receive_some(_CHUNK)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

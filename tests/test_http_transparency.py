@@ -221,6 +221,7 @@ class ScriptedServer:
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.tls = tls
+        self.idle: float | None = None  # (seconds: a connection silent so long is dropped)
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.sock.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -242,6 +243,8 @@ class ScriptedServer:
         try:
             if self.tls is not None:
                 conn = self.tls.wrap_socket(raw, server_side=True)
+            if self.idle is not None:
+                conn.settimeout(self.idle)
             rest: bytes | None = b""
             while rest is not None:
                 while b"\r\n\r\n" not in rest:
@@ -273,8 +276,8 @@ if tls:
     sock = ssl.create_default_context().wrap_socket(sock, server_hostname="127.0.0.1")
 got, end = b"", "end"
 try:
-    sock.sendall(heads[0])
     try:
+        sock.sendall(heads[0] if heads else b"")
         sock.sendall(b"u" * upload)  # (a body the server may answer before reading)
         for head in heads[1:]:
             time.sleep(0.2)  # (each its own read: a head may come in pieces)
@@ -518,6 +521,17 @@ def test_a_refused_expectation_ends_the_connection(mode: Setup) -> None:
     head = "POST /expect-close HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nExpect: 100-continue\r\n"
     native, sandboxed = differential(mode, [head + "Content-Length: 5\r\n\r\n"])
     assert native == "417 2 no\nend\n"
+    assert sandboxed == native
+
+
+def test_a_fresh_connection_dropped_before_its_request_ends(mode: Setup) -> None:
+    """A server drops a connection on which no request came in 0.3 s (an idle timeout):
+    a client that connected and waits sees the end. The relay, which opens its own
+    connection to the server as the command's comes, did not watch that one before the
+    first request: no end in 5 s."""
+    mode.server.idle = 0.3
+    native, sandboxed = differential(mode, [])
+    assert native == "end\n"
     assert sandboxed == native
 
 
