@@ -1,14 +1,15 @@
-"""A loopback HTTP/1.1 server for the HTTP-rules tests: it logs every request it gets.
+"""Loopback HTTP/1.1 servers for the HTTP-rules tests. ``EchoServer`` logs every request
+it gets; ``ScriptedServer`` answers each as a script says (test_http_transparency.py).
 
     with EchoServer() as web:
         ... requests to 127.0.0.1:{web.port} ...
         assert [(r.method, r.target) for r in web.log] == [("GET", "/ok/a")]
 
-Each request is answered ``200`` with ``ok <METHOD> <target> <body bytes>``, keep-alive.
-With ``tls`` (a server context) it speaks HTTPS. A request's body is read by its framing
-(Content-Length or chunked, decoded here). A ``GET`` with
-``Upgrade: websocket`` gets ``101`` and then every byte is echoed back (no frames: the
-relay copies bytes, it does not parse WebSocket).
+``EchoServer`` answers each request ``200`` with ``ok <METHOD> <target> <body bytes>``,
+keep-alive. With ``tls`` (a server context) either speaks HTTPS. A request's body is read
+by its framing (Content-Length or chunked, decoded here). A ``GET`` with ``Upgrade:
+websocket`` gets ``101`` and then every byte is echoed back (no frames: the relay copies
+bytes, it does not parse WebSocket).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import NamedTuple
 
@@ -116,3 +119,95 @@ class EchoServer:
         finally:
             reader.close()
             conn.close()
+
+
+Head = tuple[str, str, str, dict[str, str]]  # method, target, version, headers (lower-cased)
+Script = Callable[[socket.socket, Head, bytes], "bytes | None"]
+
+
+def read_body(conn: socket.socket, head: Head, rest: bytes) -> tuple[bytes, bytes]:
+    """The request's body (Content-Length framing) and the bytes past it."""
+    n = int(head[3].get("content-length", "0"))
+    while len(rest) < n and (data := conn.recv(65536)):
+        rest += data
+    return rest[:n], rest[n:]
+
+
+def linger(conn: socket.socket) -> None:
+    """End as a careful server does before closing: half-close, then read and drop what
+    still comes (a close with unread bytes would reset the connection)."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(65536):
+            pass
+    except OSError:
+        pass
+
+
+def canned(answer: bytes, then: float = 0.0, end: bool = False) -> Script:
+    """A script that waits ``then`` seconds, writes ``answer``, and with ``end`` (a body
+    cut short) or when the request asks ``Connection: close`` ends the connection."""
+
+    def script(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
+        time.sleep(then)
+        conn.sendall(answer)
+        if end or head[3].get("connection", "").lower() == "close":
+            linger(conn)
+            return None
+        return rest
+
+    return script
+
+
+class ScriptedServer:
+    """A threaded loopback server (TLS with ``tls``) answering each request as the script
+    ``scripts`` names by its path's first segment says: a request's head is read here,
+    its body by the script, which answers and gives back the bytes past the request (the
+    next one's) or None to end the connection."""
+
+    def __init__(self, scripts: Mapping[str, Script], tls: ssl.SSLContext | None = None) -> None:
+        self.scripts = scripts
+        self.tls = tls
+        self.idle: float | None = None  # (seconds: a connection silent so long is dropped)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.settimeout(30)
+        conn = raw
+        try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(raw, server_side=True)
+            if self.idle is not None:
+                conn.settimeout(self.idle)
+            rest: bytes | None = b""
+            while rest is not None:
+                while b"\r\n\r\n" not in rest:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    rest += data
+                text, rest = rest.split(b"\r\n\r\n", 1)
+                lines = text.decode("latin-1").split("\r\n")
+                method, target, version = lines[0].split(" ")
+                fields = dict(line.split(":", 1) for line in lines[1:])
+                headers = {k.strip().lower(): v.strip() for k, v in fields.items()}
+                script = self.scripts[target.split("/")[1]]
+                rest = script(conn, (method, target, version, headers), rest)
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+            raw.close()

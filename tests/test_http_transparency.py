@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,33 +24,12 @@ import pytest
 from sandlock.httptls import Interceptor
 
 from .conftest import describe, run_plain, run_sandboxed
+from .httpfake import Head, Script, ScriptedServer, canned, linger, read_body
 
 PY = sys.executable
 TIMEOUT = 120
 BIG = 1 << 20  # a body the relay splices (httpbody.MIN_SPLICE and more)
 UPLOAD = 3 << 20  # a request body bigger than the socket buffers on the way
-
-Head = tuple[str, str, str, dict[str, str]]  # method, target, version, headers (lower-cased)
-Script = Callable[[socket.socket, Head, bytes], "bytes | None"]
-
-
-def _body(conn: socket.socket, head: Head, rest: bytes) -> tuple[bytes, bytes]:
-    """The request's body (Content-Length framing) and the bytes past it."""
-    n = int(head[3].get("content-length", "0"))
-    while len(rest) < n and (data := conn.recv(65536)):
-        rest += data
-    return rest[:n], rest[n:]
-
-
-def _linger(conn: socket.socket) -> None:
-    """End as a careful server does: half-close, read and drop what still comes (a close
-    with unread bytes would reset the connection), then close."""
-    try:
-        conn.shutdown(socket.SHUT_WR)
-        while conn.recv(65536):
-            pass
-    except OSError:
-        pass
 
 
 def v10_length(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
@@ -60,7 +37,7 @@ def v10_length(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
     http.server gives), then the end of the connection."""
     n = int(head[1].split("/")[2])
     conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % n + b"x" * n)
-    _linger(conn)
+    linger(conn)
     return None
 
 
@@ -68,7 +45,7 @@ def v10_close(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
     """``/v10close/N``: an HTTP/1.0 answer of N bytes framed by the connection's end."""
     n = int(head[1].split("/")[2])
     conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * n)
-    _linger(conn)
+    linger(conn)
     return None
 
 
@@ -80,7 +57,7 @@ def big_head(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
     conn.sendall(whole[:20000])
     time.sleep(0.2)
     conn.sendall(whole[20000:])
-    _linger(conn)
+    linger(conn)
     return None
 
 
@@ -90,7 +67,7 @@ def early_close(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
     conn.sendall(
         b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbig"
     )
-    _linger(conn)
+    linger(conn)
     return None
 
 
@@ -100,7 +77,7 @@ def refuse_expect(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
     conn.sendall(
         b"HTTP/1.1 417 Expectation Failed\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno"
     )
-    _linger(conn)
+    linger(conn)
     return None
 
 
@@ -108,13 +85,13 @@ def early_keep(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
     """``/early-keep``: ``200`` at once, keep-alive; then the body is read (RFC 9110
     15.1: a server that answers early and does not close goes on reading the content)."""
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly")
-    return _body(conn, head, rest)[1]
+    return read_body(conn, head, rest)[1]
 
 
 def ok(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
     """``/ok...``: ``200`` with the target and the body's length; ``Connection: close``
     asked: closes after."""
-    body, rest = _body(conn, head, rest)
+    body, rest = read_body(conn, head, rest)
     text = f"{head[1]} {len(body)}".encode()
     close = head[3].get("connection", "").lower() == "close"
     conn.sendall(
@@ -123,7 +100,7 @@ def ok(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
         + text
     )
     if close:
-        _linger(conn)
+        linger(conn)
         return None
     return rest
 
@@ -151,29 +128,14 @@ def v10_keep(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
     )
     if keep:
         return rest
-    _linger(conn)
+    linger(conn)
     return None
-
-
-def canned(answer: bytes, then: float = 0.0, end: bool = False) -> Script:
-    """A script that waits ``then`` seconds, writes ``answer``, and with ``end`` (a body
-    cut short) or when the request asks ``Connection: close`` ends the connection."""
-
-    def script(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
-        time.sleep(then)
-        conn.sendall(answer)
-        if end or head[3].get("connection", "").lower() == "close":
-            _linger(conn)
-            return None
-        return rest
-
-    return script
 
 
 def go_on(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
     """``/continue``: ``100 Continue``, then the body is read and its length answered."""
     conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-    body, rest = _body(conn, head, rest)
+    body, rest = read_body(conn, head, rest)
     conn.sendall(
         b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d" % (len(str(len(body))), len(body))
     )
@@ -212,58 +174,6 @@ SCRIPTS: dict[str, Script] = {
     "expect-close": refuse_expect,
     "ok": ok,
 }
-
-
-class ScriptedServer:
-    """A threaded loopback server (TLS with ``tls``) answering each request as the
-    function SCRIPTS names by its path's first segment says; a request's head is read
-    here, its body by the script."""
-
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self.tls = tls
-        self.idle: float | None = None  # (seconds: a connection silent so long is dropped)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, raw: socket.socket) -> None:
-        raw.settimeout(30)
-        conn = raw
-        try:
-            if self.tls is not None:
-                conn = self.tls.wrap_socket(raw, server_side=True)
-            if self.idle is not None:
-                conn.settimeout(self.idle)
-            rest: bytes | None = b""
-            while rest is not None:
-                while b"\r\n\r\n" not in rest:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    rest += data
-                text, rest = rest.split(b"\r\n\r\n", 1)
-                lines = text.decode("latin-1").split("\r\n")
-                method, target, version = lines[0].split(" ")
-                fields = dict(line.split(":", 1) for line in lines[1:])
-                headers = {k.strip().lower(): v.strip() for k, v in fields.items()}
-                script = SCRIPTS[target.split("/")[1]]
-                rest = script(conn, (method, target, version, headers), rest)
-        except (OSError, ValueError):
-            pass
-        finally:
-            conn.close()
-            raw.close()
 
 
 CLIENT = r"""
@@ -369,7 +279,7 @@ def server_ca(tmp_path: Path) -> tuple[Interceptor, Path]:
 
 
 def _setup(tls: bool, server_ca: tuple[Interceptor, Path]) -> Setup:
-    server = ScriptedServer(tls=server_ca[0].base_context("127.0.0.1") if tls else None)
+    server = ScriptedServer(SCRIPTS, tls=server_ca[0].base_context("127.0.0.1") if tls else None)
     rules = ["--http-ports", str(server.port), "--http-allow", "* 127.0.0.1/*"]
     env = dict(os.environ)
     if tls:
