@@ -326,6 +326,9 @@ class _Exchange:
                     return
             elif not await self._relay(event, host, path, decision):
                 return
+            if self.down.our_state is h11.MUST_CLOSE:  # (``Connection: close``, HTTP/1.0)
+                await self._drain()  # (a next request sent meanwhile: a close would reset)
+                return
             if self.down.our_state is not h11.DONE or self.down.their_state is not h11.DONE:
                 return
             self.down.start_next_cycle()
@@ -402,12 +405,24 @@ class _Exchange:
         except h11.LocalProtocolError:
             pass  # (the request was too broken for any answer)
 
+    async def _send_eof(self) -> None:
+        """End the command's side of its connection, keeping the other open. With TLS the
+        bare end of the transport (no close_notify, as trio's aclose with
+        ``https_compatible`` ends it too): nothing more is sent on it."""
+        client = self.client
+        if isinstance(client, trio.SSLStream):
+            client = client.transport_stream
+        try:
+            if isinstance(client, trio.abc.HalfCloseableStream):
+                await client.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
     async def _drain(self) -> None:
         """After a final answer with ``Connection: close``: half-close, read and drop
         what the command still sends (a reset would lose the answer), then end."""
+        await self._send_eof()
         try:
-            if isinstance(self.client, trio.abc.HalfCloseableStream):
-                await self.client.send_eof()
             with trio.move_on_after(1.0):
                 left = _DRAIN
                 while left > 0 and (data := await self.client.receive_some(_CHUNK)):
@@ -498,16 +513,7 @@ class _Exchange:
                     await upstream.receive_some(_CHUNK)  # (after the answer: its end)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
-                # (TLS: the bare end of the transport, as a server's shutdown gives; no
-                # more is sent on this connection)
-                client = self.client
-                if isinstance(client, trio.SSLStream):
-                    client = client.transport_stream
-                try:
-                    if isinstance(client, trio.abc.HalfCloseableStream):
-                        await client.send_eof()
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
+                await self._send_eof()
 
             nursery.start_soon(watch)
             await body_done.wait()
