@@ -504,15 +504,22 @@ class _Exchange:
         on: until the body ends, the destination's end of its side (a careful server
         half-closes after a ``413``, or a ``417`` to a client waiting for ``100
         Continue``, which then sends no body) is passed to the command as its own end."""
-        assert self.upstream is not None
-        upstream = self.upstream
+        # Watched on its socket, nothing read: the end, or bytes past a closing answer (a
+        # TLS close_notify), make it readable. Over TLS, reading that end would stop the
+        # TLS object writing (OpenSSL writes nothing once it read the peer's end), and
+        # the body still has to go on.
+        stream = self.upstream
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        assert isinstance(stream, trio.SocketStream)
+        sock = stream.socket
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:
                 try:
-                    await upstream.receive_some(_CHUNK)  # (after the answer: its end)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    pass
+                    await trio.lowlevel.wait_readable(sock)
+                except trio.ClosedResourceError:
+                    return  # (closed under it: the connection is over anyway)
                 await self._send_eof()
 
             nursery.start_soon(watch)
