@@ -594,6 +594,8 @@ class _Exchange:
         while True:
             event = await _next(self.up, self.upstream)
             if isinstance(event, h11.InformationalResponse):
+                if event.status_code != 101 and self.down.their_http_version != b"1.1":
+                    continue  # (RFC 9110 15.2: no 1xx to HTTP/1.0, which the server never saw)
                 await self._send_down(
                     h11.InformationalResponse(
                         status_code=event.status_code,

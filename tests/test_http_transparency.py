@@ -142,7 +142,20 @@ def go_on(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
     return rest
 
 
+def hints_to_11(conn: socket.socket, head: Head, rest: bytes) -> bytes | None:
+    """``/hints11``: ``103 Early Hints`` then ``200``, the ``103`` to an HTTP/1.1 request
+    only (RFC 9110 15.2: no 1xx to an HTTP/1.0 client); the end after HTTP/1.0."""
+    if head[2] == "HTTP/1.1":
+        conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n")
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    if head[2] == "HTTP/1.1":
+        return rest
+    linger(conn)
+    return None
+
+
 SCRIPTS: dict[str, Script] = {
+    "hints11": hints_to_11,
     "continue": go_on,
     "hints": canned(
         b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
@@ -457,6 +470,16 @@ def test_a_closing_answer_ends_cleanly_past_a_next_request(mode: Setup) -> None:
     request unread: a reset, which can also cut the answer's last bytes."""
     native, sandboxed = differential(mode, [get("/close-big"), get("/ok/next")])
     assert native == f"200 {4 * BIG} {'c' * 16}\nend\n"
+    assert sandboxed == native
+
+
+def test_an_http10_client_gets_no_interim_answer(mode: Setup) -> None:
+    """An HTTP/1.0 client never gets a 1xx from a server that follows RFC 9110 (15.2).
+    Through the relay the server reads HTTP/1.1 (h11 writes every request so) and sends
+    its ``103``, which the relay passed on: a client of HTTP/1.0 may take it for the
+    answer."""
+    native, sandboxed = differential(mode, ["GET /hints11 HTTP/1.0\r\n\r\n"])
+    assert native == "200 2 ok\nend\n"
     assert sandboxed == native
 
 
