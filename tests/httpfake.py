@@ -16,8 +16,22 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import NamedTuple
+
+
+def accept_each(
+    sock: socket.socket, serve: Callable[[socket.socket, tuple[str, int]], None]
+) -> None:
+    """Accept on ``sock`` until it is closed; each connection is served by ``serve``
+    (the connection, its peer) in a thread of its own."""
+    while True:
+        try:
+            conn, peer = sock.accept()
+        except OSError:
+            return
+        threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
 
 
 class Seen(NamedTuple):
