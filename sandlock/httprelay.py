@@ -99,8 +99,21 @@ class HttpHandler:
         """The TCP ports whose connections come here (the run's: fixed)."""
         return self._ports
 
-    async def serve(self, conn: socket.socket, pid: int, dest: Dest) -> None:
-        """Serve the command's connection ``conn`` to ``dest`` until either side ends."""
+    async def serve(
+        self, conn: socket.socket, pid: int, dest: Dest, reached: socket.socket | None = None
+    ) -> None:
+        """Serve the command's connection ``conn`` to ``dest`` until either side ends;
+        ``reached``: a connection to ``dest`` made before the command's connect was
+        answered (relay.py ``reaches_first``), used for its first request."""
+        try:
+            await self._serve(conn, pid, dest, reached)
+        finally:
+            if reached is not None and reached.fileno() >= 0:  # (never taken: closed here)
+                reached.close()
+
+    async def _serve(
+        self, conn: socket.socket, pid: int, dest: Dest, reached: socket.socket | None
+    ) -> None:
         plain = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
         client: trio.abc.Stream = plain
         sni: str | None = None
@@ -119,7 +132,7 @@ class HttpHandler:
                 return
             client = wrapped
             sni = self.tls.sni_of(wrapped.context)
-        exchange = _Exchange(self, client, pid, dest, sni if tls else _PLAIN)
+        exchange = _Exchange(self, client, pid, dest, sni if tls else _PLAIN, reached)
         try:
             async with trio.open_nursery() as nursery:
                 if self._prefetch(dest, sni if tls else _PLAIN):
@@ -284,9 +297,16 @@ class _Exchange:
     """One connection of the command: its requests, one after another."""
 
     def __init__(
-        self, handler: HttpHandler, client: trio.abc.Stream, pid: int, dest: Dest, sni: str | None
+        self,
+        handler: HttpHandler,
+        client: trio.abc.Stream,
+        pid: int,
+        dest: Dest,
+        sni: str | None,
+        reached: socket.socket | None = None,
     ) -> None:
         self.handler = handler
+        self.reached = reached  # (the destination's connection, made already: taken once)
         self.client = client
         self.pid = pid
         self.dest = dest
@@ -488,7 +508,12 @@ class _Exchange:
     async def _open_upstream(self) -> tuple[trio.abc.Stream | None, str]:
         """The connection to the destination (TLS if the command's was), or None and
         why not."""
-        plain = await _connect(self.dest)
+        reached, self.reached = self.reached, None
+        plain = (
+            trio.SocketStream(trio.socket.from_stdlib_socket(reached))
+            if reached is not None
+            else await _connect(self.dest)
+        )
         if plain is None:
             return None, f"cannot reach {_shown(self.dest)}"
         tls = self.handler.tls

@@ -58,6 +58,7 @@ class EchoServer:
         self.port: int = self.sock.getsockname()[1]
         self.log: list[Seen] = []
         self.accepted = 0
+        self.handshakes = 0  # (TLS: the ones that completed, each with a ClientHello)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
@@ -88,6 +89,8 @@ class EchoServer:
             except (OSError, ValueError):
                 conn.close()
                 return
+            with self._lock:
+                self.handshakes += 1
         reader = conn.makefile("rb")
         try:
             while True:
