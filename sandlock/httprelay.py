@@ -315,6 +315,7 @@ class _Exchange:
         self.up: h11.Connection | None = None  # the destination's side: we are its client
         self.upstream: trio.abc.Stream | None = None
         self._opened: trio.Event | None = trio.Event()  # (prefetch: set when tried)
+        self._down_out: list[bytes] = []  # (for the command, not written yet: _flush_down)
         self._why = ""
 
     async def run(self) -> None:
@@ -399,9 +400,11 @@ class _Exchange:
             headers.append((b"connection", b"close"))
         try:
             reason = _REASONS.get(status, b"")
-            await self._send_down(h11.Response(status_code=status, headers=headers, reason=reason))
-            await self._send_down(h11.Data(data=body))
-            await self._send_down(h11.EndOfMessage())
+            await self._send_down(
+                h11.Response(status_code=status, headers=headers, reason=reason),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            )
         except h11.LocalProtocolError:
             pass  # (the request was too broken for any answer)
 
@@ -440,7 +443,7 @@ class _Exchange:
         if not any(k.lower() == b"host" for k, _ in headers):  # (HTTP/1.0 without one)
             headers.append((b"Host", host.encode("ascii", "replace")))  # (as it came: ASCII)
         try:
-            await self._send_up(
+            head = self.up.send(
                 h11.Request(method=request.method, target=request.target, headers=headers)
             )
         except h11.LocalProtocolError:
@@ -449,12 +452,17 @@ class _Exchange:
         switched = False
         first = self.down.next_event()
         if isinstance(first, h11.EndOfMessage):  # (no body, or all of it read: no task)
-            try:
-                await self._send_up(h11.EndOfMessage(headers=list(first.headers.raw_items())))
+            try:  # (the head and the end in one write)
+                end = h11.EndOfMessage(headers=list(first.headers.raw_items()))
+                await self._write_up(head + (self.up.send(end) or b""))
                 switched = await self._forward_response(request, host, path, decision)
             except (_Closed, h11.ProtocolError):
                 return False
             return await self._after(switched)
+        try:
+            await self._write_up(head or b"")
+        except _Closed:
+            return False
         body_done, failed = trio.Event(), []
         async with trio.open_nursery() as nursery:
 
@@ -483,6 +491,8 @@ class _Exchange:
         if switched:
             await self._splice()
             return False
+        if self.down.our_state is not h11.DONE:  # (the command's side ends with this
+            return False  # answer: ``close`` ends it first, its end being what it waits for)
         if self.up is None or self.up.our_state is h11.IDLE:  # (after a spliced body)
             return True
         if self.up.our_state is h11.DONE and self.up.their_state is h11.DONE:
@@ -548,7 +558,11 @@ class _Exchange:
         """The destination's answer, to the command; whether the protocol switched."""
         assert self.up is not None and self.upstream is not None
         while True:
-            event = await _next(self.up, self.upstream)
+            event = self.up.next_event()
+            if event is h11.NEED_DATA:  # (what h11 gave so far goes down in one write)
+                await self._flush_down()
+                await _receive(self.up, self.upstream)
+                continue
             if isinstance(event, h11.InformationalResponse):
                 await self._send_down(
                     h11.InformationalResponse(
@@ -580,7 +594,7 @@ class _Exchange:
                     event.status_code,
                     decision,
                 )
-                await self._send_down(
+                self._queue_down(
                     h11.Response(
                         status_code=event.status_code,
                         headers=_framed(event.headers.raw_items()),
@@ -590,11 +604,12 @@ class _Exchange:
                 if await self._spliced_body(request, event):
                     return False
             elif isinstance(event, h11.Data):
-                await self._send_down(h11.Data(data=event.data))
+                self._queue_down(h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
                 await self._send_down(h11.EndOfMessage(headers=list(event.headers.raw_items())))
                 return False
             else:
+                await self._flush_down()  # (what came before the end is the command's)
                 raise _Closed
 
     async def _spliced_body(self, request: h11.Request, response: h11.Response) -> bool:
@@ -614,7 +629,8 @@ class _Exchange:
         if not left:
             return False
         if buffered:
-            await self._send_down(h11.Data(data=buffered))
+            self._queue_down(h11.Data(data=buffered))
+        await self._flush_down()  # (the head and what came with it, before the splice)
         # h11 counts the stand-in's length against Content-Length and hands it back
         # (Content-Length framing adds no bytes of its own):
         stand_in = h11.Data(data=httpbody.Sized(left))  # type: ignore[arg-type]
@@ -655,17 +671,32 @@ class _Exchange:
             nursery.start_soon(copy, self.client, upstream, down_left)
             nursery.start_soon(copy, upstream, self.client, up_left)
 
-    async def _send_down(self, event: h11.Event) -> None:
+    def _queue_down(self, event: h11.Event) -> None:
+        """``event`` for the command, written with the next ``_flush_down``: the pieces of
+        an answer that come together go in one write (one wake-up of the command)."""
         data = self.down.send(event)
         if data:
+            self._down_out.append(data)
+
+    async def _flush_down(self) -> None:
+        if self._down_out:
+            data, self._down_out = b"".join(self._down_out), []
             try:
                 await self.client.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
                 raise _Closed from err
 
+    async def _send_down(self, *events: h11.Event) -> None:
+        for event in events:
+            self._queue_down(event)
+        await self._flush_down()
+
     async def _send_up(self, event: h11.Event) -> None:
-        assert self.up is not None and self.upstream is not None
-        data = self.up.send(event)
+        assert self.up is not None
+        await self._write_up(self.up.send(event) or b"")
+
+    async def _write_up(self, data: bytes) -> None:
+        assert self.upstream is not None
         if data:
             try:
                 await self.upstream.send_all(data)
@@ -714,11 +745,17 @@ async def _next(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Event | ty
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event  # type: ignore[return-value]
-        try:
-            data = await stream.receive_some(_CHUNK)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-            raise _Closed from err
-        conn.receive_data(data if isinstance(data, bytes) else bytes(data))
+        await _receive(conn, stream)
+
+
+async def _receive(conn: h11.Connection, stream: trio.abc.Stream) -> None:
+    """What ``stream`` has now, given to ``conn`` (b"": its end); _Closed on a broken
+    connection."""
+    try:
+        data = await stream.receive_some(_CHUNK)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+        raise _Closed from err
+    conn.receive_data(data if isinstance(data, bytes) else bytes(data))
 
 
 async def _connect(dest: Dest) -> trio.SocketStream | None:
