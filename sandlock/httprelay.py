@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import socket
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -53,7 +54,7 @@ from .httprules import (
     normalise_path,
 )
 from .policy import Policy
-from .relay import only_by_name
+from .relay import finish_reach, only_by_name, reach, start_reach
 from .sockaddr import Dest, canonical
 
 TYPE_CHECKING = False
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
 __all__ = ["UPGRADE", "HttpHandler"]
 
 UPGRADE = "http-upgrade"
-CONNECT_TIMEOUT = 30.0
 HANDSHAKE_TIMEOUT = 30.0
 _REASONS = {400: b"Bad Request", 403: b"Forbidden", 502: b"Bad Gateway"}
 _PLAIN = "\0plain"  # (the ``sni`` of a connection without TLS)
@@ -136,6 +136,9 @@ class HttpHandler:
         try:
             async with trio.open_nursery() as nursery:
                 if self._prefetch(dest, sni if tls else _PLAIN):
+                    if exchange.reached is None:  # (its handshake begun now, not when
+                        started = start_reach(dest)  # the task first runs: after the request)
+                        exchange.reached = started if not isinstance(started, int) else None
                     nursery.start_soon(exchange.prefetch)
                 else:
                     exchange.no_prefetch()
@@ -519,13 +522,10 @@ class _Exchange:
         """The connection to the destination (TLS if the command's was), or None and
         why not."""
         reached, self.reached = self.reached, None
-        plain = (
-            trio.SocketStream(trio.socket.from_stdlib_socket(reached))
-            if reached is not None
-            else await _connect(self.dest)
-        )
-        if plain is None:
+        sock = await (finish_reach(reached) if reached is not None else reach(self.dest))
+        if isinstance(sock, int):
             return None, f"cannot reach {_shown(self.dest)}"
+        plain = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         tls = self.handler.tls
         if self.sni is _PLAIN or tls is None:
             return plain, ""
@@ -681,10 +681,7 @@ class _Exchange:
     async def _flush_down(self) -> None:
         if self._down_out:
             data, self._down_out = b"".join(self._down_out), []
-            try:
-                await self.client.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-                raise _Closed from err
+            await _send_all(self.client, data)
 
     async def _send_down(self, *events: h11.Event) -> None:
         for event in events:
@@ -698,10 +695,7 @@ class _Exchange:
     async def _write_up(self, data: bytes) -> None:
         assert self.upstream is not None
         if data:
-            try:
-                await self.upstream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-                raise _Closed from err
+            await _send_all(self.upstream, data)
 
     async def _close_upstream(self) -> None:
         if self.upstream is not None:
@@ -720,6 +714,9 @@ class _Exchange:
         except (trio.BrokenResourceError, OSError):
             pass  # (closed all the same)
         finally:
+            if self.reached is not None:  # (begun, never used)
+                self.reached.close()
+                self.reached = None
             await self._close_upstream()
 
 
@@ -750,7 +747,18 @@ async def _next(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Event | ty
 
 async def _receive(conn: h11.Connection, stream: trio.abc.Stream) -> None:
     """What ``stream`` has now, given to ``conn`` (b"": its end); _Closed on a broken
-    connection."""
+    connection. A plain socket is read at once if it holds bytes (no trip through
+    trio's loop: two scheduler passes a read), waited for only if not."""
+    if type(stream) is trio.SocketStream:
+        fd = stream.socket.fileno()
+        while True:
+            try:
+                conn.receive_data(os.read(fd, _CHUNK))
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(stream.socket)
+            except OSError as err:  # (a reset; EBADF: closed under us by a cancel)
+                raise _Closed from err
     try:
         data = await stream.receive_some(_CHUNK)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
@@ -758,23 +766,22 @@ async def _receive(conn: h11.Connection, stream: trio.abc.Stream) -> None:
     conn.receive_data(data if isinstance(data, bytes) else bytes(data))
 
 
-async def _connect(dest: Dest) -> trio.SocketStream | None:
-    """A stream to ``dest`` (the address the command connected to), or None."""
-    seen = canonical(dest.addr)
-    family = socket.AF_INET if len(seen) == 4 else socket.AF_INET6
-    try:
-        sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    except OSError:  # (EMFILE: the supervisor's descriptors are used up: as unreachable)
-        return None
-    with trio.move_on_after(CONNECT_TIMEOUT):
+async def _send_all(stream: trio.abc.Stream, data: bytes) -> None:
+    """``data`` to ``stream``; _Closed on a broken connection. A plain socket that takes
+    it all at once is written without a trip through trio's loop."""
+    if type(stream) is trio.SocketStream:
         try:
-            await sock.connect((socket.inet_ntop(family, seen), dest.port))
-        except OSError:
-            sock.close()
-            return None
-        return trio.SocketStream(sock)
-    sock.close()
-    return None
+            data = data[os.write(stream.socket.fileno(), data) :]
+        except BlockingIOError:
+            pass
+        except OSError as err:  # (EPIPE, a reset)
+            raise _Closed from err
+        if not data:
+            return
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+        raise _Closed from err
 
 
 def _shown(dest: Dest) -> str:

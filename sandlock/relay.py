@@ -501,8 +501,13 @@ async def reach(dest: Dest, alive: Callable[[], bool] = lambda: True) -> socket.
     the attempt (ECONNREFUSED, ETIMEDOUT after CONNECT_TIMEOUT, EMFILE: the supervisor's
     descriptors used up...). ``alive`` is asked now and then while the handshake waits:
     False gives up (ECONNABORTED)."""
-    import trio
+    started = start_reach(dest)
+    return started if isinstance(started, int) else await finish_reach(started, alive)
 
+
+def start_reach(dest: Dest) -> socket.socket | int:
+    """``reach``'s first half, at once: a socket whose handshake with ``dest`` has begun
+    (or ended: loopback), for ``finish_reach``; or the errno."""
     seen = canonical(dest.addr)
     family = socket.AF_INET if len(seen) == 4 else socket.AF_INET6
     kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
@@ -510,17 +515,33 @@ async def reach(dest: Dest, alive: Callable[[], bool] = lambda: True) -> socket.
         sock = socket.socket(family, kind)
     except OSError as err:
         return err.errno or errno.ENOMEM
-    address = (socket.inet_ntop(family, seen), dest.port)
+    try:
+        rc = sock.connect_ex((socket.inet_ntop(family, seen), dest.port))
+    except OSError as err:
+        rc = err.errno or errno.ECONNABORTED
+    if rc not in (0, errno.EINPROGRESS):
+        sock.close()
+        return rc
+    return sock
+
+
+async def finish_reach(
+    sock: socket.socket, alive: Callable[[], bool] = lambda: True
+) -> socket.socket | int:
+    """``reach``'s second half: ``sock`` (from ``start_reach``) once connected, or the
+    errno (it is closed then)."""
+    import trio
+
     rc = errno.ECONNABORTED
     try:
-        rc = sock.connect_ex(address)
-        if rc == errno.EINPROGRESS:
-            if sys_.poll1(sock.fileno(), select.POLLOUT) <= 0:  # (loopback: often done)
-                with trio.move_on_after(CONNECT_TIMEOUT):
-                    while alive():
-                        with trio.move_on_after(_ALIVE_EVERY):
-                            await trio.lowlevel.wait_writable(sock)
-                            break
+        if sys_.poll1(sock.fileno(), select.POLLOUT) > 0:  # (loopback: often done)
+            rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        else:
+            with trio.move_on_after(CONNECT_TIMEOUT):
+                while alive():
+                    with trio.move_on_after(_ALIVE_EVERY):
+                        await trio.lowlevel.wait_writable(sock)
+                        break
             if sys_.poll1(sock.fileno(), select.POLLOUT) > 0:
                 rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             else:
