@@ -24,12 +24,19 @@ With ``--tls`` the same rows over HTTPS: the server presents a leaf of a CA mint
 --http-upstream-ca`` (the command then trusts the run's CA through the injected bundle:
 the file those variables name).
 
-With ``--peer`` (plain HTTP only) a fourth mode: the Rust peer (PyPI sandlock 0.9.0, in
-bench/.peer-venv, set up as bench/run.py does) driven through its SDK
-(bench/sdk_driver.py) with the same rules: ``http_allow=["GET 127.0.0.1/b*"]``,
-``http_ports=[PORT]``, ``net_allow=["127.0.0.1:PORT"]`` and read access (Landlock) to the
-system and the interpreter's directories. HTTPS is not compared: the peer verifies the
-server against the system roots only, and the test server's CA is not one of them.
+With ``--peer`` a fourth mode: the Rust peer (PyPI sandlock 0.9.0, in bench/.peer-venv,
+set up as bench/run.py does) driven through its SDK (bench/sdk_driver.py) with the same
+rules: ``http_allow=["GET 127.0.0.1/b*"]``, ``http_ports=[PORT]``,
+``net_allow=["127.0.0.1:PORT"]`` and read access (Landlock) to the system and the
+interpreter's directories.
+
+``--tls --peer``: the peer intercepts TLS on port 443 only and drops a TLS connection
+without SNI (an IP-literal URL), so there the server listens on 127.0.0.1:443 (root, or
+CAP_NET_BIND_SERVICE) and every mode's client asks for ``https://localhost`` (which
+``/etc/hosts`` gives as 127.0.0.1) under the rule ``GET localhost/b*``. The peer gets a
+CA minted here as ``http_ca``/``http_key`` (its SDK does not wire ``http_inject_ca``), and
+its clients and its own verification of the server read ``SSL_CERT_FILE``: a bundle of
+the server's CA and the peer's (rustls' native-certs loader reads that variable).
 """
 
 from __future__ import annotations
@@ -51,18 +58,18 @@ SANDLOCK = REPO / ".venv" / "bin" / "sandlock"
 SHORT = b"ok"
 CHUNK = bytes(1 << 20)
 BASE: list[str] = []  # (--base)
-ALLOW = "GET 127.0.0.1/b*"  # (/bench and /bulk; after the timed part, GET /denied: 403)
+
 
 CLIENT = r"""
 import http.client, ssl, subprocess, sys, time
-port, how, n, scheme = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-url = f"{scheme}://127.0.0.1:{port}/bench"
-denied = f"{scheme}://127.0.0.1:{port}/denied"
+port, how, n, scheme, host = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), *sys.argv[4:6]
+url = f"{scheme}://{host}:{port}/bench"
+denied = f"{scheme}://{host}:{port}/denied"
 ctx = ssl.create_default_context() if scheme == "https" else None
 def connection():
     if ctx is None:
-        return http.client.HTTPConnection("127.0.0.1", port)
-    return http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
+        return http.client.HTTPConnection(host, port)
+    return http.client.HTTPSConnection(host, port, context=ctx)
 if how == "curl":
     subprocess.run(["curl", "-s", "-f", "-o", "/dev/null", url], check=True)  # (warm-up)
     t = time.perf_counter_ns()
@@ -145,33 +152,52 @@ def answer(conn: socket.socket, mb: int, tls: ssl.SSLContext | None = None) -> N
             pass
 
 
-def measure(mode: str, port: int, how: str, n: int, ca: str | None) -> float:
-    argv = [sys.executable, "-c", CLIENT, str(port), how, str(n), "https" if ca else "http"]
+class Setup:
+    """Where the server is and what every mode is told: host, port, the rule, the CA
+    files (``--tls``)."""
+
+    def __init__(self, host: str, port: int, ca: str | None, peer_ca: tuple[str, str] | None):
+        self.host = host
+        self.port = port
+        self.allow = f"GET {host}/b*"  # (/bench and /bulk; after the timed part, GET /denied)
+        self.ca = ca  # the server's CA (PEM), or None: plain HTTP
+        self.peer_ca = peer_ca  # the peer's MITM CA and key (--tls --peer)
+        self.bundle: str | None = None  # the server's CA and the peer's: what clients trust
+
+
+def measure(mode: str, setup: Setup, how: str, n: int) -> float:
+    port, ca = setup.port, setup.ca
+    scheme = "https" if ca else "http"
+    argv = [sys.executable, "-c", CLIENT, str(port), how, str(n), scheme, setup.host]
     if mode == "peer":
         readable = ["/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/tmp"]
         readable += [sys.prefix, sys.base_prefix, os.path.realpath(sys.base_prefix), str(REPO)]
-        kwargs = {
-            "net_allow": [f"127.0.0.1:{port}"],
-            "http_allow": [ALLOW],
-            "http_ports": [port],
+        kwargs: dict[str, object] = {
+            "net_allow": [f"{setup.host}:{port}"],
+            "http_allow": [setup.allow],
             "fs_readable": [p for p in readable if os.path.exists(p)],
             "fs_writable": ["/dev/null"],  # (curl -o /dev/null)
         }
+        if setup.peer_ca is not None:  # (TLS: port 443 is intercepted with http_ca)
+            kwargs["http_ca"], kwargs["http_key"] = setup.peer_ca
+        else:
+            kwargs["http_ports"] = [port]
         spec = {"kwargs": kwargs, "argv": argv}
         peer = REPO / "bench" / ".peer-venv" / "bin" / "python"
         argv = [str(peer), str(REPO / "bench" / "sdk_driver.py"), "run", json.dumps(spec)]
     elif mode == "net":
-        argv = [str(SANDLOCK), "run", "--net-allow", f"127.0.0.1:{port}", "--", *argv]
+        argv = [str(SANDLOCK), "run", "--net-allow", f"{setup.host}:{port}", "--", *argv]
     elif mode in ("http", "base"):
-        rules = ["--http-ports", str(port), "--http-allow", ALLOW]
+        rules = ["--http-ports", str(port), "--http-allow", setup.allow]
         if ca:
             rules += ["--http-tls", "--http-upstream-ca", ca]
         argv = [str(SANDLOCK), "run", *rules, "--", *argv]
     env = dict(os.environ)
     if mode == "base":  # (the same console script, the base tree's sandlock first on the path)
         env["PYTHONPATH"] = BASE[0]
-    if ca:
-        env |= {"SSL_CERT_FILE": ca, "CURL_CA_BUNDLE": ca}
+    trusted = setup.bundle or ca
+    if trusted:
+        env |= {"SSL_CERT_FILE": trusted, "CURL_CA_BUNDLE": trusted}
     out = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
     if out.returncode != 0:
         raise SystemExit(f"{mode} {how}: {out.stderr.strip()}")
@@ -182,6 +208,27 @@ def measure(mode: str, port: int, how: str, n: int, ca: str | None) -> float:
     return float(figure)
 
 
+def _pem_file(data: bytes) -> str:
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
+        f.write(data)
+    return f.name
+
+
+def _mitm_ca() -> tuple[bytes, bytes]:
+    """A CA certificate and its key (PEM) for the peer's HTTPS interception."""
+    from cryptography.hazmat.primitives import serialization
+
+    sys.path.insert(0, str(REPO))  # (tests/ is a package of the repository)
+    from tests.tlsfake import make_ca
+
+    cert, key = make_ca("bench peer MITM CA", path_length=None)
+    pem = serialization.Encoding.PEM
+    plain = serialization.NoEncryption()
+    return cert.public_bytes(pem), key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, plain
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -189,7 +236,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500, help="Python requests per round")
     parser.add_argument("--mb", type=int, default=200, help="megabytes of the bulk row")
     parser.add_argument("--tls", action="store_true", help="HTTPS instead of HTTP")
-    parser.add_argument("--peer", action="store_true", help="also the Rust peer (plain HTTP)")
+    parser.add_argument("--peer", action="store_true", help="also the Rust peer")
     parser.add_argument(
         "--base",
         metavar="DIR",
@@ -199,35 +246,39 @@ def main() -> None:
     args = parser.parse_args()
     if args.base:
         BASE.append(os.path.abspath(args.base))
-    if args.peer and not args.tls:
+    if args.peer:
         from _env import ensure_peer  # (bench/: installs the peer on first use)
 
         ensure_peer()
-    listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
-    port = listener.getsockname()[1]
+    peer_tls = args.tls and args.peer
+    try:  # (the peer intercepts TLS on 443 only)
+        listener = socket.create_server(("127.0.0.1", 443 if peer_tls else 0), backlog=4096)
+    except OSError as err:
+        raise SystemExit(f"http_rules: --tls --peer needs 127.0.0.1:443: {err.strerror}") from None
+    setup = Setup("localhost" if peer_tls else "127.0.0.1", listener.getsockname()[1], None, None)
     mb = [0]
-    tls, ca = None, None
+    tls = None
     if args.tls:
         from sandlock.httptls import Interceptor
 
         authority = Interceptor()
         tls = authority.base_context("127.0.0.1")
-        with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
-            f.write(authority.ca_pem)
-        ca = f.name
+        setup.ca = _pem_file(authority.ca_pem)
+        if peer_tls:
+            cert, key = _mitm_ca()
+            setup.peer_ca = (_pem_file(cert), _pem_file(key))
+            setup.bundle = _pem_file(authority.ca_pem + cert)
     threading.Thread(target=serve, args=(listener, mb, tls), daemon=True).start()
-    modes = (
-        ("native", "net", "http", "peer")
-        if args.peer and not args.tls
-        else ("native", "net", "http")
-    ) + (("base",) if args.base else ())
+    modes = (("native", "net", "http", "peer") if args.peer else ("native", "net", "http")) + (
+        ("base",) if args.base else ()
+    )
     rows: dict[str, dict[str, list[float]]] = {}
     load = os.getloadavg()
     for row, n in (("curl", args.curl), ("python", args.requests), ("bulk", args.mb)):
         mb[0] = args.mb if row == "bulk" else 0
         for _ in range(args.rounds):
             for mode in modes:
-                figure = measure(mode, port, row, n, ca)
+                figure = measure(mode, setup, row, n)
                 rows.setdefault(row, {}).setdefault(mode, []).append(figure)
                 print(f"{row} {mode}: {rows[row][mode][-1]:.2f}", file=sys.stderr)
     listener.close()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import socket
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -54,7 +55,7 @@ from .httprules import (
     normalise_path,
 )
 from .policy import Policy
-from .relay import only_by_name
+from .relay import finish_reach, only_by_name, reach, start_reach
 from .sockaddr import Dest, canonical
 
 TYPE_CHECKING = False
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
 __all__ = ["UPGRADE", "HttpHandler"]
 
 UPGRADE = "http-upgrade"
-CONNECT_TIMEOUT = 30.0
 HANDSHAKE_TIMEOUT = 30.0
 _REASONS = {400: b"Bad Request", 403: b"Forbidden", 502: b"Bad Gateway"}
 _PLAIN = "\0plain"  # (the ``sni`` of a connection without TLS)
@@ -105,8 +105,21 @@ class HttpHandler:
         """The TCP ports whose connections come here (the run's: fixed)."""
         return self._ports
 
-    async def serve(self, conn: socket.socket, pid: int, dest: Dest) -> None:
-        """Serve the command's connection ``conn`` to ``dest`` until either side ends."""
+    async def serve(
+        self, conn: socket.socket, pid: int, dest: Dest, reached: socket.socket | None = None
+    ) -> None:
+        """Serve the command's connection ``conn`` to ``dest`` until either side ends;
+        ``reached``: a connection to ``dest`` made before the command's connect was
+        answered (relay.py ``reaches_first``), used for its first request."""
+        try:
+            await self._serve(conn, pid, dest, reached)
+        finally:
+            if reached is not None and reached.fileno() >= 0:  # (never taken: closed here)
+                reached.close()
+
+    async def _serve(
+        self, conn: socket.socket, pid: int, dest: Dest, reached: socket.socket | None
+    ) -> None:
         plain = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
         client: trio.abc.Stream = plain
         sni: str | None = None
@@ -125,10 +138,13 @@ class HttpHandler:
                 return
             client = wrapped
             sni = self.tls.sni_of(wrapped.context)
-        exchange = _Exchange(self, client, pid, dest, sni if tls else _PLAIN)
+        exchange = _Exchange(self, client, pid, dest, sni if tls else _PLAIN, reached)
         try:
             async with trio.open_nursery() as nursery:
                 if self._prefetch(dest, sni if tls else _PLAIN):
+                    if exchange.reached is None:  # (its handshake begun now, not when
+                        started = start_reach(dest)  # the task first runs: after the request)
+                        exchange.reached = started if not isinstance(started, int) else None
                     nursery.start_soon(exchange.prefetch)
                 else:
                     exchange.no_prefetch()
@@ -290,9 +306,16 @@ class _Exchange:
     """One connection of the command: its requests, one after another."""
 
     def __init__(
-        self, handler: HttpHandler, client: trio.abc.Stream, pid: int, dest: Dest, sni: str | None
+        self,
+        handler: HttpHandler,
+        client: trio.abc.Stream,
+        pid: int,
+        dest: Dest,
+        sni: str | None,
+        reached: socket.socket | None = None,
     ) -> None:
         self.handler = handler
+        self.reached = reached  # (the destination's connection, made already: taken once)
         self.client = client
         self.pid = pid
         self.dest = dest
@@ -306,6 +329,7 @@ class _Exchange:
         # close``, a body framed by its end) but is kept until one comes: its end, which
         # the server sends now, is the command's (_next_request), as without the relay.
         self._spent = False
+        self._down_out: list[bytes] = []  # (for the command, not written yet: _flush_down)
         self._why = ""
 
     async def run(self) -> None:
@@ -399,9 +423,11 @@ class _Exchange:
             headers.append((b"connection", b"close"))
         try:
             reason = _REASONS.get(status, b"")
-            await self._send_down(h11.Response(status_code=status, headers=headers, reason=reason))
-            await self._send_down(h11.Data(data=body))
-            await self._send_down(h11.EndOfMessage())
+            await self._send_down(
+                h11.Response(status_code=status, headers=headers, reason=reason),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            )
         except h11.LocalProtocolError:
             pass  # (the request was too broken for any answer)
 
@@ -453,7 +479,7 @@ class _Exchange:
         if not any(k.lower() == b"host" for k, _ in headers):  # (HTTP/1.0 without one)
             headers.append((b"Host", host.encode("ascii", "replace")))  # (as it came: ASCII)
         try:
-            await self._send_up(
+            head = self.up.send(
                 h11.Request(method=request.method, target=request.target, headers=headers)
             )
         except h11.LocalProtocolError:
@@ -462,12 +488,17 @@ class _Exchange:
         switched = False
         first = self.down.next_event()
         if isinstance(first, h11.EndOfMessage):  # (no body, or all of it read: no task)
-            try:
-                await self._send_up(h11.EndOfMessage(headers=list(first.headers.raw_items())))
+            try:  # (the head and the end in one write)
+                end = h11.EndOfMessage(headers=list(first.headers.raw_items()))
+                await self._write_up(head + (self.up.send(end) or b""))
                 switched = await self._forward_response(request, host, path, decision)
             except (_Closed, h11.ProtocolError):
                 return False
             return await self._after(switched)
+        try:
+            await self._write_up(head or b"")
+        except _Closed:
+            return False
         body_done, failed = trio.Event(), []
         async with trio.open_nursery() as nursery:
 
@@ -557,9 +588,11 @@ class _Exchange:
     async def _open_upstream(self) -> tuple[trio.abc.Stream | None, str]:
         """The connection to the destination (TLS if the command's was), or None and
         why not."""
-        plain = await _connect(self.dest)
-        if plain is None:
+        reached, self.reached = self.reached, None
+        sock = await (finish_reach(reached) if reached is not None else reach(self.dest))
+        if isinstance(sock, int):
             return None, f"cannot reach {_shown(self.dest)}"
+        plain = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         tls = self.handler.tls
         if self.sni is _PLAIN or tls is None:
             return plain, ""
@@ -592,7 +625,11 @@ class _Exchange:
         """The destination's answer, to the command; whether the protocol switched."""
         assert self.up is not None and self.upstream is not None
         while True:
-            event = await _next(self.up, self.upstream)
+            event = self.up.next_event()
+            if event is h11.NEED_DATA:  # (what h11 gave so far goes down in one write)
+                await self._flush_down()
+                await _receive(self.up, self.upstream)
+                continue
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code != 101 and self.down.their_http_version != b"1.1":
                     continue  # (RFC 9110 15.2: no 1xx to HTTP/1.0, which the server never saw)
@@ -626,7 +663,7 @@ class _Exchange:
                     event.status_code,
                     decision,
                 )
-                await self._send_down(
+                self._queue_down(
                     h11.Response(
                         status_code=event.status_code,
                         headers=_framed(event.headers.raw_items()),
@@ -636,11 +673,12 @@ class _Exchange:
                 if await self._spliced_body(request, event):
                     return False
             elif isinstance(event, h11.Data):
-                await self._send_down(h11.Data(data=event.data))
+                self._queue_down(h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
                 await self._send_down(h11.EndOfMessage(headers=list(event.headers.raw_items())))
                 return False
             else:
+                await self._flush_down()  # (what came before the end is the command's)
                 raise _Closed
 
     async def _spliced_body(self, request: h11.Request, response: h11.Response) -> bool:
@@ -660,7 +698,8 @@ class _Exchange:
         if not left:
             return False
         if buffered:
-            await self._send_down(h11.Data(data=buffered))
+            self._queue_down(h11.Data(data=buffered))
+        await self._flush_down()  # (the head and what came with it, before the splice)
         # h11 counts the stand-in's length against Content-Length and hands it back
         # (Content-Length framing adds no bytes of its own):
         stand_in = h11.Data(data=httpbody.Sized(left))  # type: ignore[arg-type]
@@ -701,22 +740,31 @@ class _Exchange:
             nursery.start_soon(copy, self.client, upstream, down_left)
             nursery.start_soon(copy, upstream, self.client, up_left)
 
-    async def _send_down(self, event: h11.Event) -> None:
+    def _queue_down(self, event: h11.Event) -> None:
+        """``event`` for the command, written with the next ``_flush_down``: the pieces of
+        an answer that come together go in one write (one wake-up of the command)."""
         data = self.down.send(event)
         if data:
-            try:
-                await self.client.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-                raise _Closed from err
+            self._down_out.append(data)
+
+    async def _flush_down(self) -> None:
+        if self._down_out:
+            data, self._down_out = b"".join(self._down_out), []
+            await _send_all(self.client, data)
+
+    async def _send_down(self, *events: h11.Event) -> None:
+        for event in events:
+            self._queue_down(event)
+        await self._flush_down()
 
     async def _send_up(self, event: h11.Event) -> None:
-        assert self.up is not None and self.upstream is not None
-        data = self.up.send(event)
+        assert self.up is not None
+        await self._write_up(self.up.send(event) or b"")
+
+    async def _write_up(self, data: bytes) -> None:
+        assert self.upstream is not None
         if data:
-            try:
-                await self.upstream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-                raise _Closed from err
+            await _send_all(self.upstream, data)
 
     async def _close_upstream(self) -> None:
         if self.upstream is not None:
@@ -736,6 +784,9 @@ class _Exchange:
         except (trio.BrokenResourceError, OSError):
             pass  # (closed all the same)
         finally:
+            if self.reached is not None:  # (begun, never used)
+                self.reached.close()
+                self.reached = None
             await self._close_upstream()
 
 
@@ -766,30 +817,46 @@ async def _next(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Event | ty
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event  # type: ignore[return-value]
-        try:
-            data = await stream.receive_some(_CHUNK)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-            raise _Closed from err
-        conn.receive_data(data if isinstance(data, bytes) else bytes(data))
+        await _receive(conn, stream)
 
 
-async def _connect(dest: Dest) -> trio.SocketStream | None:
-    """A stream to ``dest`` (the address the command connected to), or None."""
-    seen = canonical(dest.addr)
-    family = socket.AF_INET if len(seen) == 4 else socket.AF_INET6
+async def _receive(conn: h11.Connection, stream: trio.abc.Stream) -> None:
+    """What ``stream`` has now, given to ``conn`` (b"": its end); _Closed on a broken
+    connection. A plain socket is read at once if it holds bytes (no trip through
+    trio's loop: two scheduler passes a read), waited for only if not."""
+    if type(stream) is trio.SocketStream:
+        fd = stream.socket.fileno()
+        while True:
+            try:
+                conn.receive_data(os.read(fd, _CHUNK))
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(stream.socket)
+            except OSError as err:  # (a reset; EBADF: closed under us by a cancel)
+                raise _Closed from err
     try:
-        sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    except OSError:  # (EMFILE: the supervisor's descriptors are used up: as unreachable)
-        return None
-    with trio.move_on_after(CONNECT_TIMEOUT):
+        data = await stream.receive_some(_CHUNK)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+        raise _Closed from err
+    conn.receive_data(data if isinstance(data, bytes) else bytes(data))
+
+
+async def _send_all(stream: trio.abc.Stream, data: bytes) -> None:
+    """``data`` to ``stream``; _Closed on a broken connection. A plain socket that takes
+    it all at once is written without a trip through trio's loop."""
+    if type(stream) is trio.SocketStream:
         try:
-            await sock.connect((socket.inet_ntop(family, seen), dest.port))
-        except OSError:
-            sock.close()
-            return None
-        return trio.SocketStream(sock)
-    sock.close()
-    return None
+            data = data[os.write(stream.socket.fileno(), data) :]
+        except BlockingIOError:
+            pass
+        except OSError as err:  # (EPIPE, a reset)
+            raise _Closed from err
+        if not data:
+            return
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+        raise _Closed from err
 
 
 def _shown(dest: Dest) -> str:

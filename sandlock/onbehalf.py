@@ -33,6 +33,7 @@ import it: the quick part runs before the supervisor has started trio, or withou
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import os
 import select
@@ -438,6 +439,10 @@ class Handlers:
                     elif not relay:  # (the relay is not running: fail closed)
                         c.note(event, -errno.ECONNREFUSED)
                         return -errno.ECONNREFUSED
+                    elif self.relay is not None and self.relay.reaches_first(dest):
+                        return Pending(
+                            functools.partial(self._connect_reached, c, name, relay, dest, event)
+                        )
                     else:
                         self.remember_relayed(c, name, dest, event)
                         name, relayed = relay, dest
@@ -464,6 +469,34 @@ class Handlers:
                 return Reply.PARKED
         if rc in (-errno.EINPROGRESS, -errno.EAGAIN):
             return Pending(lambda: self._finish_connect(c, name, event, rc))
+        c.note(event, rc)
+        return rc
+
+    async def _connect_reached(
+        self, c: Call, name: bytes, target: bytes, dest: Dest, event: Event
+    ) -> int:
+        """A relayed connect answered once the destination is reached (relay.py
+        ``reaches_first``): its refusal (or time-out) is the command's, as without the
+        relay, so a client that tries the next address does; else the child's socket is
+        connected to the relay, which gets the destination's connection with the note.
+        Then the gate sends the next connects to ``dest`` to the relay itself: a
+        destination that went away since is a 502 from the relay, not a refusal."""
+        from .relay import reach
+
+        assert self.relay is not None
+        upstream = await reach(dest, lambda: self.still_waiting(c.n))
+        if isinstance(upstream, int):
+            c.note(event, -upstream)
+            return -upstream
+        rc = sys_.connect(c.dup, target, nonblock=True, who=c.who)
+        if rc not in (0, -errno.EINPROGRESS):
+            upstream.close()
+        elif not self.relay.expect(c.dup, c.n.pid, dest, upstream):
+            rc = -errno.ECONNREFUSED
+        else:
+            self.remember_relayed(c, name, dest, event)
+            if rc == -errno.EINPROGRESS and not c.info.nonblocking:  # (loopback: at once)
+                rc = await self.wait_writable(c) or sys_.sock_error(c.dup)
         c.note(event, rc)
         return rc
 

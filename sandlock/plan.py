@@ -582,7 +582,7 @@ def _resolver(
 
     def resolve(name: str) -> list[str]:
         if name == "localhost" or name.endswith(".localhost"):
-            return ["127.0.0.1", "::1"]
+            return local_addresses(name)
         try:
             found = lookup(where, name)
         except DnsLookupError as err:
@@ -593,6 +593,36 @@ def _resolver(
         return [address for address, _ttl in found]
 
     return resolve
+
+
+SYSTEM_HOSTS = "/etc/hosts"
+_RFC6761 = ["127.0.0.1", "::1"]
+
+
+def local_addresses(name: str, hosts: str | None = None) -> list[str]:
+    """``localhost`` or a name under ``.localhost`` (RFC 6761: loopback, never asked of
+    an upstream): the loopback addresses the system's hosts file gives it, in its order,
+    as the system resolver would (so the command sees what it sees without sandlock: a
+    ``::1`` the system does not list would send clients there first), else 127.0.0.1
+    and ::1."""
+    import ipaddress
+
+    found: dict[str, None] = {}
+    try:
+        with open(hosts or SYSTEM_HOSTS, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                words = line.split("#", 1)[0].split()
+                if len(words) < 2 or name not in (w.lower().rstrip(".") for w in words[1:]):
+                    continue
+                try:
+                    address = ipaddress.ip_address(words[0].split("%", 1)[0])
+                except ValueError:
+                    continue
+                if address.is_loopback:
+                    found[str(address)] = None
+    except OSError:
+        pass
+    return list(found) or list(_RFC6761)
 
 
 def _interruptible(lookup: Resolver, interrupt: Callable[[], None]) -> Resolver:

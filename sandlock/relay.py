@@ -79,6 +79,7 @@ MISMATCH = "name-mismatch"
 # ``detail``): the denial report says why, the audit record is MISMATCH's as any other.
 ECH = "ech"
 FIRST_TIMEOUT = 10.0  # seconds to wait for the first record
+_ALIVE_EVERY = 1.0  # seconds between "is the caller still waiting?" while reaching
 CONNECT_TIMEOUT = 30.0  # seconds to reach the original destination
 PIPE_SIZE = sys_.RELAY_PIPE_SIZE  # each direction's pipe (F_SETPIPE_SZ; csrc/abi.h)
 MAX_WAITING = 4096  # connections noted but not yet accepted
@@ -141,11 +142,12 @@ def names_check(policy: Policy, first: First, dest: Dest) -> bool:
 
 
 class _Noted:
-    __slots__ = ("dest", "pid")
+    __slots__ = ("dest", "pid", "upstream")
 
-    def __init__(self, pid: int, dest: Dest) -> None:
+    def __init__(self, pid: int, dest: Dest, upstream: socket.socket | None = None) -> None:
         self.pid = pid
         self.dest = dest
+        self.upstream = upstream  # connected to dest already (``reaches_first``)
 
 
 class Relay:
@@ -189,17 +191,31 @@ class Relay:
         """The relay's sockaddr for a socket of ``domain``; None while not running."""
         return self._targets.get(domain)
 
-    def expect(self, fd: int, pid: int, dest: Dest) -> bool:
+    def reaches_first(self, dest: Dest) -> bool:
+        """Whether a connect to ``dest`` must reach it before it is answered (``reach``),
+        so that the command sees the destination's own refusal as it would without the
+        relay (and a client that tries the next address does): HTTP rules, where the
+        relay opens the destination's connection before any request anyway, not
+        --verify-names, where nothing reaches a destination before its name is checked."""
+        return self._http is not None and not self._verify and dest.port in self._http.ports
+
+    def expect(self, fd: int, pid: int, dest: Dest, upstream: socket.socket | None = None) -> bool:
         """Note that the socket ``fd`` (connected, or connecting, to the relay) is
-        ``pid``'s connection to ``dest``. False if it cannot be (then reset it)."""
+        ``pid``'s connection to ``dest`` (``upstream``: connected to it already, the
+        relay's now). False if it cannot be (then reset it; ``upstream`` is closed)."""
         if len(self._noted) >= MAX_WAITING:
+            if upstream is not None:
+                upstream.close()
             return False
         sock = socket.socket(fileno=fd)
         try:
             local = sock.getsockname()
         finally:
             sock.detach()
-        self._noted[(_unmapped(local[0]), local[1])] = _Noted(pid, dest)
+        old = self._noted.pop((_unmapped(local[0]), local[1]), None)
+        if old is not None and old.upstream is not None:  # (a note never taken: stale)
+            old.upstream.close()
+        self._noted[(_unmapped(local[0]), local[1])] = _Noted(pid, dest, upstream)
         return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None:  # type: ignore[assignment]
@@ -227,6 +243,10 @@ class Relay:
                 for domain in self._targets:
                     self._gate.set_relay(domain, None)
             self._targets.clear()
+            for noted in self._noted.values():  # (connects never accepted: their upstreams)
+                if noted.upstream is not None:
+                    noted.upstream.close()
+            self._noted.clear()
             if self._splicer is not None:  # (every pair still open is reset; first: the
                 self._splicer.close()  # front's thread must be gone before its listeners)
                 self._splicer = None
@@ -325,6 +345,8 @@ class Relay:
             return
         if self._served >= MAX_SERVED:
             _reset(conn)
+            if noted.upstream is not None:
+                _reset(noted.upstream)
             if not self._full_said:
                 self._full_said = True
                 print(
@@ -359,7 +381,8 @@ class Relay:
         """``_serve``; a bug resets that one connection, never the run (fails closed)."""
         try:
             if self._http is not None and noted.dest.port in self._http.ports:
-                await self._http.serve(conn, noted.pid, noted.dest)  # (it owns conn)
+                # (it owns conn, and the destination's connection if one was made)
+                await self._http.serve(conn, noted.pid, noted.dest, noted.upstream)
             else:
                 await self._serve(conn, noted, data, timed_out)
         except Exception as err:
@@ -469,31 +492,66 @@ _CLOSED = "closed"
 
 async def _connect(dest: Dest) -> socket.socket | None:
     """A socket connected to ``dest`` (as the rules saw it), or None."""
-    import trio
+    sock = await reach(dest)
+    return None if isinstance(sock, int) else sock
 
+
+async def reach(dest: Dest, alive: Callable[[], bool] = lambda: True) -> socket.socket | int:
+    """A non-blocking socket connected to ``dest`` (as the rules saw it), or the errno of
+    the attempt (ECONNREFUSED, ETIMEDOUT after CONNECT_TIMEOUT, EMFILE: the supervisor's
+    descriptors used up...). ``alive`` is asked now and then while the handshake waits:
+    False gives up (ECONNABORTED)."""
+    started = start_reach(dest)
+    return started if isinstance(started, int) else await finish_reach(started, alive)
+
+
+def start_reach(dest: Dest) -> socket.socket | int:
+    """``reach``'s first half, at once: a socket whose handshake with ``dest`` has begun
+    (or ended: loopback), for ``finish_reach``; or the errno."""
     seen = canonical(dest.addr)
     family = socket.AF_INET if len(seen) == 4 else socket.AF_INET6
     kind = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
     try:
         sock = socket.socket(family, kind)
-    except OSError:  # (EMFILE: the supervisor's descriptors are used up; reset, as refused)
-        return None
-    address = (socket.inet_ntop(family, seen), dest.port)
-    rc = -1
+    except OSError as err:
+        return err.errno or errno.ENOMEM
     try:
-        rc = sock.connect_ex(address)
-        if rc == errno.EINPROGRESS:
-            if sys_.poll1(sock.fileno(), select.POLLOUT) <= 0:  # (loopback: often done)
-                with trio.move_on_after(CONNECT_TIMEOUT):
-                    await trio.lowlevel.wait_writable(sock)
+        rc = sock.connect_ex((socket.inet_ntop(family, seen), dest.port))
+    except OSError as err:
+        rc = err.errno or errno.ECONNABORTED
+    if rc not in (0, errno.EINPROGRESS):
+        sock.close()
+        return rc
+    return sock
+
+
+async def finish_reach(
+    sock: socket.socket, alive: Callable[[], bool] = lambda: True
+) -> socket.socket | int:
+    """``reach``'s second half: ``sock`` (from ``start_reach``) once connected, or the
+    errno (it is closed then)."""
+    import trio
+
+    rc = errno.ECONNABORTED
+    try:
+        if sys_.poll1(sock.fileno(), select.POLLOUT) > 0:  # (loopback: often done)
+            rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        else:
+            with trio.move_on_after(CONNECT_TIMEOUT):
+                while alive():
+                    with trio.move_on_after(_ALIVE_EVERY):
+                        await trio.lowlevel.wait_writable(sock)
+                        break
             if sys_.poll1(sock.fileno(), select.POLLOUT) > 0:
                 rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    except OSError:
-        rc = -1
+            else:
+                rc = errno.ETIMEDOUT if alive() else errno.ECONNABORTED
+    except OSError as err:
+        rc = err.errno or errno.ECONNABORTED
     finally:
         if rc != 0:  # (refused, timed out, or cancelled)
             sock.close()
-    return sock if rc == 0 else None
+    return sock if rc == 0 else rc
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:

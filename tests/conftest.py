@@ -344,6 +344,18 @@ def sinks() -> Iterator[Sinks]:
 
 
 @pytest.fixture
+def server_ca(tmp_path: Path) -> tuple[Any, Path]:
+    """A test server's own CA (httptls.Interceptor: a leaf per name, one for 127.0.0.1),
+    and its certificate as a PEM file (what --http-upstream-ca is given)."""
+    from sandlock.httptls import Interceptor
+
+    ca = Interceptor()
+    path = tmp_path / "server-ca.pem"
+    path.write_bytes(ca.ca_pem)
+    return ca, path
+
+
+@pytest.fixture
 def tcp_sinks(sinks: Sinks) -> SinkSet:
     return SinkSet(
         sinks.tcp("127.0.0.1"), sinks.tcp("127.0.0.2"), sinks.tcp("::1"), sinks.tcp("::1")

@@ -23,6 +23,19 @@ from types import TracebackType
 from typing import NamedTuple
 
 
+def accept_each(
+    sock: socket.socket, serve: Callable[[socket.socket, tuple[str, int]], None]
+) -> None:
+    """Accept on ``sock`` until it is closed; each connection is served by ``serve``
+    (the connection, its peer) in a thread of its own."""
+    while True:
+        try:
+            conn, peer = sock.accept()
+        except OSError:
+            return
+        threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
+
+
 class Seen(NamedTuple):
     """One request as the server read it."""
 
@@ -47,6 +60,7 @@ class EchoServer:
         self.port: int = self.sock.getsockname()[1]
         self.log: list[Seen] = []
         self.accepted = 0
+        self.handshakes = 0  # (TLS: the ones that completed, each with a ClientHello)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
@@ -77,6 +91,8 @@ class EchoServer:
             except (OSError, ValueError):
                 conn.close()
                 return
+            with self._lock:
+                self.handshakes += 1
         reader = conn.makefile("rb")
         try:
             while True:

@@ -28,6 +28,7 @@ from sandlock.relay import Relay
 from sandlock.sockaddr import Dest
 
 from .conftest import describe, run_sandboxed
+from .httpfake import accept_each
 
 PY = sys.executable
 TIMEOUT = 90
@@ -54,20 +55,12 @@ class BodyServer:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.sock.getsockname()[1]
         self.targets: list[str] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=accept_each, args=(self.sock, self._serve), daemon=True).start()
 
     def close(self) -> None:
         self.sock.close()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, _peer: tuple[str, int]) -> None:
         conn.settimeout(30)
         reader = conn.makefile("rb")
         with conn, reader:

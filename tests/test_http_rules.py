@@ -21,6 +21,7 @@ from .conftest import (
     describe,
     need_tool,
     run_command,
+    run_plain,
     run_sandboxed,
     sandlock_env,
 )
@@ -212,6 +213,44 @@ def test_ipv6_loopback() -> None:
         "/ok/3 403 sandlock: refused by HTTP rule `http-host-mismatch`",
     ], describe(res)
     assert [(s.target, s.host) for s in web.log] == [("/ok/1", f"[::1]:{p}")]
+
+
+FALLBACK_CLIENT = r"""
+import http.client, socket, sys
+port = int(sys.argv[1])
+for round in range(3):  # (again once the gate remembers the address that answered)
+    for host in ("::1", "127.0.0.1"):  # (a client trying each address of a name in turn)
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=20)
+            conn.request("GET", "/ok/x")  # (Host: the address, as http.client says it)
+            r = conn.getresponse()
+            print(round, host, r.status, r.read().decode().strip())
+            conn.close()
+            break
+        except ConnectionRefusedError:
+            print(round, host, "refused")
+"""
+
+
+def test_an_address_that_refuses_is_refused_at_connect(web: EchoServer, gate_mode: str) -> None:
+    """Through the relay, a connect to an allowed address whose port nothing listens on
+    (::1 here, the server being on 127.0.0.1) is refused, as it is without the sandbox,
+    so a client tries the name's next address. The old relay accepted it and answered
+    the request 502 ("cannot reach"): no fallback."""
+    p = web.port
+    native = run_plain([PY, "-c", FALLBACK_CLIENT, str(p)], timeout=TIMEOUT)
+    args = ["--http-ports", str(p), "--http-allow", "GET 127.0.0.1/ok/*"]
+    args += ["--http-allow", "GET [::1]/ok/*"]
+    res = run_sandboxed(args, [PY, "-c", FALLBACK_CLIENT, str(p)], timeout=TIMEOUT)
+    assert res.returncode == 0, describe(res)
+    want = [
+        line
+        for r in range(3)
+        for line in (f"{r} ::1 refused", f"{r} 127.0.0.1 200 ok GET /ok/x 0")
+    ]
+    assert native.stdout.splitlines() == want, describe(native)
+    assert res.stdout.splitlines() == want, describe(res)
+    assert [s.target for s in web.log] == ["/ok/x"] * 6
 
 
 def test_refused_upload_closes_allowed_chunked_upload_streams(web: EchoServer) -> None:

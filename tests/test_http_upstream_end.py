@@ -22,6 +22,7 @@ import pytest
 from sandlock.httptls import Interceptor
 
 from .conftest import describe, run_plain, run_sandboxed
+from .httpfake import accept_each
 
 PY = sys.executable
 TIMEOUT = 120
@@ -38,20 +39,12 @@ class EndingServer:
         self.tls = tls
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=accept_each, args=(self.sock, self._serve), daemon=True).start()
 
     def close(self) -> None:
         self.sock.close()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, raw: socket.socket) -> None:
+    def _serve(self, raw: socket.socket, _peer: tuple[str, int]) -> None:
         raw.settimeout(30)
         conn = raw
         try:
@@ -111,14 +104,6 @@ PATHS = [f"/{kind}/{n}" for kind in ("close", "half", "late", "408") for n in (2
 
 def expected(paths: list[str]) -> list[str]:
     return [f"{p} HTTP/1.1 200 OK {p.split('/')[2]} end" for p in paths]
-
-
-@pytest.fixture
-def server_ca(tmp_path: Path) -> tuple[Interceptor, Path]:
-    ca = Interceptor()
-    path = tmp_path / "server-ca.pem"
-    path.write_bytes(ca.ca_pem)
-    return ca, path
 
 
 @pytest.fixture

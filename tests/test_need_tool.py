@@ -22,15 +22,20 @@ def tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tool
 
 
+def set_ci(monkeypatch: pytest.MonkeyPatch, ci: str | None) -> None:
+    """CI as given (None: unset)."""
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+
+
 @pytest.mark.parametrize("ci", [None, "", "0", "false", "true", "1", "yes"])
 def test_a_found_tool_is_its_path_in_and_out_of_ci(
     tools: Path, monkeypatch: pytest.MonkeyPatch, ci: str | None
 ) -> None:
     """A tool on PATH: its path, whatever CI says."""
-    if ci is None:
-        monkeypatch.delenv("CI", raising=False)
-    else:
-        monkeypatch.setenv("CI", ci)
+    set_ci(monkeypatch, ci)
     assert need_tool("present") == str(tools)
 
 
@@ -39,10 +44,7 @@ def test_a_missing_tool_skips_outside_ci(
     tools: Path, monkeypatch: pytest.MonkeyPatch, ci: str | None
 ) -> None:
     """CI unset, empty, 0 or false: a missing tool skips the test, saying which."""
-    if ci is None:
-        monkeypatch.delenv("CI", raising=False)
-    else:
-        monkeypatch.setenv("CI", ci)
+    set_ci(monkeypatch, ci)
     assert not in_ci()
     with pytest.raises(pytest.skip.Exception, match=f"{MISSING} is not installed"):
         need_tool(MISSING)

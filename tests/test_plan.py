@@ -8,6 +8,7 @@ import contextlib
 import errno
 import socket
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -320,9 +321,43 @@ def test_interrupt_is_called_before_each_lookup() -> None:
 # --- the upstream: the DNS-following mode's start-up lookups ---------------------------
 
 
-def test_upstream_resolves_and_seeds_the_book(fake: FakeUpstream) -> None:
+@pytest.mark.parametrize(
+    "text, name, want",
+    [
+        ("127.0.0.1 localhost\n::1 localhost ip6-localhost\n", "localhost", ["127.0.0.1", "::1"]),
+        ("127.0.0.1\tlocalhost\n", "localhost", ["127.0.0.1"]),  # (no ::1: none given)
+        ("::1 localhost\n127.0.0.1 localhost\n", "localhost", ["::1", "127.0.0.1"]),
+        ("# 127.0.0.9 localhost\n127.0.0.1 LocalHost. # a comment\n", "localhost", ["127.0.0.1"]),
+        ("10.0.0.5 localhost\n127.0.1.1 localhost\n", "localhost", ["127.0.1.1"]),  # (loopback)
+        ("10.0.0.5 localhost\n", "localhost", ["127.0.0.1", "::1"]),  # (none: RFC 6761's)
+        ("127.0.0.1 localhost\n", "a.localhost", ["127.0.0.1", "::1"]),
+        ("127.0.0.7 a.localhost\nnot-an-address a.localhost\n", "a.localhost", ["127.0.0.7"]),
+        ("", "localhost", ["127.0.0.1", "::1"]),
+    ],
+)
+def test_localhost_is_what_the_hosts_file_says(
+    tmp_path: Path, text: str, name: str, want: list[str]
+) -> None:
+    """`localhost` in DNS mode: the loopback addresses the system's hosts file gives it,
+    in its order (a `::1` it does not list would send the command's clients there first,
+    to a server listening on 127.0.0.1 only), else both loopback addresses."""
+    from sandlock.plan import local_addresses
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text(text)
+    assert local_addresses(name, str(hosts)) == want
+    assert local_addresses(name, str(tmp_path / "missing")) == ["127.0.0.1", "::1"]
+
+
+def test_upstream_resolves_and_seeds_the_book(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In DNS mode the start-up lookups go to the upstream, and their TTLs are kept as
-    seeds for the forwarder's book; `localhost` is loopback, asked of nobody."""
+    seeds for the forwarder's book; `localhost` is loopback, asked of nobody (the hosts
+    file's loopback addresses for it; 127.0.0.1 and ::1 for a name it does not list)."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost\n")
+    monkeypatch.setattr("sandlock.plan.SYSTEM_HOSTS", str(hosts))
     options = NameOptions(dns_upstream=f"[::ffff:127.0.0.1]:{fake.port}")
     plan = make(["api.example.test:443", "localhost:80", "a.localhost"], [], options)
     assert plan.dns_on and plan.upstream == ("127.0.0.1", fake.port)
