@@ -367,6 +367,10 @@ class _Exchange:
         opened = self._opened
         if self.down.trailing_data[0] or (self.upstream is None and opened is None):
             return await _next(self.down, self.client)  # (a request came, or none open)
+        if _read_now(self.down, self.client):  # (it came already, as a first request
+            event = self.down.next_event()  # mostly has: no watch needed, no tasks)
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
         got: list[h11.Event | type[h11.PAUSED]] = []
         failed: list[BaseException] = []
         async with trio.open_nursery() as nursery:
@@ -839,6 +843,20 @@ async def _receive(conn: h11.Connection, stream: trio.abc.Stream) -> None:
     except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
         raise _Closed from err
     conn.receive_data(data if isinstance(data, bytes) else bytes(data))
+
+
+def _read_now(conn: h11.Connection, stream: trio.abc.Stream) -> bool:
+    """What a plain ``stream`` holds now (its end included), given to ``conn`` without
+    waiting: whether anything was. False for other streams (TLS: not without waiting)."""
+    if type(stream) is not trio.SocketStream:
+        return False
+    try:
+        conn.receive_data(os.read(stream.socket.fileno(), _CHUNK))
+    except BlockingIOError:
+        return False
+    except OSError as err:  # (a reset)
+        raise _Closed from err
+    return True
 
 
 async def _send_all(stream: trio.abc.Stream, data: bytes) -> None:
