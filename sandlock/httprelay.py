@@ -826,18 +826,20 @@ async def _next(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Event | ty
 
 async def _receive(conn: h11.Connection, stream: trio.abc.Stream) -> None:
     """What ``stream`` has now, given to ``conn`` (b"": its end); _Closed on a broken
-    connection. A plain socket is read at once if it holds bytes (no trip through
-    trio's loop: two scheduler passes a read), waited for only if not."""
+    connection. A plain socket is read at once if it holds bytes (no wait in trio's
+    loop), waited for only if not; either way other tasks get their turn (a loop of
+    reads that never wait must not hold the supervisor's thread)."""
     if type(stream) is trio.SocketStream:
-        fd = stream.socket.fileno()
+        if _read_now(conn, stream):
+            await trio.lowlevel.checkpoint()
+            return
         while True:
             try:
-                conn.receive_data(os.read(fd, _CHUNK))
-                return
-            except BlockingIOError:
                 await trio.lowlevel.wait_readable(stream.socket)
-            except OSError as err:  # (a reset; EBADF: closed under us by a cancel)
+            except trio.ClosedResourceError as err:  # (closed by another task meanwhile)
                 raise _Closed from err
+            if _read_now(conn, stream):
+                return
     try:
         data = await stream.receive_some(_CHUNK)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
@@ -854,7 +856,7 @@ def _read_now(conn: h11.Connection, stream: trio.abc.Stream) -> bool:
         conn.receive_data(os.read(stream.socket.fileno(), _CHUNK))
     except BlockingIOError:
         return False
-    except OSError as err:  # (a reset)
+    except OSError as err:  # (a reset; EBADF: closed under us by a cancel)
         raise _Closed from err
     return True
 
