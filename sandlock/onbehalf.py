@@ -481,10 +481,8 @@ class Handlers:
         connected to the relay, which gets the destination's connection with the note.
         Then the gate sends the next connects to ``dest`` to the relay itself: a
         destination that went away since is a 502 from the relay, not a refusal."""
-        from .relay import reach
-
         assert self.relay is not None
-        upstream = await reach(dest, lambda: self.still_waiting(c.n))
+        upstream = await self.relay.reach_first(dest, lambda: self.still_waiting(c.n))
         if isinstance(upstream, int):
             c.note(event, -upstream)
             return -upstream

@@ -174,6 +174,7 @@ class Relay:
         self._native = native  # the C data path (False: trio tasks; tests compare both)
         self._gate = gate  # sends remembered relayed connects here itself, noted there
         self._fronted = False  # the C thread accepts (relay.h's front): approve names to it
+        self._reaching = 0  # connects waiting for their destination (``reach_first``)
         self._splicer: sys_.Splicer | None = None
         self._listeners: dict[int, socket.socket] = {}
         self._targets: dict[int, bytes] = {}
@@ -196,8 +197,24 @@ class Relay:
         so that the command sees the destination's own refusal as it would without the
         relay (and a client that tries the next address does): HTTP rules, where the
         relay opens the destination's connection before any request anyway, not
-        --verify-names, where nothing reaches a destination before its name is checked."""
-        return self._http is not None and not self._verify and dest.port in self._http.ports
+        --verify-names, where nothing reaches a destination before its name is checked.
+        Not past MAX_WAITING of them at once (each holds a descriptor while it waits: a
+        command must not use up the supervisor's, a daemon's shared by every sandbox);
+        the next ones go to the relay at once, as remembered ones do."""
+        return (
+            self._http is not None
+            and not self._verify
+            and dest.port in self._http.ports
+            and self._reaching < MAX_WAITING
+        )
+
+    async def reach_first(self, dest: Dest, alive: Callable[[], bool]) -> socket.socket | int:
+        """``reach``, counted against ``reaches_first``'s bound."""
+        self._reaching += 1
+        try:
+            return await reach(dest, alive)
+        finally:
+            self._reaching -= 1
 
     def expect(self, fd: int, pid: int, dest: Dest, upstream: socket.socket | None = None) -> bool:
         """Note that the socket ``fd`` (connected, or connecting, to the relay) is

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from sandlock.firstbytes import First
 from sandlock.policy import Policy
 from sandlock.relay import name_allowed, names_check, only_by_name
@@ -73,3 +75,49 @@ def test_names_check_wants_a_named_tls_or_http_record() -> None:
     assert not names_check(p, First("ech", "good.test", 300), d)
     assert not names_check(p, First("tls", None, 300), d)
     assert not names_check(p, First("tls", "evil.test", 300), d)
+
+
+async def test_connects_waiting_for_their_destination_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP rules: a connect is answered once its destination is reached (``reach_first``),
+    each wait holding a descriptor of the supervisor's. A command that connects, again
+    and again, to an allowed destination that never answers must not use them all up:
+    past MAX_WAITING waits the next connects go to the relay at once. The destination
+    here: a loopback listener whose queue is full, so that new handshakes wait."""
+    import trio
+
+    from sandlock import relay as relay_mod
+    from sandlock.httprelay import HttpHandler
+    from sandlock.httprules import HttpRules
+
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    port = stuck.getsockname()[1]
+    queued = []
+    for _ in range(4):  # (the queue's room and more: later SYNs are dropped)
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        queued.append(s)
+    rules = HttpRules.parse(["GET 127.0.0.1/*"], [], [port])
+    policy = Policy((), (), {}, http=rules)
+    relay = relay_mod.Relay(
+        lambda: policy, None, verify=False, http=HttpHandler(rules.ports, lambda: policy, None)
+    )
+    dest = Dest(socket.AF_INET, bytes([127, 0, 0, 1]), port)
+    monkeypatch.setattr(relay_mod, "MAX_WAITING", 2)
+    try:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                assert relay.reaches_first(dest)
+                for _ in range(2):
+                    nursery.start_soon(relay.reach_first, dest, lambda: True)
+                await trio.sleep(0.2)
+                assert not relay.reaches_first(dest)  # (two wait: the next ones do not)
+                nursery.cancel_scope.cancel()
+        assert relay.reaches_first(dest)  # (the waits ended: their room is free again)
+    finally:
+        for s in (stuck, *queued):
+            s.close()
