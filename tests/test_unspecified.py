@@ -11,10 +11,26 @@ from .conftest import describe, run_plain, run_sandboxed
 
 def _listener(host: str, port: int = 0) -> socket.socket:
     s = socket.socket()
-    s.bind((host, port))
+    try:
+        s.bind((host, port))
+    except OSError:
+        s.close()
+        raise
     s.listen(16)
     s.settimeout(0)
     return s
+
+
+def _listeners(first: str, second: str) -> tuple[socket.socket, socket.socket]:
+    """Listeners on ``first`` and ``second``, one port: a free port of ``first`` may be
+    taken on ``second`` (another test's connection): then another port."""
+    for _ in range(50):
+        a = _listener(first)
+        try:
+            return a, _listener(second, a.getsockname()[1])
+        except OSError:
+            a.close()
+    raise AssertionError(f"no port free on both {first} and {second} in 50 tries")
 
 
 def _accepted(s: socket.socket) -> int:
@@ -30,9 +46,8 @@ def _accepted(s: socket.socket) -> int:
 def test_connect_to_0000_reaches_127_0_0_1_not_the_bound_address() -> None:
     """0.0.0.0 is decided as 127.0.0.1, so it must reach 127.0.0.1 — natively a socket
     bound to 127.0.0.3 would reach 127.0.0.3, an address the policy never allowed."""
-    bound = _listener("127.0.0.3")
+    bound, allowed = _listeners("127.0.0.3", "127.0.0.1")
     port = bound.getsockname()[1]
-    allowed = _listener("127.0.0.1", port)
     script = textwrap.dedent(f"""
         import socket
         s = socket.socket()
