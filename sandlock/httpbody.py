@@ -16,7 +16,8 @@ still refuses a wrong count and knows when the response ends. The destination's 
 (h11 as client) never sees the spliced bytes: the relay gives it a fresh
 ``h11.Connection`` for the next request when the connection is kept alive, or closes it.
 
-Not spliced (h11 and Python as before): TLS (the bytes are decrypted in Python), bodies
+Not spliced: TLS (the bytes are decrypted and encrypted again, in batches: tlsbody.py,
+with the same count and the same stand-in); through h11 and Python as before: bodies
 of other framings (chunked, until-close), bodies shorter than ``MIN_SPLICE`` past what
 was buffered, request bodies (the command's side must read them through h11 to reach
 the next request), and a response that comes while the request's body is still going.

@@ -40,12 +40,12 @@ import ipaddress
 import os
 import socket
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import h11
 import trio
 
-from . import httpbody
+from . import httpbody, tlsbody
 from .httprules import (
     BAD_PATH,
     DEFAULT_DENY,
@@ -98,7 +98,7 @@ class HttpHandler:
         self._record = record
         self._verify = verify
         self.tls = tls  # --http-tls (httptls.py)
-        self.splice_bodies = True  # (httpbody.py; False: every body through h11, for tests)
+        self.splice_bodies = True  # (httpbody.py, tlsbody.py; False: all through h11, tests)
 
     @property
     def ports(self) -> frozenset[int]:
@@ -686,15 +686,14 @@ class _Exchange:
                 raise _Closed
 
     async def _spliced_body(self, request: h11.Request, response: h11.Response) -> bool:
-        """The response's body moved by the kernel (httpbody.py) if it can be: whether
-        it was (the exchange is then over on both sides)."""
+        """The response's body moved past h11 (spliced by the kernel, httpbody.py, or in
+        batches of TLS records, tlsbody.py) if it can be: whether it was (the exchange
+        is then over on both sides)."""
         assert self.up is not None and self.upstream is not None
-        client, upstream = self.client, self.upstream
         if not (
             self.handler.splice_bodies
-            and isinstance(client, trio.SocketStream)
-            and isinstance(upstream, trio.SocketStream)
             and self.up.our_state in (h11.DONE, h11.MUST_CLOSE)  # (the request all sent)
+            and (move := self._body_mover()) is not None
         ):
             return False
         buffered, _ = self.up.trailing_data
@@ -710,7 +709,7 @@ class _Exchange:
         pieces = self.down.send_with_data_passthrough(stand_in)
         assert pieces is not None and len(pieces) == 1
         try:
-            await httpbody.move(upstream.socket.fileno(), client.socket.fileno(), left)
+            await move(left)
         except httpbody.Short as err:
             raise _Closed from err  # (the command sees the body cut short, then the end)
         await self._send_down(h11.EndOfMessage())
@@ -719,6 +718,19 @@ class _Exchange:
         else:
             self._spent = True
         return True
+
+    def _body_mover(self) -> Callable[[int], Awaitable[None]] | None:
+        """How a response body of N bytes can go past h11 on this connection: spliced
+        by the kernel (plain HTTP), in batches of TLS records (--http-tls), or not."""
+        client, upstream = self.client, self.upstream
+        if isinstance(client, trio.SocketStream) and isinstance(upstream, trio.SocketStream):
+            return functools.partial(
+                httpbody.move, upstream.socket.fileno(), client.socket.fileno()
+            )
+        src, dst = tlsbody.parts(upstream), tlsbody.parts(client)
+        if src is None or dst is None:
+            return None
+        return functools.partial(tlsbody.move, src, dst)
 
     async def _splice(self) -> None:
         """After a 101: the bytes each side sent past the handshake, then a copy both ways."""

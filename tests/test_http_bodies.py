@@ -1,10 +1,12 @@
-"""Bodies through the HTTP relay (httprelay.py, httpbody.py): every byte arrives, in both
-directions, whether a response body is spliced by the kernel or carried by h11.
+"""Bodies through the HTTP relay (httprelay.py, httpbody.py, tlsbody.py): every byte
+arrives, in both directions, whether a response body is moved past h11 (spliced by the
+kernel over plain HTTP, decrypted and encrypted in batches over TLS) or carried by h11.
 
 In process, the relay (relay.py with the HTTP handler) runs in this test's nursery with
-``splice_bodies`` on and off: the same exchanges give the same bytes, and only the
-spliced run moves bodies with ``httpbody.move``. End to end, a sandboxed client does the
-same over one kept-alive connection and fresh ones.
+``splice_bodies`` on and off, over plain HTTP and over TLS (``--http-tls``, the server
+with a CA of its own): the same exchanges give the same bytes, and only the run with it
+on moves bodies with ``httpbody.move`` (plain) or ``tlsbody.move`` (TLS). End to end, a
+sandboxed client does the same over one kept-alive connection and fresh ones.
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ import hashlib
 import http.client
 import json
 import socket
+import ssl
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import trio
 
-from sandlock import httpbody
+from sandlock import httpbody, tlsbody
 from sandlock.httprelay import HttpHandler
 from sandlock.httprules import HttpRules
+from sandlock.httptls import Interceptor
 from sandlock.policy import Policy
 from sandlock.relay import Relay
 from sandlock.sockaddr import Dest
@@ -49,9 +54,12 @@ class BodyServer:
     """A threaded HTTP/1.1 server on 127.0.0.1: ``GET /ok/big/N`` answers N bytes
     (Content-Length, keep-alive), ``/ok/close/N`` the same with ``Connection: close``,
     ``/ok/short/N`` declares N and sends half, then closes; ``POST /ok/up`` answers the
-    sha256 of the body it read (Content-Length). ``HEAD`` gets the head of the GET."""
+    sha256 of the body it read (Content-Length). ``HEAD`` gets the head of the GET. With
+    ``tls``, each connection is TLS with that server context."""
 
-    def __init__(self) -> None:
+    def __init__(self, ca: Interceptor | None = None, ca_file: Path | None = None) -> None:
+        self.ca, self.ca_file = ca, ca_file
+        self.tls = None if ca is None else ca.base_context("127.0.0.1")
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.sock.getsockname()[1]
         self.targets: list[str] = []
@@ -62,6 +70,12 @@ class BodyServer:
 
     def _serve(self, conn: socket.socket, _peer: tuple[str, int]) -> None:
         conn.settimeout(30)
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:
+                conn.close()
+                return
         reader = conn.makefile("rb")
         with conn, reader:
             try:
@@ -101,9 +115,16 @@ class BodyServer:
         return kind != "close"
 
 
-@pytest.fixture
-def server() -> Iterator[BodyServer]:
-    s = BodyServer()
+@pytest.fixture(params=["http", "https"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BodyServer]:
+    """The server over plain HTTP, then over TLS (``s.ca``: its CA, ``s.ca_file``: as a
+    file; None over plain HTTP)."""
+    if request.param == "https":
+        ca, ca_file = Interceptor(), tmp_path / "server-ca.pem"
+        ca_file.write_bytes(ca.ca_pem)
+        s = BodyServer(ca, ca_file)
+    else:
+        s = BodyServer()
     try:
         yield s
     finally:
@@ -183,17 +204,25 @@ async def test_bodies_in_process(
     HEAD, Connection: close and a body cut short give the same bytes with the splice on
     and off; only the spliced run moves the big response bodies by httpbody.move."""
     moved: list[int] = []
-    real_move = httpbody.move
+    moves = {"plain": httpbody.move, "tls": tlsbody.move}
 
-    async def counting(src: int, dst: int, count: int) -> None:
-        moved.append(count)
-        await real_move(src, dst, count)
+    def counting(kind: str) -> Callable[..., object]:
+        async def move(src: object, dst: object, count: int) -> None:
+            moved.append(count)
+            if kind != ("plain" if server.ca is None else "tls"):
+                moved.append(-1)  # (the other kind's mover: wrong)
+            await moves[kind](src, dst, count)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(httpbody, "move", counting)
+        return move
+
+    monkeypatch.setattr(httpbody, "move", counting("plain"))
+    monkeypatch.setattr(tlsbody, "move", counting("tls"))
     rules = HttpRules.parse(*RULES, [server.port])
     policy = Policy((), (), {}, http=rules)  # (an IP-literal Host is bound without hosts)
-    handler = HttpHandler(rules.ports, lambda: policy, None)
+    tls = None if server.ca_file is None else Interceptor(upstream_ca=str(server.ca_file))
+    handler = HttpHandler(rules.ports, lambda: policy, None, tls=tls)
     handler.splice_bodies = splice
+    trusting = None if tls is None else ssl.create_default_context(cadata=tls.ca_pem.decode())
     relay = Relay(lambda: policy, None, verify=False, http=handler)
     dest = Dest(socket.AF_INET, bytes([127, 0, 0, 1]), server.port)
 
@@ -205,7 +234,9 @@ async def test_bodies_in_process(
         assert relay.expect(sock.fileno(), 4242, dest)
         sock.settimeout(30)
         sock.connect(("127.0.0.1", int.from_bytes(target[2:4], "big")))
-        return sock
+        if trusting is None:
+            return sock
+        return trusting.wrap_socket(sock, server_hostname="127.0.0.1")  # (no SNI: an IP)
 
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
@@ -221,25 +252,35 @@ async def test_bodies_in_process(
 
 
 CLIENT = r"""
-import json, socket, sys
+import json, socket, ssl, sys
 sys.path.insert(0, sys.argv[2])
 from tests.test_http_bodies import exchanges
-port = int(sys.argv[1])
-print(json.dumps(exchanges(port, lambda: socket.create_connection(("127.0.0.1", port), 30))))
+port, tls = int(sys.argv[1]), sys.argv[3] == "https"
+ctx = ssl.create_default_context()  # (the run's CA, injected into the system's bundle)
+def connect():
+    sock = socket.create_connection(("127.0.0.1", port), 30)
+    return ctx.wrap_socket(sock, server_hostname="127.0.0.1") if tls else sock
+print(json.dumps(exchanges(port, connect)))
 """
 
 
 def test_bodies_end_to_end(server: BodyServer) -> None:
     """The same exchanges from a sandboxed client (the relay of a real run, HTTP rules on
-    the server's port): every byte both ways, keep-alive after a spliced body, a body cut
-    short seen as cut short."""
+    the server's port; over TLS with --http-tls): every byte both ways, keep-alive after
+    a body moved past h11, a body cut short seen as cut short."""
     from pathlib import Path
 
     root = str(Path(__file__).resolve().parents[1])
     args = ["--http-ports", str(server.port)]
+    if server.ca_file is not None:
+        args += ["--http-tls", "--http-upstream-ca", str(server.ca_file)]
     args += [a for rule in RULES[0] for a in ("--http-allow", rule)]
     args += [a for rule in RULES[1] for a in ("--http-deny", rule)]
-    res = run_sandboxed(args, [PY, "-c", CLIENT, str(server.port), root], timeout=TIMEOUT)
+    res = run_sandboxed(
+        args,
+        [PY, "-c", CLIENT, str(server.port), root, "https" if server.ca else "http"],
+        timeout=TIMEOUT,
+    )
     assert res.returncode == 0, describe(res)
     assert json.loads(res.stdout) == json.loads(json.dumps(expected(server.port))), describe(res)
     assert "internal error" not in res.stderr, describe(res)
