@@ -480,21 +480,36 @@ class Handlers:
         relay, so a client that tries the next address does; else the child's socket is
         connected to the relay, which gets the destination's connection with the note.
         Then the gate sends the next connects to ``dest`` to the relay itself: a
-        destination that went away since is a 502 from the relay, not a refusal."""
+        destination that went away since is a 502 from the relay, not a refusal.
+
+        The wait is bounded as the command's own connect would be: a non-blocking one
+        by relay.NONBLOCKING_PATIENCE (it returns at once without the relay), a blocking
+        one by its SO_SNDTIMEO (then EINPROGRESS, as the kernel says). Past the bound
+        the child's socket goes to the relay with the handshake still going on."""
+        from .relay import NONBLOCKING_PATIENCE, connecting
+
         assert self.relay is not None
-        upstream = await self.relay.reach_first(dest, lambda: self.still_waiting(c.n))
+        if c.info.nonblocking:
+            patience = NONBLOCKING_PATIENCE
+        else:
+            patience = sys_.sock_sndtimeo(c.dup) or math.inf
+        upstream = await self.relay.reach_first(dest, lambda: self.still_waiting(c.n), patience)
         if isinstance(upstream, int):
             c.note(event, -upstream)
             return -upstream
+        waited_out = connecting(upstream)
         rc = sys_.connect(c.dup, target, nonblock=True, who=c.who)
         if rc not in (0, -errno.EINPROGRESS):
             upstream.close()
         elif not self.relay.expect(c.dup, c.n.pid, dest, upstream):
             rc = -errno.ECONNREFUSED
         else:
-            self.remember_relayed(c, name, dest, event)
+            if not waited_out:  # (an address that answered: the gate's from now on)
+                self.remember_relayed(c, name, dest, event)
             if rc == -errno.EINPROGRESS and not c.info.nonblocking:  # (loopback: at once)
                 rc = await self.wait_writable(c) or sys_.sock_error(c.dup)
+            if rc == 0 and waited_out and not c.info.nonblocking:
+                rc = -errno.EINPROGRESS  # (SO_SNDTIMEO ran out: connect(2)'s answer then)
         c.note(event, rc)
         return rc
 

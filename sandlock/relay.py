@@ -81,6 +81,12 @@ ECH = "ech"
 FIRST_TIMEOUT = 10.0  # seconds to wait for the first record
 _ALIVE_EVERY = 1.0  # seconds between "is the caller still waiting?" while reaching
 CONNECT_TIMEOUT = 30.0  # seconds to reach the original destination
+# A non-blocking connect that must reach its destination first (``reaches_first``) waits
+# this long at most for the destination's answer, where without the relay it would
+# return at once: enough for a refusal from most of the world (an RTT), short enough not
+# to stall a client's event loop for long. Past it the connect goes to the relay, which
+# finishes the handshake (a destination that refuses then is a 502 for the request).
+NONBLOCKING_PATIENCE = 0.25
 PIPE_SIZE = sys_.RELAY_PIPE_SIZE  # each direction's pipe (F_SETPIPE_SZ; csrc/abi.h)
 MAX_WAITING = 4096  # connections noted but not yet accepted
 ACCEPT_BACKOFF = 0.05  # seconds between accepts while they fail for want of descriptors
@@ -208,11 +214,17 @@ class Relay:
             and self._reaching < MAX_WAITING
         )
 
-    async def reach_first(self, dest: Dest, alive: Callable[[], bool]) -> socket.socket | int:
-        """``reach``, counted against ``reaches_first``'s bound."""
+    async def reach_first(
+        self, dest: Dest, alive: Callable[[], bool], patience: float = CONNECT_TIMEOUT
+    ) -> socket.socket | int:
+        """``reach``, counted against ``reaches_first``'s bound, waiting ``patience``
+        seconds at most (``finish_reach``: the socket may be still connecting)."""
         self._reaching += 1
         try:
-            return await reach(dest, alive)
+            started = start_reach(dest)
+            if isinstance(started, int):
+                return started
+            return await finish_reach(started, alive, patience)
         finally:
             self._reaching -= 1
 
@@ -543,10 +555,14 @@ def start_reach(dest: Dest) -> socket.socket | int:
 
 
 async def finish_reach(
-    sock: socket.socket, alive: Callable[[], bool] = lambda: True
+    sock: socket.socket,
+    alive: Callable[[], bool] = lambda: True,
+    patience: float = CONNECT_TIMEOUT,
 ) -> socket.socket | int:
     """``reach``'s second half: ``sock`` (from ``start_reach``) once connected, or the
-    errno (it is closed then)."""
+    errno (it is closed then). With ``patience`` below CONNECT_TIMEOUT, a handshake not
+    over after that many seconds is not an error: ``sock`` comes back still connecting
+    (``connecting`` says so; a later ``finish_reach`` finishes it)."""
     import trio
 
     rc = errno.ECONNABORTED
@@ -554,21 +570,30 @@ async def finish_reach(
         if sys_.poll1(sock.fileno(), select.POLLOUT) > 0:  # (loopback: often done)
             rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         else:
-            with trio.move_on_after(CONNECT_TIMEOUT):
+            with trio.move_on_after(min(patience, CONNECT_TIMEOUT)):
                 while alive():
                     with trio.move_on_after(_ALIVE_EVERY):
                         await trio.lowlevel.wait_writable(sock)
                         break
             if sys_.poll1(sock.fileno(), select.POLLOUT) > 0:
                 rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            elif not alive():
+                rc = errno.ECONNABORTED
+            elif patience < CONNECT_TIMEOUT:
+                rc = 0  # (still connecting: the caller goes on without waiting)
             else:
-                rc = errno.ETIMEDOUT if alive() else errno.ECONNABORTED
+                rc = errno.ETIMEDOUT
     except OSError as err:
         rc = err.errno or errno.ECONNABORTED
     finally:
         if rc != 0:  # (refused, timed out, or cancelled)
             sock.close()
     return sock if rc == 0 else rc
+
+
+def connecting(sock: socket.socket) -> bool:
+    """Whether ``sock``'s handshake (``start_reach``) is still going on."""
+    return sys_.poll1(sock.fileno(), select.POLLOUT) == 0
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,6 +252,58 @@ def test_an_address_that_refuses_is_refused_at_connect(web: EchoServer, gate_mod
     assert native.stdout.splitlines() == want, describe(native)
     assert res.stdout.splitlines() == want, describe(res)
     assert [s.target for s in web.log] == ["/ok/x"] * 6
+
+
+SILENT_CLIENT = r"""
+import errno, socket, struct, sys, time
+port = int(sys.argv[1])
+def attempt(how):
+    s = socket.socket()
+    if how == "non-blocking":
+        s.setblocking(False)
+    else:  # (blocking, SO_SNDTIMEO 1 s: connect(2) gives EINPROGRESS when it runs out)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 1, 0))
+    t = time.monotonic()
+    rc = s.connect_ex(("127.0.0.1", port))
+    took = time.monotonic() - t
+    print(how, errno.errorcode.get(rc, rc), "within 5 s" if took < 5 else f"after {took:.1f} s")
+    s.close()
+for how in ("non-blocking", "blocking", "non-blocking"):
+    attempt(how)
+"""
+
+
+def test_a_destination_that_does_not_answer_keeps_the_connect_bounded() -> None:
+    """A connect through the relay waits for its destination's answer (a refusal is the
+    command's), but no longer than the command's own connect would: a non-blocking one
+    returns at once (EINPROGRESS) and one with SO_SNDTIMEO after it. The destination: a
+    loopback listener whose queue is full, so that its handshakes never end. The old
+    relay held each of these connects 30 s, then said ETIMEDOUT."""
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    port = stuck.getsockname()[1]
+    queued = []
+    try:
+        for _ in range(4):  # (the queue's room and more: later SYNs are dropped)
+            q = socket.socket()
+            q.setblocking(False)
+            q.connect_ex(("127.0.0.1", port))
+            queued.append(q)
+        native = run_plain([PY, "-c", SILENT_CLIENT, str(port)], timeout=TIMEOUT)
+        args = ["--http-ports", str(port), "--http-allow", "GET 127.0.0.1/*"]
+        res = run_sandboxed(args, [PY, "-c", SILENT_CLIENT, str(port)], timeout=TIMEOUT)
+    finally:
+        for q in (stuck, *queued):
+            q.close()
+    want = [
+        "non-blocking EINPROGRESS within 5 s",
+        "blocking EINPROGRESS within 5 s",
+        "non-blocking EINPROGRESS within 5 s",
+    ]
+    assert native.stdout.splitlines() == want, describe(native)
+    assert res.returncode == 0, describe(res)
+    assert res.stdout.splitlines() == want, describe(res)
 
 
 def test_refused_upload_closes_allowed_chunked_upload_streams(web: EchoServer) -> None:
