@@ -195,6 +195,8 @@ def measure(mode: str, setup: Setup, how: str, n: int) -> float:
     env = dict(os.environ)
     if mode == "base":  # (the same console script, the base tree's sandlock first on the path)
         env["PYTHONPATH"] = BASE[0]
+    elif mode == "peer":  # (a tree under test put first on the path is ours, not the peer's)
+        env.pop("PYTHONPATH", None)
     trusted = setup.bundle or ca
     if trusted:
         env |= {"SSL_CERT_FILE": trusted, "CURL_CA_BUNDLE": trusted}
