@@ -495,6 +495,8 @@ class _Exchange:
             try:  # (the head and the end in one write)
                 end = h11.EndOfMessage(headers=list(first.headers.raw_items()))
                 await self._write_up(head + (self.up.send(end) or b""))
+                if self._command_ended():
+                    await self._pass_half_close()
                 switched = await self._forward_response(request, host, path, decision)
             except (_Closed, h11.ProtocolError):
                 return False
@@ -533,6 +535,37 @@ class _Exchange:
         if failed:
             return False
         return await self._after(switched)
+
+    def _command_ended(self) -> bool:
+        """Whether the command has ended its (plain) side with nothing after the request
+        just sent: a half-close (``shutdown(SHUT_WR)``) that came with the request. It
+        is looked for once, at once; one that comes later reaches the server after its
+        answer (when the relay reads for the next request)."""
+        buffered, closed = self.down.trailing_data
+        if buffered:
+            return False  # (a pipelined request: the end, if any, comes after it)
+        if closed:
+            return True
+        if type(self.client) is not trio.SocketStream:
+            return False  # (TLS: its end is a close_notify record, not read here)
+        view = socket.socket(fileno=self.client.socket.fileno())
+        try:
+            return view.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except OSError:  # (nothing yet: EAGAIN; a reset: the next read says so)
+            return False
+        finally:
+            view.detach()
+
+    async def _pass_half_close(self) -> None:
+        """The command's half-close, to the destination: a server that answers once the
+        request's end is known (HTTP/1.0 style, ``nc -N``) answers, as without the relay."""
+        upstream = self.upstream
+        if isinstance(upstream, trio.SocketStream):
+            try:
+                await upstream.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass  # (its answer, or its end, says the rest)
+            self._spent = True  # (half-closed: never used for another request)
 
     async def _pass_end(self, body_done: trio.Event) -> None:
         """An answer that ends the connection sent while the request's body still goes

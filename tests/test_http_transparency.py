@@ -483,16 +483,11 @@ def test_an_http10_client_gets_no_interim_answer(mode: Setup) -> None:
     assert sandboxed == native
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the relay reads the command's side only for its next request, after the answer:"
-    " a half-close before it reaches the server late. Passing it on means reading the"
-    " command during every answer (a task per request): a design question",
-)
 def test_a_half_close_reaches_the_server(plain: Setup) -> None:
-    """A client sends its request and half-closes; a server that answers once it sees
-    that end answers. Through the relay the server never sees the end before it answers:
-    both wait."""
+    """A client sends its request and half-closes (``nc -N``, a script's ``printf |``); a
+    server that answers once it sees that end answers. The old relay read the command's
+    side only for its next request, after the answer: the server never saw the end, and
+    both waited."""
     native, sandboxed = differential(plain, [get("/at-end")], shut=True)
     assert native == "200 6 at end\nend\n"
     assert sandboxed == native
