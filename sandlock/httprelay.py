@@ -548,7 +548,8 @@ class _Exchange:
             return True
         if type(self.client) is not trio.SocketStream:
             return False  # (TLS: its end is a close_notify record, not read here)
-        view = socket.socket(fileno=self.client.socket.fileno())
+        sock = self.client.socket  # (a view of it, told what it is: no getsockopt calls)
+        view = socket.socket(sock.family, socket.SOCK_STREAM, 0, sock.fileno())
         try:
             return view.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except OSError:  # (nothing yet: EAGAIN; a reset: the next read says so)

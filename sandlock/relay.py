@@ -221,10 +221,7 @@ class Relay:
         seconds at most (``finish_reach``: the socket may be still connecting)."""
         self._reaching += 1
         try:
-            started = start_reach(dest)
-            if isinstance(started, int):
-                return started
-            return await finish_reach(started, alive, patience)
+            return await reach(dest, alive, patience)
         finally:
             self._reaching -= 1
 
@@ -525,13 +522,15 @@ async def _connect(dest: Dest) -> socket.socket | None:
     return None if isinstance(sock, int) else sock
 
 
-async def reach(dest: Dest, alive: Callable[[], bool] = lambda: True) -> socket.socket | int:
+async def reach(
+    dest: Dest, alive: Callable[[], bool] = lambda: True, patience: float = CONNECT_TIMEOUT
+) -> socket.socket | int:
     """A non-blocking socket connected to ``dest`` (as the rules saw it), or the errno of
     the attempt (ECONNREFUSED, ETIMEDOUT after CONNECT_TIMEOUT, EMFILE: the supervisor's
     descriptors used up...). ``alive`` is asked now and then while the handshake waits:
-    False gives up (ECONNABORTED)."""
+    False gives up (ECONNABORTED). ``patience``: as for ``finish_reach``."""
     started = start_reach(dest)
-    return started if isinstance(started, int) else await finish_reach(started, alive)
+    return started if isinstance(started, int) else await finish_reach(started, alive, patience)
 
 
 def start_reach(dest: Dest) -> socket.socket | int:
